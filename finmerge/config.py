@@ -1,0 +1,293 @@
+"""One typed config for the whole pipeline.
+
+Loaded from YAML (``configs/*.yaml``) with ``--set section.key=value`` overrides, validated by pydantic
+(unknown keys are errors, so a typo never silently falls back to a default). The same model is the
+parameter schema of the Prefect deployments, so the UI shows a real form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def digest(self) -> str:
+        """Content hash of this section (goes into the cache key of the stages that read it)."""
+        return sha256_json(self.model_dump(mode="json"))
+
+
+class StorageConfig(Section):
+    uri: str = Field(".finmerge/store", description="Where every artifact goes: a local folder or s3://bucket/prefix.")
+    staging_dir: str = Field(
+        ".finmerge/staging", description="Local scratch for remote inputs/outputs (a plain folder, never a URL)."
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto). Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."
+    )
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else sqlite:///.finmerge/mlflow.db."
+    )
+    artifact_location: str | None = Field(
+        None, description="Artifact root for a new experiment (local store default: .finmerge/mlartifacts)."
+    )
+    experiment: str = "finmerge"
+
+
+class TinyModelConfig(Section):
+    """Shape of the demo Llama models (and of tiny models in tests)."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 512
+
+
+class TrainConfig(Section):
+    """Hyper-parameters of one causal-LM training run (nanoGPT-style loop, see tasks/pretrain.py)."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 20
+    epochs: float = 1.0
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = 16
+    grad_accum: int = 1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seq_len: int = 256
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    threads: int | None = Field(None, description="torch CPU threads (default: all cores).")
+
+
+class DemoConfig(Section):
+    enabled: bool = Field(True, description="Generate the embedded demo world and build the demo models.")
+    seed: int = 1234
+    n_companies: int = 40
+    years: list[int] = [2022, 2023]
+    heldout_year: int = 2024
+    n_towns: int = 120
+    n_general_docs: int = 3000
+    n_instructions: int = 2500
+    exact_dup_rate: float = 0.10
+    near_dup_rate: float = 0.08
+    junk_rate: float = 0.05
+    non_japanese_rate: float = 0.05
+    model: TinyModelConfig = TinyModelConfig()
+    base_train: TrainConfig = TrainConfig(epochs=3.0, lr=2e-3, warmup_steps=30)
+    instruct_train: TrainConfig = TrainConfig(epochs=2.0, lr=1e-3, warmup_steps=10, batch_size=16, seq_len=128)
+
+
+class ModelsConfig(Section):
+    base: str | None = Field(None, description="Base causal LM (local path or s3:// URI). Default: the demo base.")
+    instruct: str | None = Field(None, description="Its instruction-tuned sibling. Default: the demo instruct model.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folders.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ModelsConfig:
+        if (self.base is None) != (self.instruct is None):
+            raise ValueError("models.base and models.instruct must be given together (or both left to the demo)")
+        return self
+
+
+class IngestConfig(Section):
+    sources: list[str] = Field(
+        default_factory=list,
+        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html). Empty: the demo filings.",
+    )
+    text_field: str = "text"
+
+
+class CleanConfig(Section):
+    """Quality filters; defaults adapted from Swallow / llm-jp to number-heavy filings."""
+
+    min_chars: int = 80
+    max_chars: int = 100_000
+    min_japanese_ratio: float = 0.5
+    min_hiragana_ratio: float = 0.1
+    max_symbol_ratio: float = 0.15
+    max_digit_ratio: float = 0.35
+    max_dup_line_ratio: float = 0.3
+    max_top_2gram_ratio: float = 0.2
+    ng_words: list[str] = Field(default_factory=lambda: ["アダルト", "出会い系", "カジノ無料", "今すぐクリック"])
+    max_ng_word_ratio: float = 0.05
+    drop_sections: list[str] = Field(default_factory=lambda: ["表紙", "証券情報", "主要な経営指標等の推移"])
+    mask_pii: bool = True
+
+
+class DedupConfig(Section):
+    ngram: int = 5
+    bands: int = 16
+    rows: int = 8
+    threshold: float = 0.8
+    verify: bool = Field(True, description="Confirm LSH candidates by exact Jaccard on the n-gram sets.")
+    keep: Literal["earliest", "longest"] = "earliest"
+    seed: int = 42
+
+
+class CorpusConfig(Section):
+    ingest: IngestConfig = IngestConfig()
+    clean: CleanConfig = CleanConfig()
+    dedup: DedupConfig = DedupConfig()
+
+
+class TokenizeConfig(Section):
+    seq_len: int = 256
+
+
+class PretrainConfig(TrainConfig):
+    epochs: float = 6.0
+    lr: float = 1e-3
+    warmup_steps: int = 20
+
+
+class MergeConfig(Section):
+    method: Literal["task_arithmetic", "linear"] = "task_arithmetic"
+    alpha: float = Field(1.0, description="Weight of the instruction vector (instruct - base).")
+    beta: float = Field(1.0, description="Weight of the domain vector (cpt - base).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Output dtype; auto = the instruct model's torch_dtype."
+    )
+    shard_size_mb: int = 1000
+    exclude: list[str] = Field(
+        default_factory=list, description="Regexes of tensor names taken from the domain model unmerged."
+    )
+
+
+class AnalyzeConfig(Section):
+    enabled: bool = True
+
+
+class EvaluateConfig(Section):
+    harness_data: list[str] = Field(
+        default_factory=list,
+        description="Folders laid out like japanese-lm-fin-harness datasets (<task>/data.json). Empty: the demo set.",
+    )
+    prompt_version: str = "1.0-0.2.1"
+    heldout: str | None = Field(None, description="JSONL of held-out finance text for perplexity. Default: demo.")
+    chat_questions: str | None = Field(None, description="JSONL of chat finance questions. Default: demo.")
+    adherence_regex: str = Field(
+        r"^回答：[^\n]{2,}$", description="A chat reply adheres when it matches this and ends with EOS."
+    )
+    batch_size: int = 16
+    max_new_tokens: int = 48
+    max_heldout_tokens: int = 60_000
+
+
+class RegistryConfig(Section):
+    cpt_name: str = "finmerge-cpt"
+    merged_name: str = "finmerge-merged"
+    new_alias: str = Field("challenger", description="Alias set on every new merged version.")
+    champion_alias: str = "champion"
+    bootstrap_champion: bool = Field(True, description="Make the first merged version champion.")
+
+    @field_validator("new_alias", "champion_alias")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()  # MLflow alias names are case-insensitive
+
+
+class PipelineConfig(Section):
+    name: str = "demo"
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    demo: DemoConfig = DemoConfig()
+    models: ModelsConfig = ModelsConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    merge: MergeConfig = MergeConfig()
+    analyze: AnalyzeConfig = AnalyzeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _needs_models(self) -> PipelineConfig:
+        if not self.demo.enabled and self.models.base is None:
+            raise ValueError("demo.enabled is false: set models.base and models.instruct")
+        if not self.demo.enabled and not self.corpus.ingest.sources:
+            raise ValueError("demo.enabled is false: set corpus.ingest.sources")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and the key."""
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def config_hash(cfg: PipelineConfig) -> str:
+    return sha256_json(cfg.model_dump(mode="json"))[:16]
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read YAML, apply ``section.key=value`` overrides, validate. Errors name the file and the key."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config ({exc.strerror})") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc

@@ -1,0 +1,249 @@
+"""Every path is an fsspec URL: a local folder and ``s3://bucket/prefix`` both work.
+
+Folders that stages produce are written atomically: the work happens in a local temp folder, and the
+result is committed by a rename (local) or a verified upload (remote) followed by ``_manifest.json``,
+written last. A folder without a manifest is incomplete and is never read as an input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+MANIFEST = "_manifest.json"
+_ENDPOINT: str | None = None
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+def configure(endpoint_url: str | None = None) -> None:
+    """Set the S3 endpoint for this process (config storage.endpoint_url, else the AWS_* variables)."""
+    global _ENDPOINT
+    _ENDPOINT = endpoint_url
+
+
+def endpoint_url() -> str | None:
+    return _ENDPOINT or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    uri = str(uri)
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().resolve()
+
+
+def normalize(uri: str) -> str:
+    """Absolute local paths and untouched remote URLs, so that keys and tags do not depend on the cwd."""
+    return str(uri).rstrip("/") if is_remote(uri) else str(local_path(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    out = str(base).rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+def storage_options(uri: str) -> dict[str, Any]:
+    # Credentials come from the standard AWS chain (env, profile); only the endpoint is set here.
+    if str(uri).startswith(("s3://", "s3a://")):
+        ep = endpoint_url()
+        return {"client_kwargs": {"endpoint_url": ep}} if ep else {}
+    return {}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    if not is_remote(uri):
+        return fsspec.filesystem("file"), str(local_path(uri))
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri}: not found") from exc
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def read_json(uri: str) -> Any:
+    try:
+        return json.loads(read_bytes(uri))
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{uri}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Atomic single-file write: temp + rename locally; one PUT (atomic per object) on S3."""
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+        return
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_digest(files: dict[str, dict]) -> str:
+    """Content digest of a folder: its relative paths and their sha256, order-free."""
+    lines = "\n".join(f"{name}\t{files[name]['sha256']}" for name in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def describe_folder(local_dir: Path) -> dict[str, dict]:
+    files = {}
+    for p in sorted(local_dir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            files[p.relative_to(local_dir).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    return files
+
+
+def read_manifest(uri: str) -> dict | None:
+    """The folder's manifest, or None if the folder is absent or incomplete."""
+    m = join(uri, MANIFEST)
+    return read_json(m) if exists(m) else None
+
+
+def _upload_verified(local_dir: Path, uri: str, files: dict[str, dict], attempts: int = 3) -> None:
+    fs, root = filesystem(uri)
+    for rel, info in files.items():
+        dest = f"{root}/{rel}"
+        for attempt in range(1, attempts + 1):
+            try:
+                fs.put_file(str(local_dir / rel), dest)
+                size = fs.info(dest)["size"]
+                if size != info["size"]:
+                    raise StorageError(f"{uri}/{rel}: uploaded {size} bytes, expected {info['size']}")
+                break
+            except (OSError, StorageError):
+                if attempt == attempts:
+                    raise
+                time.sleep(2**attempt)
+    fs.invalidate_cache()
+
+
+class PendingFolder:
+    """A folder being written: fill ``path``, add to ``meta``; ``manifest`` is set once committed."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.meta = meta
+        self.manifest: dict = {}
+
+    def result(self) -> dict:
+        """The small dict a stage returns (and Prefect caches): where, content digest, and the meta."""
+        return {"uri": self.manifest["uri"], "digest": self.manifest["digest"], **self.meta}
+
+
+@contextlib.contextmanager
+def output_folder(uri: str, staging_dir: str | None = None, meta: dict | None = None) -> Iterator[PendingFolder]:
+    """Yield a local temp folder; on clean exit commit it to ``uri`` with a manifest written last.
+
+    On error nothing is committed, so ``uri`` either holds the previous complete folder or nothing usable.
+    The manifest carries ``digest`` (content hash of the files) and ``meta`` (what the stage records).
+    """
+    if is_remote(uri):
+        parent = Path(staging_dir or tempfile.gettempdir()).expanduser() / "outputs"
+    else:
+        parent = local_path(uri).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    pending = PendingFolder(Path(tempfile.mkdtemp(prefix=".partial-", dir=parent)), dict(meta or {}))
+    tmp = pending.path
+    try:
+        yield pending
+        files = describe_folder(tmp)
+        manifest = {"uri": normalize(uri), "files": files, "digest": folder_digest(files), "meta": pending.meta}
+        if is_remote(uri):
+            fs, root = filesystem(uri)
+            if fs.exists(f"{root}/{MANIFEST}"):
+                fs.rm_file(f"{root}/{MANIFEST}")  # mark incomplete while we overwrite
+            _upload_verified(tmp, uri, files)
+            write_json(join(uri, MANIFEST), manifest)
+        else:
+            (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
+            target = local_path(uri)
+            if target.exists():
+                old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        pending.manifest = manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stage_folder(uri: str, staging_dir: str) -> Path:
+    """A local, verified copy of a complete folder (the folder itself when it is already local)."""
+    manifest = read_manifest(uri)
+    if manifest is None:
+        raise StorageError(f"{uri}: missing {MANIFEST}; the folder is incomplete or not a finmerge output")
+    if not is_remote(uri):
+        return local_path(uri)
+    dest = Path(staging_dir).expanduser().resolve() / "inputs" / manifest["digest"][:32]
+    done = dest / MANIFEST
+    if done.exists():
+        return dest
+    fs, root = filesystem(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=dest.parent))
+    try:
+        for rel, info in manifest["files"].items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root}/{rel}", str(tmp / rel))
+            got = sha256_file(tmp / rel)
+            if got != info["sha256"]:
+                raise StorageError(f"{uri}/{rel}: sha256 {got[:12]} does not match manifest {info['sha256'][:12]}")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
