@@ -91,3 +91,24 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
+
+
+def fingerprint(uri: str) -> str:
+    """Content identity of a model folder: its manifest digest, else a hash of its file listing and config.
+
+    Folders finmerge wrote carry a manifest; for others (a user's HF folder) names, sizes and the config
+    stand in, which changes whenever the weights are re-saved.
+    """
+    import hashlib
+
+    manifest = storage.read_manifest(uri)
+    if manifest is not None:
+        return manifest["digest"]
+    fs, root = storage.filesystem(uri)
+    h = hashlib.sha256()
+    for path in sorted(fs.find(root)):
+        info = fs.info(path)
+        h.update(f"{path[len(root):]}\t{info['size']}\t{info.get('ETag') or info.get('mtime', '')}\n".encode())
+    if storage.exists(storage.join(uri, "config.json")):
+        h.update(storage.read_bytes(storage.join(uri, "config.json")))
+    return h.hexdigest()

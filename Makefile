@@ -1,0 +1,49 @@
+# finmerge — `make run` runs the whole pipeline on the embedded demo; `make test` runs the tests.
+# Both create .venv and install what they need on first use; later calls reuse it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+ARGS   ?=
+
+.PHONY: help install run test test-fast lint format bench clean distclean
+
+help:  ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch first, pinned: the CPU wheel; an unpinned torch drags in GBs of CUDA packages.
+	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install finmerge with its test tools
+
+run: $(STAMP)  ## run the whole pipeline on the embedded demo (ARGS="--set k=v" to override)
+	$(VENV)/bin/finmerge run --config configs/demo.yaml $(ARGS)
+
+test: $(STAMP)  ## run all tests, the slow end-to-end ones included
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## unit tests only (skips the end-to-end tests marked slow)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP)  ## ruff check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each)
+	@for f in bench/*.py; do echo "# $$f"; $(PY) $$f || exit 1; done
+
+clean:  ## remove the demo outputs (.finmerge/)
+	rm -rf .finmerge
+
+distclean: clean  ## also remove .venv
+	rm -rf $(VENV)

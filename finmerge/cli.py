@@ -1,0 +1,253 @@
+"""The ``finmerge`` command line: the whole pipeline, each stage, and config tools.
+
+Stage subcommands call the same plain functions the Prefect tasks wrap and print a one-line JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config
+
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def _config(args) -> PipelineConfig:
+    path = args.config if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    return load_config(path, args.set)
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+def _staging(args) -> str:
+    cfg = _config(args)
+    from finmerge import storage
+
+    storage.configure(cfg.storage.endpoint_url)
+    return str(Path(cfg.storage.staging_dir).expanduser().resolve())
+
+
+def cmd_run(args) -> int:
+    cfg = _config(args)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    from flows.pipeline import pipeline
+
+    summary = pipeline(cfg)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    reg = s["registered"]["merged"]
+    alias = reg["aliases"][0] if reg["aliases"] else reg["version"]
+    uri = s["tracking_uri"]
+    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}")
+    cached = sum(1 for v in s["stages"].values() if v == "Cached")
+    print("\n" + "=" * 78)
+    print(f"finmerge pipeline — config {s['config_hash']} — {s['seconds']} s — "
+          f"{cached}/{len(s['stages'])} stages cached")
+    print("=" * 78)
+    print(s["table"])
+    print()
+    print(f"registered : {reg['name']} v{reg['version']} (aliases: {', '.join(reg['aliases']) or '-'})"
+          f"  →  models:/{reg['name']}@{alias}")
+    print(f"             {s['registered']['cpt']['name']} v{s['registered']['cpt']['version']}")
+    for label, folder in s["models"].items():
+        print(f"{label:<11}: {folder}")
+    if s.get("vectors"):
+        print(f"{'vectors':<11}: {s['vectors']}")
+    print(f"MLflow UI  : {ui}")
+    print(f"stages     : " + ", ".join(f"{k}={v}" for k, v in s["stages"].items()))
+
+
+def cmd_config(args) -> int:
+    if args.action == "schema":
+        _print(PipelineConfig.model_json_schema())
+        return 0
+    cfg = _config(args)
+    if args.action == "show":
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
+    print(f"# config hash {config_hash(cfg)}", file=sys.stderr if args.action == "show" else sys.stdout)
+    return 0
+
+
+def cmd_corpus(args) -> int:
+    cfg = _config(args)
+    staging = _staging(args)
+    if args.step == "ingest":
+        from tasks.ingest import ingest
+
+        result = ingest(args.sources or cfg.corpus.ingest.sources, args.out, staging)
+    elif args.step == "clean":
+        from tasks.clean import clean
+
+        result = clean(args.input, args.out, cfg.corpus.clean, staging)
+    else:
+        from tasks.dedup import dedup
+
+        result = dedup(args.input, args.out, cfg.corpus.dedup, staging)
+    _print(result)
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from tasks.tokenize import tokenize_corpus
+
+    cfg = _config(args)
+    _print(tokenize_corpus(args.corpus, args.model, args.out, cfg.tokenize, _staging(args),
+                           cfg.models.trust_remote_code))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from tasks.pretrain import pretrain
+
+    cfg = _config(args)
+    train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
+    _print(pretrain(args.model, args.data, args.out, train_cfg, _staging(args), heldout_uri=args.heldout,
+                    trust_remote_code=cfg.models.trust_remote_code))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from tasks.merge import merge_models
+
+    cfg = _config(args)
+    m = cfg.merge
+    updates = {k: v for k, v in {"method": args.method, "alpha": args.alpha, "beta": args.beta,
+                                 "dtype": args.dtype}.items() if v is not None}
+    m = m.model_validate({**m.model_dump(), **updates})
+    _print(merge_models(args.base, args.instruct, args.domain, args.out, m, _staging(args),
+                        trust_remote_code=cfg.models.trust_remote_code))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from tasks.analyze import analyze_vectors
+
+    _config(args)
+    _print(analyze_vectors(args.base, args.instruct, args.domain, args.out, _staging(args)))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tasks.evaluate import evaluate_model
+
+    cfg = _config(args)
+    e = cfg.evaluate
+    if args.prompt_version:
+        e = e.model_copy(update={"prompt_version": args.prompt_version})
+    harness = [t.split(":", 1)[1] if t.startswith("fin-harness:") else t for t in (args.tasks or e.harness_data)]
+    result = evaluate_model(args.model, args.out, e, label=args.label, harness_dirs=harness,
+                            heldout_uri=args.heldout or e.heldout, chat_uri=args.chat or e.chat_questions,
+                            staging_dir=_staging(args), trust_remote_code=cfg.models.trust_remote_code)
+    _print(result)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from finmerge import tracking
+
+    cfg = _config(args)
+    name = args.name or cfg.registry.merged_name
+    client = tracking.client(tracking.resolve_uri(cfg.tracking))
+    alias = (args.alias or cfg.registry.champion_alias).lower()
+    version = args.version or client.get_model_version_by_alias(name, cfg.registry.new_alias).version
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), "finmerge.promoted_to", alias)
+    _print({"name": name, "version": str(version), "alias": alias, "uri": f"models:/{name}@{alias}"})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml if present)")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable)")
+    p = argparse.ArgumentParser(prog="finmerge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", parents=[common], help="run the whole pipeline").set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("config", parents=[common], help="validate / show the resolved config, or its schema")
+    c.add_argument("action", choices=["validate", "show", "schema"])
+    c.set_defaults(fn=cmd_config)
+
+    corpus = sub.add_parser("corpus", help="corpus stages").add_subparsers(dest="step", required=True)
+    ci = corpus.add_parser("ingest", parents=[common], help="raw documents → docs.jsonl")
+    ci.add_argument("--sources", nargs="*", help="fsspec URIs, folders or globs")
+    ci.add_argument("--out", required=True)
+    for step, helptext in (("clean", "normalise, filter, mask PII"), ("dedup", "exact + MinHash near-dup")):
+        s = corpus.add_parser(step, parents=[common], help=helptext)
+        s.add_argument("--in", dest="input", required=True)
+        s.add_argument("--out", required=True)
+    for s in (ci, *[corpus.choices[n] for n in ("clean", "dedup")]):
+        s.set_defaults(fn=cmd_corpus)
+
+    t = sub.add_parser("tokenize", parents=[common], help="tokenize and pack a clean corpus")
+    t.add_argument("--corpus", required=True)
+    t.add_argument("--model", required=True, help="model folder whose tokenizer to use")
+    t.add_argument("--out", required=True)
+    t.set_defaults(fn=cmd_tokenize)
+
+    pt = sub.add_parser("pretrain", parents=[common], help="continual pretraining on packed tokens")
+    pt.add_argument("--model", required=True)
+    pt.add_argument("--data", required=True, help="tokenize output folder")
+    pt.add_argument("--out", required=True)
+    pt.add_argument("--heldout", help="JSONL of held-out text for eval loss")
+    pt.set_defaults(fn=cmd_pretrain)
+
+    m = sub.add_parser("merge", parents=[common], help="θ_base + α·τ_inst + β·τ_fin, streamed")
+    for flag in ("--base", "--instruct", "--domain", "--out"):
+        m.add_argument(flag, required=True)
+    m.add_argument("--method", choices=["task_arithmetic", "linear"])
+    m.add_argument("--alpha", type=float)
+    m.add_argument("--beta", type=float)
+    m.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    m.set_defaults(fn=cmd_merge)
+
+    a = sub.add_parser("analyze", parents=[common], help="cosine / norms of τ_inst and τ_fin")
+    for flag in ("--base", "--instruct", "--domain", "--out"):
+        a.add_argument(flag, required=True)
+    a.set_defaults(fn=cmd_analyze)
+
+    e = sub.add_parser("evaluate", parents=[common], help="harness MC, finance ppl, chat probe")
+    e.add_argument("--model", required=True)
+    e.add_argument("--tasks", action="append", help="fin-harness:DATA_DIR (repeatable)")
+    e.add_argument("--prompt-version")
+    e.add_argument("--heldout")
+    e.add_argument("--chat")
+    e.add_argument("--label", default="model")
+    e.add_argument("--out", required=True)
+    e.set_defaults(fn=cmd_evaluate)
+
+    pr = sub.add_parser("promote", parents=[common], help="point an alias (default champion) at a version")
+    pr.add_argument("--name")
+    pr.add_argument("--version", help="default: the version holding the new-version alias (challenger)")
+    pr.add_argument("--alias")
+    pr.set_defaults(fn=cmd_promote)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"finmerge: config error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"finmerge: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""The bridge between plain stage functions and Prefect: cache keys, result storage, MLflow per stage.
+
+A stage's output folder is ``<storage.uri>/<stage>/<key>`` where the key hashes the stage name, its code
+version, its config section and the content digests of its inputs. The Prefect cache key is derived from
+that folder, so a second run with nothing changed finds every stage ``Cached``; changing one section
+changes that stage's key and, through its output digest, the keys of the stages after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel
+
+from finmerge import __version__, storage, tracking
+from finmerge.config import PipelineConfig, config_hash, sha256_json
+
+_IO_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError, storage.StorageError)
+
+
+def code_version(*modules: ModuleType | str) -> str:
+    """Hash of the source files of the given modules (plus the package version)."""
+    h = hashlib.sha256(__version__.encode())
+    for mod in modules:
+        module = sys.modules[mod] if isinstance(mod, str) else mod
+        h.update(Path(inspect.getfile(module)).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(stage: str, code: str, *parts: Any) -> str:
+    return sha256_json([stage, code, [p.model_dump(mode="json") if isinstance(p, BaseModel) else p
+                                      for p in parts]])[:20]
+
+
+class RunContext(BaseModel):
+    """What a stage needs to know about the run it belongs to (small and serialisable)."""
+
+    storage_uri: str
+    staging_dir: str
+    endpoint_url: str | None = None
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+    config_hash: str
+
+    @classmethod
+    def create(cls, cfg: PipelineConfig, parent_run_id: str | None = None) -> RunContext:
+        storage.configure(cfg.storage.endpoint_url)
+        uri, exp = tracking.ensure_experiment(cfg.tracking)
+        return cls(storage_uri=storage.normalize(cfg.storage.uri),
+                   staging_dir=str(Path(cfg.storage.staging_dir).expanduser().resolve()),
+                   endpoint_url=cfg.storage.endpoint_url, tracking_uri=uri, experiment_id=exp,
+                   parent_run_id=parent_run_id, config_hash=config_hash(cfg))
+
+    def out_uri(self, stage: str, key: str) -> str:
+        return storage.join(self.storage_uri, stage, key)
+
+
+def _cache_key(_ctx, parameters: dict) -> str:
+    return f"finmerge-{hashlib.sha256(parameters['out_uri'].encode()).hexdigest()[:32]}"
+
+
+def _retry_on_io(_task, _task_run, state) -> bool:
+    try:
+        state.result()
+    except _IO_ERRORS:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def result_of(out_uri: str) -> dict | None:
+    """A stage's return value rebuilt from a complete output folder (None if absent or incomplete)."""
+    manifest = storage.read_manifest(out_uri)
+    return None if manifest is None else {"uri": manifest["uri"], "digest": manifest["digest"], **manifest["meta"]}
+
+
+def run_tracked(stage: str, fn: Callable[..., dict], out_uri: str, ctx: RunContext, params: dict,
+                log_params: dict | None = None) -> dict:
+    """Run ``fn(out_uri=..., **params)`` inside its own MLflow run (a child of the pipeline run)."""
+    storage.configure(ctx.endpoint_url)
+    done = result_of(out_uri)
+    if done is not None:  # committed by an earlier attempt whose cache record was lost
+        return done
+    run = tracking.Run.start(ctx.tracking_uri, ctx.experiment_id, stage, parent_id=ctx.parent_run_id,
+                             tags={"finmerge.stage": stage, "finmerge.config_hash": ctx.config_hash,
+                                   "finmerge.output": out_uri, "finmerge.version": __version__})
+    if log_params:
+        run.params(log_params)
+    kwargs = dict(params)
+    if "on_log" in inspect.signature(fn).parameters:
+        kwargs["on_log"] = lambda step, metrics: run.metrics(metrics, step=step)
+    try:
+        result = fn(out_uri=out_uri, **kwargs)
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.metrics(result.get("metrics", {}))
+    run.artifact_files(out_uri, result.get("artifacts", []))
+    run.tags({"finmerge.digest": result["digest"]})
+    run.end()
+    return {**result, "mlflow_run_id": run.run_id}
+
+
+def stage_task(stage: str, fn: Callable[..., dict], retries: int = 2):
+    """A Prefect task running the plain stage function ``fn``: cached by output folder, retried on I/O."""
+
+    def body(out_uri: str, ctx: RunContext, params: dict, log_params: dict | None = None) -> dict:
+        return run_tracked(stage, fn, out_uri, ctx, params, log_params)
+
+    body.__name__ = body.__qualname__ = f"{stage}_stage"
+    body.__module__ = fn.__module__
+    return task(body, name=stage, cache_key_fn=_cache_key, persist_result=True, result_serializer="json",
+                retries=retries, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
+                retry_condition_fn=_retry_on_io)

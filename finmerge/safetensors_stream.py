@@ -1,0 +1,303 @@
+"""Streaming safetensors I/O: header-only inspection, row-chunked reads, and a sharded writer.
+
+Nothing here holds a whole model, or even a whole tensor, in memory:
+
+- :class:`SafetensorsModel` reads the headers of a model folder's weight files (names, dtypes, shapes) without
+  touching the data, and reads a tensor in row blocks through ``safe_open(...).get_slice`` (memory-mapped).
+- :class:`ShardedWriter` plans the output shards from the tensor specs up front (so every shard header is known
+  before its data), then streams each tensor's bytes straight to disk, block by block, hashing as it goes.
+  Shards are written to a temp name and renamed when complete; the HF layout is ``model.safetensors`` for one
+  shard, else ``model-0000k-of-0000N.safetensors`` plus ``model.safetensors.index.json``.
+
+The safetensors format is: 8-byte little-endian header length, a JSON header (``name -> {dtype, shape,
+data_offsets}`` plus ``__metadata__``), padded with spaces to a multiple of 8, then the raw little-endian bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from finmerge import modelio
+
+ST_TO_TORCH: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _st, _attr in [
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+]:
+    if hasattr(torch, _attr):
+        ST_TO_TORCH[_st] = getattr(torch, _attr)
+TORCH_TO_ST = {v: k for k, v in ST_TO_TORCH.items()}
+
+NAME_TO_TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``layers.2`` before ``layers.10``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON header of one safetensors file (no tensor data is read)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise modelio.ModelFormatError(f"{path}: not a safetensors file (truncated header)")
+        (n,) = struct.unpack("<Q", raw)
+        size = os.fstat(fh.fileno()).st_size
+        if n > size - 8 or n > 100_000_000:
+            raise modelio.ModelFormatError(f"{path}: not a safetensors file (header length {n})")
+        try:
+            return json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise modelio.ModelFormatError(f"{path}: unreadable safetensors header ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors code: F32, BF16, ...
+    shape: tuple[int, ...]
+    file: Path
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return ST_TO_TORCH.get(self.dtype)
+
+    @property
+    def is_float(self) -> bool:
+        dt = self.torch_dtype
+        return dt is not None and dt.is_floating_point
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class SafetensorsModel:
+    """The weights of one HF model folder, inspected from headers and read in row blocks.
+
+    Use as a context manager (``with SafetensorsModel(folder) as m:``) around reads so file handles are shared.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.files = modelio.weight_files(self.folder)  # refuses pickle-only folders
+        self.tensors: dict[str, TensorInfo] = {}
+        for path in self.files:
+            for name, entry in read_header(path).items():
+                if name == "__metadata__":
+                    continue
+                if name in self.tensors:
+                    raise modelio.ModelFormatError(f"{self.folder}: tensor {name} appears in two shards")
+                self.tensors[name] = TensorInfo(name, entry["dtype"], tuple(entry["shape"]), path)
+        self._stack: contextlib.ExitStack | None = None
+        self._handles: dict[Path, object] = {}
+
+    def __enter__(self) -> SafetensorsModel:
+        self._stack = contextlib.ExitStack()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handles.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _handle(self, path: Path):
+        from safetensors import safe_open
+
+        h = self._handles.get(path)
+        if h is None:
+            h = safe_open(str(path), framework="pt")
+            if self._stack is not None:
+                h = self._stack.enter_context(h)
+            self._handles[path] = h
+        return h
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """Rows ``[start, stop)`` of tensor ``name`` (the whole tensor when both are None), in its own dtype."""
+        info = self.tensors[name]
+        h = self._handle(info.file)
+        if start is None and stop is None:
+            return h.get_tensor(name)
+        if not info.shape:
+            raise ValueError(f"{name}: cannot slice rows of a 0-d tensor")
+        return h.get_slice(name)[start:stop].contiguous()
+
+
+def row_blocks(shape: tuple[int, ...], target_elems: int, start: int = 0, stop: int | None = None) -> Iterator:
+    """``(a, b)`` row ranges over ``[start, stop)`` of axis 0 holding about ``target_elems`` elements each.
+
+    A 0-d tensor yields a single ``(None, None)`` (read it whole)."""
+    if not shape:
+        yield None, None
+        return
+    stop = shape[0] if stop is None else stop
+    row = max(1, math.prod(shape[1:]))
+    step = max(1, target_elems // row)
+    for a in range(start, stop, step):
+        yield a, min(stop, a + step)
+
+
+def tensor_bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class _Shard:
+    file: str
+    names: list[str] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class ShardedWriter:
+    """Writes tensors to HF-layout safetensors shards without buffering them.
+
+    ``specs`` is ``[(name, torch dtype, shape), ...]``. Shards are packed greedily (in natural name order) up to
+    ``max_shard_bytes`` of tensor data; a tensor larger than that gets a shard of its own. Feed data with
+    :meth:`write` in the order given by :attr:`order` (row blocks of the current tensor, in order), then call
+    :meth:`close`, which returns ``{file: sha256}`` and writes the index when there is more than one shard.
+    """
+
+    def __init__(self, folder: str | Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int):
+        self.folder = Path(folder)
+        self.specs = {name: (dtype, tuple(shape)) for name, dtype, shape in specs}
+        if len(self.specs) != len(specs):
+            raise ValueError("duplicate tensor names")
+        for name, (dtype, _) in self.specs.items():
+            if dtype not in TORCH_TO_ST:
+                raise ValueError(f"{name}: dtype {dtype} cannot be written to safetensors")
+        shards: list[_Shard] = []
+        for name in sorted(self.specs, key=natural_key):
+            nb = tensor_bytes(*self.specs[name])
+            if not shards or (shards[-1].names and shards[-1].nbytes + nb > max_shard_bytes):
+                shards.append(_Shard(file=""))
+            shards[-1].names.append(name)
+            shards[-1].nbytes += nb
+        n = len(shards)
+        for k, sh in enumerate(shards, 1):
+            sh.file = SINGLE_NAME if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+            # Within a shard, widest dtypes first so every tensor's data stays aligned to its element size.
+            sh.names.sort(key=lambda nm: (-torch.empty((), dtype=self.specs[nm][0]).element_size(), natural_key(nm)))
+        self.shards = shards
+        self.order = [nm for sh in shards for nm in sh.names]
+        self.sha256: dict[str, str] = {}
+        self._shard_i = -1
+        self._name_i = -1
+        self._fh = None
+        self._hash = None
+        self._left = 0  # bytes still expected for the current tensor
+        self._next_tensor()
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _open_shard(self, sh: _Shard) -> None:
+        header: dict = {"__metadata__": {"format": "pt"}}
+        off = 0
+        for nm in sh.names:
+            dtype, shape = self.specs[nm]
+            nb = tensor_bytes(dtype, shape)
+            header[nm] = {"dtype": TORCH_TO_ST[dtype], "shape": list(shape), "data_offsets": [off, off + nb]}
+            off += nb
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.folder / f".{sh.file}.tmp", "wb")  # noqa: SIM115 - closed in _close_shard
+        self._hash = hashlib.sha256()
+        self._emit(struct.pack("<Q", len(raw)))
+        self._emit(raw)
+
+    def _close_shard(self, sh: _Shard) -> None:
+        self._fh.close()
+        self._fh = None
+        os.replace(self.folder / f".{sh.file}.tmp", self.folder / sh.file)
+        self.sha256[sh.file] = self._hash.hexdigest()
+
+    def _emit(self, data) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+
+    def _next_tensor(self) -> None:
+        while True:
+            if self._shard_i >= 0 and self._name_i + 1 < len(self.shards[self._shard_i].names):
+                self._name_i += 1
+            else:
+                if self._shard_i >= 0:
+                    self._close_shard(self.shards[self._shard_i])
+                self._shard_i += 1
+                self._name_i = 0
+                if self._shard_i >= len(self.shards):
+                    self._left = 0
+                    return
+                self._open_shard(self.shards[self._shard_i])
+            self._left = tensor_bytes(*self.specs[self.current])
+            if self._left:
+                return
+
+    @property
+    def current(self) -> str | None:
+        if self._shard_i >= len(self.shards):
+            return None
+        return self.shards[self._shard_i].names[self._name_i]
+
+    # -- API -------------------------------------------------------------------------------------------
+    def write(self, name: str, block: torch.Tensor) -> None:
+        """Append the next row block of tensor ``name`` (must be the current tensor, in its planned dtype)."""
+        if block.numel() == 0 and name in self.specs:
+            return  # zero-size tensors are all header
+        if name != self.current:
+            raise RuntimeError(f"writer expected tensor {self.current!r}, got {name!r}")
+        dtype, _ = self.specs[name]
+        if block.dtype != dtype:
+            raise RuntimeError(f"{name}: block dtype {block.dtype}, planned {dtype}")
+        flat = block.detach().to("cpu").contiguous().reshape(-1)
+        data = memoryview(flat.view(torch.uint8).numpy())
+        if data.nbytes > self._left:
+            raise RuntimeError(f"{name}: more data than its shape {self.specs[name][1]}")
+        self._emit(data)
+        self._left -= data.nbytes
+        if self._left == 0:
+            self._next_tensor()
+
+    def close(self) -> dict[str, str]:
+        if self.current is not None:
+            raise RuntimeError(f"writer closed before tensor {self.current!r} was complete")
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(sh.nbytes for sh in self.shards)},
+                "weight_map": {nm: sh.file for sh in self.shards for nm in sorted(sh.names, key=natural_key)},
+            }
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return dict(self.sha256)
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

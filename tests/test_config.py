@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "qwen2.5-7b.yaml", "test.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert isinstance(cfg, PipelineConfig)
+
+
+def test_real_model_example_is_a_real_model_setup():
+    cfg = load_config(ROOT / "configs" / "qwen2.5-7b.yaml")
+    assert not cfg.demo.enabled
+    assert "Qwen2.5-7B" in cfg.models.base and "Instruct" in cfg.models.instruct
+    assert cfg.merge.dtype == "bfloat16" and cfg.storage.uri.startswith("s3://")
+    assert cfg.corpus.ingest.sources and not cfg.models.trust_remote_code
+
+
+def test_overrides_are_typed_and_change_the_hash():
+    base = load_config(ROOT / "configs" / "demo.yaml")
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["merge.alpha=0.5", "pretrain.max_steps=7",
+                                                       "corpus.ingest.sources=[a, b]"])
+    assert cfg.merge.alpha == 0.5 and cfg.pretrain.max_steps == 7
+    assert cfg.corpus.ingest.sources == ["a", "b"]
+    assert config_hash(cfg) != config_hash(base)
+    assert config_hash(load_config(ROOT / "configs" / "demo.yaml")) == config_hash(base)
+    # only the merge section's digest moves when only merge changes
+    only_merge = load_config(ROOT / "configs" / "demo.yaml", ["merge.beta=0.7"])
+    assert only_merge.merge.digest() != base.merge.digest()
+    assert only_merge.pretrain.digest() == base.pretrain.digest()
+
+
+def test_errors_name_the_file_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"merge\.alhpa"):
+        load_config(ROOT / "configs" / "demo.yaml", ["merge.alhpa=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("merge: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(None, ["merge.alpha"])
+    with pytest.raises(ConfigError, match="models.base and models.instruct"):
+        load_config(None, ["models.base=/m"])
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_demo_disabled_needs_models_and_sources():
+    with pytest.raises(ConfigError, match="set models.base"):
+        load_config(None, ["demo.enabled=false"])
+
+
+def test_tracking_uri_honours_environment(monkeypatch):
+    from finmerge import tracking
+
+    cfg = load_config(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert tracking.resolve_uri(cfg.tracking) == "http://127.0.0.1:9"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.resolve_uri(cfg.tracking).startswith("sqlite:///")
+
+
+def test_storage_endpoint_honours_environment(monkeypatch):
+    from finmerge import storage
+
+    storage.configure(None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    assert storage.storage_options("s3://b/p") == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1234"}}
+    assert storage.storage_options("/local/path") == {}
+
+
+def test_scrub_removes_secrets():
+    from finmerge.tracking import flatten, scrub
+
+    out = flatten(scrub({"a": {"api_key": "s3cr3t", "uri": "s3://AKIA:s3cr3t@bucket/x"},
+                         "AWS_SECRET_ACCESS_KEY": "s3cr3t", "lr": 0.1}))
+    assert "s3cr3t" not in repr(out)
+    assert out["lr"] == "0.1" and out["a.uri"] == "s3://***@bucket/x"

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from finmerge import storage
+
+
+def _commit(uri, staging, files, meta=None):
+    with storage.output_folder(uri, str(staging), meta=meta or {}) as out:
+        for name, data in files.items():
+            (out.path / name).parent.mkdir(parents=True, exist_ok=True)
+            (out.path / name).write_bytes(data)
+    return out
+
+
+def test_local_folder_commit_is_atomic(tmp_path):
+    uri = str(tmp_path / "stage" / "k1")
+    with pytest.raises(RuntimeError):
+        with storage.output_folder(uri, str(tmp_path / "staging")) as out:
+            (out.path / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash mid-write")
+    assert not storage.exists(uri) and storage.read_manifest(uri) is None
+    assert not any(p.name.startswith(".partial-") for p in (tmp_path / "stage").iterdir())
+    out = _commit(uri, tmp_path / "staging", {"a.txt": b"hello", "sub/b.txt": b"world"}, {"counts": {"n": 2}})
+    m = storage.read_manifest(uri)
+    assert m["digest"] == out.manifest["digest"] and set(m["files"]) == {"a.txt", "sub/b.txt"}
+    assert out.result() == {"uri": storage.normalize(uri), "digest": m["digest"], "counts": {"n": 2}}
+
+
+def test_digest_depends_on_content_only(tmp_path):
+    a = _commit(str(tmp_path / "a"), tmp_path, {"x": b"1", "y": b"2"})
+    b = _commit(str(tmp_path / "b"), tmp_path, {"y": b"2", "x": b"1"})
+    c = _commit(str(tmp_path / "c"), tmp_path, {"x": b"1", "y": b"3"})
+    assert a.manifest["digest"] == b.manifest["digest"] != c.manifest["digest"]
+
+
+def test_s3_roundtrip_verified(s3_bucket, tmp_path):
+    uri = f"s3://{s3_bucket}/runs/stage/k"
+    out = _commit(uri, tmp_path / "staging", {"w.bin": bytes(range(256)) * 100, "cfg.json": b"{}"})
+    assert storage.read_manifest(uri)["digest"] == out.manifest["digest"]
+    local = storage.stage_folder(uri, str(tmp_path / "staging"))
+    assert (local / "w.bin").read_bytes() == bytes(range(256)) * 100
+    # a corrupted object is caught on download, not silently used
+    storage.write_bytes(f"{uri}/w.bin", b"tampered")
+    import shutil
+
+    shutil.rmtree(local)
+    with pytest.raises(storage.StorageError, match="sha256"):
+        storage.stage_folder(uri, str(tmp_path / "staging"))
+
+
+def test_incomplete_folder_is_refused(s3_bucket, tmp_path):
+    uri = f"s3://{s3_bucket}/half"
+    storage.write_bytes(f"{uri}/model.safetensors", b"partial")
+    with pytest.raises(storage.StorageError, match="incomplete"):
+        storage.stage_folder(uri, str(tmp_path))
+
+
+def test_json_errors_name_the_file(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(storage.StorageError, match="bad.json: invalid JSON"):
+        storage.read_json(str(p))
+    storage.write_json(str(tmp_path / "ok.json"), {"a": 1})
+    assert json.loads((tmp_path / "ok.json").read_text()) == {"a": 1}
