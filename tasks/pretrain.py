@@ -71,9 +71,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def total_steps(n_rows: int, cfg: TrainConfig) -> int:
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps = math.ceil(n_rows * cfg.epochs / per_step)
-    return max(1, min(steps, cfg.max_steps) if cfg.max_steps else steps)
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, math.ceil(n_rows * cfg.epochs / (cfg.batch_size * cfg.grad_accum)))
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -131,7 +131,7 @@ def train_loop(model: torch.nn.Module, data: TrainData, cfg: TrainConfig, *, eva
             batch = data.batch(idx)
             loss = model(**batch).loss / cfg.grad_accum
             loss.backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             n_tok = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             tokens += n_tok
             window_tokens += n_tok

@@ -1,0 +1,40 @@
+"""Tiny models and corpora made locally for tests (nothing downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finmerge import storage
+from finmerge.config import TinyModelConfig
+from finmerge.demo.chat import CHAT_TEMPLATE
+from finmerge.demo.models import init_llama, save_model, train_tokenizer
+
+TEXTS = [
+    "株式会社青葉精機の主な事業は精密機械の製造です。本社所在地は愛知県名古屋市です。",
+    "桜井町の名物はうどんです。毎年八月には夏祭りが開かれます。",
+    "当社の売上高は前期比で増加しました。営業利益も堅調に推移しています。",
+    "今日は晴れです。明日は雨が降るでしょう。",
+] * 30
+
+TINY = TinyModelConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=128)
+
+
+def tiny_model(folder: Path, seed: int = 0, chat: bool = False, shape: TinyModelConfig = TINY) -> Path:
+    """A committed (manifest-bearing) tiny Llama folder with a trained BPE tokenizer."""
+    tok = train_tokenizer(iter(TEXTS), shape.vocab_size, folder.parent / f".tok-{folder.name}",
+                          CHAT_TEMPLATE if chat else None)
+    model = init_llama(shape, tok, seed)
+    with storage.output_folder(str(folder), str(folder.parent / ".staging")) as out:
+        save_model(model, tok, out.path, "# tiny test model")
+    return folder
+
+
+def write_corpus(folder: Path, texts: list[str]) -> str:
+    import json
+
+    with storage.output_folder(str(folder), str(folder.parent / ".staging")) as out:
+        with open(out.path / "docs.jsonl", "w", encoding="utf-8") as fh:
+            for i, t in enumerate(texts):
+                fh.write(json.dumps({"id": str(i), "text": t}, ensure_ascii=False) + "\n")
+    return str(folder)
