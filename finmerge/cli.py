@@ -45,7 +45,7 @@ def cmd_run(args) -> int:
 
 def print_summary(s: dict) -> None:
     reg = s["registered"]["merged"]
-    alias = reg["aliases"][0] if reg["aliases"] else reg["version"]
+    alias = next((a for a in ("champion", *reg["aliases"]) if a in reg["aliases"]), reg["version"])
     uri = s["tracking_uri"]
     ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}")
     cached = sum(1 for v in s["stages"].values() if v == "Cached")

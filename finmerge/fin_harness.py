@@ -161,13 +161,16 @@ def parse_task(name: str, doc, source: str = "") -> Task:
         if not isinstance(choices_raw, list) or len(choices_raw) < 2:
             raise TaskDataError(f"{where}: needs a choices list with at least 2 entries")
         choices = tuple(
-            _text(c.get("text") if isinstance(c, dict) else c, f"{where} choice {k}") for k, c in enumerate(choices_raw)
+            _text(c.get("text") if isinstance(c, dict) else c, f"{where} choice {k}")
+            for k, c in enumerate(choices_raw)
         )
         answer = raw.get("answer")
         if isinstance(answer, str) and answer.strip().lstrip("-").isdigit():
             answer = int(answer)
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise TaskDataError(f"{where}: answer {answer!r} is not a 0-based index into {len(choices)} choices")
+            raise TaskDataError(
+                f"{where}: answer {answer!r} is not a 0-based index into {len(choices)} choices"
+            )
         question = _text(raw.get("question"), f"{where} question")
         if not question:
             raise TaskDataError(f"{where}: empty question")
@@ -312,7 +315,10 @@ def _mcq_021(it: Item, w: str):
 def _mcq_03(it: Item, w: str):
     x = f"{it.context}\n" if it.context else ""
     shown = _dash_list(it.choices, "\n")
-    return f"### 入力:\n{it.question}\n{x}出力は以下から選択してください：\n{shown}\n\n### 応答:\n", it.choices
+    return (
+        f"### 入力:\n{it.question}\n{x}出力は以下から選択してください：\n{shown}\n\n### 応答:\n",
+        it.choices,
+    )
 
 
 def _mcq_04(it: Item, w: str):
@@ -330,7 +336,10 @@ def _mcq_05(it: Item, w: str):
 def _mcq_06(it: Item, w: str):
     xb = f"\n{it.context}" if it.context else ""
     shown = _dash_list(it.choices, "\n")
-    return f"{_SELECT[w]}\n\n質問：{it.question}{xb}出力は以下から選択してください：\n{shown} [/INST] ", it.choices
+    return (
+        f"{_SELECT[w]}\n\n質問：{it.question}{xb}出力は以下から選択してください：\n{shown} [/INST] ",
+        it.choices,
+    )
 
 
 def _fp2_default(it: Item, w: str):

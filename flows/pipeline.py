@@ -212,7 +212,7 @@ def summary_markdown(s: dict) -> str:
     return (
         f"# finmerge pipeline ({s['config_hash']})\n\n{s['table']}\n\n"
         f"- merged model: `{reg['name']}` version {reg['version']} aliases {', '.join(reg['aliases']) or '–'}"
-        f" → `models:/{reg['name']}@{reg['aliases'][0] if reg['aliases'] else reg['version']}`\n"
+        f" → `models:/{reg['name']}@{'champion' if 'champion' in reg['aliases'] else reg['version']}`\n"
         f"- cpt model: `{s['registered']['cpt']['name']}` version {s['registered']['cpt']['version']}\n"
         f"- folders: " + ", ".join(f"{k} `{v}`" for k, v in s["models"].items()) + "\n"
         f"- MLflow: `{s['tracking_uri']}` run `{s['mlflow_run_id']}`\n- stages: {stages}\n"

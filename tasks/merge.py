@@ -1,0 +1,490 @@
+"""Merge the instruction vector and the domain vector into the base model (method.md §1-5), streaming.
+
+    task_arithmetic:  θ = θ_base + α·(θ_inst − θ_base) + β·(θ_cpt − θ_base)
+    linear:           θ = (α·θ_inst + β·θ_cpt) / (α + β)          (weighted average; θ_base is not used)
+
+Both are evaluated as one weighted sum ``Σ c_k·θ_k`` over the three inputs (task arithmetic:
+``c = (1−α−β, α, β)``), upcast to float32, terms with ``c_k = 0`` left out, and rounded once to the output dtype.
+That keeps the degenerate settings exact: (0,0) gives θ_base, (1,0) θ_inst, (0,1) θ_cpt bit for bit whenever the
+output dtype is the input dtype (the difference form ``θ_base + (θ_inst − θ_base)`` would not be, in fp32).
+
+Tensors are read in row blocks from the memory-mapped safetensors inputs and streamed into planned output
+shards, so peak memory is a few row blocks (``block_elems``), independent of model and tensor size.
+
+Output folder: a complete Hugging Face model (config, shards [+ index], tokenizer, chat template, generation
+config) plus ``README.md`` (model card), ``merge_recipe.yaml`` (reproduces the merge) and ``merge_report.json``
+(per-tensor max |Δ| against the domain and instruct models, vocab row provenance, warnings).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import fnmatch
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+import finmerge
+from finmerge.orchestration import stage_task
+from finmerge import modelio, storage
+from finmerge.config import MergeConfig
+from finmerge.safetensors_stream import NAME_TO_TORCH, ShardedWriter, row_blocks
+from finmerge.triplet import PreflightError, Triplet, load_triplet
+
+ROLES = ("base", "instruct", "domain")
+
+# Tokenizer files taken from the domain model (it may extend the vocab); chat templates come from instruct.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+TOKENIZER_PATTERNS = ("*.tiktoken", "tokenizer*.model", "tokenization_*.py")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def coefficients(cfg: MergeConfig) -> tuple[float, float, float]:
+    """Weights ``(c_base, c_inst, c_domain)`` of the weighted sum that implements ``cfg.method``."""
+    a, b = float(cfg.alpha), float(cfg.beta)
+    if cfg.method == "task_arithmetic":
+        return 1.0 - (a + b), a, b
+    if cfg.method == "linear":
+        if a + b == 0:
+            raise ValueError("linear merge: alpha + beta must not be 0")
+        return 0.0, a / (a + b), b / (a + b)
+    raise ValueError(f"unknown merge method {cfg.method!r}")
+
+
+def resolve_dtype(requested: str, instruct_config: dict) -> torch.dtype:
+    """``auto`` = the instruct model's ``dtype``/``torch_dtype`` (float32 when absent or not a float dtype)."""
+    if requested != "auto":
+        return NAME_TO_TORCH[requested]
+    for key in ("dtype", "torch_dtype"):
+        val = instruct_config.get(key) or (instruct_config.get("text_config") or {}).get(key)
+        if isinstance(val, str) and val.replace("torch.", "") in NAME_TO_TORCH:
+            return NAME_TO_TORCH[val.replace("torch.", "")]
+    return torch.float32
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def _fingerprint_jobs(side, pool: cf.Executor) -> dict:
+    """Manifest digest (finmerge folders) or background sha256 jobs of the weight files."""
+    manifest_path = side.folder / storage.MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest.get("files", {})
+        return {
+            "manifest_digest": manifest.get("digest"),
+            "shards": {f.name: files.get(f.name, {}).get("sha256") for f in side.weights.files},
+        }
+    return {"shards": {f.name: pool.submit(storage.sha256_file, f) for f in side.weights.files}}
+
+
+def _resolve_fingerprint(fp: dict) -> dict:
+    return {**fp, "shards": {k: (v.result() if isinstance(v, cf.Future) else v) for k, v in fp["shards"].items()}}
+
+
+class MergeError(ValueError):
+    """A problem found while merging (non-finite values, integer tensors that differ); nothing is committed."""
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(torch.isinf(t).sum())
+        raise MergeError(f"{what}: {n_nan} NaN and {n_inf} Inf value(s)")
+
+
+def _max_abs(x: torch.Tensor, y: torch.Tensor) -> float:
+    if x.numel() == 0:
+        return 0.0
+    return float((x.to(torch.float32) - y.to(torch.float32)).abs().max())
+
+
+def _plan(tri: Triplet, cfg: MergeConfig, out_dtype: torch.dtype) -> tuple[dict[str, dict], list]:
+    try:
+        patterns = [re.compile(p) for p in cfg.exclude]
+    except re.error as exc:
+        raise PreflightError([f"merge.exclude: invalid regex ({exc})"]) from exc
+    plans: dict[str, dict] = {}
+    specs = []
+    for name in tri.names:
+        di = tri.info("domain", name)
+        ii = tri.info("instruct", name)
+        if any(p.search(name) for p in patterns):
+            kind = "excluded"
+            dtype = out_dtype if di.is_float else di.torch_dtype
+        elif not ii.is_float:
+            kind = "copied"
+            dtype = ii.torch_dtype
+        else:
+            kind = "merged"
+            dtype = out_dtype
+        shared = tri.vocab_rows.get(name)
+        plans[name] = {"kind": kind, "shape": di.shape, "dtype": dtype, "shared_rows": shared}
+        specs.append((name, dtype, di.shape))
+    return plans, specs
+
+
+def merge_models(
+    base_uri: str,
+    instruct_uri: str,
+    domain_uri: str,
+    out_uri: str,
+    cfg: MergeConfig,
+    staging_dir: str,
+    trust_remote_code: bool = False,
+    *,
+    allow_float_dtype_mismatch: bool = False,
+    block_elems: int = 1 << 22,
+    hash_inputs: bool = True,
+) -> dict:
+    """Merge ``instruct`` and ``domain`` (CPT) into ``base`` per ``cfg``; write an HF model folder at ``out_uri``.
+
+    Extra keyword arguments (not in :class:`MergeConfig`): ``allow_float_dtype_mismatch`` lets inputs store a
+    tensor in different float dtypes (all are upcast anyway); ``block_elems`` is the row-block size of the
+    streaming pass (elements per input block); ``hash_inputs`` computes the sha256 of input weight files that
+    have no finmerge manifest, for the model card (in background threads).
+    """
+    t0 = time.perf_counter()
+    coeffs = coefficients(cfg)
+    uris = {"base": base_uri, "instruct": instruct_uri, "domain": domain_uri}
+    folders = {r: modelio.stage_model(u, staging_dir) for r, u in uris.items()}
+    tri = load_triplet(
+        uris,
+        folders,
+        policy="merge",
+        allow_float_dtype_mismatch=allow_float_dtype_mismatch,
+        trust_remote_code=trust_remote_code,
+    )
+    out_dtype = resolve_dtype(cfg.dtype, tri.instruct.config)
+    plans, specs = _plan(tri, cfg, out_dtype)
+    compute_dtype = torch.float32
+    if any(tri.info(r, n).torch_dtype == torch.float64 for r in ROLES for n in tri.names):
+        compute_dtype = torch.float64
+
+    pool = cf.ThreadPoolExecutor(max_workers=2)
+    try:
+        fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hash_inputs else {}
+        with storage.output_folder(out_uri, staging_dir, meta={"kind": "merge"}) as out:
+            writer = ShardedWriter(out.path, specs, max(0, cfg.shard_size_mb) * 1_000_000)
+            try:
+                report = _merge_pass(tri, plans, writer, coeffs, compute_dtype, block_elems)
+                shard_sha = writer.close()
+            finally:
+                writer.abort()
+            fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
+            warnings = list(tri.warnings)
+            warnings += _write_model_files(tri, out.path, out_dtype, trust_remote_code)
+            seconds = time.perf_counter() - t0
+            counts = {
+                "tensors_merged": sum(p["kind"] == "merged" for p in plans.values()),
+                "tensors_copied": sum(p["kind"] == "copied" for p in plans.values()),
+                "tensors_excluded": sum(p["kind"] == "excluded" for p in plans.values()),
+                "tensors_vocab_extended": sum(1 for t in report if t["rows_domain_only"]),
+                "rows_domain_only": int(tri.vocab["rows_domain_only"]),
+                "shards": len(shard_sha),
+                "parameters": sum(int(torch.Size(p["shape"]).numel()) for p in plans.values()),
+            }
+            max_cpt = max((t["max_abs_delta_vs_cpt"] for t in report), default=0.0)
+            max_inst = max(
+                (t["max_abs_delta_vs_inst"] for t in report if t["max_abs_delta_vs_inst"] is not None), default=0.0
+            )
+            summary = {
+                "finmerge_version": finmerge.__version__,
+                "method": cfg.method,
+                "alpha": cfg.alpha,
+                "beta": cfg.beta,
+                "coefficients": dict(zip(ROLES, coeffs, strict=True)),
+                "compute_dtype": _dtype_name(compute_dtype),
+                "output_dtype": _dtype_name(out_dtype),
+                "inputs": {
+                    r: {
+                        "uri": storage.normalize(uris[r]),
+                        "dtype": _input_dtype(getattr(tri, r)),
+                        "vocab_size": getattr(tri, r).vocab_size,
+                        **fingerprints.get(r, {}),
+                    }
+                    for r in ROLES
+                },
+                "vocab": tri.vocab,
+                "exclude": list(cfg.exclude),
+                "shards": shard_sha,
+                "counts": counts,
+                "max_abs_delta_vs_cpt": max_cpt,
+                "max_abs_delta_vs_inst": max_inst,
+                "seconds": seconds,
+                "warnings": warnings,
+            }
+            (out.path / "merge_report.json").write_text(
+                json.dumps({"summary": summary, "tensors": report}, indent=2, ensure_ascii=False) + "\n"
+            )
+            (out.path / "merge_recipe.yaml").write_text(_recipe(cfg, uris, summary), encoding="utf-8")
+            (out.path / "README.md").write_text(_model_card(cfg, summary, out_uri), encoding="utf-8")
+            out.meta["counts"] = counts
+            out.meta["metrics"] = {
+                "merge/max_abs_delta_vs_cpt": float(max_cpt),
+                "merge/max_abs_delta_vs_inst": float(max_inst),
+                "merge/n_tensors": float(len(plans)),
+                "merge/seconds": float(time.perf_counter() - t0),
+            }
+            out.meta["artifacts"] = ["README.md", "merge_recipe.yaml", "merge_report.json"]
+            out.meta["output_dtype"] = _dtype_name(out_dtype)
+            out.meta["vocab"] = tri.vocab
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out.result()
+
+
+def merge_from_recipe(recipe_path: str, out_uri: str, staging_dir: str, trust_remote_code: bool = False) -> dict:
+    """Run the merge that a ``merge_recipe.yaml`` describes again."""
+    recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+    inp = recipe["inputs"]
+    return merge_models(
+        inp["base"],
+        inp["instruct"],
+        inp["domain"],
+        out_uri,
+        MergeConfig(**recipe["merge"]),
+        staging_dir,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def _input_dtype(side) -> str:
+    dts = sorted({i.dtype for i in side.weights.tensors.values() if i.is_float})
+    return ",".join(dts)
+
+
+def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, coeffs, compute_dtype, block_elems: int) -> list:
+    models = {r: getattr(tri, r).weights for r in ROLES}
+    weights = [(r, c) for r, c in zip(ROLES, coeffs, strict=True) if c != 0.0]
+    report = []
+    for m in models.values():
+        m.__enter__()
+    try:
+        for name in writer.order:
+            plan = plans[name]
+            kind, shape, out_dtype = plan["kind"], plan["shape"], plan["dtype"]
+            shared = plan["shared_rows"]
+            rows = shape[0] if shape else None
+            split = shared if shared is not None else rows
+            d_cpt, d_inst = 0.0, None
+            # Blocks over the rows every model has, then the domain-only rows (vocab extension).
+            blocks = [(a, b, True) for a, b in row_blocks(shape, block_elems, 0, split)]
+            if shared is not None:
+                blocks += [(a, b, False) for a, b in row_blocks(shape, block_elems, shared, rows)]
+            for a, b, in_shared in blocks:
+                x = {}
+                for r in ROLES:
+                    if r != "domain" and not in_shared:
+                        continue
+                    x[r] = models[r].read(name, a, b)
+                    _check_finite(x[r], f"input {r} tensor {name}")
+                if kind == "copied":
+                    for r in ("base", "domain"):
+                        if not torch.equal(x[r], x["instruct"]):
+                            raise MergeError(f"non-float tensor {name} differs between instruct and {r}")
+                    y = x["instruct"]
+                elif kind == "excluded" or not in_shared:
+                    y = x["domain"].to(out_dtype) if x["domain"].is_floating_point() else x["domain"]
+                else:
+                    acc = None
+                    for r, c in weights:
+                        v = x[r].to(compute_dtype)
+                        if acc is None:
+                            acc = v * c if c != 1.0 else v.clone()
+                        else:
+                            acc.add_(v, alpha=c)
+                    y = acc.to(out_dtype)
+                    del acc
+                _check_finite(y, f"output tensor {name} (rows {a}:{b})")
+                d_cpt = max(d_cpt, _max_abs(y, x["domain"]))
+                if in_shared:
+                    d_inst = max(d_inst or 0.0, _max_abs(y, x["instruct"]))
+                writer.write(name, y)
+                del x, y
+            report.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "shape": list(shape),
+                    "dtype": _dtype_name(out_dtype),
+                    "rows_domain_only": (rows - shared) if shared is not None else 0,
+                    "max_abs_delta_vs_cpt": d_cpt,
+                    "max_abs_delta_vs_inst": d_inst,
+                }
+            )
+    finally:
+        for m in models.values():
+            m.__exit__(None, None, None)
+    return report
+
+
+def _copy_matching(src: Path, dst: Path, names, patterns) -> list[str]:
+    copied = []
+    for p in sorted(src.iterdir()):
+        if p.is_file() and (p.name in names or any(fnmatch.fnmatch(p.name, pat) for pat in patterns)):
+            shutil.copy2(p, dst / p.name)
+            copied.append(p.name)
+    return copied
+
+
+def _write_model_files(tri: Triplet, out: Path, out_dtype: torch.dtype, trust_remote_code: bool) -> list[str]:
+    """config.json, generation config, tokenizer (domain) + chat template (instruct), custom code."""
+    warnings: list[str] = []
+    inst, dom = tri.instruct.folder, tri.domain.folder
+
+    config = json.loads((inst / "config.json").read_text(encoding="utf-8"))
+    target = config["text_config"] if "vocab_size" not in config and "text_config" in config else config
+    if tri.vocab["output"] is not None:
+        target["vocab_size"] = int(tri.vocab["output"])
+    config["dtype"] = _dtype_name(out_dtype)
+    if "torch_dtype" in config:
+        config["torch_dtype"] = _dtype_name(out_dtype)
+
+    if trust_remote_code and config.get("auto_map"):
+        _copy_matching(inst, out, (), ("*.py",))
+    _copy_matching(dom, out, TOKENIZER_FILES, TOKENIZER_PATTERNS)
+    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+    if (inst / "generation_config.json").exists():
+        shutil.copy2(inst / "generation_config.json", out / "generation_config.json")
+    else:
+        warnings.append("instruct model has no generation_config.json; none written")
+
+    # Chat template: the instruct model's, never the domain's.
+    found = False
+    tc_path = out / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text(encoding="utf-8")) if tc_path.exists() else None
+    if tc is not None:
+        tc.pop("chat_template", None)
+    inst_tc_path = inst / "tokenizer_config.json"
+    if inst_tc_path.exists():
+        inst_tc = json.loads(inst_tc_path.read_text(encoding="utf-8"))
+        if inst_tc.get("chat_template"):
+            found = True
+            if tc is None:
+                tc = {}
+            tc["chat_template"] = inst_tc["chat_template"]
+    if tc is not None:
+        tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for fname in CHAT_TEMPLATE_FILES:
+        if (inst / fname).exists():
+            shutil.copy2(inst / fname, out / fname)
+            found = True
+    if (inst / "additional_chat_templates").is_dir():
+        shutil.copytree(inst / "additional_chat_templates", out / "additional_chat_templates")
+        found = True
+    if not found:
+        warnings.append("instruct model has no chat template; the merged model has none")
+    if not (out / "tokenizer_config.json").exists() and not (out / "tokenizer.json").exists():
+        warnings.append("domain model has no tokenizer files")
+    return warnings
+
+
+def _recipe(cfg: MergeConfig, uris: dict, summary: dict) -> str:
+    recipe = {
+        "finmerge_version": finmerge.__version__,
+        "inputs": {r: storage.normalize(uris[r]) for r in ROLES},
+        "input_digests": {
+            r: summary["inputs"][r].get("manifest_digest") or summary["inputs"][r].get("shards") for r in ROLES
+        },
+        "merge": cfg.model_dump(mode="json"),
+        "resolved": {
+            "output_dtype": summary["output_dtype"],
+            "compute_dtype": summary["compute_dtype"],
+            "coefficients": summary["coefficients"],
+            "vocab": summary["vocab"],
+        },
+    }
+    head = (
+        "# finmerge merge recipe. Reproduce with:\n"
+        "#   from tasks.merge import merge_from_recipe\n"
+        "#   merge_from_recipe('merge_recipe.yaml', out_uri, staging_dir)\n"
+        "# or merge_models(inputs.base, inputs.instruct, inputs.domain, out_uri, MergeConfig(**merge), staging_dir)\n"
+    )
+    return head + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
+
+
+def _model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
+    a, b = cfg.alpha, cfg.beta
+    if cfg.method == "task_arithmetic":
+        formula = f"θ = θ_base + {a:g}·(θ_inst − θ_base) + {b:g}·(θ_cpt − θ_base)"
+    else:
+        formula = f"θ = ({a:g}·θ_inst + {b:g}·θ_cpt) / {a + b:g}"
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [finmerge, merge, " + cfg.method.replace("_", "-") + "]",
+        "---",
+        "",
+        f"# {Path(storage.normalize(out_uri)).name}",
+        "",
+        "A finance LLM built by finmerge: the instruction vector of an instruct model and the domain vector of a "
+        "continually pretrained (CPT) model, added to their common base model.",
+        "",
+        "## Recipe",
+        "",
+        f"- method: `{cfg.method}`, α = {a:g}, β = {b:g}",
+        f"- formula: {formula}",
+        f"- computed in {s['compute_dtype']}, rounded once to {s['output_dtype']}",
+        f"- excluded (taken from the domain model unchanged): {', '.join(f'`{e}`' for e in cfg.exclude) or 'none'}",
+        f"- tool: finmerge {s['finmerge_version']}; full recipe in `merge_recipe.yaml`",
+        "",
+        "## Inputs",
+        "",
+        "| role | URI | dtype | vocab | digest |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ROLES:
+        inp = s["inputs"][r]
+        if inp.get("manifest_digest"):
+            digest = f"manifest {inp['manifest_digest']}"
+        else:
+            digest = "<br>".join(f"{k}: {v}" for k, v in (inp.get("shards") or {}).items()) or "not computed"
+        lines.append(f"| {r} | `{inp['uri']}` | {inp['dtype']} | {inp['vocab_size']} | {digest} |")
+    v = s["vocab"]
+    lines += [
+        "",
+        "## Vocab and tokenizer",
+        "",
+        f"- vocab sizes: base {v['base']}, instruct {v['instruct']}, domain {v['domain']} → output {v['output']}",
+        f"- rows [0, {v['shared']}) merged; rows [{v['shared']}, {v['output']}) taken from the domain model "
+        f"unchanged ({v['rows_domain_only']} row(s)); no row dropped",
+        "- tokenizer: from the domain model; chat template and generation_config.json: from the instruct model",
+        "",
+        "## Output",
+        "",
+        f"- {s['counts']['parameters']:,} parameters in {s['counts']['shards']} shard(s); "
+        f"{s['counts']['tensors_merged']} tensors merged, {s['counts']['tensors_copied']} copied (non-float), "
+        f"{s['counts']['tensors_excluded']} excluded",
+        f"- max |Δ| vs domain: {s['max_abs_delta_vs_cpt']:.4g}; vs instruct: {s['max_abs_delta_vs_inst']:.4g} "
+        "(per tensor in `merge_report.json`)",
+        "",
+        "| shard | sha256 |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {h} |" for k, h in s["shards"].items()]
+    if s["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+# Prefect wrapper: cached on the output folder (content-keyed), retried on I/O errors, tracked in MLflow.
+merge_task = stage_task("merge", merge_models)

@@ -1,0 +1,280 @@
+"""The embedded demo world: deterministic, internally consistent, dirt as declared in truth.json."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from finmerge.config import DemoConfig
+from finmerge.demo import world as W
+from finmerge.demo.chat import ADHERENCE_REGEX, ANSWER_PREFIX
+
+CFG = DemoConfig()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    W.generate_world(CFG, out)
+    return out
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _undirty(text: str) -> str:
+    """Enough normalisation to read facts out of raw filings (fact sentences hold no ASCII)."""
+    return unicodedata.normalize("NFKC", html.unescape(text).replace("，", "、").replace("．", "。"))
+
+
+def _raw_filings(world: Path) -> dict[str, str]:
+    """doc_id -> raw text of every raw document (JSONL records of one document joined)."""
+    out = {}
+    for p in (world / "filings" / "html").glob("*.html"):
+        out[p.stem] = p.read_text(encoding="utf-8")
+    for p in (world / "filings" / "text").glob("*.txt"):
+        out[p.stem] = p.read_text(encoding="utf-8")
+    for rec in _jsonl(world / "filings" / "jsonl" / "part-000.jsonl"):
+        out[rec["doc_id"]] = out.get(rec["doc_id"], "") + rec["text"] + "\n"
+    return out
+
+
+def test_deterministic_and_fast(tmp_path, world):
+    t0 = time.perf_counter()
+    summary = W.generate_world(CFG, tmp_path / "again")
+    assert time.perf_counter() - t0 < 10
+    assert _files(tmp_path / "again") == _files(world)  # byte-identical
+    assert summary == json.loads((world / "truth.json").read_text())["counts"]
+    W.generate_world(CFG.model_copy(update={"seed": CFG.seed + 1}), tmp_path / "other")
+    assert _files(tmp_path / "other") != _files(world)
+
+
+def test_layout_and_counts(world):
+    for rel in [
+        "filings/jsonl/part-000.jsonl",
+        "eval/heldout.jsonl",
+        "eval/harness/demo_fin/data.json",
+        "eval/chat_finance.jsonl",
+        "general/corpus.jsonl",
+        "instructions/train.jsonl",
+        "truth.json",
+        "world.json",
+    ]:
+        assert (world / rel).is_file(), rel
+    truth = json.loads((world / "truth.json").read_text())
+    counts = truth["counts"]
+    n = CFG.n_companies * len(CFG.years)
+    assert counts["filings"] == n
+    assert len(truth["exact_duplicates"]) == counts["exact_duplicates"] == round(CFG.exact_dup_rate * n)
+    assert len(truth["near_duplicates"]) == counts["near_duplicates"] == round(CFG.near_dup_rate * n)
+    assert len(truth["junk"]) == counts["junk"] == round(CFG.junk_rate * n)
+    assert len(truth["non_japanese"]) == counts["non_japanese"] == round(CFG.non_japanese_rate * n)
+    assert {j["kind"] for j in truth["junk"]} == {"soup", "table", "stub", "ng_spam"}
+
+    raw = _raw_filings(world)
+    docs = truth["documents"]
+    assert sorted(raw) == sorted(d["doc_id"] for d in docs)
+    assert len(docs) == counts["raw_documents"]
+    originals = [d for d in docs if d["kind"] == "original"]
+    forms = Counter(d["form"] for d in originals)
+    assert all(abs(forms[f] - n / 3) <= 1 for f in W.FORMS), forms  # a third of the filings each
+    # Every original in each year, once per company.
+    assert Counter((d["edinet_code"], d["year"]) for d in originals) == Counter(
+        {(c, y): 1 for c in {d["edinet_code"] for d in originals} for y in CFG.years}
+    )
+    ids = {d["doc_id"]: d for d in docs}
+    for e in truth["exact_duplicates"]:
+        o, d = ids[e["original"]], ids[e["doc_id"]]
+        assert o["kind"] == "original" and d["kind"] == "exact_dup"
+        assert W.FORMS.index(d["form"]) >= W.FORMS.index(o["form"]) and d["doc_id"] > o["doc_id"]
+        assert _undirty(raw[e["doc_id"]]).count("の主な事業は") == _undirty(raw[e["original"]]).count(
+            "の主な事業は"
+        )
+    for e in truth["near_duplicates"]:
+        o, d = ids[e["original"]], ids[e["doc_id"]]
+        assert d["filing_date"] > o["filing_date"] and d["edinet_code"] == o["edinet_code"]
+        assert "訂正有価証券報告書" in _undirty(raw[e["doc_id"]])
+        assert sorted(e["jaccard"]) == sorted(W.NARRATIVE_SECTIONS)
+        lo, hi = W.NEAR_JACCARD
+        assert all(lo <= j <= hi for j in e["jaccard"].values()), e["jaccard"]
+    dup_ids = {e["doc_id"] for e in truth["exact_duplicates"] + truth["near_duplicates"]}
+    assert not dup_ids & {e["original"] for e in truth["exact_duplicates"] + truth["near_duplicates"]}
+
+
+def test_filings_sections_and_facts(world):
+    truth = json.loads((world / "truth.json").read_text())
+    companies = {c["edinet_code"]: c for c in json.loads((world / "world.json").read_text())["companies"]}
+    assert len(companies) == CFG.n_companies
+    assert len({c["name"] for c in companies.values()}) == CFG.n_companies
+    assert all(re.fullmatch(r"E0\d{4}", code) for code in companies)
+    assert all(re.fullmatch(r"0\d-\d{4}-\d{4}", c["phone"]) for c in companies.values())
+    raw = _raw_filings(world)
+    heading = re.compile(r"^[0-9０-９]+【(.+)】$", re.M)
+    for d in truth["documents"]:
+        if d["kind"] not in ("original", "exact_dup", "near_dup"):
+            continue
+        c = companies[d["edinet_code"]]
+        text = _undirty(raw[d["doc_id"]])
+        if d["form"] == "jsonl":
+            recs = [r for r in _jsonl(world / "filings/jsonl/part-000.jsonl") if r["doc_id"] == d["doc_id"]]
+            assert [r["section"] for r in recs] == W.SECTIONS
+            assert {(r["company"], r["edinet_code"], r["filing_date"]) for r in recs} == {
+                (c["name"], c["edinet_code"], d["filing_date"])
+            }
+        else:
+            body = re.sub(r"<[^>]+>", "\n", text) if d["form"] == "html" else text
+            assert heading.findall(body) == W.SECTIONS
+        facts = c["facts"]
+        for attr in ("主な事業", "本社所在地", "主な製品", "主な事業等のリスク"):
+            assert text.count(facts[attr]) >= 2, (d["doc_id"], attr)
+        plain = unicodedata.normalize("NFKC", html.unescape(raw[d["doc_id"]]))
+        assert c["phone"] in plain and c["email"] in plain
+    # Narrative length per filing, as the brief asks (~1,500–3,000 characters).
+    heldout = _jsonl(world / "eval" / "heldout.jsonl")
+    per_doc = Counter()
+    for r in heldout:
+        per_doc[r["doc_id"]] += len(r["text"])
+    assert all(1500 <= n <= 3000 for n in per_doc.values()), per_doc
+
+
+def test_facts_agree_across_outputs(world):
+    companies = json.loads((world / "world.json").read_text())["companies"]
+    by_name = {c["name"]: c for c in companies}
+    harness = json.loads((world / "eval/harness/demo_fin/data.json").read_text())
+    assert harness["data-type"] == "multiple-choice-question" and harness["data-name"] == "demo_fin"
+    from finmerge.fin_harness import parse_task
+
+    assert len(parse_task("demo_fin", harness).items) == 2 * len(companies)  # the evaluator's own validation
+    data = harness["data"]
+    assert len(data) == 2 * len(companies)
+    assert [q["id"] for q in data] == list(range(len(data)))
+    positions = Counter()
+    for q in data:
+        assert set(q) == {"id", "question", "context", "choices", "answer", "comment"}
+        assert q["context"] == "" and q["comment"] == ""
+        assert [ch["id"] for ch in q["choices"]] == [0, 1, 2, 3]
+        texts = [ch["text"] for ch in q["choices"]]
+        assert len(set(texts)) == 4 and 0 <= q["answer"] < 4
+        name = q["question"].split("の")[0]
+        c = by_name[name]
+        attr = "business" if "主な事業" in q["question"] else "hq"
+        assert texts[q["answer"]] == c[attr]
+        pool = (
+            {i["business"] for i in W.V.INDUSTRIES} if attr == "business" else {p["hq"] for p in W.V.PLACES}
+        )
+        assert set(texts) <= pool
+        positions[q["answer"]] += 1
+    assert max(positions.values()) - min(positions.values()) <= 1  # balanced answer positions
+
+    chat = _jsonl(world / "eval" / "chat_finance.jsonl")
+    assert len(chat) == 2 * len(companies) and len({q["id"] for q in chat}) == len(chat)
+    for q in chat:
+        c = by_name[q["question"].split("の")[0]]
+        expect = c["business"] if q["attribute"] == "主な事業" else c["hq"]
+        assert q["answers"] == [expect]
+        assert q["question"].endswith("？")
+    heldout = _jsonl(world / "eval" / "heldout.jsonl")
+    for r in heldout:
+        c = by_name[r["company"]]
+        assert r["section"] in W.NARRATIVE_SECTIONS
+        if r["section"] == "事業の内容":
+            assert c["facts"]["主な事業"] in r["text"] and c["facts"]["本社所在地"] in r["text"]
+
+
+def test_heldout_is_held_out(world):
+    truth = json.loads((world / "truth.json").read_text())
+    companies = {c["name"]: c for c in json.loads((world / "world.json").read_text())["companies"]}
+    heldout = _jsonl(world / "eval" / "heldout.jsonl")
+    assert len(heldout) == CFG.n_companies * len(W.NARRATIVE_SECTIONS)
+    assert {r["doc_id"] for r in heldout}.isdisjoint(d["doc_id"] for d in truth["documents"])
+    raw = _raw_filings(world)
+    own: dict[str, str] = {}
+    for d in truth["documents"]:
+        if d["company"]:
+            own[d["company"]] = own.get(d["company"], "") + unicodedata.normalize("NFKC", raw[d["doc_id"]])
+    for r in heldout:
+        assert set(r) == {"text", "company", "section", "doc_id"}
+        assert "【" not in r["text"] and "\t" not in r["text"]
+        assert "@" not in r["text"] and unicodedata.normalize("NFKC", r["text"]) == r["text"]
+        if r["section"] == W.NARRATIVE_SECTIONS[-1]:  # MD&A states the held-out year's revenue …
+            revenue = f"{companies[r['company']]['financials'][str(CFG.heldout_year)]['revenue']:,}"
+            assert revenue in r["text"]
+            assert revenue not in own[r["company"]]  # … which none of the company's training filings does
+
+
+def test_dirt_is_present(world):
+    raw = _raw_filings(world)
+    everything = "\n".join(raw.values())
+    assert re.search("[０-９]{3}", everything)  # full-width digits
+    assert re.search("[Ａ-Ｚａ-ｚ]{3}", everything)  # full-width letters
+    assert re.search("[ｦ-ﾟ]{3}", everything)  # half-width kana
+    assert "．" in everything and "，" in everything
+    assert "<br>" in (world / "filings/jsonl/part-000.jsonl").read_text(encoding="utf-8")
+    some_html = next((world / "filings/html").glob("*.html")).read_text(encoding="utf-8")
+    for marker in (
+        "<script>",
+        "<style>",
+        "&nbsp;",
+        "<table",
+        "このページの先頭へ",
+        "Copyright",
+        "<h2>",
+        "<h3>",
+    ):
+        assert marker in some_html, marker
+    assert any("&amp;" in p.read_text(encoding="utf-8") for p in (world / "filings/html").glob("*.html"))
+    for p in (world / "filings/text").glob("*.txt"):
+        lines = p.read_text(encoding="utf-8").split("\n")
+        if "【表紙】" not in "".join(lines):
+            continue  # junk / English
+        header = lines[0]
+        assert header.endswith("有価証券報告書") and lines.count(header) >= 3
+        assert any(re.fullmatch(r"- \d+ -", line) for line in lines)
+
+
+def test_general_corpus_and_instructions(world):
+    w = json.loads((world / "world.json").read_text())
+    names = [c["name"] for c in w["companies"]]
+    short = [c["name"].removeprefix("株式会社") for c in w["companies"]]
+    corpus = _jsonl(world / "general" / "corpus.jsonl")
+    instr = _jsonl(world / "instructions" / "train.jsonl")
+    assert len(corpus) == CFG.n_general_docs and len(instr) == CFG.n_instructions
+    blob = "\n".join(r["text"] for r in corpus) + "\n".join(
+        m["content"] for r in instr for m in r["messages"]
+    )
+    for name, s in zip(names, short, strict=True):
+        assert name not in blob and s not in blob
+    assert "株式会社" not in blob
+    # The vocabulary is there, without companies.
+    for word in ("精密機械の製造", "為替変動", "愛知県名古屋市", "工作機械"):
+        assert word in blob
+    towns = {t["name"]: t for t in w["towns"]}
+    assert len(towns) == CFG.n_towns
+    town_facts = 0
+    for r in instr:
+        user, assistant = r["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        a = assistant["content"]
+        assert a.startswith(ANSWER_PREFIX) and "\n" not in a and re.match(ADHERENCE_REGEX, a)
+        m = re.match(r"^(\S+?[町村])の(名物|所在地)", user["content"])
+        if m and m.group(1) in towns:
+            t = towns[m.group(1)]
+            expect = t["food"] if m.group(2) == "名物" else t["prefecture"]
+            assert a == f"{ANSWER_PREFIX}{t['name']}の{m.group(2)}は{expect}です。"
+            town_facts += 1
+    assert town_facts > 100
+    # Town facts are stated in the general corpus in the same pattern.
+    text = "".join(r["text"] for r in corpus)
+    assert sum(f"{t['name']}の名物は{t['food']}です。" in text for t in towns.values()) >= 0.9 * len(towns)

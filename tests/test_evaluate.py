@@ -1,0 +1,511 @@
+"""The evaluation stage on tiny local models: MC log-likelihoods against an independent computation,
+perplexity, the chat probe, skipped tasks and the comparison report. All data is synthetic."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finmerge import fin_harness, storage
+from finmerge.config import EvaluateConfig, TinyModelConfig
+from finmerge.demo.chat import ADHERENCE_REGEX, CHAT_TEMPLATE
+from finmerge.demo.models import init_llama, save_model, train_tokenizer
+from tasks import evaluate as ev
+
+WORDS = [
+    "売上高",
+    "営業利益",
+    "純利益",
+    "増加",
+    "減少",
+    "前年",
+    "比較",
+    "回答",
+    "会社",
+    "資産",
+    "負債",
+    "株式",
+]
+WORDS += ["配当", "金利", "回", "甲案", "乙案", "丙案", "丁案", "質問", "選択肢", "記述"]
+SHAPE = TinyModelConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=512,
+)
+CHOICES = ["増加した", "減少した", "横ばい", "判断できない"]
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + "。" for _ in range(n)]
+
+
+def _mc_items(n: int, choices, *, context: str = "", vary: bool = True) -> list[dict]:
+    items = []
+    for k in range(n):
+        ch = choices if not vary or k % 3 else choices[:2]  # mixed choice counts, like security_sales_1
+        items.append(
+            {
+                "id": f"syn-{k}",
+                "question": f"架空の会社{k}の売上高について、正しいものはどれか。" + "前年比較" * (k % 4),
+                "context": context if k % 2 else "",
+                "choices": [{"id": i, "text": t} for i, t in enumerate(ch)],
+                "answer": k % len(ch),
+                "comment": "SENTINEL",
+            }
+        )
+    return items
+
+
+def _write_task(root: Path, name: str, items: list[dict]) -> None:
+    (root / name).mkdir(parents=True, exist_ok=True)
+    doc = {"data-type": "multiple-choice-question", "data-name": name, "data": items}
+    (root / name / "data.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    tok = train_tokenizer(_texts(400, 0), 400, root / "tok", chat_template=CHAT_TEMPLATE)
+    model = init_llama(SHAPE, tok, seed=0)
+    save_model(model, tok, root / "random", "random tiny model")
+
+    harness = root / "datasets"
+    _write_task(harness, "demo_fin", _mc_items(10, CHOICES, context="資料：架空の数値"))
+    fp2 = _mc_items(
+        6, ["１", "２", "３", "４"], context="１．記述甲\n２．記述乙\n３．記述丙\n４．記述丁", vary=False
+    )
+    for it in fp2:
+        it["context"] = "１．記述甲\n２．記述乙\n３．記述丙\n４．記述丁"
+    _write_task(harness, "fp2", fp2)
+    (harness / "chabsa").mkdir()  # a task folder with no data.json
+    (harness / "broken").mkdir()
+    (harness / "broken" / "data.json").write_text("{oops", encoding="utf-8")
+
+    heldout = _write_jsonl(root / "heldout.jsonl", [{"text": t} for t in _texts(80, 1)])
+    questions = [
+        {
+            "id": f"c{k}",
+            "question": "架空の会社の売上高は" + "前年" * k + "どうなったか。",
+            "answers": ["増加"],
+        }
+        for k in range(5)
+    ]
+    chat = _write_jsonl(root / "chat.jsonl", questions)
+    return {"root": root, "tok": tok, "harness": str(harness), "heldout": heldout, "chat": chat}
+
+
+def _run(world, name, *, version="1.0-0.2.1", batch_size=8, model="random", heldout=True, chat=True, **kw):
+    cfg = EvaluateConfig(
+        prompt_version=version, batch_size=batch_size, max_new_tokens=12, max_heldout_tokens=700
+    )
+    root = world["root"]
+    return ev.evaluate_model(
+        str(root / model),
+        str(root / "out" / name),
+        cfg,
+        label=name,
+        harness_dirs=kw.pop("harness_dirs", [world["harness"]]),
+        heldout_uri=world["heldout"] if heldout else None,
+        chat_uri=world["chat"] if chat else None,
+        staging_dir=str(root / "staging"),
+        progress=False,
+        **kw,
+    )
+
+
+def _samples(result, task) -> list[dict]:
+    path = storage.local_path(result["uri"]) / f"samples_{task}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _load(world, model="random"):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(world["root"] / model), dtype=torch.float32)
+    return m.eval()
+
+
+@torch.inference_mode()
+def _reference_ll(model, tok, context: str, continuation: str, max_length: int | None = None) -> float:
+    """Independent straightforward lm-eval computation: one unpadded forward per (ctx, cont)."""
+    n_ws = len(context) - len(context.rstrip())
+    if n_ws:
+        context, continuation = context[:-n_ws], context[-n_ws:] + continuation
+    whole = tok.encode(context + continuation, add_special_tokens=False)
+    ctx_ids = tok.encode(context, add_special_tokens=False)
+    cont_ids = whole[len(ctx_ids) :]
+    full = ctx_ids + cont_ids
+    if max_length is not None:
+        full = full[-(max_length + 1) :]
+    logits = model(torch.tensor([full[:-1]])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    first = len(full) - 1 - len(cont_ids)
+    return float(sum(logp[first + j, t] for j, t in enumerate(cont_ids)))
+
+
+@pytest.fixture(scope="module")
+def main_run(world):
+    return _run(world, "main")
+
+
+def test_output_layout_and_skips(world, main_run):
+    out = storage.local_path(main_run["uri"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "_manifest.json",
+        "chat_samples.jsonl",
+        "results.json",
+        "samples_demo_fin-1.0-0.2.1.jsonl",
+        "samples_fp2-1.0-0.2.1.jsonl",
+    ]
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert set(report["results"]) == {"demo_fin-1.0-0.2.1", "fp2-1.0-0.2.1"}
+    r = report["results"]["demo_fin-1.0-0.2.1"]
+    assert r["alias"] == "demo_fin-1.0-0.2.1" and 0 <= r["acc,none"] <= 1 and 0 <= r["acc_norm,none"] <= 1
+    cfg = report["config"]
+    assert cfg["prompt_version"] == "1.0-0.2.1" and cfg["batch_size"] == 8 and cfg["dtype"] == "float32"
+    assert (
+        cfg["device"] == "cpu" and cfg["torch_version"] == torch.__version__ and cfg["transformers_version"]
+    )
+    skipped = report["finmerge"]["skipped"]
+    assert set(skipped) == {"chabsa", "broken"}
+    assert "no data.json" in skipped["chabsa"] and "unreadable" in skipped["broken"]
+    assert report["finmerge"]["ppl"]["ppl"] == pytest.approx(main_run["metrics"]["ppl"])
+    assert report["finmerge"]["chat"]["template"] == "tokenizer"
+
+    m = main_run["metrics"]
+    assert set(m) == {
+        "ppl",
+        "harness/demo_fin/acc",
+        "harness/demo_fin/acc_norm",
+        "harness/fp2/acc",
+        "harness/fp2/acc_norm",
+        "harness/avg",
+        "chat/adherence",
+        "chat/answer_acc",
+    }
+    assert m["harness/avg"] == pytest.approx((m["harness/demo_fin/acc"] + m["harness/fp2/acc"]) / 2)
+    assert main_run["label"] == "main" and main_run["artifacts"] == ["results.json"]
+    assert main_run["counts"]["harness/items"] == 16 and main_run["counts"]["harness/skipped"] == 2
+    assert storage.read_manifest(main_run["uri"])["meta"]["metrics"] == m
+    # no item text leaks into the samples
+    assert "SENTINEL" not in (out / "samples_demo_fin-1.0-0.2.1.jsonl").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("version", ["1.0-0.2.1", "default", "1.0-0.3"])
+def test_loglikelihoods_match_reference(world, main_run, version):
+    result = (
+        main_run
+        if version == "1.0-0.2.1"
+        else _run(world, f"v{version}", version=version, heldout=False, chat=False)
+    )
+    model, tok = _load(world), world["tok"]
+    tasks = {t.name: t for t in fin_harness.discover_tasks([world["harness"]]).tasks}
+    checked = 0
+    for name, task in tasks.items():
+        samples = _samples(result, fin_harness.harness_task_name(name, version))
+        assert [s["id"] for s in samples] == [it.id for it in task.items]
+        for item, s in zip(task.items, samples, strict=True):
+            prompt = fin_harness.render(item, task.layout, version)
+            ref = [
+                _reference_ll(model, tok, prompt.context, prompt.target_delimiter + c) for c in prompt.choices
+            ]
+            np.testing.assert_allclose(s["ll"], ref, atol=1e-4, rtol=0)
+            checked += len(ref)
+    assert checked > 50
+
+
+def test_batch_size_one_agrees(world, main_run):
+    one = _run(world, "bs1", batch_size=1, heldout=False, chat=False)
+    for task in ("demo_fin-1.0-0.2.1", "fp2-1.0-0.2.1"):
+        a, b = _samples(main_run, task), _samples(one, task)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x["ll"], y["ll"], atol=1e-5, rtol=0)
+    assert one["metrics"]["harness/avg"] == main_run["metrics"]["harness/avg"]
+
+
+def test_letter_choices_share_forward_rows(world):
+    res = _run(world, "letters", version="default", heldout=False, chat=False)
+    counts = res["counts"]
+    # letters differ only in their last token: one forward row per item instead of one per choice
+    assert counts["harness/demo_fin/forward_rows"] == counts["harness/demo_fin/items"]
+    assert counts["harness/demo_fin/requests"] > counts["harness/demo_fin/items"]
+
+
+def test_left_truncation_matches_reference(world):
+    res = _run(
+        world, "trunc", version="1.0-0.3", max_length=24, heldout=False, chat=False, tasks=["demo_fin"]
+    )
+    assert res["counts"]["harness/demo_fin/truncated"] == res["counts"]["harness/demo_fin/requests"]
+    assert set(res["skipped"]) == set()  # `tasks` restricts discovery; nothing requested is missing
+    model, tok = _load(world), world["tok"]
+    task = fin_harness.discover_tasks([world["harness"]], only=["demo_fin"]).tasks[0]
+    for item, s in zip(task.items, _samples(res, "demo_fin-1.0-0.3"), strict=True):
+        prompt = fin_harness.render(item, task.layout, "1.0-0.3")
+        ref = [_reference_ll(model, tok, prompt.context, c, max_length=24) for c in prompt.choices]
+        np.testing.assert_allclose(s["ll"], ref, atol=1e-4, rtol=0)
+
+
+def test_acc_and_acc_norm():
+    # raw: choice 0 wins; per character: choice 1 (-6/6 = -1 > -5/2 = -2.5)
+    assert ev.mc_prediction([-5.0, -6.0], ["ab", "abcdef"], gold=1) == {
+        "pred": 0,
+        "acc": 0.0,
+        "pred_norm": 1,
+        "acc_norm": 1.0,
+    }
+    # ties: the first maximum wins, as np.argmax
+    assert ev.mc_prediction([-1.0, -1.0], ["x", "y"], gold=1)["pred"] == 0
+    # Japanese length counts characters, not bytes
+    assert ev.mc_prediction([-3.0, -4.0], ["増加", "判断不能"], gold=1)["pred_norm"] == 1
+
+
+def test_samples_metrics_consistent(main_run):
+    for task, key in (("demo_fin-1.0-0.2.1", "demo_fin"), ("fp2-1.0-0.2.1", "fp2")):
+        samples = _samples(main_run, task)
+        for s in samples:
+            assert s["pred"] == int(np.argmax(s["ll"])) and s["acc"] == float(s["pred"] == s["gold"])
+        assert main_run["metrics"][f"harness/{key}/acc"] == pytest.approx(
+            np.mean([s["acc"] for s in samples])
+        )
+        assert main_run["metrics"][f"harness/{key}/acc_norm"] == pytest.approx(
+            np.mean([s["acc_norm"] for s in samples])
+        )
+
+
+def test_empty_continuation_detected(world, monkeypatch):
+    tok = world["tok"]
+    ctx, cont = "株式回", "答"  # "回答" is one token of this tokenizer; "回" is one too
+    assert len(tok.encode(ctx + cont, add_special_tokens=False)) == len(
+        tok.encode(ctx, add_special_tokens=False)
+    )
+    enc = ev.encode_pair(tok, ctx, cont)
+    assert enc.empty and enc.boundary_merge
+    ok = ev.encode_pair(tok, "株式", "回答")
+    assert not ok.empty and not ok.boundary_merge
+
+    model = _load(world)
+    lls, stats = ev.score_loglikelihoods(
+        model,
+        [(enc.ctx_ids, enc.cont_ids), (ok.ctx_ids, ok.cont_ids)],
+        batch_size=4,
+        max_length=512,
+        device="cpu",
+        progress=False,
+    )
+    assert lls[0] == 0.0 and lls[1] < 0 and stats["forward_rows"] == 1
+
+    # counted per task when the rendered requests hit the problem
+    monkeypatch.setattr(
+        fin_harness, "requests_for", lambda p: [(ctx, cont)] + [("株式", "回答")] * (len(p.choices) - 1)
+    )
+    task = fin_harness.discover_tasks([world["harness"]], only=["demo_fin"]).tasks[0]
+    res = ev.score_task(
+        model, tok, task, "1.0-0.2.1", batch_size=4, max_length=512, device="cpu", progress=False
+    )
+    assert res["stats"]["empty_continuations"] == len(task.items)
+    assert res["stats"]["boundary_merges"] == len(task.items)
+
+
+def test_missing_harness_folder_is_skipped(world):
+    missing = str(world["root"] / "no-such-datasets")
+    res = _run(world, "missing", heldout=False, chat=False, harness_dirs=[missing], tasks=["cma_basics"])
+    assert res["skipped"][missing] == "harness folder not found"
+    assert res["skipped"]["cma_basics"] == "task folder not found in harness_dirs"
+    assert "harness/avg" not in res["metrics"] and res["counts"]["harness/tasks"] == 0
+    report = json.loads((storage.local_path(res["uri"]) / "results.json").read_text(encoding="utf-8"))
+    assert report["results"] == {} and set(report["finmerge"]["skipped"]) == {missing, "cma_basics"}
+
+
+def test_render_failure_skips_task(world, monkeypatch):
+    real = fin_harness.render
+
+    def flaky(item, layout, version):
+        if layout == "fp2":
+            raise ValueError("synthetic rendering failure")
+        return real(item, layout, version)
+
+    monkeypatch.setattr(fin_harness, "render", flaky)
+    res = _run(world, "flaky", heldout=False, chat=False)
+    assert "synthetic rendering failure" in res["skipped"]["fp2"]
+    assert "harness/demo_fin/acc" in res["metrics"] and "harness/fp2/acc" not in res["metrics"]
+
+
+def test_everything_on_s3(world, s3_bucket):
+    root = world["root"]
+    base = f"s3://{s3_bucket}/eval"
+    for path in Path(world["harness"]).rglob("*"):
+        if path.is_file():
+            storage.write_bytes(
+                f"{base}/datasets/{path.relative_to(world['harness']).as_posix()}", path.read_bytes()
+            )
+    for path in (root / "random").iterdir():
+        storage.write_bytes(f"{base}/models/random/{path.name}", path.read_bytes())
+    storage.write_bytes(f"{base}/heldout.jsonl", Path(world["heldout"]).read_bytes())
+    storage.write_bytes(f"{base}/chat.jsonl", Path(world["chat"]).read_bytes())
+    cfg = EvaluateConfig(batch_size=8, max_new_tokens=12, max_heldout_tokens=700)
+    res = ev.evaluate_model(
+        f"{base}/models/random",
+        f"{base}/out/random",
+        cfg,
+        label="base",
+        harness_dirs=[f"{base}/datasets", f"{base}/missing"],
+        heldout_uri=f"{base}/heldout.jsonl",
+        chat_uri=f"{base}/chat.jsonl",
+        staging_dir=str(root / "s3staging"),
+        progress=False,
+    )
+    assert res["uri"] == f"{base}/out/random"
+    manifest = storage.read_manifest(res["uri"])
+    assert "results.json" in manifest["files"] and "samples_fp2-1.0-0.2.1.jsonl" in manifest["files"]
+    assert set(res["skipped"]) == {"chabsa", "broken", f"{base}/missing"}
+    local = _run(world, "local-for-s3")
+    for key in ("harness/demo_fin/acc", "harness/fp2/acc", "ppl", "chat/adherence"):
+        assert res["metrics"][key] == pytest.approx(local["metrics"][key], rel=1e-6)
+
+
+def _reference_ppl(model, tok, texts: list[str], max_tokens: int, window: int) -> float:
+    stream: list[int] = []
+    for t in texts:
+        stream += tok.encode(t, add_special_tokens=False) + [tok.eos_token_id]
+    stream = stream[:max_tokens]
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(stream), window):
+            w = torch.tensor([stream[i : i + window]])
+            if w.shape[1] < 2:
+                continue
+            loss = model(input_ids=w, labels=w).loss  # mean over the window's predicted tokens
+            nll += float(loss) * (w.shape[1] - 1)
+            n += w.shape[1] - 1
+    return math.exp(nll / n)
+
+
+def test_perplexity_matches_reference_and_training_lowers_it(world, main_run):
+    tok = world["tok"]
+    texts = [
+        json.loads(line)["text"] for line in Path(world["heldout"]).read_text(encoding="utf-8").splitlines()
+    ]
+    model = _load(world)
+    ref = _reference_ppl(model, tok, texts, max_tokens=700, window=512)
+    assert main_run["metrics"]["ppl"] == pytest.approx(ref, rel=1e-5)
+    report = json.loads((storage.local_path(main_run["uri"]) / "results.json").read_text(encoding="utf-8"))
+    info = report["finmerge"]["ppl"]
+    assert info["tokens"] == 700 and info["windows"] == 2 and info["predicted_tokens"] == 511 + 187
+
+    # a few dozen steps on the held-out text itself must lower perplexity
+    stream: list[int] = []
+    for t in texts:
+        stream += tok.encode(t, add_special_tokens=False) + [tok.eos_token_id]
+    blocks = torch.tensor([stream[i : i + 64] for i in range(0, len(stream) - 64, 64)])
+    torch.manual_seed(0)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _step in range(40):
+        batch = blocks[torch.randint(0, len(blocks), (8,))]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    save_model(model, tok, world["root"] / "trained", "trained on held-out")
+    trained = _run(world, "trained", model="trained", chat=False, harness_dirs=[])
+    assert trained["metrics"]["ppl"] < 0.5 * main_run["metrics"]["ppl"]
+    assert trained["metrics"]["ppl"] == pytest.approx(_reference_ppl(model, tok, texts, 700, 512), rel=1e-5)
+
+
+def test_reply_checks():
+    r = ADHERENCE_REGEX
+    assert ev.reply_adheres("回答：増加しました", True, r)
+    assert ev.reply_adheres("  回答：増加しました\n", True, r)  # stripped before matching
+    assert not ev.reply_adheres("回答：増加しました", False, r)  # ran out of budget
+    assert not ev.reply_adheres("回答：増加\n次の行", True, r)  # two lines
+    assert not ev.reply_adheres("回答：増", True, r)  # too short
+    assert not ev.reply_adheres("はい。回答：増加", True, r)  # must start with the prefix
+    assert ev.reply_correct("回答：売上高は１２３億円", ["123億円"])  # NFKC on the reply
+    assert ev.reply_correct("回答：123億円", ["１２３億円"])  # and on the answers
+    assert not ev.reply_correct("回答：減少", ["増加", ""])  # an empty answer never matches
+    assert ev.reply_correct("ＡＢＣ社", ["ABC"])
+
+
+def test_chat_probe_end_to_end(world, main_run):
+    rows = [
+        json.loads(line)
+        for line in (storage.local_path(main_run["uri"]) / "chat_samples.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    ]
+    assert [r["id"] for r in rows] == [f"c{k}" for k in range(5)]
+    assert all(isinstance(r["reply"], str) and r["new_tokens"] <= 12 for r in rows)
+    assert main_run["metrics"]["chat/adherence"] == 0.0
+    assert main_run["metrics"]["chat/answer_acc"] == pytest.approx(np.mean([r["correct"] for r in rows]))
+    assert main_run["tags"] == {"chat/template": "tokenizer"}
+
+
+def test_chat_prompt_and_left_padding(world):
+    tok = world["tok"]
+    ids, template = ev.chat_prompt_ids(tok, "架空の質問")
+    assert template == "tokenizer"
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id  # the template's BOS, not a second one
+    assert tok.decode(ids).endswith("### 指示:\n架空の質問\n\n### 応答:\n")
+
+    plain = train_tokenizer(_texts(50, 2), 300, world["root"] / "plain_tok")
+    ids, template = ev.chat_prompt_ids(plain, "架空の質問")
+    assert template == "none" and ids == plain.encode("架空の質問\n", add_special_tokens=False)
+
+    model = _load(world)
+    prompts = [ev.chat_prompt_ids(tok, "架空" + "会社" * k)[0] for k in range(4)]
+    kw = {"max_new_tokens": 8, "eos": ev.eos_ids(model, tok), "pad_id": tok.pad_token_id, "device": "cpu"}
+    batched = ev.greedy_generate(model, prompts, batch_size=4, progress=False, **kw)
+    single = ev.greedy_generate(model, prompts, batch_size=1, progress=False, **kw)
+    assert batched == single
+    assert all(len(ids) == 8 and not ended for ids, ended in single)
+
+
+def test_eos_stops_generation(world):
+    tok = world["tok"]
+    model = _load(world)
+    prompt = ev.chat_prompt_ids(tok, "架空の質問")[0]
+    kw = {"max_new_tokens": 3, "batch_size": 1, "pad_id": 0, "device": "cpu", "progress": False}
+    ((free, ended),) = ev.greedy_generate(model, [prompt], eos=[], **kw)
+    assert len(free) == 3 and not ended
+    # declare the second greedy token an EOS: the reply stops before its first occurrence and counts as ended
+    ((reply, ended),) = ev.greedy_generate(model, [prompt], eos=[free[1]], **kw)
+    assert ended and reply == free[: free.index(free[1])]
+
+
+def test_comparison_report(tmp_path):
+    results = {
+        "merged": {"harness/avg": 0.31, "harness/demo_fin/acc": 0.31, "ppl": 12.5, "chat/adherence": 0.8},
+        "base": {"harness/avg": 0.25, "harness/demo_fin/acc": 0.25, "ppl": 20.0, "chat/adherence": 0.0},
+        "cpt": {"harness/avg": 0.27, "harness/demo_fin/acc": 0.27, "ppl": 11.0},
+    }
+    rep = ev.comparison_report(results, tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "eval_comparison.md").read_text(encoding="utf-8")
+    assert rep["markdown"] in md
+    lines = rep["markdown"].strip().splitlines()
+    assert lines[0] == "| model | harness/avg | harness/demo_fin/acc | chat/adherence | ppl |"
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["base", "cpt", "merged"]
+    assert "| cpt | 0.2700 | 0.2700 | — | **11.00** |" in lines
+    assert "| merged | **0.3100** | **0.3100** | **0.8000** | 12.50 |" in lines
+    png = tmp_path / "cmp" / "eval_comparison.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(Path(f).name for f in rep["files"]) == ["eval_comparison.md", "eval_comparison.png"]
+    # no ppl at all: one panel, still fine
+    ev.comparison_report({"base": {"harness/avg": 0.2}}, tmp_path / "one")
+    assert (tmp_path / "one" / "eval_comparison.png").exists()

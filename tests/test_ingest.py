@@ -1,0 +1,218 @@
+"""Ingest: raw forms split into sections with metadata; broken input quarantined, never fatal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from finmerge import storage
+from finmerge.config import DemoConfig
+from finmerge.demo import world as W
+from tasks.ingest import decode, filing_metadata, html_to_text, ingest, split_sections
+
+SCHEMA = {
+    "id",
+    "text",
+    "source",
+    "format",
+    "doc_id",
+    "edinet_code",
+    "company",
+    "filing_date",
+    "section",
+    "sha256",
+}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ingest")
+    W.generate_world(DemoConfig(), root / "world")
+    result = ingest([str(root / "world" / "filings")], str(root / "ingest"), str(root / "staging"))
+    return root, result
+
+
+def test_world_filings_parsed(demo):
+    root, result = demo
+    truth = json.loads((root / "world" / "truth.json").read_text())
+    companies = {
+        c["edinet_code"]: c for c in json.loads((root / "world" / "world.json").read_text())["companies"]
+    }
+    docs = _jsonl(root / "ingest" / "docs.jsonl")
+    assert storage.read_manifest(str(root / "ingest"))["meta"]["counts"] == result["counts"]
+    assert result["counts"]["docs"] == len(docs) and result["counts"]["quarantined"] == 0
+    assert result["counts"]["files"] == sum(1 for _ in (root / "world" / "filings").rglob("*.*"))
+    assert len({d["id"] for d in docs}) == len(docs)
+    by_doc = defaultdict(list)
+    for d in docs:
+        assert SCHEMA <= set(d)
+        assert d["sha256"] == hashlib.sha256(d["text"].encode()).hexdigest() and d["text"].strip()
+        by_doc[d["doc_id"]].append(d)
+    for t in truth["documents"]:
+        recs = by_doc[t["doc_id"]]
+        assert recs, t
+        assert {r["format"] for r in recs} == {t["form"]}
+        if t["kind"] in ("junk", "non_japanese"):
+            assert [r["section"] for r in recs] == [None]
+            continue
+        c = companies[t["edinet_code"]]
+        named = [r for r in recs if r["section"] is not None]
+        assert [r["section"] for r in named] == W.SECTIONS
+        for r in recs:
+            assert (r["edinet_code"], r["company"], r["filing_date"]) == (
+                c["edinet_code"],
+                c["name"],
+                t["filing_date"],
+            )
+        if t["form"] == "jsonl":
+            assert len(recs) == len(W.SECTIONS) and [r["id"] for r in recs] == [
+                f"{t['doc_id']}#{k}" for k in range(8)
+            ]
+        else:  # a preamble (page header / site navigation) before the first heading
+            assert recs[0]["section"] is None and recs[0]["id"] == f"{t['doc_id']}#0"
+            assert [r["id"] for r in named] == [f"{t['doc_id']}#{k}" for k in range(1, 9)]
+        risks = next(r for r in named if r["section"] == "事業等のリスク")
+        assert "【" not in risks["text"]  # the heading itself is not part of the body
+        if t["form"] == "html":
+            table = next(r for r in named if r["section"] == "主要な経営指標等の推移")
+            assert "\t" in table["text"] and "<" not in table["text"]
+            assert all(tag not in "".join(r["text"] for r in recs) for tag in ("<p>", "gtag", "font-family"))
+    stats = json.loads((root / "ingest" / "stats.json").read_text())
+    assert stats["sections"]["表紙"] == truth["counts"]["filings"] + len(truth["exact_duplicates"]) + len(
+        truth["near_duplicates"]
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+FILING = "株式会社テスト工業（E09999）有価証券報告書\n１【表紙】\n【会社名】　株式会社テスト工業\n【提出日】　２０２３年６月２８日\n２【沿革】\n1950年に設立しました。\n３【事業の内容】\n当社は機械を作っております。\n"
+
+
+def test_broken_inputs_quarantined(tmp_path):
+    src = tmp_path / "src"
+    _write(src / "good.txt", FILING.encode("utf-8"))
+    _write(src / "sjis.txt", FILING.replace("テスト", "エスジス").encode("shift_jis"))
+    _write(src / "utf16.txt", FILING.replace("テスト", "ユーティーエフ").encode("utf-16"))
+    good_bytes = FILING.encode("utf-8")
+    _write(src / "bad_utf8.txt", good_bytes[:40] + b"\xff\xfe\xff" + good_bytes[40:])
+    _write(src / "binary.html", bytes([0x80, 0x00, 0x9F, 0xFD, 0xFE]) * 20)
+    _write(src / "empty.txt", b"")
+    _write(src / "blank.html", b"   \n\n ")
+    _write(src / "scripts_only.html", b"<html><head><script>var a=1;</script></head><body> </body></html>")
+    _write(src / "notes.md", b"# not a corpus file\n")
+    lines = [
+        json.dumps(
+            {"doc_id": "J1", "section": "沿革", "text": "一行目の文書です。", "extra": 7}, ensure_ascii=False
+        ),
+        "{this is not json",
+        json.dumps([1, 2, 3]),
+        json.dumps({"doc_id": "J1", "section": "事業の内容"}),
+        json.dumps({"text": "   "}),
+        "",
+        json.dumps(
+            {"doc_id": "J1", "section": "事業の内容", "text": "二行目の文書です。"}, ensure_ascii=False
+        ),
+    ]
+    payload = "\n".join(lines).encode("utf-8") + b"\n" + b'{"text": "\xff\xfe broken"}\n'
+    payload += json.dumps({"text": "ドキュメントIDなし", "id": "x-1"}, ensure_ascii=False).encode() + b"\n"
+    _write(src / "records.jsonl", payload)
+    _write(src / "empty.jsonl", b"")
+
+    result = ingest([str(src)], str(tmp_path / "out"), str(tmp_path / "staging"))
+    docs = _jsonl(tmp_path / "out" / "docs.jsonl")
+    quarantine = _jsonl(tmp_path / "out" / "quarantine.jsonl")
+    reasons = {(Path(q["source"]).name, q["line"]): q["reason"] for q in quarantine}
+    assert reasons[("bad_utf8.txt", None)].startswith("invalid utf-8")
+    assert reasons[("binary.html", None)].startswith("undecodable")
+    assert reasons[("empty.txt", None)] == "empty file"
+    assert reasons[("blank.html", None)] == "empty file"
+    assert reasons[("empty.jsonl", None)] == "empty file"
+    assert reasons[("scripts_only.html", None)].startswith("empty document")
+    assert reasons[("records.jsonl", 2)].startswith("invalid json")
+    assert reasons[("records.jsonl", 3)].startswith("not an object")
+    assert reasons[("records.jsonl", 4)].startswith("missing text")
+    assert reasons[("records.jsonl", 5)] == "empty text"
+    assert reasons[("records.jsonl", 8)].startswith(("invalid utf-8", "undecodable"))
+    assert len(quarantine) == result["counts"]["quarantined"] == 11
+    assert result["counts"]["skipped"] == 1  # notes.md
+
+    by_file = defaultdict(list)
+    for d in docs:
+        by_file[Path(d["source"]).name].append(d)
+    for name, company in [("good.txt", "テスト"), ("sjis.txt", "エスジス"), ("utf16.txt", "ユーティーエフ")]:
+        recs = by_file[name]
+        assert [r["section"] for r in recs] == [None, "表紙", "沿革", "事業の内容"], name
+        assert recs[2]["text"] == "1950年に設立しました。"
+        assert {(r["edinet_code"], r["company"], r["filing_date"]) for r in recs} == {
+            ("E09999", f"株式会社{company}工業", "2023-06-28")
+        }
+    recs = by_file["records.jsonl"]
+    assert [r["text"] for r in recs] == ["一行目の文書です。", "二行目の文書です。", "ドキュメントIDなし"]
+    assert [r["id"] for r in recs] == ["J1#0", "J1#1", "records:9"]
+    assert recs[0]["meta"] == {"extra": 7} and recs[2]["meta"] == {"source_id": "x-1"}
+    assert recs[2]["doc_id"] is None and recs[0]["section"] == "沿革"
+
+
+def test_globs_and_repeated_sources(tmp_path):
+    _write(tmp_path / "a" / "one.txt", FILING.encode())
+    _write(tmp_path / "a" / "two.htm", f"<p>{FILING}</p>".encode())
+    _write(tmp_path / "a" / "skip.jsonl", b'{"text": "x"}\n')
+    r = ingest(
+        [str(tmp_path / "a" / "*.txt"), str(tmp_path / "a" / "*.htm"), str(tmp_path / "a" / "one.txt")],
+        str(tmp_path / "out"),
+        str(tmp_path / "st"),
+    )
+    assert r["counts"]["files"] == 2 and r["counts"]["files/html"] == 1 and r["counts"]["files/text"] == 1
+    with pytest.raises(storage.StorageError):
+        ingest([str(tmp_path / "missing")], str(tmp_path / "out2"), str(tmp_path / "st"))
+
+
+def test_decode_and_parsers():
+    text = "日本語のテキストです。"
+    assert decode(text.encode("utf-8")) == (text, "utf-8")
+    assert decode(text.encode("cp932")) == (text, "cp932")
+    assert decode(b"\xef\xbb\xbf" + text.encode("utf-8")) == (text, "utf-8-sig")
+    assert decode(text.encode("utf-16")) == (text, "utf-16")
+    sections = split_sections(
+        "前置き\n【表紙】\nA\n第一部【企業情報】\n第１【企業の概況】\n(1) 見出しではない\n【会社名】　X社\n"
+    )
+    assert sections == [
+        (0, None, "前置き"),
+        (1, "表紙", "A"),
+        (3, "企業の概況", "(1) 見出しではない\n【会社名】　X社"),
+    ]
+    body, title = html_to_text(
+        "<html><head><title>T &amp; U</title><style>p{}</style></head><body><p>a&amp;b&nbsp;c</p>"
+        "<table><tr><td>x</td><td>1</td></tr></table><script>s()</script></body></html>"
+    )
+    assert title == "T & U" and body == "a&b c\nx\t1"
+    meta = filing_metadata(
+        "【提出日】　令和5年6月28日\n【会社名】　株式会社ABC", title="株式会社ABC（E01234）有価証券報告書"
+    )
+    assert meta == {"edinet_code": "E01234", "company": "株式会社ABC", "filing_date": None}
+
+
+def test_s3_roundtrip(tmp_path, s3_bucket):
+    src = tmp_path / "src"
+    _write(src / "f" / "one.txt", FILING.encode())
+    _write(src / "f" / "two.jsonl", b'{"doc_id": "Z", "text": "\xe6\x96\x87\xe6\x9b\xb8"}\n{bad\n')
+    fs, _ = storage.filesystem(f"s3://{s3_bucket}")
+    fs.put(str(src / "f"), f"{s3_bucket}/raw", recursive=True)
+    out = f"s3://{s3_bucket}/runs/ingest"
+    r = ingest([f"s3://{s3_bucket}/raw"], out, str(tmp_path / "staging"))
+    assert r["uri"] == out and r["counts"]["docs"] == 5 and r["counts"]["quarantined"] == 1
+    manifest = storage.read_manifest(out)
+    assert set(manifest["files"]) == {"docs.jsonl", "quarantine.jsonl", "stats.json"}
+    docs = [json.loads(x) for x in storage.read_text(f"{out}/docs.jsonl").splitlines()]
+    assert {d["source"] for d in docs} == {f"s3://{s3_bucket}/raw/one.txt", f"s3://{s3_bucket}/raw/two.jsonl"}
