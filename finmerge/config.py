@@ -92,8 +92,8 @@ class DemoConfig(Section):
     junk_rate: float = 0.05
     non_japanese_rate: float = 0.05
     model: TinyModelConfig = TinyModelConfig()
-    base_train: TrainConfig = TrainConfig(epochs=3.0, lr=2e-3, warmup_steps=30)
-    instruct_train: TrainConfig = TrainConfig(epochs=2.0, lr=1e-3, warmup_steps=10, batch_size=16, seq_len=128)
+    base_train: TrainConfig = TrainConfig(epochs=8.0, lr=2e-3, warmup_steps=30)
+    instruct_train: TrainConfig = TrainConfig(epochs=2.0, lr=5e-4, warmup_steps=10, batch_size=16, seq_len=96)
 
 
 class ModelsConfig(Section):
@@ -154,8 +154,8 @@ class TokenizeConfig(Section):
 
 
 class PretrainConfig(TrainConfig):
-    epochs: float = 6.0
-    lr: float = 1e-3
+    epochs: float = 4.0
+    lr: float = 5e-4
     warmup_steps: int = 20
 
 
@@ -185,7 +185,9 @@ class EvaluateConfig(Section):
     heldout: str | None = Field(None, description="JSONL of held-out finance text for perplexity. Default: demo.")
     chat_questions: str | None = Field(None, description="JSONL of chat finance questions. Default: demo.")
     adherence_regex: str = Field(
-        r"^回答：[^\n]{2,}$", description="A chat reply adheres when it matches this and ends with EOS."
+        r"^回答[：:][^\n]{2,}$",
+        description="A chat reply adheres when it fully matches this and ends with EOS (the colon may come back "
+        "half-width from an NFKC tokenizer).",
     )
     batch_size: int = 16
     max_new_tokens: int = 48

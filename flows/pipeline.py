@@ -106,7 +106,7 @@ def pipeline(config: PipelineConfig) -> dict:
 
         c = cfg.corpus
         ing = runner.run(ingest.ingest_task, "ingest", code=(ingest,), key=(c.ingest, inputs["sources_digest"]),
-                         params={"sources": inputs["sources"], "staging_dir": staging}, log_params=c.ingest.model_dump())
+                         params={"sources": inputs["sources"], "staging_dir": staging, "text_field": c.ingest.text_field}, log_params=c.ingest.model_dump())
         cln = runner.run(clean.clean_task, "clean", code=(clean,), key=(c.clean, ing["digest"]),
                          params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging},
                          log_params=c.clean.model_dump())

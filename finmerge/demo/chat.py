@@ -13,4 +13,4 @@ CHAT_TEMPLATE = (
 
 # Every demo instruction reply starts with this; adherence = a single line that starts with it, then EOS.
 ANSWER_PREFIX = "回答："
-ADHERENCE_REGEX = r"^回答：[^\n]{2,}$"
+ADHERENCE_REGEX = r"^回答[：:][^\n]{2,}$"  # NFKC tokenizers give the colon back half-width
