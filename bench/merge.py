@@ -44,8 +44,9 @@ def make_models(root: Path) -> list[str]:
     from finmerge.config import TinyModelConfig
     from finmerge.demo.models import init_llama, save_model, train_tokenizer
 
-    shape = TinyModelConfig(vocab_size=400, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                            num_attention_heads=8)
+    shape = TinyModelConfig(
+        vocab_size=400, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8
+    )
     tok = train_tokenizer(iter(["株式会社の売上高は増加しました。"] * 50), 400, root / "tok")
     uris = []
     for name, seed in (("base", 0), ("instruct", 1), ("cpt", 2)):
@@ -62,7 +63,9 @@ def make_models(root: Path) -> list[str]:
 
 
 def run_child(code: str, *args: str) -> tuple[float, int]:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     seconds, rss_kb = out.stdout.strip().splitlines()[-1].split()
     return float(seconds), int(rss_kb)
 
@@ -76,13 +79,23 @@ def main() -> None:
         t_ref, rss_ref = run_child(CHILD_NAIVE, base, inst, cpt, str(root / "naive"))
         t0 = time.perf_counter()
         t_ours, rss_ours = run_child(CHILD_OURS, base, inst, cpt, str(root / "ours"), str(root / "staging"))
-        print(json.dumps({
-            "bench": "merge_task_arithmetic", "model_bytes": size, "inputs_gb": round(3 * size / 1e9, 3),
-            "ours_s": round(t_ours, 3), "reference_s": round(t_ref, 3), "time_ratio": round(t_ours / t_ref, 3),
-            "ours_peak_rss_mb": rss_ours // 1024, "reference_peak_rss_mb": rss_ref // 1024,
-            "rss_ratio": round(rss_ours / rss_ref, 3), "ours_input_gb_per_s": round(3 * size / 1e9 / t_ours, 3),
-            "wall_s": round(time.perf_counter() - t0, 1),
-        }))
+        print(
+            json.dumps(
+                {
+                    "bench": "merge_task_arithmetic",
+                    "model_bytes": size,
+                    "inputs_gb": round(3 * size / 1e9, 3),
+                    "ours_s": round(t_ours, 3),
+                    "reference_s": round(t_ref, 3),
+                    "time_ratio": round(t_ours / t_ref, 3),
+                    "ours_peak_rss_mb": rss_ours // 1024,
+                    "reference_peak_rss_mb": rss_ref // 1024,
+                    "rss_ratio": round(rss_ours / rss_ref, 3),
+                    "ours_input_gb_per_s": round(3 * size / 1e9 / t_ours, 3),
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -47,23 +47,27 @@ def print_summary(s: dict) -> None:
     reg = s["registered"]["merged"]
     alias = next((a for a in ("champion", *reg["aliases"]) if a in reg["aliases"]), reg["version"])
     uri = s["tracking_uri"]
-    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}")
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
     cached = sum(1 for v in s["stages"].values() if v == "Cached")
     print("\n" + "=" * 78)
-    print(f"finmerge pipeline — config {s['config_hash']} — {s['seconds']} s — "
-          f"{cached}/{len(s['stages'])} stages cached")
+    print(
+        f"finmerge pipeline — config {s['config_hash']} — {s['seconds']} s — "
+        f"{cached}/{len(s['stages'])} stages cached"
+    )
     print("=" * 78)
     print(s["table"])
     print()
-    print(f"registered : {reg['name']} v{reg['version']} (aliases: {', '.join(reg['aliases']) or '-'})"
-          f"  →  models:/{reg['name']}@{alias}")
+    print(
+        f"registered : {reg['name']} v{reg['version']} (aliases: {', '.join(reg['aliases']) or '-'})"
+        f"  →  models:/{reg['name']}@{alias}"
+    )
     print(f"             {s['registered']['cpt']['name']} v{s['registered']['cpt']['version']}")
     for label, folder in s["models"].items():
         print(f"{label:<11}: {folder}")
     if s.get("vectors"):
         print(f"{'vectors':<11}: {s['vectors']}")
     print(f"MLflow UI  : {ui}")
-    print(f"stages     : " + ", ".join(f"{k}={v}" for k, v in s["stages"].items()))
+    print("stages     : " + ", ".join(f"{k}={v}" for k, v in s["stages"].items()))
 
 
 def cmd_config(args) -> int:
@@ -85,7 +89,12 @@ def cmd_corpus(args) -> int:
     if args.step == "ingest":
         from tasks.ingest import ingest
 
-        result = ingest(args.sources or cfg.corpus.ingest.sources, args.out, staging)
+        result = ingest(
+            args.sources or cfg.corpus.ingest.sources,
+            args.out,
+            staging,
+            text_field=cfg.corpus.ingest.text_field,
+        )
     elif args.step == "clean":
         from tasks.clean import clean
 
@@ -102,8 +111,11 @@ def cmd_tokenize(args) -> int:
     from tasks.tokenize import tokenize_corpus
 
     cfg = _config(args)
-    _print(tokenize_corpus(args.corpus, args.model, args.out, cfg.tokenize, _staging(args),
-                           cfg.models.trust_remote_code))
+    _print(
+        tokenize_corpus(
+            args.corpus, args.model, args.out, cfg.tokenize, _staging(args), cfg.models.trust_remote_code
+        )
+    )
     return 0
 
 
@@ -112,8 +124,17 @@ def cmd_pretrain(args) -> int:
 
     cfg = _config(args)
     train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
-    _print(pretrain(args.model, args.data, args.out, train_cfg, _staging(args), heldout_uri=args.heldout,
-                    trust_remote_code=cfg.models.trust_remote_code))
+    _print(
+        pretrain(
+            args.model,
+            args.data,
+            args.out,
+            train_cfg,
+            _staging(args),
+            heldout_uri=args.heldout,
+            trust_remote_code=cfg.models.trust_remote_code,
+        )
+    )
     return 0
 
 
@@ -122,11 +143,28 @@ def cmd_merge(args) -> int:
 
     cfg = _config(args)
     m = cfg.merge
-    updates = {k: v for k, v in {"method": args.method, "alpha": args.alpha, "beta": args.beta,
-                                 "dtype": args.dtype}.items() if v is not None}
+    updates = {
+        k: v
+        for k, v in {
+            "method": args.method,
+            "alpha": args.alpha,
+            "beta": args.beta,
+            "dtype": args.dtype,
+        }.items()
+        if v is not None
+    }
     m = m.model_validate({**m.model_dump(), **updates})
-    _print(merge_models(args.base, args.instruct, args.domain, args.out, m, _staging(args),
-                        trust_remote_code=cfg.models.trust_remote_code))
+    _print(
+        merge_models(
+            args.base,
+            args.instruct,
+            args.domain,
+            args.out,
+            m,
+            _staging(args),
+            trust_remote_code=cfg.models.trust_remote_code,
+        )
+    )
     return 0
 
 
@@ -145,10 +183,20 @@ def cmd_evaluate(args) -> int:
     e = cfg.evaluate
     if args.prompt_version:
         e = e.model_copy(update={"prompt_version": args.prompt_version})
-    harness = [t.split(":", 1)[1] if t.startswith("fin-harness:") else t for t in (args.tasks or e.harness_data)]
-    result = evaluate_model(args.model, args.out, e, label=args.label, harness_dirs=harness,
-                            heldout_uri=args.heldout or e.heldout, chat_uri=args.chat or e.chat_questions,
-                            staging_dir=_staging(args), trust_remote_code=cfg.models.trust_remote_code)
+    harness = [
+        t.split(":", 1)[1] if t.startswith("fin-harness:") else t for t in (args.tasks or e.harness_data)
+    ]
+    result = evaluate_model(
+        args.model,
+        args.out,
+        e,
+        label=args.label,
+        harness_dirs=harness,
+        heldout_uri=args.heldout or e.heldout,
+        chat_uri=args.chat or e.chat_questions,
+        staging_dir=_staging(args),
+        trust_remote_code=cfg.models.trust_remote_code,
+    )
     _print(result)
     return 0
 
@@ -170,8 +218,13 @@ def cmd_promote(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml if present)")
-    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (repeatable)")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     p = argparse.ArgumentParser(prog="finmerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -28,18 +28,23 @@ class Section(BaseModel):
 
 
 class StorageConfig(Section):
-    uri: str = Field(".finmerge/store", description="Where every artifact goes: a local folder or s3://bucket/prefix.")
+    uri: str = Field(
+        ".finmerge/store", description="Where every artifact goes: a local folder or s3://bucket/prefix."
+    )
     staging_dir: str = Field(
-        ".finmerge/staging", description="Local scratch for remote inputs/outputs (a plain folder, never a URL)."
+        ".finmerge/staging",
+        description="Local scratch for remote inputs/outputs (a plain folder, never a URL).",
     )
     endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint (MinIO, moto). Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."
+        None,
+        description="S3-compatible endpoint (MinIO, moto). Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.",
     )
 
 
 class TrackingConfig(Section):
     uri: str | None = Field(
-        None, description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else sqlite:///.finmerge/mlflow.db."
+        None,
+        description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else sqlite:///.finmerge/mlflow.db.",
     )
     artifact_location: str | None = Field(
         None, description="Artifact root for a new experiment (local store default: .finmerge/mlartifacts)."
@@ -66,7 +71,9 @@ class TrainConfig(Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 20
     epochs: float = 1.0
-    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(
+        None, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     batch_size: int = 16
     grad_accum: int = 1
     weight_decay: float = 0.1
@@ -97,14 +104,20 @@ class DemoConfig(Section):
 
 
 class ModelsConfig(Section):
-    base: str | None = Field(None, description="Base causal LM (local path or s3:// URI). Default: the demo base.")
-    instruct: str | None = Field(None, description="Its instruction-tuned sibling. Default: the demo instruct model.")
+    base: str | None = Field(
+        None, description="Base causal LM (local path or s3:// URI). Default: the demo base."
+    )
+    instruct: str | None = Field(
+        None, description="Its instruction-tuned sibling. Default: the demo instruct model."
+    )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folders.")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ModelsConfig:
         if (self.base is None) != (self.instruct is None):
-            raise ValueError("models.base and models.instruct must be given together (or both left to the demo)")
+            raise ValueError(
+                "models.base and models.instruct must be given together (or both left to the demo)"
+            )
         return self
 
 
@@ -127,7 +140,9 @@ class CleanConfig(Section):
     max_digit_ratio: float = 0.35
     max_dup_line_ratio: float = 0.3
     max_top_2gram_ratio: float = 0.2
-    ng_words: list[str] = Field(default_factory=lambda: ["アダルト", "出会い系", "カジノ無料", "今すぐクリック"])
+    ng_words: list[str] = Field(
+        default_factory=lambda: ["アダルト", "出会い系", "カジノ無料", "今すぐクリック"]
+    )
     max_ng_word_ratio: float = 0.05
     drop_sections: list[str] = Field(default_factory=lambda: ["表紙", "証券情報", "主要な経営指標等の推移"])
     mask_pii: bool = True
@@ -182,7 +197,9 @@ class EvaluateConfig(Section):
         description="Folders laid out like japanese-lm-fin-harness datasets (<task>/data.json). Empty: the demo set.",
     )
     prompt_version: str = "1.0-0.2.1"
-    heldout: str | None = Field(None, description="JSONL of held-out finance text for perplexity. Default: demo.")
+    heldout: str | None = Field(
+        None, description="JSONL of held-out finance text for perplexity. Default: demo."
+    )
     chat_questions: str | None = Field(None, description="JSONL of chat finance questions. Default: demo.")
     adherence_regex: str = Field(
         r"^回答[：:][^\n]{2,}$",

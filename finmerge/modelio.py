@@ -56,15 +56,18 @@ def _download_plain(uri: str, staging_dir: str) -> Path:
     listing = {p: fs.info(p) for p in fs.find(root)}
     if not any(p.endswith("/config.json") for p in listing):
         raise ModelFormatError(f"{uri}: not a Hugging Face model folder (no config.json)")
-    tag = hashlib.sha256(json.dumps({p: i.get("ETag") or i["size"] for p, i in listing.items()}, sort_keys=True,
-                                    default=str).encode()).hexdigest()[:32]
+    tag = hashlib.sha256(
+        json.dumps(
+            {p: i.get("ETag") or i["size"] for p, i in listing.items()}, sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:32]
     dest = Path(staging_dir).expanduser().resolve() / "inputs" / tag
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=dest.parent))
     for p in listing:
-        rel = p[len(root):].lstrip("/")
+        rel = p[len(root) :].lstrip("/")
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(p, str(tmp / rel))
     os.replace(tmp, dest)
@@ -90,7 +93,9 @@ def load_causal_lm(folder: Path, trust_remote_code: bool = False, dtype=None):
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
+    return AutoTokenizer.from_pretrained(
+        str(folder), trust_remote_code=trust_remote_code, local_files_only=True
+    )
 
 
 def fingerprint(uri: str) -> str:
@@ -108,7 +113,9 @@ def fingerprint(uri: str) -> str:
     h = hashlib.sha256()
     for path in sorted(fs.find(root)):
         info = fs.info(path)
-        h.update(f"{path[len(root):]}\t{info['size']}\t{info.get('ETag') or info.get('mtime', '')}\n".encode())
+        h.update(
+            f"{path[len(root) :]}\t{info['size']}\t{info.get('ETag') or info.get('mtime', '')}\n".encode()
+        )
     if storage.exists(storage.join(uri, "config.json")):
         h.update(storage.read_bytes(storage.join(uri, "config.json")))
     return h.hexdigest()

@@ -35,8 +35,9 @@ def code_version(*modules: ModuleType | str) -> str:
 
 
 def stage_key(stage: str, code: str, *parts: Any) -> str:
-    return sha256_json([stage, code, [p.model_dump(mode="json") if isinstance(p, BaseModel) else p
-                                      for p in parts]])[:20]
+    return sha256_json(
+        [stage, code, [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]]
+    )[:20]
 
 
 class RunContext(BaseModel):
@@ -54,10 +55,15 @@ class RunContext(BaseModel):
     def create(cls, cfg: PipelineConfig, parent_run_id: str | None = None) -> RunContext:
         storage.configure(cfg.storage.endpoint_url)
         uri, exp = tracking.ensure_experiment(cfg.tracking)
-        return cls(storage_uri=storage.normalize(cfg.storage.uri),
-                   staging_dir=str(Path(cfg.storage.staging_dir).expanduser().resolve()),
-                   endpoint_url=cfg.storage.endpoint_url, tracking_uri=uri, experiment_id=exp,
-                   parent_run_id=parent_run_id, config_hash=config_hash(cfg))
+        return cls(
+            storage_uri=storage.normalize(cfg.storage.uri),
+            staging_dir=str(Path(cfg.storage.staging_dir).expanduser().resolve()),
+            endpoint_url=cfg.storage.endpoint_url,
+            tracking_uri=uri,
+            experiment_id=exp,
+            parent_run_id=parent_run_id,
+            config_hash=config_hash(cfg),
+        )
 
     def out_uri(self, stage: str, key: str) -> str:
         return storage.join(self.storage_uri, stage, key)
@@ -80,19 +86,38 @@ def _retry_on_io(_task, _task_run, state) -> bool:
 def result_of(out_uri: str) -> dict | None:
     """A stage's return value rebuilt from a complete output folder (None if absent or incomplete)."""
     manifest = storage.read_manifest(out_uri)
-    return None if manifest is None else {"uri": manifest["uri"], "digest": manifest["digest"], **manifest["meta"]}
+    return (
+        None
+        if manifest is None
+        else {"uri": manifest["uri"], "digest": manifest["digest"], **manifest["meta"]}
+    )
 
 
-def run_tracked(stage: str, fn: Callable[..., dict], out_uri: str, ctx: RunContext, params: dict,
-                log_params: dict | None = None) -> dict:
+def run_tracked(
+    stage: str,
+    fn: Callable[..., dict],
+    out_uri: str,
+    ctx: RunContext,
+    params: dict,
+    log_params: dict | None = None,
+) -> dict:
     """Run ``fn(out_uri=..., **params)`` inside its own MLflow run (a child of the pipeline run)."""
     storage.configure(ctx.endpoint_url)
     done = result_of(out_uri)
     if done is not None:  # committed by an earlier attempt whose cache record was lost
         return done
-    run = tracking.Run.start(ctx.tracking_uri, ctx.experiment_id, stage, parent_id=ctx.parent_run_id,
-                             tags={"finmerge.stage": stage, "finmerge.config_hash": ctx.config_hash,
-                                   "finmerge.output": out_uri, "finmerge.version": __version__})
+    run = tracking.Run.start(
+        ctx.tracking_uri,
+        ctx.experiment_id,
+        stage,
+        parent_id=ctx.parent_run_id,
+        tags={
+            "finmerge.stage": stage,
+            "finmerge.config_hash": ctx.config_hash,
+            "finmerge.output": out_uri,
+            "finmerge.version": __version__,
+        },
+    )
     if log_params:
         run.params(log_params)
     kwargs = dict(params)
@@ -118,6 +143,14 @@ def stage_task(stage: str, fn: Callable[..., dict], retries: int = 2):
 
     body.__name__ = body.__qualname__ = f"{stage}_stage"
     body.__module__ = fn.__module__
-    return task(body, name=stage, cache_key_fn=_cache_key, persist_result=True, result_serializer="json",
-                retries=retries, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
-                retry_condition_fn=_retry_on_io)
+    return task(
+        body,
+        name=stage,
+        cache_key_fn=_cache_key,
+        persist_result=True,
+        result_serializer="json",
+        retries=retries,
+        retry_delay_seconds=[2, 10, 30],
+        retry_jitter_factor=0.5,
+        retry_condition_fn=_retry_on_io,
+    )

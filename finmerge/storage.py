@@ -182,7 +182,9 @@ class PendingFolder:
 
 
 @contextlib.contextmanager
-def output_folder(uri: str, staging_dir: str | None = None, meta: dict | None = None) -> Iterator[PendingFolder]:
+def output_folder(
+    uri: str, staging_dir: str | None = None, meta: dict | None = None
+) -> Iterator[PendingFolder]:
     """Yield a local temp folder; on clean exit commit it to ``uri`` with a manifest written last.
 
     On error nothing is committed, so ``uri`` either holds the previous complete folder or nothing usable.
@@ -198,7 +200,12 @@ def output_folder(uri: str, staging_dir: str | None = None, meta: dict | None = 
     try:
         yield pending
         files = describe_folder(tmp)
-        manifest = {"uri": normalize(uri), "files": files, "digest": folder_digest(files), "meta": pending.meta}
+        manifest = {
+            "uri": normalize(uri),
+            "files": files,
+            "digest": folder_digest(files),
+            "meta": pending.meta,
+        }
         if is_remote(uri):
             fs, root = filesystem(uri)
             if fs.exists(f"{root}/{MANIFEST}"):
@@ -241,7 +248,9 @@ def stage_folder(uri: str, staging_dir: str) -> Path:
             fs.get_file(f"{root}/{rel}", str(tmp / rel))
             got = sha256_file(tmp / rel)
             if got != info["sha256"]:
-                raise StorageError(f"{uri}/{rel}: sha256 {got[:12]} does not match manifest {info['sha256'][:12]}")
+                raise StorageError(
+                    f"{uri}/{rel}: sha256 {got[:12]} does not match manifest {info['sha256'][:12]}"
+                )
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
         if dest.exists():
             shutil.rmtree(dest)
@@ -250,4 +259,3 @@ def stage_folder(uri: str, staging_dir: str) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
-

@@ -98,8 +98,14 @@ class Run:
         self.client = client(uri)
 
     @classmethod
-    def start(cls, uri: str, experiment_id: str, name: str, tags: dict[str, str] | None = None,
-              parent_id: str | None = None) -> Run:
+    def start(
+        cls,
+        uri: str,
+        experiment_id: str,
+        name: str,
+        tags: dict[str, str] | None = None,
+        parent_id: str | None = None,
+    ) -> Run:
         c = client(uri)
         all_tags = dict(scrub(tags or {}))
         if parent_id:
@@ -122,8 +128,11 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-                 if isinstance(v, int | float) and math.isfinite(float(v))]
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and math.isfinite(float(v))
+        ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 

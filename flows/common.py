@@ -19,7 +19,9 @@ def result_storage(ctx: RunContext):
     if storage.is_remote(base):
         ep = storage.endpoint_url()
         # Only the endpoint goes into the block: credentials stay in the AWS environment chain.
-        block = RemoteFileSystem(basepath=base, settings={"client_kwargs": {"endpoint_url": ep}} if ep else {})
+        block = RemoteFileSystem(
+            basepath=base, settings={"client_kwargs": {"endpoint_url": ep}} if ep else {}
+        )
     else:
         storage.local_path(base).mkdir(parents=True, exist_ok=True)
         block = LocalFileSystem(basepath=base)
@@ -47,12 +49,22 @@ class StageRunner:
         self.block = result_storage(ctx)
         self.states: dict[str, str] = {}
 
-    def run(self, task, label: str, *, code: tuple[ModuleType, ...], key: tuple[Any, ...], params: dict,
-            log_params: dict | None = None) -> dict:
+    def run(
+        self,
+        task,
+        label: str,
+        *,
+        code: tuple[ModuleType, ...],
+        key: tuple[Any, ...],
+        params: dict,
+        log_params: dict | None = None,
+    ) -> dict:
         stage = task.name
         out_uri = self.ctx.out_uri(stage, stage_key(stage, code_version(*code), *key))
         missing = storage.read_manifest(out_uri) is None
         runnable = task.with_options(result_storage=self.block, refresh_cache=missing, task_run_name=label)
-        state = runnable(out_uri=out_uri, ctx=self.ctx, params=params, log_params=log_params, return_state=True)
+        state = runnable(
+            out_uri=out_uri, ctx=self.ctx, params=params, log_params=log_params, return_state=True
+        )
         self.states[label] = state.name
         return state.result()

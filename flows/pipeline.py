@@ -33,30 +33,55 @@ def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
     import tasks.demo as demo
 
     d, staging = cfg.demo, runner.ctx.staging_dir
-    world = runner.run(demo.world_task, "demo_world", code=(demo, finmerge.demo.world),
-                       key=(demo.world_section(d),), params={"cfg": d, "staging_dir": staging},
-                       log_params=demo.world_section(d))
-    base = runner.run(demo.demo_base_task, "demo_base", code=(demo, finmerge.demo.build, finmerge.demo.models),
-                      key=(world["digest"], d.model, d.base_train, d.seed),
-                      params={"world_uri": world["uri"], "cfg": d, "staging_dir": staging},
-                      log_params={"model": d.model.model_dump(), "train": d.base_train.model_dump()})
-    inst = runner.run(demo.demo_instruct_task, "demo_instruct", code=(demo, finmerge.demo.build),
-                      key=(world["digest"], base["digest"], d.instruct_train),
-                      params={"world_uri": world["uri"], "base_uri": base["uri"], "cfg": d, "staging_dir": staging},
-                      log_params={"train": d.instruct_train.model_dump()})
+    world = runner.run(
+        demo.world_task,
+        "demo_world",
+        code=(demo, finmerge.demo.world),
+        key=(demo.world_section(d),),
+        params={"cfg": d, "staging_dir": staging},
+        log_params=demo.world_section(d),
+    )
+    base = runner.run(
+        demo.demo_base_task,
+        "demo_base",
+        code=(demo, finmerge.demo.build, finmerge.demo.models),
+        key=(world["digest"], d.model, d.base_train, d.seed),
+        params={"world_uri": world["uri"], "cfg": d, "staging_dir": staging},
+        log_params={"model": d.model.model_dump(), "train": d.base_train.model_dump()},
+    )
+    inst = runner.run(
+        demo.demo_instruct_task,
+        "demo_instruct",
+        code=(demo, finmerge.demo.build),
+        key=(world["digest"], base["digest"], d.instruct_train),
+        params={"world_uri": world["uri"], "base_uri": base["uri"], "cfg": d, "staging_dir": staging},
+        log_params={"train": d.instruct_train.model_dump()},
+    )
     w = world["uri"]
-    return {"base": base["uri"], "instruct": inst["uri"], "sources": [storage.join(w, "filings")],
-            "sources_digest": world["digest"], "harness": [storage.join(w, "eval", "harness")],
-            "harness_digest": world["digest"],
-            "heldout": storage.join(w, "eval", "heldout.jsonl"), "chat": storage.join(w, "eval", "chat_finance.jsonl")}
+    return {
+        "base": base["uri"],
+        "instruct": inst["uri"],
+        "sources": [storage.join(w, "filings")],
+        "sources_digest": world["digest"],
+        "harness": [storage.join(w, "eval", "harness")],
+        "harness_digest": world["digest"],
+        "heldout": storage.join(w, "eval", "heldout.jsonl"),
+        "chat": storage.join(w, "eval", "chat_finance.jsonl"),
+    }
 
 
 def _user_inputs(cfg: PipelineConfig) -> dict:
     e = cfg.evaluate
-    return {"base": cfg.models.base, "instruct": cfg.models.instruct, "sources": cfg.corpus.ingest.sources,
-            "sources_digest": sources_fingerprint(cfg.corpus.ingest.sources), "harness": e.harness_data,
-            "harness_digest": sources_fingerprint(e.harness_data) if e.harness_data else None,
-            "heldout": e.heldout, "chat": e.chat_questions}
+    return {
+        "base": cfg.models.base,
+        "instruct": cfg.models.instruct,
+        "sources": cfg.corpus.ingest.sources,
+        "sources_digest": sources_fingerprint(cfg.corpus.ingest.sources),
+        "harness": e.harness_data,
+        "harness_digest": sources_fingerprint(e.harness_data) if e.harness_data else None,
+        "heldout": e.heldout,
+        "chat": e.chat_questions,
+    }
 
 
 def _file_digest(uri: str | None) -> str | None:
@@ -93,9 +118,16 @@ def pipeline(config: PipelineConfig) -> dict:
     cfg, log, t0 = config, get_run_logger(), time.perf_counter()
     storage.configure(cfg.storage.endpoint_url)
     uri, exp = tracking.ensure_experiment(cfg.tracking)
-    parent = tracking.Run.start(uri, exp, f"pipeline-{cfg.name}",
-                                tags={"finmerge.config_hash": config_hash(cfg), "finmerge.version": __version__,
-                                      "finmerge.stage": "pipeline"})
+    parent = tracking.Run.start(
+        uri,
+        exp,
+        f"pipeline-{cfg.name}",
+        tags={
+            "finmerge.config_hash": config_hash(cfg),
+            "finmerge.version": __version__,
+            "finmerge.stage": "pipeline",
+        },
+    )
     try:
         parent.params(cfg.model_dump(mode="json"))
         ctx = RunContext.create(cfg, parent.run_id)
@@ -105,73 +137,166 @@ def pipeline(config: PipelineConfig) -> dict:
         base_fp, inst_fp = modelio.fingerprint(base_uri), modelio.fingerprint(inst_uri)
 
         c = cfg.corpus
-        ing = runner.run(ingest.ingest_task, "ingest", code=(ingest,), key=(c.ingest, inputs["sources_digest"]),
-                         params={"sources": inputs["sources"], "staging_dir": staging, "text_field": c.ingest.text_field}, log_params=c.ingest.model_dump())
-        cln = runner.run(clean.clean_task, "clean", code=(clean,), key=(c.clean, ing["digest"]),
-                         params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging},
-                         log_params=c.clean.model_dump())
-        ddp = runner.run(dedup.dedup_task, "dedup", code=(dedup,), key=(c.dedup, cln["digest"]),
-                         params={"in_uri": cln["uri"], "cfg": c.dedup, "staging_dir": staging},
-                         log_params=c.dedup.model_dump())
-        tok = runner.run(tokenize.tokenize_task, "tokenize", code=(tokenize,), key=(cfg.tokenize, ddp["digest"], base_fp),
-                         params={"corpus_uri": ddp["uri"], "tokenizer_uri": base_uri, "cfg": cfg.tokenize,
-                                 "staging_dir": staging, "trust_remote_code": trc},
-                         log_params=cfg.tokenize.model_dump())
+        ing = runner.run(
+            ingest.ingest_task,
+            "ingest",
+            code=(ingest,),
+            key=(c.ingest, inputs["sources_digest"]),
+            params={"sources": inputs["sources"], "staging_dir": staging, "text_field": c.ingest.text_field},
+            log_params=c.ingest.model_dump(),
+        )
+        cln = runner.run(
+            clean.clean_task,
+            "clean",
+            code=(clean,),
+            key=(c.clean, ing["digest"]),
+            params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging},
+            log_params=c.clean.model_dump(),
+        )
+        ddp = runner.run(
+            dedup.dedup_task,
+            "dedup",
+            code=(dedup,),
+            key=(c.dedup, cln["digest"]),
+            params={"in_uri": cln["uri"], "cfg": c.dedup, "staging_dir": staging},
+            log_params=c.dedup.model_dump(),
+        )
+        tok = runner.run(
+            tokenize.tokenize_task,
+            "tokenize",
+            code=(tokenize,),
+            key=(cfg.tokenize, ddp["digest"], base_fp),
+            params={
+                "corpus_uri": ddp["uri"],
+                "tokenizer_uri": base_uri,
+                "cfg": cfg.tokenize,
+                "staging_dir": staging,
+                "trust_remote_code": trc,
+            },
+            log_params=cfg.tokenize.model_dump(),
+        )
         train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
-        cpt = runner.run(pretrain.pretrain_task, "pretrain", code=(pretrain,),
-                         key=(train_cfg, tok["digest"], base_fp, _file_digest(inputs["heldout"])),
-                         params={"base_uri": base_uri, "tokens_uri": tok["uri"], "cfg": train_cfg,
-                                 "staging_dir": staging, "heldout_uri": inputs["heldout"], "trust_remote_code": trc},
-                         log_params=train_cfg.model_dump())
-        mrg = runner.run(merge.merge_task, "merge", code=(merge,), key=(cfg.merge, base_fp, inst_fp, cpt["digest"]),
-                         params={"base_uri": base_uri, "instruct_uri": inst_uri, "domain_uri": cpt["uri"],
-                                 "cfg": cfg.merge, "staging_dir": staging, "trust_remote_code": trc},
-                         log_params=cfg.merge.model_dump())
+        cpt = runner.run(
+            pretrain.pretrain_task,
+            "pretrain",
+            code=(pretrain,),
+            key=(train_cfg, tok["digest"], base_fp, _file_digest(inputs["heldout"])),
+            params={
+                "base_uri": base_uri,
+                "tokens_uri": tok["uri"],
+                "cfg": train_cfg,
+                "staging_dir": staging,
+                "heldout_uri": inputs["heldout"],
+                "trust_remote_code": trc,
+            },
+            log_params=train_cfg.model_dump(),
+        )
+        mrg = runner.run(
+            merge.merge_task,
+            "merge",
+            code=(merge,),
+            key=(cfg.merge, base_fp, inst_fp, cpt["digest"]),
+            params={
+                "base_uri": base_uri,
+                "instruct_uri": inst_uri,
+                "domain_uri": cpt["uri"],
+                "cfg": cfg.merge,
+                "staging_dir": staging,
+                "trust_remote_code": trc,
+            },
+            log_params=cfg.merge.model_dump(),
+        )
         vec = None
         if cfg.analyze.enabled:
-            vec = runner.run(analyze.analyze_task, "analyze", code=(analyze,), key=(base_fp, inst_fp, cpt["digest"]),
-                             params={"base_uri": base_uri, "instruct_uri": inst_uri, "domain_uri": cpt["uri"],
-                                     "staging_dir": staging})
+            vec = runner.run(
+                analyze.analyze_task,
+                "analyze",
+                code=(analyze,),
+                key=(base_fp, inst_fp, cpt["digest"]),
+                params={
+                    "base_uri": base_uri,
+                    "instruct_uri": inst_uri,
+                    "domain_uri": cpt["uri"],
+                    "staging_dir": staging,
+                },
+            )
 
         eval_data = (inputs["harness_digest"], _file_digest(inputs["heldout"]), _file_digest(inputs["chat"]))
-        models = {"base": (base_uri, base_fp), "instruct": (inst_uri, inst_fp), "cpt": (cpt["uri"], cpt["digest"]),
-                  "merged": (mrg["uri"], mrg["digest"])}
+        models = {
+            "base": (base_uri, base_fp),
+            "instruct": (inst_uri, inst_fp),
+            "cpt": (cpt["uri"], cpt["digest"]),
+            "merged": (mrg["uri"], mrg["digest"]),
+        }
         evals = {}
         for label, (model_uri, fp) in models.items():
             evals[label] = runner.run(
-                evaluate.evaluate_task, f"evaluate-{label}", code=(evaluate,),
+                evaluate.evaluate_task,
+                f"evaluate-{label}",
+                code=(evaluate,),
                 key=(cfg.evaluate, fp, eval_data),
-                params={"model_uri": model_uri, "cfg": cfg.evaluate, "label": label,
-                        "harness_dirs": list(inputs["harness"]), "heldout_uri": inputs["heldout"],
-                        "chat_uri": inputs["chat"], "staging_dir": staging, "trust_remote_code": trc},
-                log_params={"label": label, **cfg.evaluate.model_dump()})
+                params={
+                    "model_uri": model_uri,
+                    "cfg": cfg.evaluate,
+                    "label": label,
+                    "harness_dirs": list(inputs["harness"]),
+                    "heldout_uri": inputs["heldout"],
+                    "chat_uri": inputs["chat"],
+                    "staging_dir": staging,
+                    "trust_remote_code": trc,
+                },
+                log_params={"label": label, **cfg.evaluate.model_dump()},
+            )
 
-        lineage = {"finmerge.base": base_uri, "finmerge.base_digest": base_fp, "finmerge.instruct": inst_uri,
-                   "finmerge.instruct_digest": inst_fp, "finmerge.corpus_digest": ddp["digest"],
-                   "finmerge.tokens_digest": tok["digest"], "finmerge.config_hash": config_hash(cfg),
-                   "finmerge.version": __version__}
-        reg_common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id,
-                      "parent_run_id": parent.run_id}
+        lineage = {
+            "finmerge.base": base_uri,
+            "finmerge.base_digest": base_fp,
+            "finmerge.instruct": inst_uri,
+            "finmerge.instruct_digest": inst_fp,
+            "finmerge.corpus_digest": ddp["digest"],
+            "finmerge.tokens_digest": tok["digest"],
+            "finmerge.config_hash": config_hash(cfg),
+            "finmerge.version": __version__,
+        }
+        reg_common = {
+            "tracking_uri": ctx.tracking_uri,
+            "experiment_id": ctx.experiment_id,
+            "parent_run_id": parent.run_id,
+        }
         r = cfg.registry
         cpt_reg = register_task.with_options(result_storage=runner.block)(
-            r.cpt_name, cpt["uri"], tags={**lineage, "finmerge.role": "cpt"},
+            r.cpt_name,
+            cpt["uri"],
+            tags={**lineage, "finmerge.role": "cpt"},
             metrics={f"eval.{k}": v for k, v in evals["cpt"]["metrics"].items()},
-            description="Continually pretrained finance model (θ_cpt)", **reg_common, return_state=True)
+            description="Continually pretrained finance model (θ_cpt)",
+            **reg_common,
+            return_state=True,
+        )
         runner.states["register-cpt"] = cpt_reg.name
         cpt_reg = cpt_reg.result()
         merged_metrics = {f"eval.{k}": v for k, v in evals["merged"]["metrics"].items()}
         if vec:
             merged_metrics.update({k: v for k, v in vec["metrics"].items()})
         mrg_reg = register_task.with_options(result_storage=runner.block)(
-            r.merged_name, mrg["uri"],
-            tags={**lineage, "finmerge.role": "merged", "finmerge.cpt_digest": cpt["digest"],
-                  "finmerge.parent.cpt": f"{r.cpt_name}/{cpt_reg['version']}",
-                  "finmerge.merge.method": cfg.merge.method, "finmerge.merge.alpha": cfg.merge.alpha,
-                  "finmerge.merge.beta": cfg.merge.beta},
-            metrics=merged_metrics, aliases=(r.new_alias,),
+            r.merged_name,
+            mrg["uri"],
+            tags={
+                **lineage,
+                "finmerge.role": "merged",
+                "finmerge.cpt_digest": cpt["digest"],
+                "finmerge.parent.cpt": f"{r.cpt_name}/{cpt_reg['version']}",
+                "finmerge.merge.method": cfg.merge.method,
+                "finmerge.merge.alpha": cfg.merge.alpha,
+                "finmerge.merge.beta": cfg.merge.beta,
+            },
+            metrics=merged_metrics,
+            aliases=(r.new_alias,),
             bootstrap_alias=r.champion_alias if r.bootstrap_champion else None,
-            description="θ_cpt + τ_inst: finance knowledge with instruction following", **reg_common,
-            return_state=True)
+            description="θ_cpt + τ_inst: finance knowledge with instruction following",
+            **reg_common,
+            return_state=True,
+        )
         runner.states["register-merged"] = mrg_reg.name
         mrg_reg = mrg_reg.result()
 
@@ -188,8 +313,13 @@ def pipeline(config: PipelineConfig) -> dict:
         seconds = time.perf_counter() - t0
         parent.metrics({"pipeline_seconds": seconds})
         summary = {
-            "config_hash": config_hash(cfg), "seconds": round(seconds, 1), "stages": runner.states,
-            "table": table, "cos": cos, "tracking_uri": ctx.tracking_uri, "mlflow_run_id": parent.run_id,
+            "config_hash": config_hash(cfg),
+            "seconds": round(seconds, 1),
+            "stages": runner.states,
+            "table": table,
+            "cos": cos,
+            "tracking_uri": ctx.tracking_uri,
+            "mlflow_run_id": parent.run_id,
             "models": {k: v[0] for k, v in models.items()},
             "registered": {"cpt": cpt_reg, "merged": mrg_reg},
             "evaluations": {k: v["metrics"] for k, v in evals.items()},
@@ -197,7 +327,9 @@ def pipeline(config: PipelineConfig) -> dict:
         }
         markdown = summary_markdown(summary)
         parent.text(markdown, "summary.md")
-        create_markdown_artifact(markdown=markdown, key="finmerge-summary", description="finmerge pipeline summary")
+        create_markdown_artifact(
+            markdown=markdown, key="finmerge-summary", description="finmerge pipeline summary"
+        )
         log.info("pipeline finished in %.1fs; stages: %s", seconds, runner.states)
         parent.end()
         return summary

@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,8 +102,15 @@ def eval_loss(model: torch.nn.Module, data: TrainData, batch_size: int) -> float
     return total / max(count, 1)
 
 
-def train_loop(model: torch.nn.Module, data: TrainData, cfg: TrainConfig, *, eval_data: TrainData | None = None,
-               on_log: LogFn | None = None, desc: str = "train") -> TrainResult:
+def train_loop(
+    model: torch.nn.Module,
+    data: TrainData,
+    cfg: TrainConfig,
+    *,
+    eval_data: TrainData | None = None,
+    on_log: LogFn | None = None,
+    desc: str = "train",
+) -> TrainResult:
     """Train ``model`` in place. Deterministic for a given seed and thread count on CPU."""
     if len(data) == 0:
         raise ValueError("no training rows")
@@ -132,7 +138,11 @@ def train_loop(model: torch.nn.Module, data: TrainData, cfg: TrainConfig, *, eva
             loss = model(**batch).loss / cfg.grad_accum
             loss.backward()
             loss_sum += float(loss.detach())
-            n_tok = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            n_tok = (
+                int(batch["attention_mask"].sum())
+                if "attention_mask" in batch
+                else batch["input_ids"].numel()
+            )
             tokens += n_tok
             window_tokens += n_tok
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -143,8 +153,15 @@ def train_loop(model: torch.nn.Module, data: TrainData, cfg: TrainConfig, *, eva
         last = step == steps - 1
         if step % cfg.log_every == 0 or last:
             now = time.perf_counter()
-            rec = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "epoch": epoch,
-                   "tokens": tokens, "tokens_per_s": window_tokens / max(now - window_t, 1e-9)}
+            rec = {
+                "step": step,
+                "loss": loss_sum,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "epoch": epoch,
+                "tokens": tokens,
+                "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
+            }
             window_t, window_tokens = now, 0
             if eval_data is not None and (step % cfg.eval_every == 0 or last):
                 rec["eval_loss"] = eval_loss(model, eval_data, cfg.batch_size)
@@ -171,8 +188,17 @@ def model_card(title: str, lines: dict[str, object], body: str = "") -> str:
     return f"---\nlibrary_name: transformers\ntags: [finmerge]\n---\n# {title}\n\n| | |\n|---|---|\n{rows}\n\n{body}\n"
 
 
-def pretrain(base_uri: str, tokens_uri: str, out_uri: str, cfg: TrainConfig, staging_dir: str, *,
-             heldout_uri: str | None = None, trust_remote_code: bool = False, on_log: LogFn | None = None) -> dict:
+def pretrain(
+    base_uri: str,
+    tokens_uri: str,
+    out_uri: str,
+    cfg: TrainConfig,
+    staging_dir: str,
+    *,
+    heldout_uri: str | None = None,
+    trust_remote_code: bool = False,
+    on_log: LogFn | None = None,
+) -> dict:
     """Continually pretrain the model at ``base_uri`` on the packed blocks at ``tokens_uri``."""
     from tasks.tokenize import load_blocks
 
@@ -185,8 +211,14 @@ def pretrain(base_uri: str, tokens_uri: str, out_uri: str, cfg: TrainConfig, sta
     if int(blocks.max()) >= model.get_input_embeddings().num_embeddings:
         raise ValueError(f"{tokens_uri}: token id {int(blocks.max())} outside the model's vocabulary")
     eval_data = heldout_rows(heldout_uri, tokenizer, cfg.seq_len) if heldout_uri else None
-    result = train_loop(model, TrainData(torch.from_numpy(blocks)), cfg, eval_data=eval_data, on_log=on_log,
-                        desc="continual pretraining")
+    result = train_loop(
+        model,
+        TrainData(torch.from_numpy(blocks)),
+        cfg,
+        eval_data=eval_data,
+        on_log=on_log,
+        desc="continual pretraining",
+    )
     base_digest = (storage.read_manifest(base_uri) or {}).get("digest")
     tokens_digest = (storage.read_manifest(tokens_uri) or {}).get("digest")
     metrics = {
@@ -200,25 +232,42 @@ def pretrain(base_uri: str, tokens_uri: str, out_uri: str, cfg: TrainConfig, sta
     if evals:
         metrics["pretrain/heldout_ppl_start"] = evals[0]
         metrics["pretrain/heldout_ppl_end"] = evals[-1]
-    meta = {"metrics": metrics, "artifacts": ["loss.png", "history.json"],
-            "lineage": {"base": storage.normalize(base_uri), "base_digest": base_digest,
-                        "tokens": storage.normalize(tokens_uri), "tokens_digest": tokens_digest}}
+    meta = {
+        "metrics": metrics,
+        "artifacts": ["loss.png", "history.json"],
+        "lineage": {
+            "base": storage.normalize(base_uri),
+            "base_digest": base_digest,
+            "tokens": storage.normalize(tokens_uri),
+            "tokens_digest": tokens_digest,
+        },
+    }
     with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
         model.save_pretrained(str(out.path), safe_serialization=True)
         tokenizer.save_pretrained(str(out.path))
         (out.path / "history.json").write_text(json.dumps(result.history, indent=1))
-        plot_curves(result.history, ["loss", "eval_loss"], out.path / "loss.png", title="Continual pretraining loss")
-        (out.path / "README.md").write_text(model_card(
-            "finmerge continual-pretrained model (θ_cpt)",
-            {"base model": storage.normalize(base_uri), "base digest": base_digest,
-             "corpus tokens": storage.normalize(tokens_uri), "tokens digest": tokens_digest,
-             "steps": result.steps, "tokens seen": result.tokens, "final loss": f"{result.final_loss:.4f}",
-             "schedule": f"{cfg.schedule}, lr {cfg.lr}, warmup {cfg.warmup_steps}",
-             "batch": f"{cfg.batch_size} × accum {cfg.grad_accum} × seq {cfg.seq_len}",
-             "finmerge": __version__},
-            "Domain vector τ_fin = θ_cpt − θ_base. Weights in safetensors."))
+        plot_curves(
+            result.history, ["loss", "eval_loss"], out.path / "loss.png", title="Continual pretraining loss"
+        )
+        (out.path / "README.md").write_text(
+            model_card(
+                "finmerge continual-pretrained model (θ_cpt)",
+                {
+                    "base model": storage.normalize(base_uri),
+                    "base digest": base_digest,
+                    "corpus tokens": storage.normalize(tokens_uri),
+                    "tokens digest": tokens_digest,
+                    "steps": result.steps,
+                    "tokens seen": result.tokens,
+                    "final loss": f"{result.final_loss:.4f}",
+                    "schedule": f"{cfg.schedule}, lr {cfg.lr}, warmup {cfg.warmup_steps}",
+                    "batch": f"{cfg.batch_size} × accum {cfg.grad_accum} × seq {cfg.seq_len}",
+                    "finmerge": __version__,
+                },
+                "Domain vector τ_fin = θ_cpt − θ_base. Weights in safetensors.",
+            )
+        )
     return out.result()
-
 
 
 pretrain_task = stage_task("pretrain", pretrain, retries=1)

@@ -33,7 +33,9 @@ def iter_jsonl(uri: str, text_field: str = "text") -> Iterator[dict]:
             yield rec
 
 
-def pack_documents(texts: Iterator[str], tokenizer, seq_len: int, batch: int = 256) -> tuple[np.ndarray, dict]:
+def pack_documents(
+    texts: Iterator[str], tokenizer, seq_len: int, batch: int = 256
+) -> tuple[np.ndarray, dict]:
     """Encode, append EOS, concatenate, cut into (n_blocks, seq_len). Returns blocks and counts."""
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token; packing needs a document separator")
@@ -66,27 +68,39 @@ def pack_documents(texts: Iterator[str], tokenizer, seq_len: int, batch: int = 2
     return blocks, counts
 
 
-def tokenize_corpus(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: TokenizeConfig, staging_dir: str,
-                    trust_remote_code: bool = False) -> dict:
+def tokenize_corpus(
+    corpus_uri: str,
+    tokenizer_uri: str,
+    out_uri: str,
+    cfg: TokenizeConfig,
+    staging_dir: str,
+    trust_remote_code: bool = False,
+) -> dict:
     tokenizer = modelio.load_tokenizer(modelio.stage_model(tokenizer_uri, staging_dir), trust_remote_code)
     docs = (rec["text"] for rec in iter_jsonl(storage.join(corpus_uri, "docs.jsonl")))
     blocks, counts = pack_documents(docs, tokenizer, cfg.seq_len)
     if counts["blocks"] == 0:
-        raise ValueError(f"{corpus_uri}: corpus has {counts['tokens']} tokens, fewer than one block of {cfg.seq_len}")
+        raise ValueError(
+            f"{corpus_uri}: corpus has {counts['tokens']} tokens, fewer than one block of {cfg.seq_len}"
+        )
     # Packing has no padding; the efficiency figure is the share of produced tokens that reach a block.
     efficiency = counts["tokens_in_blocks"] / max(counts["tokens"], 1)
     meta = {
         "counts": counts,
-        "metrics": {"tokenize/tokens": float(counts["tokens"]), "tokenize/blocks": float(counts["blocks"]),
-                    "tokenize/packing_efficiency": efficiency},
+        "metrics": {
+            "tokenize/tokens": float(counts["tokens"]),
+            "tokenize/blocks": float(counts["blocks"]),
+            "tokenize/packing_efficiency": efficiency,
+        },
         "seq_len": cfg.seq_len,
         "vocab_size": len(tokenizer),
         "artifacts": ["tokens.json"],
     }
     with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
         np.save(out.path / "tokens.npy", blocks)
-        (out.path / "tokens.json").write_text(json.dumps(
-            {"shape": list(blocks.shape), "dtype": str(blocks.dtype), **counts}, indent=2))
+        (out.path / "tokens.json").write_text(
+            json.dumps({"shape": list(blocks.shape), "dtype": str(blocks.dtype), **counts}, indent=2)
+        )
     return out.result()
 
 

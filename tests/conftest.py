@@ -22,19 +22,27 @@ def _isolated_env(tmp_path_factory):
     """Keep tests off ~/.prefect, ~/.cache/huggingface and any real cloud credentials."""
     home = tmp_path_factory.mktemp("homes")
     saved = dict(os.environ)
-    os.environ.update({
-        "PREFECT_HOME": str(home / "prefect"),
-        "HF_HOME": str(home / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "TOKENIZERS_PARALLELISM": "false",
-    })
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_TRACKING_URI",
-                "MLFLOW_S3_ENDPOINT_URL", "PREFECT_API_URL"):
+    os.environ.update(
+        {
+            "PREFECT_HOME": str(home / "prefect"),
+            "HF_HOME": str(home / "hf"),
+            "HF_HUB_OFFLINE": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    for var in (
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "PREFECT_API_URL",
+    ):
         os.environ.pop(var, None)
     yield
     os.environ.clear()
@@ -76,8 +84,12 @@ def s3_endpoint():
     """A moto S3 server on a free loopback port (a child process, so subprocesses can reach it too)."""
     port = free_port()
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/moto-api/", 30, proc)
@@ -112,13 +124,34 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="mlflow")
     work = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {
+        **os.environ,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
     exe = str(Path(sys.executable).parent / "mlflow")
     proc = subprocess.Popen(
-        [exe, "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db", "--artifacts-destination",
-         "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            exe,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{work}/mlflow.db",
+            "--artifacts-destination",
+            "s3://mlflow/artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=open(work / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", 120, proc)

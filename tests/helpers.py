@@ -16,14 +16,21 @@ TEXTS = [
     "今日は晴れです。明日は雨が降るでしょう。",
 ] * 30
 
-TINY = TinyModelConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=128)
+TINY = TinyModelConfig(
+    vocab_size=400,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=128,
+)
 
 
 def tiny_model(folder: Path, seed: int = 0, chat: bool = False, shape: TinyModelConfig = TINY) -> Path:
     """A committed (manifest-bearing) tiny Llama folder with a trained BPE tokenizer."""
-    tok = train_tokenizer(iter(TEXTS), shape.vocab_size, folder.parent / f".tok-{folder.name}",
-                          CHAT_TEMPLATE if chat else None)
+    tok = train_tokenizer(
+        iter(TEXTS), shape.vocab_size, folder.parent / f".tok-{folder.name}", CHAT_TEMPLATE if chat else None
+    )
     model = init_llama(shape, tok, seed)
     with storage.output_folder(str(folder), str(folder.parent / ".staging")) as out:
         save_model(model, tok, out.path, "# tiny test model")

@@ -23,8 +23,10 @@ def test_real_model_example_is_a_real_model_setup():
 
 def test_overrides_are_typed_and_change_the_hash():
     base = load_config(ROOT / "configs" / "demo.yaml")
-    cfg = load_config(ROOT / "configs" / "demo.yaml", ["merge.alpha=0.5", "pretrain.max_steps=7",
-                                                       "corpus.ingest.sources=[a, b]"])
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml",
+        ["merge.alpha=0.5", "pretrain.max_steps=7", "corpus.ingest.sources=[a, b]"],
+    )
     assert cfg.merge.alpha == 0.5 and cfg.pretrain.max_steps == 7
     assert cfg.corpus.ingest.sources == ["a", "b"]
     assert config_hash(cfg) != config_hash(base)
@@ -77,7 +79,14 @@ def test_storage_endpoint_honours_environment(monkeypatch):
 def test_scrub_removes_secrets():
     from finmerge.tracking import flatten, scrub
 
-    out = flatten(scrub({"a": {"api_key": "s3cr3t", "uri": "s3://AKIA:s3cr3t@bucket/x"},
-                         "AWS_SECRET_ACCESS_KEY": "s3cr3t", "lr": 0.1}))
+    out = flatten(
+        scrub(
+            {
+                "a": {"api_key": "s3cr3t", "uri": "s3://AKIA:s3cr3t@bucket/x"},
+                "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+                "lr": 0.1,
+            }
+        )
+    )
     assert "s3cr3t" not in repr(out)
     assert out["lr"] == "0.1" and out["a.uri"] == "s3://***@bucket/x"

@@ -10,8 +10,22 @@ from finmerge import modelio, storage
 from finmerge.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPENSIVE = {"demo_world", "demo_base", "demo_instruct", "ingest", "clean", "dedup", "tokenize", "pretrain",
-             "merge", "analyze", "evaluate-base", "evaluate-instruct", "evaluate-cpt", "evaluate-merged"}
+EXPENSIVE = {
+    "demo_world",
+    "demo_base",
+    "demo_instruct",
+    "ingest",
+    "clean",
+    "dedup",
+    "tokenize",
+    "pretrain",
+    "merge",
+    "analyze",
+    "evaluate-base",
+    "evaluate-instruct",
+    "evaluate-cpt",
+    "evaluate-merged",
+}
 
 
 @pytest.mark.slow
@@ -34,7 +48,9 @@ def test_pipeline_on_s3_and_mlflow_server(s3_bucket, mlflow_server, prefect_harn
 
     # A stock MLflow client resolves the alias to a folder that transformers loads, with the same logits.
     mlflow.set_tracking_uri(mlflow_server)
-    fetched = mlflow.artifacts.download_artifacts("models:/finmerge-merged@champion", dst_path=str(tmp_path / "dl"))
+    fetched = mlflow.artifacts.download_artifacts(
+        "models:/finmerge-merged@champion", dst_path=str(tmp_path / "dl")
+    )
     merged_local = storage.stage_folder(first["models"]["merged"], str(tmp_path / "staging"))
     got, want = modelio.load_causal_lm(Path(fetched)), modelio.load_causal_lm(merged_local)
     ids = modelio.load_tokenizer(Path(fetched))("株式会社の主な事業は", return_tensors="pt")["input_ids"]

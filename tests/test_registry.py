@@ -18,9 +18,19 @@ def test_register_is_idempotent_and_bootstraps_champion(tmp_path, sqlite_trackin
     uri, exp = sqlite_tracking
     m1 = tiny_model(tmp_path / "m1", seed=1)
     m2 = tiny_model(tmp_path / "m2", seed=2)
-    kw = {"tracking_uri": uri, "experiment_id": exp, "aliases": ("challenger",), "bootstrap_alias": "champion"}
-    r1 = register_model("fm-test", str(m1), tags={"finmerge.base": "x", "aws_secret_access_key": "LEAK"},
-                        metrics={"eval.ppl": 12.5}, **kw)
+    kw = {
+        "tracking_uri": uri,
+        "experiment_id": exp,
+        "aliases": ("challenger",),
+        "bootstrap_alias": "champion",
+    }
+    r1 = register_model(
+        "fm-test",
+        str(m1),
+        tags={"finmerge.base": "x", "aws_secret_access_key": "LEAK"},
+        metrics={"eval.ppl": 12.5},
+        **kw,
+    )
     assert r1["created"] and r1["version"] == "1" and r1["aliases"] == ["challenger", "champion"]
     again = register_model("fm-test", str(m1), **kw)
     assert not again["created"] and again["version"] == "1"

@@ -30,7 +30,9 @@ def test_packing_has_no_padding_and_keeps_document_boundaries(base, tmp_path):
 
 def test_tokenize_stage_writes_manifest_and_blocks(base, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", TEXTS)
-    res = tokenize_corpus(corpus, str(base), str(tmp_path / "tok"), TokenizeConfig(seq_len=32), str(tmp_path / "st"))
+    res = tokenize_corpus(
+        corpus, str(base), str(tmp_path / "tok"), TokenizeConfig(seq_len=32), str(tmp_path / "st")
+    )
     blocks = load_blocks(res["uri"], str(tmp_path / "st"))
     assert blocks.shape[1] == 32 and blocks.shape[0] == res["counts"]["blocks"] > 0
     assert res["metrics"]["tokenize/packing_efficiency"] > 0.97
@@ -97,17 +99,29 @@ def test_pretrain_stage_commits_a_loadable_model(base, tmp_path):
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in TEXTS[:8]))
     logged = []
-    cfg = TrainConfig(lr=5e-3, warmup_steps=2, max_steps=12, batch_size=8, seq_len=16, log_every=3, eval_every=3)
-    res = pretrain(str(base), tok["uri"], str(tmp_path / "cpt"), cfg, st, heldout_uri=str(heldout),
-                   on_log=lambda step, m: logged.append((step, m)))
+    cfg = TrainConfig(
+        lr=5e-3, warmup_steps=2, max_steps=12, batch_size=8, seq_len=16, log_every=3, eval_every=3
+    )
+    res = pretrain(
+        str(base),
+        tok["uri"],
+        str(tmp_path / "cpt"),
+        cfg,
+        st,
+        heldout_uri=str(heldout),
+        on_log=lambda step, m: logged.append((step, m)),
+    )
     assert res["metrics"]["pretrain/steps"] == 12
     assert res["metrics"]["pretrain/heldout_ppl_end"] < res["metrics"]["pretrain/heldout_ppl_start"]
     assert [s for s, _ in logged] == [0, 3, 6, 9, 11] and "tokens_per_s" in logged[0][1]
     folder = storage.local_path(res["uri"])
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "loss.png"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     cpt = modelio.load_causal_lm(folder)
     orig = modelio.load_causal_lm(base)
-    assert any(not torch.equal(a, b) for a, b in zip(cpt.state_dict().values(), orig.state_dict().values(),
-                                                     strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(cpt.state_dict().values(), orig.state_dict().values(), strict=True)
+    )
     assert res["lineage"]["base_digest"] == storage.read_manifest(str(base))["digest"]

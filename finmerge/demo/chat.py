@@ -1,6 +1,5 @@
 """The demo models' chat template (Alpaca-style, as nekomata-instruction uses) and reply format."""
 
-
 # Jinja, as stored in tokenizer_config.json; `add_generation_prompt` opens the assistant turn.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。\\n\\n' }}"

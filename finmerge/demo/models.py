@@ -27,7 +27,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, chat_t
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", clean_up_tokenization_spaces=False
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        clean_up_tokenization_spaces=False,
     )
     if chat_template:
         fast.chat_template = chat_template
@@ -57,7 +61,9 @@ def init_llama(shape: TinyModelConfig, tokenizer, seed: int):
     )
     model = LlamaForCausalLM(cfg)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return model
 

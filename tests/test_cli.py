@@ -1,0 +1,82 @@
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from finmerge.cli import main
+from tests.helpers import tiny_model
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_config_errors_exit_2(capsys):
+    assert main(["config", "validate", "--set", "merge.alhpa=1"]) == 2
+    assert "merge.alhpa" in capsys.readouterr().err
+    assert main(["config", "validate", "--set", "merge.alpha=0.5"]) == 0
+
+
+def test_merge_and_analyze_commands(tmp_path, capsys):
+    base, inst, dom = (tiny_model(tmp_path / n, seed=s) for n, s in (("b", 1), ("i", 2), ("d", 3)))
+    staging = f"storage.staging_dir={tmp_path / 'staging'}"
+    rc = main(
+        [
+            "merge",
+            "--base",
+            str(base),
+            "--instruct",
+            str(inst),
+            "--domain",
+            str(dom),
+            "--out",
+            str(tmp_path / "m"),
+            "--alpha",
+            "0",
+            "--beta",
+            "0",
+            "--set",
+            staging,
+        ]
+    )
+    assert rc == 0
+    out = _last_json(capsys)
+    assert out["uri"] == str(tmp_path / "m") and out["digest"]
+    merged, want = load_file(tmp_path / "m" / "model.safetensors"), load_file(base / "model.safetensors")
+    assert merged.keys() == want.keys() and all(torch.equal(merged[k], want[k]) for k in want)
+
+    assert (
+        main(
+            [
+                "analyze",
+                "--base",
+                str(base),
+                "--instruct",
+                str(inst),
+                "--domain",
+                str(dom),
+                "--out",
+                str(tmp_path / "a"),
+                "--set",
+                staging,
+            ]
+        )
+        == 0
+    )
+    report = _last_json(capsys)
+    assert -1 <= report["metrics"]["analyze/cos_global"] <= 1
+    assert (tmp_path / "a" / "cos_heatmap.png").stat().st_size > 1000
+
+
+def test_corpus_commands_chain(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    text = "株式会社青葉精機の主な事業は精密機械の製造です。当社は愛知県名古屋市に本社を置いております。" * 4
+    (raw / "a.jsonl").write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n{broken\n")
+    staging = ["--set", f"storage.staging_dir={tmp_path / 'staging'}"]
+    assert main(["corpus", "ingest", "--sources", str(raw), "--out", str(tmp_path / "i"), *staging]) == 0
+    ing = _last_json(capsys)
+    assert ing["counts"]["docs"] == 1 and ing["counts"]["quarantined"] == 1
+    assert main(["corpus", "clean", "--in", str(tmp_path / "i"), "--out", str(tmp_path / "c"), *staging]) == 0
+    assert main(["corpus", "dedup", "--in", str(tmp_path / "c"), "--out", str(tmp_path / "d"), *staging]) == 0
+    assert _last_json(capsys)["uri"] == str(tmp_path / "d")
