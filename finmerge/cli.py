@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config
+from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config, reference_markdown
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 
@@ -73,6 +73,9 @@ def print_summary(s: dict) -> None:
 def cmd_config(args) -> int:
     if args.action == "schema":
         _print(PipelineConfig.model_json_schema())
+        return 0
+    if args.action == "reference":
+        print(reference_markdown(), end="")
         return 0
     cfg = _config(args)
     if args.action == "show":
@@ -231,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the whole pipeline").set_defaults(fn=cmd_run)
 
     c = sub.add_parser("config", parents=[common], help="validate / show the resolved config, or its schema")
-    c.add_argument("action", choices=["validate", "show", "schema"])
+    c.add_argument("action", choices=["validate", "show", "schema", "reference"])
     c.set_defaults(fn=cmd_config)
 
     corpus = sub.add_parser("corpus", help="corpus stages").add_subparsers(dest="step", required=True)

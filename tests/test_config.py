@@ -90,3 +90,11 @@ def test_scrub_removes_secrets():
     )
     assert "s3cr3t" not in repr(out)
     assert out["lr"] == "0.1" and out["a.uri"] == "s3://***@bucket/x"
+
+
+def test_config_reference_is_current():
+    from finmerge.config import reference_markdown
+
+    assert (ROOT / "docs" / "config.md").read_text(encoding="utf-8") == reference_markdown(), (
+        "docs/config.md is stale: run `finmerge config reference > docs/config.md`"
+    )
