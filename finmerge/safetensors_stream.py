@@ -15,6 +15,7 @@ data_offsets}`` plus ``__metadata__``), padded with spaces to a multiple of 8, t
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import hashlib
 import json
@@ -153,7 +154,9 @@ class SafetensorsModel:
         return h.get_slice(name)[start:stop].contiguous()
 
 
-def row_blocks(shape: tuple[int, ...], target_elems: int, start: int = 0, stop: int | None = None) -> Iterator:
+def row_blocks(
+    shape: tuple[int, ...], target_elems: int, start: int = 0, stop: int | None = None
+) -> Iterator:
     """``(a, b)`` row ranges over ``[start, stop)`` of axis 0 holding about ``target_elems`` elements each.
 
     A 0-d tensor yields a single ``(None, None)`` (read it whole)."""
@@ -185,9 +188,19 @@ class ShardedWriter:
     ``max_shard_bytes`` of tensor data; a tensor larger than that gets a shard of its own. Feed data with
     :meth:`write` in the order given by :attr:`order` (row blocks of the current tensor, in order), then call
     :meth:`close`, which returns ``{file: sha256}`` and writes the index when there is more than one shard.
+
+    With ``background=True`` file writes and hashing run in one worker thread, overlapping the caller's compute;
+    at most one write is in flight, so a block passed to :meth:`write` must stay unmodified only until the
+    next :meth:`write` (or :meth:`close`) returns: two alternating buffers are enough.
     """
 
-    def __init__(self, folder: str | Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int):
+    def __init__(
+        self,
+        folder: str | Path,
+        specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        max_shard_bytes: int,
+        background: bool = False,
+    ):
         self.folder = Path(folder)
         self.specs = {name: (dtype, tuple(shape)) for name, dtype, shape in specs}
         if len(self.specs) != len(specs):
@@ -206,18 +219,51 @@ class ShardedWriter:
         for k, sh in enumerate(shards, 1):
             sh.file = SINGLE_NAME if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
             # Within a shard, widest dtypes first so every tensor's data stays aligned to its element size.
-            sh.names.sort(key=lambda nm: (-torch.empty((), dtype=self.specs[nm][0]).element_size(), natural_key(nm)))
+            sh.names.sort(
+                key=lambda nm: (-torch.empty((), dtype=self.specs[nm][0]).element_size(), natural_key(nm))
+            )
         self.shards = shards
         self.order = [nm for sh in shards for nm in sh.names]
         self.sha256: dict[str, str] = {}
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="safetensors-writer") if background else None
+        self._pending: cf.Future | None = None
         self._shard_i = -1
         self._name_i = -1
-        self._fh = None
+        self._fh = None  # owned by the I/O side (_io_*), which may run in the worker thread
         self._hash = None
         self._left = 0  # bytes still expected for the current tensor
         self._next_tensor()
 
-    # -- internals -------------------------------------------------------------------------------------
+    # -- I/O side: runs inline, or in the worker thread, strictly in submission order -------------------
+    def _io_open(self, file: str, header: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.folder / f".{file}.tmp", "wb")  # noqa: SIM115 - closed in _io_close
+        self._hash = hashlib.sha256()
+        self._io_write(header)
+
+    def _io_write(self, data, keepalive=None) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+
+    def _io_close(self, file: str) -> None:
+        self._fh.close()
+        self._fh = None
+        os.replace(self.folder / f".{file}.tmp", self.folder / file)
+        self.sha256[file] = self._hash.hexdigest()
+
+    def _do(self, fn, *args) -> None:
+        if self._pool is None:
+            fn(*args)
+            return
+        self._wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises a write error here
+
+    # -- planning side ---------------------------------------------------------------------------------
     def _open_shard(self, sh: _Shard) -> None:
         header: dict = {"__metadata__": {"format": "pt"}}
         off = 0
@@ -228,21 +274,7 @@ class ShardedWriter:
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.folder / f".{sh.file}.tmp", "wb")  # noqa: SIM115 - closed in _close_shard
-        self._hash = hashlib.sha256()
-        self._emit(struct.pack("<Q", len(raw)))
-        self._emit(raw)
-
-    def _close_shard(self, sh: _Shard) -> None:
-        self._fh.close()
-        self._fh = None
-        os.replace(self.folder / f".{sh.file}.tmp", self.folder / sh.file)
-        self.sha256[sh.file] = self._hash.hexdigest()
-
-    def _emit(self, data) -> None:
-        self._fh.write(data)
-        self._hash.update(data)
+        self._do(self._io_open, sh.file, struct.pack("<Q", len(raw)) + raw)
 
     def _next_tensor(self) -> None:
         while True:
@@ -250,7 +282,7 @@ class ShardedWriter:
                 self._name_i += 1
             else:
                 if self._shard_i >= 0:
-                    self._close_shard(self.shards[self._shard_i])
+                    self._do(self._io_close, self.shards[self._shard_i].file)
                 self._shard_i += 1
                 self._name_i = 0
                 if self._shard_i >= len(self.shards):
@@ -281,14 +313,19 @@ class ShardedWriter:
         data = memoryview(flat.view(torch.uint8).numpy())
         if data.nbytes > self._left:
             raise RuntimeError(f"{name}: more data than its shape {self.specs[name][1]}")
-        self._emit(data)
+        self._do(self._io_write, data, flat)
         self._left -= data.nbytes
         if self._left == 0:
             self._next_tensor()
 
     def close(self) -> dict[str, str]:
+        """Finish the last shard, write the index (several shards); returns ``{shard file: sha256}``."""
         if self.current is not None:
             raise RuntimeError(f"writer closed before tensor {self.current!r} was complete")
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if len(self.shards) > 1:
             index = {
                 "metadata": {"total_size": sum(sh.nbytes for sh in self.shards)},
@@ -298,6 +335,14 @@ class ShardedWriter:
         return dict(self.sha256)
 
     def abort(self) -> None:
+        """Release the file and the worker after an error (a no-op after :meth:`close`)."""
+        if self._pool is not None:
+            try:
+                self._wait()
+            except Exception:  # noqa: BLE001 - the caller is already handling the first error
+                pass
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._fh is not None:
             self._fh.close()
             self._fh = None

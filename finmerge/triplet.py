@@ -159,11 +159,15 @@ def load_triplet(
                 problems.append(f"tensor {name}: unsupported dtype {i.dtype} in {r}")
         dtypes = {i.dtype for i in infos.values()}
         if len(dtypes) > 1 and not (allow_float_dtype_mismatch and all(i.is_float for i in infos.values())):
-            problems.append(f"tensor {name}: dtype differs: " + ", ".join(f"{r}={i.dtype}" for r, i in infos.items()))
+            problems.append(
+                f"tensor {name}: dtype differs: " + ", ".join(f"{r}={i.dtype}" for r, i in infos.items())
+            )
         shapes = {r: i.shape for r, i in infos.items()}
         if len(set(shapes.values())) == 1:
             continue
-        same_tail = len({(len(s), s[1:]) for s in shapes.values()}) == 1 and all(len(s) >= 1 for s in shapes.values())
+        same_tail = len({(len(s), s[1:]) for s in shapes.values()}) == 1 and all(
+            len(s) >= 1 for s in shapes.values()
+        )
         on_vocab = same_tail and all(vsize[r] is not None and shapes[r][0] == vsize[r] for r in ROLES)
         if on_vocab and all(i.is_float for i in infos.values()):
             vocab_rows[name] = min(s[0] for s in shapes.values())
@@ -190,7 +194,9 @@ def load_triplet(
             elif vd is not None and vb is not None and vd > vb:
                 tb, td = tokenizer_vocab(base.folder), tokenizer_vocab(dom.folder)
                 if tb is None or td is None:
-                    warnings.append("vocab: no tokenizer.json to verify that the domain tokenizer extends the base's")
+                    warnings.append(
+                        "vocab: no tokenizer.json to verify that the domain tokenizer extends the base's"
+                    )
                 else:
                     moved = [t for t, i in tb.items() if td.get(t) != i]
                     if moved:

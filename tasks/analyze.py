@@ -26,14 +26,16 @@ from pathlib import Path
 
 import torch
 
-from finmerge.orchestration import stage_task
 from finmerge import modelio, storage
+from finmerge.orchestration import stage_task
 from finmerge.safetensors_stream import natural_key, row_blocks
 from finmerge.triplet import Triplet, load_triplet
 
 ROLES = ("base", "instruct", "domain")
 PARAM_SUFFIXES = {"weight", "bias"}
-EMBED_RE = re.compile(r"(^|\.)(embed_tokens|wte|wpe|lm_head|embed_out|word_embeddings|tok_embeddings|output)(\.|$)")
+EMBED_RE = re.compile(
+    r"(^|\.)(embed_tokens|wte|wpe|lm_head|embed_out|word_embeddings|tok_embeddings)(\.|$)|^output\.weight$"
+)
 SUM_KEYS = ("numel", "dot", "sq_inst", "sq_fin", "sq_base", "sign_agree", "sign_both")
 
 
@@ -90,27 +92,45 @@ def _add(acc: dict, s: dict) -> None:
         acc[k] = acc.get(k, 0) + s[k]
 
 
-def _tensor_sums(tri: Triplet, name: str, block_elems: int) -> dict:
+class _Workspace:
+    """Reusable float64 block buffers (fresh ones would be page-faulted again on every block)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)
+        return buf[:n]
+
+
+def _tensor_sums(tri: Triplet, name: str, block_elems: int, ws: _Workspace) -> dict:
     info = tri.info("base", name)
     rows = tri.vocab_rows.get(name)
     s = dict.fromkeys(SUM_KEYS, 0)
     s["dot"] = s["sq_inst"] = s["sq_fin"] = s["sq_base"] = 0.0
     for a, b in row_blocks(info.shape, block_elems, 0, rows):
-        x = {r: getattr(tri, r).weights.read(name, a, b).to(torch.float64).reshape(-1) for r in ROLES}
-        for r, v in x.items():
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError(f"input {r} tensor {name}: NaN or Inf values")
-        ti = x["instruct"] - x["base"]
-        tf = x["domain"] - x["base"]
-        s["numel"] += ti.numel()
-        s["dot"] += float(torch.dot(ti, tf))
-        s["sq_inst"] += float(torch.dot(ti, ti))
-        s["sq_fin"] += float(torch.dot(tf, tf))
-        s["sq_base"] += float(torch.dot(x["base"], x["base"]))
-        prod = ti * tf
-        s["sign_agree"] += int((prod > 0).sum())
-        s["sign_both"] += int(((ti != 0) & (tf != 0)).sum())
-        del x, ti, tf, prod
+        raw = {r: getattr(tri, r).weights.read(name, a, b).reshape(-1) for r in ROLES}
+        n = raw["base"].numel()
+        xb = ws.get("base", n).copy_(raw["base"])
+        ti = ws.get("inst", n).copy_(raw["instruct"]).sub_(xb)
+        tf = ws.get("fin", n).copy_(raw["domain"]).sub_(xb)
+        dot, sq_i, sq_f, sq_b = (float(torch.dot(u, v)) for u, v in ((ti, tf), (ti, ti), (tf, tf), (xb, xb)))
+        if not all(math.isfinite(v) for v in (dot, sq_i, sq_f, sq_b)):
+            for r, v in raw.items():
+                if not bool(torch.isfinite(v).all()):
+                    raise ValueError(f"input {r} tensor {name}: NaN or Inf values")
+        prod = torch.mul(ti, tf, out=ws.get("prod", n))
+        s["numel"] += n
+        s["dot"] += dot
+        s["sq_inst"] += sq_i
+        s["sq_fin"] += sq_f
+        s["sq_base"] += sq_b
+        s["sign_agree"] += int(torch.gt(prod, 0, out=ws.get("mask", n, torch.bool)).sum())
+        # prod is non-zero exactly where both are (float64 products of fp32-scale differences cannot underflow)
+        s["sign_both"] += int(torch.count_nonzero(prod))
+        del raw, xb, ti, tf, prod
     return s
 
 
@@ -138,7 +158,9 @@ def analyze_vectors(
     t0 = time.perf_counter()
     uris = {"base": base_uri, "instruct": instruct_uri, "domain": domain_uri}
     folders = {r: modelio.stage_model(u, staging_dir) for r, u in uris.items()}
-    tri = load_triplet(uris, folders, policy="shared", allow_float_dtype_mismatch=True, trust_remote_code=True)
+    tri = load_triplet(
+        uris, folders, policy="shared", allow_float_dtype_mismatch=True, trust_remote_code=True
+    )
     vocab_sizes = {v for v in (tri.base.vocab_size, tri.instruct.vocab_size, tri.domain.vocab_size) if v}
 
     tensors: list[dict] = []
@@ -146,6 +168,7 @@ def analyze_vectors(
     layers: dict[int, dict] = {}
     total: dict = {}
     no_embed: dict = {}
+    ws = _Workspace()
     for s in tri.sides():
         s.weights.__enter__()
     try:
@@ -153,7 +176,7 @@ def analyze_vectors(
             info = tri.info("base", name)
             if not all(tri.info(r, name).is_float for r in ROLES):
                 continue
-            sums = _tensor_sums(tri, name, block_elems)
+            sums = _tensor_sums(tri, name, block_elems, ws)
             layer, module = group_of(name)
             gname = group_name(layer, module)
             embed = _is_embedding(name, info.shape, vocab_sizes)
@@ -187,7 +210,9 @@ def analyze_vectors(
 
     group_rows = [
         {k: g[k] for k in ("group", "layer", "module", "n_tensors")} | stats(g)
-        for g in sorted(groups.values(), key=lambda g: (g["layer"] is not None, g["layer"] or 0, natural_key(g["module"])))
+        for g in sorted(
+            groups.values(), key=lambda g: (g["layer"] is not None, g["layer"] or 0, natural_key(g["module"]))
+        )
     ]
     layer_rows = [{"layer": i} | stats(layers[i]) for i in sorted(layers)]
     g_all, g_ne = stats(total), stats(no_embed)
@@ -300,6 +325,7 @@ def _fmt(x: float) -> str:
 
 
 def _plot_heatmap(path: Path, group_rows: list[dict], global_: dict) -> None:
+    import matplotlib
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
@@ -323,10 +349,11 @@ def _plot_heatmap(path: Path, group_rows: list[dict], global_: dict) -> None:
     finite = mat[np.isfinite(mat)]
     lim = float(np.abs(finite).max()) if finite.size else 1.0
     lim = lim if lim > 0 else 1e-12
-    fig = Figure(figsize=(min(24, 2.5 + 1.3 * len(cols)), min(40, 2.2 + 0.4 * len(rows))), layout="constrained")
+    fig = Figure(
+        figsize=(min(24, 2.5 + 1.3 * len(cols)), min(40, 2.2 + 0.4 * len(rows))), layout="constrained"
+    )
     ax = fig.subplots()
-    cmap = __import__("matplotlib").colormaps["RdBu_r"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto")
     ax.set_xticks(range(len(cols)), labels=cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), labels=row_labels, fontsize=8)
@@ -371,7 +398,7 @@ def _plot_by_layer(path: Path, group_rows: list[dict], layer_rows: list[dict], g
         fontsize=10,
     )
     if modules or pts:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.text(0.5, 0.5, "no layer tensors", transform=ax.transAxes, ha="center")
     fig.savefig(path, dpi=110)

@@ -9,7 +9,13 @@ That keeps the degenerate settings exact: (0,0) gives θ_base, (1,0) θ_inst, (0
 output dtype is the input dtype (the difference form ``θ_base + (θ_inst − θ_base)`` would not be, in fp32).
 
 Tensors are read in row blocks from the memory-mapped safetensors inputs and streamed into planned output
-shards, so peak memory is a few row blocks (``block_elems``), independent of model and tensor size.
+shards, so peak memory is a few row blocks (``block_elems``), independent of model and tensor size. Shards
+hold at most ``cfg.shard_size_mb`` × 10^6 bytes of tensor data (a larger tensor gets a shard of its own, so
+``0`` means one tensor per shard); one shard is written as ``model.safetensors`` without an index.
+
+Non-float tensors are copied from the instruct model after checking that all three inputs hold the same
+values; ``cfg.exclude`` regexes (``re.search`` on the tensor name) take tensors from the domain model, cast
+to the output dtype (bit-exact when the dtypes agree). Vocab policy: see :mod:`finmerge.triplet`.
 
 Output folder: a complete Hugging Face model (config, shards [+ index], tokenizer, chat template, generation
 config) plus ``README.md`` (model card), ``merge_recipe.yaml`` (reproduces the merge) and ``merge_report.json``
@@ -21,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import fnmatch
 import json
+import math
 import re
 import shutil
 import time
@@ -30,9 +37,9 @@ import torch
 import yaml
 
 import finmerge
-from finmerge.orchestration import stage_task
 from finmerge import modelio, storage
 from finmerge.config import MergeConfig
+from finmerge.orchestration import stage_task
 from finmerge.safetensors_stream import NAME_TO_TORCH, ShardedWriter, row_blocks
 from finmerge.triplet import PreflightError, Triplet, load_triplet
 
@@ -96,7 +103,10 @@ def _fingerprint_jobs(side, pool: cf.Executor) -> dict:
 
 
 def _resolve_fingerprint(fp: dict) -> dict:
-    return {**fp, "shards": {k: (v.result() if isinstance(v, cf.Future) else v) for k, v in fp["shards"].items()}}
+    return {
+        **fp,
+        "shards": {k: (v.result() if isinstance(v, cf.Future) else v) for k, v in fp["shards"].items()},
+    }
 
 
 class MergeError(ValueError):
@@ -110,10 +120,35 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         raise MergeError(f"{what}: {n_nan} NaN and {n_inf} Inf value(s)")
 
 
-def _max_abs(x: torch.Tensor, y: torch.Tensor) -> float:
+def _max_abs(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> float:
+    """max |x − y| (NaN when either holds a NaN, or both an Inf), using ``out`` as scratch."""
     if x.numel() == 0:
         return 0.0
-    return float((x.to(torch.float32) - y.to(torch.float32)).abs().max())
+    torch.sub(x, y, out=out)
+    return float(out.abs_().max())
+
+
+class _Workspace:
+    """Reusable block buffers: fresh allocations of this size are returned to the OS on free by glibc and
+    page-faulted again on every block, which costs more than the arithmetic."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, shape, dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._bufs.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)
+        return buf[:n].view(shape)
+
+
+def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor) -> None:
+    rows = "" if a is None else f" (rows {a}:{b})"
+    for r, v in xf.items():
+        _check_finite(v, f"input {r} tensor {name}{rows}")
+    _check_finite(yf, f"output tensor {name}{rows}")
+    raise MergeError(f"tensor {name}{rows}: non-finite |Δ| between finite output and inputs")
 
 
 def _plan(tri: Triplet, cfg: MergeConfig, out_dtype: torch.dtype) -> tuple[dict[str, dict], list]:
@@ -182,7 +217,7 @@ def merge_models(
     try:
         fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hash_inputs else {}
         with storage.output_folder(out_uri, staging_dir, meta={"kind": "merge"}) as out:
-            writer = ShardedWriter(out.path, specs, max(0, cfg.shard_size_mb) * 1_000_000)
+            writer = ShardedWriter(out.path, specs, max(0, cfg.shard_size_mb) * 1_000_000, background=True)
             try:
                 report = _merge_pass(tri, plans, writer, coeffs, compute_dtype, block_elems)
                 shard_sha = writer.close()
@@ -203,7 +238,8 @@ def merge_models(
             }
             max_cpt = max((t["max_abs_delta_vs_cpt"] for t in report), default=0.0)
             max_inst = max(
-                (t["max_abs_delta_vs_inst"] for t in report if t["max_abs_delta_vs_inst"] is not None), default=0.0
+                (t["max_abs_delta_vs_inst"] for t in report if t["max_abs_delta_vs_inst"] is not None),
+                default=0.0,
             )
             summary = {
                 "finmerge_version": finmerge.__version__,
@@ -251,7 +287,9 @@ def merge_models(
     return out.result()
 
 
-def merge_from_recipe(recipe_path: str, out_uri: str, staging_dir: str, trust_remote_code: bool = False) -> dict:
+def merge_from_recipe(
+    recipe_path: str, out_uri: str, staging_dir: str, trust_remote_code: bool = False
+) -> dict:
     """Run the merge that a ``merge_recipe.yaml`` describes again."""
     recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
     inp = recipe["inputs"]
@@ -271,9 +309,14 @@ def _input_dtype(side) -> str:
     return ",".join(dts)
 
 
-def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, coeffs, compute_dtype, block_elems: int) -> list:
+def _merge_pass(
+    tri: Triplet, plans: dict, writer: ShardedWriter, coeffs, compute_dtype, block_elems: int
+) -> list:
     models = {r: getattr(tri, r).weights for r in ROLES}
     weights = [(r, c) for r, c in zip(ROLES, coeffs, strict=True) if c != 0.0]
+    base_weight = coeffs[0]
+    ws = _Workspace()
+    k = 0
     report = []
     for m in models.values():
         m.__enter__()
@@ -290,35 +333,49 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, coeffs, comput
             if shared is not None:
                 blocks += [(a, b, False) for a, b in row_blocks(shape, block_elems, shared, rows)]
             for a, b, in_shared in blocks:
-                x = {}
-                for r in ROLES:
-                    if r != "domain" and not in_shared:
-                        continue
-                    x[r] = models[r].read(name, a, b)
-                    _check_finite(x[r], f"input {r} tensor {name}")
+                roles = ROLES if in_shared else ("domain",)
+                x = {r: models[r].read(name, a, b) for r in roles}
                 if kind == "copied":
                     for r in ("base", "domain"):
                         if not torch.equal(x[r], x["instruct"]):
                             raise MergeError(f"non-float tensor {name} differs between instruct and {r}")
-                    y = x["instruct"]
-                elif kind == "excluded" or not in_shared:
-                    y = x["domain"].to(out_dtype) if x["domain"].is_floating_point() else x["domain"]
+                    writer.write(name, x["instruct"])
+                    d_inst = 0.0
+                    continue
+                k += 1
+                par = k % 2  # output buffers alternate: the writer may still be writing the previous block
+                bshape = x["domain"].shape
+                xf = {
+                    r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
+                    for r, v in x.items()
+                }
+                if kind == "excluded" or not in_shared:
+                    src = x["domain"]
+                    y = src if src.dtype == out_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(src)
                 else:
-                    acc = None
-                    for r, c in weights:
-                        v = x[r].to(compute_dtype)
-                        if acc is None:
-                            acc = v * c if c != 1.0 else v.clone()
+                    acc = ws.get(f"acc{par}", bshape, compute_dtype)
+                    for j, (r, c) in enumerate(weights):
+                        if j == 0:
+                            torch.mul(xf[r], c, out=acc) if c != 1.0 else acc.copy_(xf[r])
                         else:
-                            acc.add_(v, alpha=c)
-                    y = acc.to(out_dtype)
-                    del acc
-                _check_finite(y, f"output tensor {name} (rows {a}:{b})")
-                d_cpt = max(d_cpt, _max_abs(y, x["domain"]))
+                            acc.add_(xf[r], alpha=c)
+                    y = acc if out_dtype == compute_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(acc)
+                yf = y if y.dtype == compute_dtype else ws.get("yf", bshape, compute_dtype).copy_(y)
+                # Non-finite values in the output or in an input it is compared with show up as a
+                # non-finite |Δ|; inputs that take no part in either (a zero-weight base) are checked apart.
+                diff = ws.get("diff", bshape, compute_dtype)
+                dc = _max_abs(yf, xf["domain"], diff)
+                di = _max_abs(yf, xf["instruct"], diff) if in_shared else 0.0
+                idle = [r for r in roles if r == "base" and (kind == "excluded" or base_weight == 0.0)]
+                if not (math.isfinite(dc) and math.isfinite(di)) or any(
+                    not bool(torch.isfinite(xf[r]).all()) for r in idle
+                ):
+                    _diagnose(name, a, b, xf, yf)
+                d_cpt = max(d_cpt, dc)
                 if in_shared:
-                    d_inst = max(d_inst or 0.0, _max_abs(y, x["instruct"]))
+                    d_inst = max(d_inst or 0.0, di)
                 writer.write(name, y)
-                del x, y
+                del x, xf, y, yf
             report.append(
                 {
                     "name": name,
@@ -403,7 +460,8 @@ def _recipe(cfg: MergeConfig, uris: dict, summary: dict) -> str:
         "finmerge_version": finmerge.__version__,
         "inputs": {r: storage.normalize(uris[r]) for r in ROLES},
         "input_digests": {
-            r: summary["inputs"][r].get("manifest_digest") or summary["inputs"][r].get("shards") for r in ROLES
+            r: summary["inputs"][r].get("manifest_digest") or summary["inputs"][r].get("shards")
+            for r in ROLES
         },
         "merge": cfg.model_dump(mode="json"),
         "resolved": {
@@ -465,8 +523,12 @@ def _model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
         "## Vocab and tokenizer",
         "",
         f"- vocab sizes: base {v['base']}, instruct {v['instruct']}, domain {v['domain']} → output {v['output']}",
-        f"- rows [0, {v['shared']}) merged; rows [{v['shared']}, {v['output']}) taken from the domain model "
-        f"unchanged ({v['rows_domain_only']} row(s)); no row dropped",
+        (
+            f"- rows [0, {v['shared']}) merged; rows [{v['shared']}, {v['output']}) taken from the domain model "
+            f"unchanged ({v['rows_domain_only']} row(s)); no row dropped"
+            if v["rows_domain_only"]
+            else "- same vocab in all three models: every row merged"
+        ),
         "- tokenizer: from the domain model; chat template and generation_config.json: from the instruct model",
         "",
         "## Output",
