@@ -43,6 +43,7 @@ import numpy as np
 
 from finmerge import storage
 from finmerge.config import CleanConfig
+from finmerge.orchestration import stage_task
 
 # Knobs not in CleanConfig (module constants; see the report to the lead).
 REPEAT_MIN = 3  # a short line seen this often in one document is a page header / footer
@@ -413,11 +414,5 @@ def clean(in_uri: str, out_uri: str, cfg: CleanConfig, staging_dir: str) -> dict
     return out.result()
 
 
-def __getattr__(name: str):
-    # The Prefect task wrapper, built on first use so that importing this module does not import Prefect.
-    if name == "clean_task":
-        from finmerge.orchestration import stage_task
-
-        globals()[name] = task = stage_task("clean", clean)
-        return task
-    raise AttributeError(name)
+# Prefect wrapper: cached on the output folder (content-keyed), retried on I/O errors, tracked in MLflow.
+clean_task = stage_task("clean", clean)

@@ -29,6 +29,7 @@ import numpy as np
 
 from finmerge import storage
 from finmerge.config import DedupConfig
+from finmerge.orchestration import stage_task
 
 MAX_BUCKET_PAIRS = 64  # buckets larger than this are linked as a star + chain instead of all pairs
 _CHUNK = 4096  # shingles per block of the signature computation (bounds memory on long documents)
@@ -280,11 +281,5 @@ def dedup(in_uri: str, out_uri: str, cfg: DedupConfig, staging_dir: str) -> dict
     return out.result()
 
 
-def __getattr__(name: str):
-    # The Prefect task wrapper, built on first use so that importing this module does not import Prefect.
-    if name == "dedup_task":
-        from finmerge.orchestration import stage_task
-
-        globals()[name] = task = stage_task("dedup", dedup)
-        return task
-    raise AttributeError(name)
+# Prefect wrapper: cached on the output folder (content-keyed), retried on I/O errors, tracked in MLflow.
+dedup_task = stage_task("dedup", dedup)

@@ -26,6 +26,7 @@ from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
 from finmerge import storage
+from finmerge.orchestration import stage_task
 
 FORMATS = {".jsonl": "jsonl", ".txt": "text", ".html": "html", ".htm": "html"}
 SCHEMA_META = ("doc_id", "edinet_code", "company", "filing_date", "section")
@@ -407,11 +408,5 @@ def ingest(sources: list[str], out_uri: str, staging_dir: str, *, text_field: st
     return out.result()
 
 
-def __getattr__(name: str):
-    # The Prefect task wrapper, built on first use so that importing this module does not import Prefect.
-    if name == "ingest_task":
-        from finmerge.orchestration import stage_task
-
-        globals()[name] = task = stage_task("ingest", ingest)
-        return task
-    raise AttributeError(name)
+# Prefect wrapper: cached on the output folder (content-keyed), retried on I/O errors, tracked in MLflow.
+ingest_task = stage_task("ingest", ingest)
