@@ -29,6 +29,9 @@ TABLE_METRICS = [
 
 def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
     import finmerge.demo.build
+    import finmerge.demo.chat
+    import finmerge.demo.general
+    import finmerge.demo.vocab
     import finmerge.demo.world
     import tasks.demo as demo
 
@@ -36,7 +39,7 @@ def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
     world = runner.run(
         demo.world_task,
         "demo_world",
-        code=(demo, finmerge.demo.world),
+        code=(demo, finmerge.demo.world, finmerge.demo.general, finmerge.demo.vocab),
         key=(demo.world_section(d),),
         params={"cfg": d, "staging_dir": staging},
         log_params=demo.world_section(d),
@@ -52,7 +55,7 @@ def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
     inst = runner.run(
         demo.demo_instruct_task,
         "demo_instruct",
-        code=(demo, finmerge.demo.build),
+        code=(demo, finmerge.demo.build, finmerge.demo.chat),
         key=(world["digest"], base["digest"], d.instruct_train),
         params={"world_uri": world["uri"], "base_uri": base["uri"], "cfg": d, "staging_dir": staging},
         log_params={"train": d.instruct_train.model_dump()},
@@ -105,6 +108,9 @@ def format_table(evals: dict[str, dict], cos: float | None) -> str:
 @flow(name="finmerge-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig) -> dict:
     """Run the whole method on ``config`` and register the cpt and merged models."""
+    import finmerge.fin_harness
+    import finmerge.safetensors_stream
+    import finmerge.triplet
     import tasks.analyze as analyze
     import tasks.clean as clean
     import tasks.dedup as dedup
@@ -179,7 +185,7 @@ def pipeline(config: PipelineConfig) -> dict:
         cpt = runner.run(
             pretrain.pretrain_task,
             "pretrain",
-            code=(pretrain,),
+            code=(pretrain, tokenize),
             key=(train_cfg, tok["digest"], base_fp, _file_digest(inputs["heldout"])),
             params={
                 "base_uri": base_uri,
@@ -194,7 +200,7 @@ def pipeline(config: PipelineConfig) -> dict:
         mrg = runner.run(
             merge.merge_task,
             "merge",
-            code=(merge,),
+            code=(merge, finmerge.triplet, finmerge.safetensors_stream),
             key=(cfg.merge, base_fp, inst_fp, cpt["digest"]),
             params={
                 "base_uri": base_uri,
@@ -211,7 +217,7 @@ def pipeline(config: PipelineConfig) -> dict:
             vec = runner.run(
                 analyze.analyze_task,
                 "analyze",
-                code=(analyze,),
+                code=(analyze, finmerge.triplet, finmerge.safetensors_stream),
                 key=(base_fp, inst_fp, cpt["digest"]),
                 params={
                     "base_uri": base_uri,
@@ -233,7 +239,7 @@ def pipeline(config: PipelineConfig) -> dict:
             evals[label] = runner.run(
                 evaluate.evaluate_task,
                 f"evaluate-{label}",
-                code=(evaluate,),
+                code=(evaluate, finmerge.fin_harness),
                 key=(cfg.evaluate, fp, eval_data),
                 params={
                     "model_uri": model_uri,
