@@ -100,6 +100,27 @@ def read_json(uri: str) -> Any:
         raise StorageError(f"{uri}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
 
 
+def iter_jsonl(uri: str | Path, require: str | None = None) -> Iterator[dict]:
+    """Stream JSON objects from a JSONL file at any URI; errors name the file and the line.
+
+    ``require``: a field that must hold a string in every record (e.g. ``"text"``).
+    """
+    fs, path = filesystem(str(uri))
+    with fs.open(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{uri}: line {lineno}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(rec, dict):
+                raise ValueError(f"{uri}: line {lineno}: expected a JSON object")
+            if require is not None and not isinstance(rec.get(require), str):
+                raise ValueError(f"{uri}: line {lineno}: no string field {require!r}")
+            yield rec
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Atomic single-file write: temp + rename locally; one PUT (atomic per object) on S3."""
     if is_remote(uri):

@@ -320,13 +320,6 @@ def first_failure(m: dict[str, float], cfg: CleanConfig) -> str | None:
 # The stage
 
 
-def _read_jsonl(path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def clean_group(records: list[dict], cfg: CleanConfig, ng: AhoCorasick, drop: set[str]) -> Iterator[tuple]:
     """Yield ``(record, cleaned text, reason or None, value, pii count)`` for the sections of one document."""
     texts = [normalize(r.get("text") or "") for r in records]
@@ -362,7 +355,9 @@ def clean(in_uri: str, out_uri: str, cfg: CleanConfig, staging_dir: str) -> dict
             open(out.path / "docs.jsonl", "w", encoding="utf-8") as kept_fh,
             open(out.path / "dropped.jsonl", "w", encoding="utf-8") as drop_fh,
         ):
-            groups = itertools.groupby(_read_jsonl(src), key=lambda r: r.get("doc_id") or f"\0{r['id']}")
+            groups = itertools.groupby(
+                storage.iter_jsonl(src), key=lambda r: r.get("doc_id") or f"\0{r['id']}"
+            )
             for _, grp in groups:
                 for rec, text, reason, value, n_pii in clean_group(list(grp), cfg, ng, drop):
                     counts["in"] += 1

@@ -225,8 +225,7 @@ def dedup(in_uri: str, out_uri: str, cfg: DedupConfig, staging_dir: str) -> dict
     if storage.read_manifest(in_uri) is None:
         raise storage.StorageError(f"{in_uri}: missing {storage.MANIFEST}; run clean first")
     src = storage.stage_folder(in_uri, staging_dir) / "docs.jsonl"
-    with open(src, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+    records = list(storage.iter_jsonl(src))
     dups, st = find_duplicates(records, cfg)
     dropped = {d["id"] for d in dups}
     near_j = [d["jaccard"] for d in dups if d["kind"] == "near"]

@@ -263,21 +263,6 @@ def score_task(
 # Perplexity
 
 
-def read_jsonl(uri: str) -> list[dict]:
-    rows = []
-    for n, line in enumerate(storage.read_text(uri).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{uri}: line {n}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise ValueError(f"{uri}: line {n}: expected a JSON object")
-        rows.append(row)
-    return rows
-
-
 def heldout_stream(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
     """Each document encoded without special tokens, EOS appended, concatenated, cut to ``max_tokens``."""
     eos = tokenizer.eos_token_id
@@ -593,7 +578,7 @@ def evaluate_model(
         ppl_info = None
         if heldout_uri:
             t0 = time.perf_counter()
-            texts = [str(r["text"]) for r in read_jsonl(heldout_uri) if r.get("text")]
+            texts = [str(r["text"]) for r in storage.iter_jsonl(heldout_uri) if r.get("text")]
             window = min(model_max_length(model, tokenizer), PPL_WINDOW_CAP)
             stream = heldout_stream(tokenizer, texts, cfg.max_heldout_tokens)
             ppl_info = stream_perplexity(
@@ -609,7 +594,7 @@ def evaluate_model(
         tags: dict[str, str] = {}
         if chat_uri:
             t0 = time.perf_counter()
-            questions = read_jsonl(chat_uri)
+            questions = list(storage.iter_jsonl(chat_uri))
             for n, q in enumerate(questions):
                 if "question" not in q:
                     raise ValueError(f"{chat_uri}: row {n + 1} has no 'question'")

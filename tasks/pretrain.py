@@ -176,9 +176,9 @@ def train_loop(
 
 def heldout_rows(uri: str, tokenizer, seq_len: int, max_rows: int = 32) -> TrainData | None:
     """Held-out finance text as packed rows, for eval loss / perplexity during training."""
-    from tasks.tokenize import iter_jsonl, pack_documents
+    from tasks.tokenize import pack_documents
 
-    texts = (rec["text"] for rec in iter_jsonl(uri))
+    texts = (rec["text"] for rec in storage.iter_jsonl(uri, "text"))
     blocks, _ = pack_documents(texts, tokenizer, seq_len)
     return TrainData(torch.from_numpy(blocks[:max_rows].astype(np.int64))) if len(blocks) else None
 

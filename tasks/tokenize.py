@@ -18,21 +18,6 @@ from finmerge.config import TokenizeConfig
 from finmerge.orchestration import stage_task
 
 
-def iter_jsonl(uri: str, text_field: str = "text") -> Iterator[dict]:
-    fs, path = storage.filesystem(uri)
-    with fs.open(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{uri}: line {lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(rec.get(text_field), str):
-                raise ValueError(f"{uri}: line {lineno}: no string field {text_field!r}")
-            yield rec
-
-
 def pack_documents(
     texts: Iterator[str], tokenizer, seq_len: int, batch: int = 256
 ) -> tuple[np.ndarray, dict]:
@@ -77,7 +62,7 @@ def tokenize_corpus(
     trust_remote_code: bool = False,
 ) -> dict:
     tokenizer = modelio.load_tokenizer(modelio.stage_model(tokenizer_uri, staging_dir), trust_remote_code)
-    docs = (rec["text"] for rec in iter_jsonl(storage.join(corpus_uri, "docs.jsonl")))
+    docs = (rec["text"] for rec in storage.iter_jsonl(storage.join(corpus_uri, "docs.jsonl"), "text"))
     blocks, counts = pack_documents(docs, tokenizer, cfg.seq_len)
     if counts["blocks"] == 0:
         raise ValueError(

@@ -8,7 +8,6 @@ public base/instruct pairs are made. Both are saved as complete Hugging Face fol
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +22,12 @@ from tasks.pretrain import LogFn, TrainData, model_card, train_loop
 from tasks.tokenize import pack_documents
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def general_texts(world: Path) -> list[str]:
-    return [r["text"] for r in _jsonl(world / "general" / "corpus.jsonl")]
+    return [r["text"] for r in storage.iter_jsonl(world / "general" / "corpus.jsonl", "text")]
 
 
 def instruction_pairs(world: Path) -> list[list[dict]]:
-    return [r["messages"] for r in _jsonl(world / "instructions" / "train.jsonl")]
+    return [r["messages"] for r in storage.iter_jsonl(world / "instructions" / "train.jsonl")]
 
 
 def sft_rows(pairs: list[list[dict]], tokenizer, seq_len: int) -> TrainData:
