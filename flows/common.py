@@ -66,5 +66,13 @@ class StageRunner:
         state = runnable(
             out_uri=out_uri, ctx=self.ctx, params=params, log_params=log_params, return_state=True
         )
+        return self._finish(label, state)
+
+    def call(self, task, label: str, *args, **kwargs):
+        """Run a task that writes no stage folder (e.g. registration) with the same cache storage."""
+        runnable = task.with_options(result_storage=self.block, task_run_name=label)
+        return self._finish(label, runnable(*args, **kwargs, return_state=True))
+
+    def _finish(self, label: str, state):
         self.states[label] = state.name
         return state.result()

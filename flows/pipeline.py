@@ -141,6 +141,7 @@ def pipeline(config: PipelineConfig) -> dict:
         inputs = _demo_inputs(runner, cfg) if cfg.demo.enabled else _user_inputs(cfg)
         base_uri, inst_uri = inputs["base"], inputs["instruct"]
         base_fp, inst_fp = modelio.fingerprint(base_uri), modelio.fingerprint(inst_uri)
+        heldout_digest = _file_digest(inputs["heldout"])
 
         c = cfg.corpus
         ing = runner.run(
@@ -186,7 +187,7 @@ def pipeline(config: PipelineConfig) -> dict:
             pretrain.pretrain_task,
             "pretrain",
             code=(pretrain, tokenize),
-            key=(train_cfg, tok["digest"], base_fp, _file_digest(inputs["heldout"])),
+            key=(train_cfg, tok["digest"], base_fp, heldout_digest),
             params={
                 "base_uri": base_uri,
                 "tokens_uri": tok["uri"],
@@ -227,7 +228,7 @@ def pipeline(config: PipelineConfig) -> dict:
                 },
             )
 
-        eval_data = (inputs["harness_digest"], _file_digest(inputs["heldout"]), _file_digest(inputs["chat"]))
+        eval_data = (inputs["harness_digest"], heldout_digest, _file_digest(inputs["chat"]))
         models = {
             "base": (base_uri, base_fp),
             "instruct": (inst_uri, inst_fp),
@@ -270,21 +271,22 @@ def pipeline(config: PipelineConfig) -> dict:
             "parent_run_id": parent.run_id,
         }
         r = cfg.registry
-        cpt_reg = register_task.with_options(result_storage=runner.block)(
+        cpt_reg = runner.call(
+            register_task,
+            "register-cpt",
             r.cpt_name,
             cpt["uri"],
             tags={**lineage, "finmerge.role": "cpt"},
             metrics={f"eval.{k}": v for k, v in evals["cpt"]["metrics"].items()},
             description="Continually pretrained finance model (θ_cpt)",
             **reg_common,
-            return_state=True,
         )
-        runner.states["register-cpt"] = cpt_reg.name
-        cpt_reg = cpt_reg.result()
         merged_metrics = {f"eval.{k}": v for k, v in evals["merged"]["metrics"].items()}
         if vec:
             merged_metrics.update({k: v for k, v in vec["metrics"].items()})
-        mrg_reg = register_task.with_options(result_storage=runner.block)(
+        mrg_reg = runner.call(
+            register_task,
+            "register-merged",
             r.merged_name,
             mrg["uri"],
             tags={
@@ -301,10 +303,7 @@ def pipeline(config: PipelineConfig) -> dict:
             bootstrap_alias=r.champion_alias if r.bootstrap_champion else None,
             description="θ_cpt + τ_inst: finance knowledge with instruction following",
             **reg_common,
-            return_state=True,
         )
-        runner.states["register-merged"] = mrg_reg.name
-        mrg_reg = mrg_reg.result()
 
         cos = vec["metrics"].get("analyze/cos_global") if vec else None
         table = format_table(evals, cos)
