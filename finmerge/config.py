@@ -121,12 +121,56 @@ class ModelsConfig(Section):
         return self
 
 
+class EdinetConfig(Section):
+    """EDINET API v2 connector: lists filings by file date and downloads new ones before ingest."""
+
+    enabled: bool = Field(False, description="Fetch new filings from EDINET before ingesting.")
+    base_url: str = "https://api.edinet-fsa.go.jp/api/v2"
+    start: str | None = Field(None, description="First file date to list (YYYY-MM-DD).")
+    end: str | None = Field(None, description="Last file date to list (YYYY-MM-DD). Default: today.")
+    doc_types: list[str] = Field(
+        default_factory=lambda: ["120"], description="docTypeCode values to fetch (120 = 有価証券報告書)."
+    )
+    package: Literal["xbrl", "csv"] = Field(
+        "xbrl", description="Which package to download: xbrl (type=1 ZIP) or csv (type=5 ZIP, UTF-16 TSV)."
+    )
+    download_uri: str | None = Field(
+        None, description="Where raw packages are kept (fsspec URI). Default: <storage.uri>/edinet."
+    )
+    max_concurrency: int = Field(8, ge=1, le=32, description="Parallel downloads (EDINET plateaus at ~8).")
+    retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, description="First retry delay; doubles each try, with jitter.")
+    timeout_s: float = 60.0
+    relist_days: int = Field(
+        7, ge=0, description="Re-list this many days before the last listed date (withdrawals, edits)."
+    )
+    api_key_env: str = Field("EDINET_API_KEY", description="Environment variable holding the API key.")
+    api_key_block: str | None = Field(
+        None, description="Prefect Secret block holding the API key (used when the variable is unset)."
+    )
+
+
 class IngestConfig(Section):
     sources: list[str] = Field(
         default_factory=list,
-        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html). Empty: the demo filings.",
+        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html, EDINET .zip). Empty: the "
+        "demo filings.",
     )
     text_field: str = "text"
+    edinet: EdinetConfig = EdinetConfig()
+
+
+class ParallelConfig(Section):
+    """How the corpus stages spread shards over cores or a cluster."""
+
+    backend: Literal["serial", "process", "dask"] = Field(
+        "process",
+        description="serial; process = a local process pool; dask = a Dask cluster (prefect-dask's, or "
+        "dask_address, else a local one).",
+    )
+    workers: int = Field(0, ge=0, description="Processes / Dask workers. 0 = all cores.")
+    dask_address: str | None = Field(None, description="Dask scheduler, e.g. tcp://scheduler:8786.")
+    shard_docs: int = Field(500, ge=1, description="Documents per shard sent to a worker.")
 
 
 class CleanConfig(Section):
@@ -162,6 +206,7 @@ class CorpusConfig(Section):
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
 
 class TokenizeConfig(Section):

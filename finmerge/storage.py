@@ -280,3 +280,35 @@ def stage_folder(uri: str, staging_dir: str) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+DOCS = "docs.jsonl"
+
+
+def docs_input(uri: str, staging_dir: str) -> Path:
+    """Local path of a JSONL document file given as a ``.jsonl`` file URI or a folder holding ``docs.jsonl``.
+
+    A finmerge output folder (with ``_manifest.json``) is staged and verified; a plain folder or file (a user's
+    own JSONL) is read as it is, downloaded to the staging area when remote.
+    """
+    if uri.endswith((".jsonl", ".jsonl.gz")) and not (exists(join(uri, MANIFEST))):
+        if not exists(uri):
+            raise StorageError(f"{uri}: no such file")
+        if not is_remote(uri):
+            return local_path(uri)
+        data = read_bytes(uri)
+        dest = Path(staging_dir).expanduser().resolve() / "inputs" / sha256_bytes(data)[:32] / Path(uri).name
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_suffix(".partial")
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        return dest
+    if read_manifest(uri) is not None:
+        path = stage_folder(uri, staging_dir) / DOCS
+        if not path.exists():
+            raise StorageError(f"{uri}: complete folder but no {DOCS} in it")
+        return path
+    if exists(join(uri, DOCS)):
+        return docs_input(join(uri, DOCS), staging_dir)
+    raise StorageError(f"{uri}: neither a .jsonl file nor a folder with {DOCS}")
