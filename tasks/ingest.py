@@ -1,83 +1,51 @@
-"""Ingest raw documents (.jsonl / .txt / .html) into one JSONL of section-level document records.
+"""Ingest: raw documents (files, S3 prefixes, globs, EDINET) → section-level JSONL records, incrementally.
 
-Sources are fsspec URIs (local paths or ``s3://…``): files, folders (recursed, sorted) or globs. Formats go by
-extension. HTML is turned into text (``<head>``, ``<script>``, ``<style>`` skipped; block elements become line
-breaks, table cells tab-separated, entities decoded). HTML and text filings are split into sections at EDINET
-heading lines such as ``３【事業の内容】`` or ``第一部【企業情報】`` (a line that is only the heading); the text
-before the first heading is a section ``null``. JSONL lines are records with a text field; the known metadata
-fields are mapped onto the schema and any other fields are kept under ``meta``.
+Parsing of one file lives in ``finmerge/sources.py`` (formats, sections, metadata, what gets quarantined);
+EDINET packages in ``finmerge/filings.py``; the EDINET API client in ``tasks/edinet.py``. This module lists the
+sources, decides what is new, fans the parsing out (``corpus.parallel``) and writes the batch.
 
-Bad input never stops the stage. Undecodable bytes (UTF-8, then UTF-16 / UTF-8 with BOM, then CP932 are tried;
-text that only decodes to control or private-use characters is rejected), invalid JSON lines, non-object lines,
-lines without text, and empty files each become one record of ``quarantine.jsonl`` ``{"source","line","reason"}``.
+**Incremental manifest.** Every output folder carries ``manifest.jsonl``: one row per source file ever seen by
+this corpus lineage ``{"uri", "size", "version", "sha256", "status", "reason", "docs", "batch", "edinet"}``
+(``status`` = ``ingested`` | ``quarantined`` | ``unchanged``-carried-over rows keep their first batch). Given
+``prev_uri`` (the previous ingest folder of the lineage), a file whose size and version (S3 ETag / local mtime)
+match its row is not read at all; a file whose bytes hash to the recorded sha256 is not parsed again. So a
+re-run over the same sources does no work and writes an empty batch, and new filings produce a batch holding
+only their documents — the only ones clean and dedup then see. A changed file is parsed again as a new version.
 
-Output folder: ``docs.jsonl`` (schema ``id, text, source, format, doc_id, edinet_code, company, filing_date,
-section, sha256`` [+ ``meta``]), ``quarantine.jsonl``, ``stats.json``.
+**EDINET.** With ``edinet.enabled`` the connector first lists filings by file date (from the manifest's
+``listed_through`` minus ``relist_days``) and downloads those whose docID the manifest does not know into
+``edinet_download_uri``, which is then ingested like any other source folder. The list-API record of each
+package (filer, EDINET code, submit date, docTypeCode) goes into its manifest row and its documents' metadata.
+
+Output folder: ``docs.jsonl`` (this batch's records: ``id, text, source, format, doc_id, edinet_code, company,
+filing_date, section, sha256`` [+ ``meta``]), ``quarantine.jsonl`` (this batch's ``{"source","line","reason"}``),
+``manifest.jsonl`` (cumulative, sorted by uri), ``state.json`` (``listed_through``), ``stats.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import unicodedata
+import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from finmerge import storage
+from finmerge.config import EdinetConfig, ParallelConfig
 from finmerge.orchestration import stage_task
-from finmerge.textio import DecodeError, decode, html_to_text
+from finmerge.parallel import map_ordered
+from finmerge.sources import (  # noqa: F401 - re-exported for callers and tests
+    FORMATS,
+    FileJob,
+    filing_metadata,
+    parse_files,
+    split_sections,
+)
+from finmerge.textio import decode, html_to_text  # noqa: F401 - re-exported
 
-FORMATS = {".jsonl": "jsonl", ".txt": "text", ".html": "html", ".htm": "html"}
-SCHEMA_META = ("doc_id", "edinet_code", "company", "filing_date", "section")
-# A heading line: optional 第…部 / 第１ / ３ / (3) prefix, then 【…】 and nothing else.
-HEADING = re.compile(r"^\s*(?:第?[0-9０-９一二三四五六七八九十]+[部章節]?)?\s*【([^】\n]{1,60})】\s*$")
-EDINET_CODE = re.compile(r"[(（]\s*(E\d{5})\s*[)）]")
-COVER_FIELD = re.compile(r"^\s*【(会社名|提出日)】\s*(.+?)\s*$", re.M)
-HEADER_COMPANY = re.compile(r"^\s*([^\s(]{2,40}?)\s*\(E\d{5}\)", re.M)  # "<会社名>（E01234）…" after NFKC
-JP_DATE = re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*日")
-# ----------------------------------------------------------------------------------------------------------------
-# Sections and metadata
-
-
-def split_sections(text: str) -> list[tuple[int, str | None, str]]:
-    """[(ordinal, section name or None, body)] split at heading lines; empty bodies are left out."""
-    out, name, k, body = [], None, 0, []
-
-    def flush():
-        t = "\n".join(body).strip()
-        if t:
-            out.append((k, name, t))
-
-    for line in text.split("\n"):
-        m = HEADING.match(line)
-        if m:
-            flush()
-            name, k, body = unicodedata.normalize("NFKC", m.group(1)).strip(), k + 1, []
-        else:
-            body.append(line.rstrip())
-    flush()
-    return out
-
-
-def filing_metadata(text: str, title: str = "") -> dict:
-    """edinet_code / company / filing_date found in a filing's cover, header lines or HTML title."""
-    norm = unicodedata.normalize("NFKC", title + "\n" + text[:20000])
-    meta: dict = {"edinet_code": None, "company": None, "filing_date": None}
-    if m := EDINET_CODE.search(norm):
-        meta["edinet_code"] = m.group(1)
-    for key, value in COVER_FIELD.findall(norm):
-        if key == "会社名" and meta["company"] is None:
-            meta["company"] = value
-        elif key == "提出日" and meta["filing_date"] is None and (d := JP_DATE.search(value)):
-            meta["filing_date"] = f"{int(d.group(1)):04d}-{int(d.group(2)):02d}-{int(d.group(3)):02d}"
-    if meta["company"] is None and (m := HEADER_COMPANY.search(norm)):
-        meta["company"] = m.group(1)
-    return meta
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+log = logging.getLogger("finmerge.ingest")
+MANIFEST_ROWS = "manifest.jsonl"
+FILES_PER_SHARD = 16
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,24 +56,33 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
-def list_files(sources: list[str]) -> list[str]:
-    """Every file URI under ``sources`` (folders recursed, globs expanded), sorted per source, without repeats."""
+def _version(info: dict) -> str:
+    """What changes when a file's content changes, without reading it (ETag on S3, mtime locally)."""
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return ""
+
+
+def list_files(sources: list[str]) -> list[tuple[str, int, str]]:
+    """``(uri, size, version)`` of every file under ``sources`` (folders recursed, globs expanded), sorted per
+    source, without repeats; a source matching nothing is an error naming it."""
     seen, out = set(), []
     for src in sources:
         fs, path = storage.filesystem(src)
         if _is_glob(path):
-            found = [p for p in fs.glob(path) if fs.isfile(p)]
+            found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
         elif fs.isdir(path):
-            found = fs.find(path)
+            found = fs.find(path, detail=True)
         elif fs.exists(path):
-            found = [path]
+            found = {path: fs.info(path)}
         else:
             raise storage.StorageError(f"{src}: no such file, folder or glob match")
         for p in sorted(found):
             uri = f"{src.split('://', 1)[0]}://{p}" if storage.is_remote(src) else p
             if uri not in seen:
                 seen.add(uri)
-                out.append(uri)
+                out.append((uri, int(found[p].get("size") or 0), _version(found[p])))
     return out
 
 
@@ -113,11 +90,13 @@ def list_files(sources: list[str]) -> list[str]:
 # The stage
 
 
-class _Writer:
-    def __init__(self, folder):
+class _Batch:
+    """Writes this batch's records and quarantine rows; unique ids; counts."""
+
+    def __init__(self, folder, taken: set[str]):
         self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
         self.quarantine = open(folder / "quarantine.jsonl", "w", encoding="utf-8")
-        self.ids: set[str] = set()
+        self.ids = taken
         self.counts: Counter = Counter()
         self.reasons: Counter = Counter()
         self.sections: Counter = Counter()
@@ -135,147 +114,184 @@ class _Writer:
         self.sections[rec["section"] or "(none)"] += 1
         self.chars += len(rec["text"])
 
-    def bad(self, source: str, line: int | None, reason: str) -> None:
-        self.quarantine.write(
-            json.dumps({"source": source, "line": line, "reason": reason}, ensure_ascii=False) + "\n"
-        )
+    def bad(self, row: dict) -> None:
+        self.quarantine.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.counts["quarantined"] += 1
-        self.reasons[reason.split(":")[0]] += 1
+        self.reasons[row["reason"].split(":")[0]] += 1
 
     def close(self) -> None:
         self.docs.close()
         self.quarantine.close()
 
 
-def _record(text, source, fmt, doc_id, ordinal, meta, section, extra=None) -> dict:
-    rec = {
-        "id": f"{doc_id}#{ordinal}",
-        "text": text,
-        "source": source,
-        "format": fmt,
-        "doc_id": doc_id,
-        "edinet_code": meta.get("edinet_code"),
-        "company": meta.get("company"),
-        "filing_date": meta.get("filing_date"),
-        "section": section,
-        "sha256": sha256_text(text),
-    }
-    if extra:
-        rec["meta"] = extra
-    return rec
+def _previous(prev_uri: str | None, staging_dir: str) -> tuple[dict[str, dict], dict]:
+    if not prev_uri:
+        return {}, {}
+    folder = storage.stage_folder(prev_uri, staging_dir)
+    rows = {r["uri"]: r for r in storage.iter_jsonl(folder / MANIFEST_ROWS)}
+    state = json.loads((folder / "state.json").read_text()) if (folder / "state.json").exists() else {}
+    return rows, state
 
 
-def _ingest_jsonl(data: bytes, source: str, w: _Writer, text_field: str) -> None:
-    stem = PurePosixPath(source).stem
-    per_doc: Counter = Counter()
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line, _ = decode(raw.strip(b"\r"))
-        except DecodeError as exc:
-            w.bad(source, lineno, str(exc))
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            w.bad(source, lineno, f"invalid json: {exc.msg} at column {exc.colno}")
-            continue
-        if not isinstance(obj, dict):
-            w.bad(source, lineno, f"not an object: {type(obj).__name__}")
-            continue
-        text = obj.get(text_field)
-        if not isinstance(text, str):
-            w.bad(source, lineno, f"missing text: no string field {text_field!r}")
-            continue
-        if not text.strip():
-            w.bad(source, lineno, "empty text")
-            continue
-        meta = {k: (str(obj[k]) if obj.get(k) is not None else None) for k in SCHEMA_META}
-        extra = {k: v for k, v in obj.items() if k not in SCHEMA_META and k not in (text_field, "id")}
-        if "id" in obj:
-            extra["source_id"] = obj["id"]
-        doc_id = meta["doc_id"]
-        if doc_id is None:
-            rec = _record(text, source, "jsonl", None, 0, meta, meta["section"], extra)
-            rec["id"] = f"{stem}:{lineno}"
-        else:
-            rec = _record(text, source, "jsonl", doc_id, per_doc[doc_id], meta, meta["section"], extra)
-            per_doc[doc_id] += 1
-        w.doc(rec)
+def _shards(jobs: list[FileJob], size: int) -> Iterator[list[FileJob]]:
+    for i in range(0, len(jobs), size):
+        yield jobs[i : i + size]
 
 
-def _ingest_document(text: str, source: str, fmt: str, w: _Writer, title: str = "") -> None:
-    doc_id = PurePosixPath(source).stem
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    meta = filing_metadata(text, title)
-    sections = split_sections(text)
-    if not sections:
-        w.bad(source, None, "empty document: no text after extraction")
-        return
-    for ordinal, name, body in sections:
-        w.doc(_record(body, source, fmt, doc_id, ordinal, meta, name))
+def _fetch_edinet(cfg: EdinetConfig, download_uri: str, manifest: dict[str, dict], state: dict) -> dict:
+    """Run the connector; returns ``{"by_uri": {uri: list record}, "listed_through", "counts"}``."""
+    from tasks.edinet import fetch_new_filings, resolve_api_key
+
+    api_key = resolve_api_key(cfg)
+    if not api_key:
+        raise RuntimeError(
+            f"EDINET is enabled but no API key: set ${cfg.api_key_env}"
+            + (f" or the Prefect Secret block {cfg.api_key_block!r}" if cfg.api_key_block else "")
+        )
+    known = {r["edinet"]["docID"] for r in manifest.values() if r.get("edinet") and r["edinet"].get("docID")}
+    res = fetch_new_filings(
+        cfg, download_uri, known, api_key=api_key, listed_through=state.get("listed_through")
+    )
+    by_uri = {}
+    for rec in res.records:
+        if rec.get("uri") and rec["status"] in ("fetched", "reused"):
+            by_uri[storage.normalize(rec["uri"])] = {"docID": rec["doc_id"], **(rec.get("edinet") or {})}
+    return {"by_uri": by_uri, "listed_through": res.listed_through, "counts": dict(res.counts)}
 
 
-def ingest(sources: list[str], out_uri: str, staging_dir: str, *, text_field: str = "text") -> dict:
-    """Read every source document, write section records to ``out_uri`` (atomic folder), return its result."""
-    files = list_files(list(sources))
+def ingest(
+    sources: list[str],
+    out_uri: str,
+    staging_dir: str,
+    *,
+    text_field: str = "text",
+    prev_uri: str | None = None,
+    edinet: EdinetConfig | None = None,
+    edinet_download_uri: str | None = None,
+    parallel: ParallelConfig | None = None,
+    max_file_mb: int = 256,
+    max_line_mb: int = 16,
+) -> dict:
+    """Ingest what is new in ``sources`` (relative to ``prev_uri``'s manifest) into ``out_uri``."""
+    manifest, state = _previous(prev_uri, staging_dir)
+    sources = list(sources)
+    fetched: dict = {"by_uri": {}, "listed_through": state.get("listed_through"), "counts": {}}
+    if edinet is not None and edinet.enabled:
+        if not edinet_download_uri:
+            raise ValueError("edinet.enabled needs a download folder (edinet.download_uri)")
+        fetched = _fetch_edinet(edinet, edinet_download_uri, manifest, state)
+        if storage.exists(edinet_download_uri) and edinet_download_uri not in sources:
+            sources.append(edinet_download_uri)
+    files = list_files(sources) if sources else []
+    edinet_meta = {**{u: r["edinet"] for u, r in manifest.items() if r.get("edinet")}, **fetched["by_uri"]}
+
+    counts: Counter = Counter()
+    jobs: list[FileJob] = []
+    for uri, size, version in files:
+        fmt = FORMATS.get(PurePosixPath(uri).suffix.lower())
+        if fmt is None:
+            counts["skipped"] += 1  # _manifest.json, README, images, …
+            continue
+        counts["files"] += 1
+        row = manifest.get(uri)
+        if row is not None and row.get("size") == size and row.get("version") == version:
+            counts["unchanged"] += 1
+            continue
+        jobs.append(
+            FileJob(
+                uri,
+                fmt,
+                text_field,
+                storage.endpoint_url(),
+                max_file_bytes=max_file_mb << 20,
+                max_line_bytes=max_line_mb << 20,
+                size=size,
+                edinet=edinet_meta.get(uri),
+            )
+        )
+    versions = {uri: (size, version) for uri, size, version in files}
+
     with storage.output_folder(out_uri, staging_dir, meta={}) as out:
-        w = _Writer(out.path)
+        batch = _Batch(out.path, taken=set())
         try:
-            for uri in files:
-                fmt = FORMATS.get(PurePosixPath(uri).suffix.lower())
-                if fmt is None:
-                    w.counts["skipped"] += 1  # _manifest.json, README, images, …
-                    continue
-                w.counts["files"] += 1
-                w.counts[f"files/{fmt}"] += 1
-                data = storage.read_bytes(uri)
-                if not data.strip():
-                    w.bad(uri, None, "empty file")
-                    continue
-                if fmt == "jsonl":
-                    _ingest_jsonl(data, uri, w, text_field)
-                    continue
-                try:
-                    text, _ = decode(data)
-                except DecodeError as exc:
-                    w.bad(uri, None, str(exc))
-                    continue
-                if fmt == "html":
-                    text, title = html_to_text(text)
-                    _ingest_document(text, uri, fmt, w, title)
-                else:
-                    _ingest_document(text, uri, fmt, w)
+            results = map_ordered(parse_files, _shards(jobs, FILES_PER_SHARD), parallel)
+            for shard in results:
+                for res in shard:
+                    old = manifest.get(res.uri)
+                    size, version = versions[res.uri]
+                    if old is not None and res.sha256 is not None and old.get("sha256") == res.sha256:
+                        manifest[res.uri] = {**old, "size": size, "version": version}  # touched, same bytes
+                        counts["unchanged"] += 1
+                        continue
+                    counts["new" if old is None else "changed"] += 1
+                    fmt = FORMATS[PurePosixPath(res.uri).suffix.lower()]
+                    counts[f"files/{fmt}"] += 1
+                    for rec in res.records:
+                        if old is not None:  # a new version of a file: its ids must not collide with the old
+                            rec["id"] = f"{rec['id']}@{res.sha256[:8]}"
+                        batch.doc(rec)
+                    for row in res.quarantine:
+                        batch.bad(row)
+                    whole_file_bad = not res.records and bool(res.quarantine)
+                    manifest[res.uri] = {
+                        "uri": res.uri,
+                        "size": size,
+                        "version": version,
+                        "sha256": res.sha256,
+                        "status": "quarantined" if whole_file_bad else "ingested",
+                        "reason": res.quarantine[0]["reason"] if whole_file_bad else None,
+                        "docs": len(res.records),
+                        "quarantined_lines": 0 if whole_file_bad else len(res.quarantine),
+                        "batch": out_uri,
+                        "edinet": edinet_meta.get(res.uri),
+                    }
         finally:
-            w.close()
-        counts = {
-            "files": w.counts["files"],
-            "docs": w.counts["docs"],
-            "quarantined": w.counts["quarantined"],
+            batch.close()
+        with open(out.path / MANIFEST_ROWS, "w", encoding="utf-8") as fh:
+            for uri in sorted(manifest):
+                fh.write(json.dumps(manifest[uri], ensure_ascii=False) + "\n")
+        (out.path / "state.json").write_text(
+            json.dumps({"listed_through": fetched["listed_through"], "prev": prev_uri}, indent=2)
+        )
+        result_counts = {
+            "files": counts["files"],
+            "new_files": counts["new"],
+            "changed_files": counts["changed"],
+            "unchanged_files": counts["unchanged"],
+            "docs": batch.counts["docs"],
+            "quarantined": batch.counts["quarantined"],
+            "skipped": counts["skipped"],
+            "manifest_files": len(manifest),
+            **{f"files/{f}": counts[f"files/{f}"] for f in sorted(set(FORMATS.values()))},
+            **{f"docs/{f}": batch.counts[f"docs/{f}"] for f in sorted(set(FORMATS.values()))},
+            **{f"edinet/{k}": v for k, v in sorted(fetched["counts"].items())},
         }
-        counts["skipped"] = w.counts["skipped"]
-        for fmt in sorted(set(FORMATS.values())):
-            counts[f"files/{fmt}"] = w.counts[f"files/{fmt}"]
-            counts[f"docs/{fmt}"] = w.counts[f"docs/{fmt}"]
         stats = {
-            "counts": counts,
-            "quarantine_reasons": dict(sorted(w.reasons.items())),
-            "sections": dict(w.sections.most_common()),
-            "chars": w.chars,
-            "sources": list(sources),
+            "counts": result_counts,
+            "quarantine_reasons": dict(sorted(batch.reasons.items())),
+            "sections": dict(batch.sections.most_common()),
+            "chars": batch.chars,
+            "sources": sources,
+            "prev": prev_uri,
         }
         (out.path / "stats.json").write_text(
             json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8"
         )
-        out.meta["counts"] = counts
+        out.meta["counts"] = result_counts
         out.meta["metrics"] = {
             "ingest/files": float(counts["files"]),
-            "ingest/docs": float(counts["docs"]),
-            "ingest/quarantined": float(counts["quarantined"]),
-            "ingest/chars": float(w.chars),
+            "ingest/new_files": float(counts["new"] + counts["changed"]),
+            "ingest/docs": float(batch.counts["docs"]),
+            "ingest/quarantined": float(batch.counts["quarantined"]),
+            "ingest/chars": float(batch.chars),
+        }
+        out.meta["tables"] = {
+            "ingest-quarantine": [
+                {"reason": r, "count": n} for r, n in sorted(batch.reasons.items(), key=lambda kv: -kv[1])
+            ]
         }
         out.meta["artifacts"] = ["stats.json", "quarantine.jsonl"]
+    log.info("ingest: %s", json.dumps(result_counts, ensure_ascii=False))
     return out.result()
 
 

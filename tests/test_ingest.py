@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from finmerge import storage
-from finmerge.config import DemoConfig
+from finmerge.config import DemoConfig, ParallelConfig
 from finmerge.demo import world as W
 from tasks.ingest import decode, filing_metadata, html_to_text, ingest, split_sections
 
@@ -213,6 +214,99 @@ def test_s3_roundtrip(tmp_path, s3_bucket):
     r = ingest([f"s3://{s3_bucket}/raw"], out, str(tmp_path / "staging"))
     assert r["uri"] == out and r["counts"]["docs"] == 5 and r["counts"]["quarantined"] == 1
     manifest = storage.read_manifest(out)
-    assert set(manifest["files"]) == {"docs.jsonl", "quarantine.jsonl", "stats.json"}
+    assert set(manifest["files"]) == {
+        "docs.jsonl",
+        "quarantine.jsonl",
+        "stats.json",
+        "manifest.jsonl",
+        "state.json",
+    }
     docs = [json.loads(x) for x in storage.read_text(f"{out}/docs.jsonl").splitlines()]
     assert {d["source"] for d in docs} == {f"s3://{s3_bucket}/raw/one.txt", f"s3://{s3_bucket}/raw/two.jsonl"}
+    rows = [json.loads(x) for x in storage.read_text(f"{out}/manifest.jsonl").splitlines()]
+    assert {r["uri"]: r["status"] for r in rows} == {
+        f"s3://{s3_bucket}/raw/one.txt": "ingested",
+        f"s3://{s3_bucket}/raw/two.jsonl": "ingested",
+    }
+    assert all(r["version"] for r in rows)  # the S3 ETag: lets a re-run skip reading unchanged objects
+    again = ingest([f"s3://{s3_bucket}/raw"], out + "-2", str(tmp_path / "staging"), prev_uri=out)
+    assert again["counts"]["docs"] == 0 and again["counts"]["unchanged_files"] == 2
+
+
+def _manifest_rows(folder: Path) -> dict[str, dict]:
+    return {Path(r["uri"]).name: r for r in _jsonl(folder / "manifest.jsonl")}
+
+
+def test_incremental_batches(tmp_path):
+    """Same sources → no work; a new filing → a batch of only its documents; a changed file → a new version."""
+    src, st = tmp_path / "src", str(tmp_path / "st")
+    _write(src / "a.txt", FILING.encode())
+    _write(src / "b.jsonl", json.dumps({"doc_id": "B", "text": "文書Bです。"}, ensure_ascii=False).encode())
+    first = ingest([str(src)], str(tmp_path / "b1"), st)
+    assert first["counts"]["new_files"] == 2 and first["counts"]["docs"] == 5
+
+    same = ingest([str(src)], str(tmp_path / "b2"), st, prev_uri=str(tmp_path / "b1"))
+    assert same["counts"]["docs"] == 0 and same["counts"]["unchanged_files"] == 2
+    assert (tmp_path / "b2" / "docs.jsonl").read_text() == ""
+    assert _manifest_rows(tmp_path / "b2") == _manifest_rows(
+        tmp_path / "b1"
+    )  # rows carried, first batch kept
+
+    _write(src / "c.txt", FILING.replace("テスト", "新規").encode())
+    os.utime(src / "a.txt")  # touched, same bytes: hashed, not parsed again
+    new = ingest([str(src)], str(tmp_path / "b3"), st, prev_uri=str(tmp_path / "b2"))
+    assert new["counts"]["new_files"] == 1 and new["counts"]["unchanged_files"] == 2
+    docs = _jsonl(tmp_path / "b3" / "docs.jsonl")
+    assert {Path(d["source"]).name for d in docs} == {"c.txt"} and len(docs) == 4
+    rows = _manifest_rows(tmp_path / "b3")
+    assert rows["a.txt"]["batch"] == str(tmp_path / "b1") and rows["c.txt"]["batch"] == str(tmp_path / "b3")
+
+    _write(
+        src / "b.jsonl",
+        json.dumps({"doc_id": "B", "text": "文書Bの訂正版です。"}, ensure_ascii=False).encode(),
+    )
+    changed = ingest([str(src)], str(tmp_path / "b4"), st, prev_uri=str(tmp_path / "b3"))
+    assert changed["counts"]["changed_files"] == 1 and changed["counts"]["docs"] == 1
+    (doc,) = _jsonl(tmp_path / "b4" / "docs.jsonl")
+    sha = _manifest_rows(tmp_path / "b4")["b.jsonl"]["sha256"]
+    assert doc["id"] == f"B#0@{sha[:8]}" and doc["text"] == "文書Bの訂正版です。"
+
+
+def test_oversized_input_quarantined_without_loading_it(tmp_path):
+    src = tmp_path / "src"
+    long_line = b'{"text": "' + b"a" * (2 << 20) + b'"}'
+    good = json.dumps({"text": "短い文書です。"}, ensure_ascii=False).encode()
+    _write(src / "mixed.jsonl", good + b"\n" + long_line + b"\n" + good + b"\n")
+    _write(src / "big.txt", FILING.encode() * 4000)
+    _write(src / "ok.txt", FILING.encode())
+    r = ingest([str(src)], str(tmp_path / "out"), str(tmp_path / "st"), max_line_mb=1, max_file_mb=1)
+    reasons = {
+        (Path(q["source"]).name, q["line"]): q["reason"]
+        for q in _jsonl(tmp_path / "out" / "quarantine.jsonl")
+    }
+    assert reasons == {
+        ("mixed.jsonl", 2): f"line too long: more than {1 << 20} bytes",
+        ("big.txt", None): f"file too large: {len(FILING.encode()) * 4000} bytes > {1 << 20}",
+    }
+    kept = _jsonl(tmp_path / "out" / "docs.jsonl")
+    assert [d["id"] for d in kept if d["format"] == "jsonl"] == [
+        "mixed:1",
+        "mixed:3",
+    ]  # lines around it survive
+    rows = _manifest_rows(tmp_path / "out")
+    assert rows["big.txt"]["status"] == "quarantined" and rows["mixed.jsonl"]["status"] == "ingested"
+    assert rows["mixed.jsonl"]["quarantined_lines"] == 1 and r["counts"]["quarantined"] == 2
+
+
+def test_parallel_backends_give_identical_batches(tmp_path):
+    W.generate_world(DemoConfig(n_companies=6), tmp_path / "world")
+    outs = {}
+    for backend in ("serial", "process"):
+        ingest(
+            [str(tmp_path / "world" / "filings")],
+            str(tmp_path / backend),
+            str(tmp_path / "st"),
+            parallel=ParallelConfig(backend=backend, workers=2),
+        )
+        outs[backend] = (tmp_path / backend / "docs.jsonl").read_bytes()
+    assert outs["serial"] == outs["process"] and outs["serial"]
