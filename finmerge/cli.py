@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from finmerge import storage
 from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config, reference_markdown
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
@@ -87,26 +88,36 @@ def cmd_config(args) -> int:
 
 
 def cmd_corpus(args) -> int:
+    """One corpus stage on explicit folders; prints a one-line JSON summary of counts."""
     cfg = _config(args)
     staging = _staging(args)
+    c = cfg.corpus
     if args.step == "ingest":
         from tasks.ingest import ingest
 
+        e = c.ingest.edinet
         result = ingest(
-            args.sources or cfg.corpus.ingest.sources,
-            args.out,
+            args.input or c.ingest.sources,
+            args.output,
             staging,
-            text_field=cfg.corpus.ingest.text_field,
+            text_field=c.ingest.text_field,
+            prev_uri=args.prev,
+            edinet=e,
+            edinet_download_uri=e.download_uri or storage.join(cfg.storage.uri, "edinet"),
+            parallel=c.parallel,
+            max_file_mb=c.ingest.max_file_mb,
+            max_line_mb=c.ingest.max_line_mb,
         )
     elif args.step == "clean":
         from tasks.clean import clean
 
-        result = clean(args.input, args.out, cfg.corpus.clean, staging)
+        result = clean(args.input[0], args.output, c.clean, staging, parallel=c.parallel)
     else:
         from tasks.dedup import dedup
 
-        result = dedup(args.input, args.out, cfg.corpus.dedup, staging)
-    _print(result)
+        result = dedup(args.input[0], args.output, c.dedup, staging, prev_uri=args.prev, parallel=c.parallel)
+    summary = {"stage": args.step, "output": result["uri"], "digest": result["digest"], **result["counts"]}
+    print(json.dumps(summary, ensure_ascii=False))
     return 0
 
 
@@ -238,14 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_config)
 
     corpus = sub.add_parser("corpus", help="corpus stages").add_subparsers(dest="step", required=True)
-    ci = corpus.add_parser("ingest", parents=[common], help="raw documents → docs.jsonl")
-    ci.add_argument("--sources", nargs="*", help="fsspec URIs, folders or globs")
-    ci.add_argument("--out", required=True)
-    for step, helptext in (("clean", "normalise, filter, mask PII"), ("dedup", "exact + MinHash near-dup")):
+    steps = (
+        ("ingest", "raw files / folders / globs / EDINET → section records (docs.jsonl)"),
+        ("clean", "normalise, remove boilerplate and tables, quality-filter, mask PII"),
+        ("dedup", "exact + MinHash-LSH near-duplicate removal, incremental"),
+    )
+    for step, helptext in steps:
         s = corpus.add_parser(step, parents=[common], help=helptext)
-        s.add_argument("--in", dest="input", required=True)
-        s.add_argument("--out", required=True)
-    for s in (ci, *[corpus.choices[n] for n in ("clean", "dedup")]):
+        s.add_argument(
+            "--input",
+            "--in",
+            dest="input",
+            nargs="+" if step == "ingest" else 1,
+            required=step != "ingest",
+            help="fsspec URIs (ingest: files, folders, globs; default corpus.ingest.sources)"
+            if step == "ingest"
+            else "a .jsonl file or a folder holding docs.jsonl",
+        )
+        s.add_argument("--output", "--out", dest="output", required=True, help="output folder URI")
+        if step in ("ingest", "dedup"):
+            s.add_argument("--prev", help=f"previous {step} output of the same corpus (incremental run)")
         s.set_defaults(fn=cmd_corpus)
 
     t = sub.add_parser("tokenize", parents=[common], help="tokenize and pack a clean corpus")

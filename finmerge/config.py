@@ -157,6 +157,8 @@ class IngestConfig(Section):
         "demo filings.",
     )
     text_field: str = "text"
+    max_file_mb: int = Field(256, ge=1, description="Larger files (other than JSONL) are quarantined unread.")
+    max_line_mb: int = Field(16, ge=1, description="Longer JSONL lines are quarantined; the rest is kept.")
     edinet: EdinetConfig = EdinetConfig()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,9 +131,22 @@ def run_tracked(
         raise
     run.metrics(result.get("metrics", {}))
     run.artifact_files(out_uri, result.get("artifacts", []))
+    publish_tables(stage, result.get("tables") or {})
     run.tags({"finmerge.digest": result["digest"]})
     run.end()
     return {**result, "mlflow_run_id": run.run_id}
+
+
+def publish_tables(stage: str, tables: dict[str, list[dict]]) -> None:
+    """Each ``meta["tables"]`` entry becomes a Prefect table artifact (when running inside Prefect)."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.context import TaskRunContext
+
+    if not tables or TaskRunContext.get() is None:
+        return
+    for name, rows in tables.items():
+        key = re.sub(r"[^a-z0-9-]+", "-", f"{stage}-{name}".lower()).strip("-")
+        create_table_artifact(key=key, table=rows, description=f"{stage}: {name}")
 
 
 def stage_task(stage: str, fn: Callable[..., dict], retries: int = 2):

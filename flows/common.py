@@ -44,8 +44,9 @@ def sources_fingerprint(sources: list[str]) -> str:
 class StageRunner:
     """Runs stage tasks with content-derived output folders and records how each ended (Completed/Cached)."""
 
-    def __init__(self, ctx: RunContext):
+    def __init__(self, ctx: RunContext, submit: bool = False):
         self.ctx = ctx
+        self.submit = submit  # through the flow's task runner (e.g. Dask) instead of in this process
         self.block = result_storage(ctx)
         self.states: dict[str, str] = {}
 
@@ -63,9 +64,13 @@ class StageRunner:
         out_uri = self.ctx.out_uri(stage, stage_key(stage, code_version(*code), *key))
         missing = storage.read_manifest(out_uri) is None
         runnable = task.with_options(result_storage=self.block, refresh_cache=missing, task_run_name=label)
-        state = runnable(
-            out_uri=out_uri, ctx=self.ctx, params=params, log_params=log_params, return_state=True
-        )
+        kwargs = {"out_uri": out_uri, "ctx": self.ctx, "params": params, "log_params": log_params}
+        if self.submit:
+            future = runnable.submit(**kwargs)
+            future.wait()
+            state = future.state
+        else:
+            state = runnable(**kwargs, return_state=True)
         return self._finish(label, state)
 
     def call(self, task, label: str, *args, **kwargs):

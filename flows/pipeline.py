@@ -17,6 +17,7 @@ from finmerge import __version__, modelio, storage, tracking
 from finmerge.config import PipelineConfig, config_hash
 from finmerge.orchestration import RunContext
 from flows.common import StageRunner, sources_fingerprint
+from flows.corpus import run_corpus
 
 MODELS = ("base", "instruct", "cpt", "merged")
 TABLE_METRICS = [
@@ -112,10 +113,8 @@ def pipeline(config: PipelineConfig) -> dict:
     import finmerge.safetensors_stream
     import finmerge.triplet
     import tasks.analyze as analyze
-    import tasks.clean as clean
     import tasks.dedup as dedup
     import tasks.evaluate as evaluate
-    import tasks.ingest as ingest
     import tasks.merge as merge
     import tasks.pretrain as pretrain
     import tasks.tokenize as tokenize
@@ -143,38 +142,15 @@ def pipeline(config: PipelineConfig) -> dict:
         base_fp, inst_fp = modelio.fingerprint(base_uri), modelio.fingerprint(inst_uri)
         heldout_digest = _file_digest(inputs["heldout"])
 
-        c = cfg.corpus
-        ing = runner.run(
-            ingest.ingest_task,
-            "ingest",
-            code=(ingest,),
-            key=(c.ingest, inputs["sources_digest"]),
-            params={"sources": inputs["sources"], "staging_dir": staging, "text_field": c.ingest.text_field},
-            log_params=c.ingest.model_dump(),
-        )
-        cln = runner.run(
-            clean.clean_task,
-            "clean",
-            code=(clean,),
-            key=(c.clean, ing["digest"]),
-            params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging},
-            log_params=c.clean.model_dump(),
-        )
-        ddp = runner.run(
-            dedup.dedup_task,
-            "dedup",
-            code=(dedup,),
-            key=(c.dedup, cln["digest"]),
-            params={"in_uri": cln["uri"], "cfg": c.dedup, "staging_dir": staging},
-            log_params=c.dedup.model_dump(),
-        )
+        corpus = run_corpus(cfg, ctx, inputs["sources"], inputs["sources_digest"])
+        runner.states.update(corpus.pop("stages"))
         tok = runner.run(
             tokenize.tokenize_task,
             "tokenize",
-            code=(tokenize,),
-            key=(cfg.tokenize, ddp["digest"], base_fp),
+            code=(tokenize, dedup),
+            key=(cfg.tokenize, corpus["digest"], base_fp),
             params={
-                "corpus_uri": ddp["uri"],
+                "corpus_uri": corpus["uri"],
                 "tokenizer_uri": base_uri,
                 "cfg": cfg.tokenize,
                 "staging_dir": staging,
@@ -260,7 +236,8 @@ def pipeline(config: PipelineConfig) -> dict:
             "finmerge.base_digest": base_fp,
             "finmerge.instruct": inst_uri,
             "finmerge.instruct_digest": inst_fp,
-            "finmerge.corpus_digest": ddp["digest"],
+            "finmerge.corpus_digest": corpus["digest"],
+            "finmerge.corpus_lineage": corpus["lineage"],
             "finmerge.tokens_digest": tok["digest"],
             "finmerge.config_hash": config_hash(cfg),
             "finmerge.version": __version__,

@@ -53,6 +53,17 @@ def pack_documents(
     return blocks, counts
 
 
+def corpus_records(corpus_uri: str, staging_dir: str) -> Iterator[dict]:
+    """The documents of a corpus: a dedup folder's whole lineage (every kept batch, minus retractions), or a
+    plain ``docs.jsonl`` folder / ``.jsonl`` file."""
+    if storage.exists(storage.join(corpus_uri, "chain.json")):
+        from tasks.dedup import iter_kept
+
+        yield from iter_kept(corpus_uri, staging_dir)
+    else:
+        yield from storage.iter_jsonl(storage.docs_input(corpus_uri, staging_dir), "text")
+
+
 def tokenize_corpus(
     corpus_uri: str,
     tokenizer_uri: str,
@@ -62,7 +73,7 @@ def tokenize_corpus(
     trust_remote_code: bool = False,
 ) -> dict:
     tokenizer = modelio.load_tokenizer(modelio.stage_model(tokenizer_uri, staging_dir), trust_remote_code)
-    docs = (rec["text"] for rec in storage.iter_jsonl(storage.join(corpus_uri, "docs.jsonl"), "text"))
+    docs = (rec["text"] for rec in corpus_records(corpus_uri, staging_dir))
     blocks, counts = pack_documents(docs, tokenizer, cfg.seq_len)
     if counts["blocks"] == 0:
         raise ValueError(

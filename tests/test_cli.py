@@ -69,14 +69,46 @@ def test_merge_and_analyze_commands(tmp_path, capsys):
 
 
 def test_corpus_commands_chain(tmp_path, capsys):
+    """ingest → clean → dedup with --input/--output, one JSON line each; a plain JSONL file works as input."""
     raw = tmp_path / "raw"
     raw.mkdir()
     text = "株式会社青葉精機の主な事業は精密機械の製造です。当社は愛知県名古屋市に本社を置いております。" * 4
-    (raw / "a.jsonl").write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n{broken\n")
+    twin = text.replace("名古屋市", "名古屋市中区")
+    rows = [{"text": text, "doc_id": "A"}, {"text": twin, "doc_id": "B"}]
+    (raw / "a.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{broken\n", encoding="utf-8"
+    )
     staging = ["--set", f"storage.staging_dir={tmp_path / 'staging'}"]
-    assert main(["corpus", "ingest", "--sources", str(raw), "--out", str(tmp_path / "i"), *staging]) == 0
+    assert main(["corpus", "ingest", "--input", str(raw), "--output", str(tmp_path / "i"), *staging]) == 0
     ing = _last_json(capsys)
-    assert ing["counts"]["docs"] == 1 and ing["counts"]["quarantined"] == 1
-    assert main(["corpus", "clean", "--in", str(tmp_path / "i"), "--out", str(tmp_path / "c"), *staging]) == 0
-    assert main(["corpus", "dedup", "--in", str(tmp_path / "c"), "--out", str(tmp_path / "d"), *staging]) == 0
-    assert _last_json(capsys)["uri"] == str(tmp_path / "d")
+    assert (ing["stage"], ing["docs"], ing["quarantined"], ing["new_files"]) == ("ingest", 2, 1, 1)
+    again = [
+        "corpus",
+        "ingest",
+        "--input",
+        str(raw),
+        "--output",
+        str(tmp_path / "i2"),
+        "--prev",
+        str(tmp_path / "i"),
+    ]
+    assert main([*again, *staging]) == 0
+    assert _last_json(capsys)["docs"] == 0  # nothing new
+    assert (
+        main(["corpus", "clean", "--input", str(tmp_path / "i"), "--output", str(tmp_path / "c"), *staging])
+        == 0
+    )
+    assert _last_json(capsys)["kept"] == 2
+    dedup_args = [
+        "corpus",
+        "dedup",
+        "--input",
+        str(tmp_path / "c" / "docs.jsonl"),
+        "--output",
+        str(tmp_path / "d"),
+    ]
+    assert main([*dedup_args, *staging]) == 0
+    out = _last_json(capsys)
+    assert out["output"] == str(tmp_path / "d") and out["kept"] == 1
+    (dropped,) = [json.loads(x) for x in (tmp_path / "d" / "dropped.jsonl").read_text().splitlines()]
+    assert dropped["id"] == "B#0" and dropped["duplicate_of"] == "A#0" and dropped["text"] == twin

@@ -1,0 +1,157 @@
+"""The corpus flow: ingest → clean → dedup, incrementally, extending the corpus lineage.
+
+Only the new batch goes through clean and dedup (dedup checks it against every batch already kept, through
+the index the dedup folders carry), then the lineage HEAD moves. With ``corpus.parallel.backend: dask`` the
+stages are submitted to prefect-dask's ``DaskTaskRunner`` and their shards fan out on the same cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow
+
+from finmerge import lineage, storage
+from finmerge.config import PipelineConfig
+from finmerge.orchestration import RunContext, code_version, stage_key
+from flows.common import StageRunner, sources_fingerprint
+
+
+def corpus_modules() -> tuple:
+    import finmerge.filings
+    import finmerge.minhash
+    import finmerge.textclean
+    import tasks.edinet
+
+    import finmerge.sources
+    import finmerge.textio
+    import tasks.clean
+    import tasks.dedup
+    import tasks.ingest
+
+    return (
+        tasks.ingest,
+        tasks.edinet,
+        finmerge.sources,
+        finmerge.filings,
+        finmerge.textio,
+        tasks.clean,
+        finmerge.textclean,
+        tasks.dedup,
+        finmerge.minhash,
+    )
+
+
+def lineage_id(cfg: PipelineConfig) -> str:
+    """Same rules (parsing, cleaning, dedup config and code) → same lineage; sources are not part of it."""
+    c = cfg.corpus
+    rules = c.ingest.model_dump(mode="json", exclude={"sources", "edinet"})
+    return stage_key("corpus", code_version(*corpus_modules()), rules, c.clean, c.dedup)
+
+
+def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], sources_digest: str) -> dict:
+    """Run the corpus stages for what is new in ``sources``; returns the corpus (latest dedup folder)."""
+    import tasks.clean as clean
+    import tasks.dedup as dedup
+    import tasks.ingest as ingest
+
+    ctx, c = runner.ctx, cfg.corpus
+    staging, modules = ctx.staging_dir, corpus_modules()
+    lin = lineage_id(cfg)
+    head = lineage.read_head(ctx.storage_uri, lin)
+    edinet = c.ingest.edinet
+    download = edinet.download_uri or storage.join(ctx.storage_uri, "edinet")
+    # EDINET publishes every day: the listing is part of the input, so a new day is a new ingest.
+    listing = (dt.date.today().isoformat(), sources_fingerprint([download])) if edinet.enabled else None
+    ing = runner.run(
+        ingest.ingest_task,
+        "ingest",
+        code=modules[:5],
+        key=(c.ingest, sources_digest, head.ingest, listing),
+        params={
+            "sources": list(sources),
+            "staging_dir": staging,
+            "text_field": c.ingest.text_field,
+            "prev_uri": head.ingest,
+            "edinet": edinet,
+            "edinet_download_uri": download,
+            "parallel": c.parallel,
+            "max_file_mb": c.ingest.max_file_mb,
+            "max_line_mb": c.ingest.max_line_mb,
+        },
+        log_params=c.ingest.model_dump(),
+    )
+    counts = ing["counts"]
+    seen_new = counts["new_files"] + counts["changed_files"] > 0
+    if counts["docs"] == 0:
+        if seen_new:  # e.g. only quarantined files: remember them, nothing to clean
+            head = lineage.advance(ctx.storage_uri, head, ingest=ing["uri"], dedup=None)
+        if head.dedup is None:
+            raise ValueError(
+                f"corpus is empty: no documents ingested from {list(sources)} "
+                f"({counts['quarantined']} quarantined; see {ing['uri']}/quarantine.jsonl)"
+            )
+        return _corpus(head, ing, new_docs=0)
+    cln = runner.run(
+        clean.clean_task,
+        "clean",
+        code=(clean, modules[6]),
+        key=(c.clean, ing["digest"]),
+        params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging, "parallel": c.parallel},
+        log_params=c.clean.model_dump(),
+    )
+    ddp = runner.run(
+        dedup.dedup_task,
+        "dedup",
+        code=(dedup, modules[8]),
+        key=(c.dedup, cln["digest"], head.dedup_digest),
+        params={
+            "in_uri": cln["uri"],
+            "cfg": c.dedup,
+            "staging_dir": staging,
+            "prev_uri": head.dedup,
+            "parallel": c.parallel,
+        },
+        log_params=c.dedup.model_dump(),
+    )
+    head = lineage.advance(ctx.storage_uri, head, ingest=ing["uri"], dedup=ddp)
+    return _corpus(head, ing, new_docs=cln["counts"]["kept"])
+
+
+def _corpus(head: lineage.CorpusHead, ing: dict, new_docs: int) -> dict:
+    return {
+        "uri": head.dedup,
+        "digest": head.dedup_digest,
+        "lineage": head.lineage,
+        "batches": head.batches,
+        "ingest_uri": ing["uri"],
+        "new_docs": new_docs,
+        "ingest_counts": ing["counts"],
+    }
+
+
+def task_runner_for(cfg: PipelineConfig):
+    """prefect-dask's DaskTaskRunner for ``backend: dask``; None keeps Prefect's default."""
+    p = cfg.corpus.parallel
+    if p.backend != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if p.dask_address:
+        return DaskTaskRunner(address=p.dask_address)
+    workers = p.workers or None
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+
+
+@flow(name="finmerge-corpus", log_prints=True)
+def corpus_flow(config: PipelineConfig, ctx: RunContext, sources: list[str], sources_digest: str) -> dict:
+    """Ingest, clean and deduplicate what is new; returns the corpus and how each stage ended."""
+    runner = StageRunner(ctx, submit=config.corpus.parallel.backend == "dask")
+    result = corpus_stages(runner, config, sources, sources_digest)
+    return {**result, "stages": runner.states}
+
+
+def run_corpus(cfg: PipelineConfig, ctx: RunContext, sources: list[str], sources_digest: str) -> dict:
+    runner = task_runner_for(cfg)
+    fl = corpus_flow.with_options(task_runner=runner) if runner is not None else corpus_flow
+    return fl(config=cfg, ctx=ctx, sources=list(sources), sources_digest=sources_digest)
