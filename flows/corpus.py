@@ -46,7 +46,8 @@ def lineage_id(cfg: PipelineConfig) -> str:
     """Same rules (parsing, cleaning, dedup config and code) → same lineage; sources are not part of it."""
     c = cfg.corpus
     rules = c.ingest.model_dump(mode="json", exclude={"sources", "edinet"})
-    return stage_key("corpus", code_version(*corpus_modules()), rules, c.clean, c.dedup)
+    ng_words = _file_digest(c.clean.ng_words_uri)
+    return stage_key("corpus", code_version(*corpus_modules()), rules, c.clean, ng_words, c.dedup)
 
 
 def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], sources_digest: str) -> dict:
@@ -96,7 +97,7 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
         clean.clean_task,
         "clean",
         code=(clean, modules[6]),
-        key=(c.clean, ing["digest"]),
+        key=(c.clean, ing["digest"], _file_digest(c.clean.ng_words_uri)),
         params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging, "parallel": c.parallel},
         log_params=c.clean.model_dump(),
     )
@@ -116,6 +117,11 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
     )
     head = lineage.advance(ctx.storage_uri, head, ingest=ing["uri"], dedup=ddp)
     return _corpus(head, ing, new_docs=cln["counts"]["kept"])
+
+
+def _file_digest(uri: str | None) -> str | None:
+    """Content of a file the config only names (the NG-word list): edits to it must re-run the stage."""
+    return storage.sha256_bytes(storage.read_bytes(uri)) if uri else None
 
 
 def _corpus(head: lineage.CorpusHead, ing: dict, new_docs: int) -> dict:
