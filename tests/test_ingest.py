@@ -310,3 +310,71 @@ def test_parallel_backends_give_identical_batches(tmp_path):
         )
         outs[backend] = (tmp_path / backend / "docs.jsonl").read_bytes()
     assert outs["serial"] == outs["process"] and outs["serial"]
+
+
+def test_edinet_packages_and_connector_feed_the_manifest(tmp_path, monkeypatch):
+    """Connector → download folder → ingest: list-API metadata on every record, both package types parsed, a
+    broken package quarantined, and a second run fetches and parses nothing."""
+    from finmerge.config import EdinetConfig
+    from finmerge.demo.edinet import DemoFiling, build_csv_zip
+    from tests.edinet_fake import FakeEdinet
+
+    key = "edinet-secret-0123456789"
+    monkeypatch.setenv("EDINET_API_KEY", key)
+    fake = FakeEdinet(key).start()
+    try:
+        fake.add("S100B001", "2024-06-20")
+        fake.add("S100B002", "2024-06-21")
+        fake.add("S100B003", "2024-06-21", doc_type="180")  # not a securities report: never fetched
+        cfg = EdinetConfig(
+            enabled=True, base_url=fake.base_url, start="2024-06-20", end="2024-06-21", backoff_s=0
+        )
+        manual = tmp_path / "manual"  # packages a user dropped in by hand, next to the connector's
+        filing = DemoFiling(
+            "S100C001",
+            "E09999",
+            "株式会社テスト工業",
+            "2024-06-25",
+            {"事業等のリスク": "為替の変動リスクがあります。"},
+        )
+        _write(manual / "S100C001.zip", build_csv_zip(filing))
+        _write(manual / "S100C002.zip", build_csv_zip(filing)[:300])  # truncated download
+        dl, st = str(tmp_path / "edinet"), str(tmp_path / "st")
+        r = ingest([str(manual)], str(tmp_path / "b1"), st, edinet=cfg, edinet_download_uri=dl)
+        assert r["counts"]["edinet/fetched"] == 2 and r["counts"]["files/edinet"] == 4
+        docs = _jsonl(tmp_path / "b1" / "docs.jsonl")
+        by_doc = defaultdict(list)
+        for d in docs:
+            by_doc[d["doc_id"]].append(d)
+        assert set(by_doc) == {"S100B001", "S100B002", "S100C001"}
+        for d in by_doc["S100B001"]:
+            assert (
+                d["format"] == "edinet"
+                and d["filing_date"] == "2024-06-20"
+                and d["meta"]["doc_type"] == "120"
+            )
+            assert d["company"] == fake.docs["S100B001"].filing.company and d["section"]
+        assert [d["text"] for d in by_doc["S100C001"]] == ["為替の変動リスクがあります。"]
+        (bad,) = _jsonl(tmp_path / "b1" / "quarantine.jsonl")
+        assert Path(bad["source"]).name == "S100C002.zip" and bad["reason"].startswith("bad EDINET package")
+        rows = _manifest_rows(tmp_path / "b1")
+        assert (
+            rows["S100B001.zip"]["edinet"]["docID"] == "S100B001"
+            and rows["S100C002.zip"]["status"] == "quarantined"
+        )
+        assert json.loads((tmp_path / "b1" / "state.json").read_text())["listed_through"] == "2024-06-21"
+        assert key not in (tmp_path / "b1" / "manifest.jsonl").read_text()
+
+        fake.reset_log()
+        again = ingest(
+            [str(manual)],
+            str(tmp_path / "b2"),
+            st,
+            edinet=cfg,
+            edinet_download_uri=dl,
+            prev_uri=str(tmp_path / "b1"),
+        )
+        assert again["counts"]["docs"] == 0 and again["counts"]["edinet/fetched"] == 0
+        assert fake.document_requests() == []  # listed again (withdrawals), nothing downloaded
+    finally:
+        fake.close()
