@@ -1,254 +1,484 @@
-"""Exact and near-duplicate removal: sha256 of normalised text, then MinHash LSH on character n-grams.
+"""Exact and near-duplicate removal, incremental over the batches of a corpus lineage.
 
-1. **Exact**: documents whose normalised text (whitespace collapsed; none kept next to Japanese characters)
-   has the same sha256 form one unit.
-2. **Near**: each unit's text is cut into character ``cfg.ngram``-grams, hashed once to 64 bits (a vectorised
-   polynomial rolling hash over code points, finalised with splitmix64), and signed with ``cfg.bands * cfg.rows``
-   universal-hash permutations ``h(x) = a·x + b mod 2^64`` (odd ``a``; seeded by ``cfg.seed``), keeping the high 32
-   bits of the minimum. Units sharing a band bucket are candidate pairs; with ``cfg.verify`` a pair is confirmed
-   only when the exact Jaccard of the two n-gram sets is ``>= cfg.threshold`` (without it every candidate pair is
-   accepted, as Swallow / datatrove do).
-3. **Clusters**: union-find over exact units and confirmed pairs. One document per cluster is kept: ``earliest``
-   = earliest ``filing_date`` (documents without a date last), then input order; ``longest`` = most characters,
-   then input order. Every other member points at the kept one: ``kind`` is ``exact`` when its normalised text is
-   identical to the kept document's, else ``near``, with the exact Jaccard of the two n-gram sets.
+**Detection** (primitives in ``finmerge/minhash.py``):
 
-Output folder: ``docs.jsonl`` (kept, input order), ``duplicates.jsonl`` (``{"id","duplicate_of","kind",
-"jaccard"}``), ``stats.json``.
+1. **Exact**: documents with the same exact key (sha256 of the dedup key: whitespace collapsed, none kept next
+   to Japanese characters) are one unit; only one document of a unit is signed into the LSH.
+2. **Near**: MinHash LSH on character ``cfg.ngram``-grams (one-permutation hashing, ``cfg.bands`` ×
+   ``cfg.rows`` values). Documents sharing a band key are candidate pairs; with ``cfg.verify`` a pair is linked
+   only when the exact Jaccard of the two n-gram sets is ``>= cfg.threshold`` (the texts are read back from
+   disk by byte offset), without it every candidate pair is linked (as Swallow / datatrove do).
+3. **Clusters**: union-find over exact units and linked pairs; one document per cluster survives.
+
+**Keep policy** (``cfg.keep``): ``earliest`` = earliest ``filing_date`` (undated last), then input order;
+``longest`` = most characters, then input order. Earlier batches count as earlier in input order.
+
+**Incremental** (``prev_uri`` = the previous dedup folder of the lineage): the documents kept by every earlier
+batch are an index (each folder's ``index/``, minus what later folders retracted). New documents are linked to
+indexed ones exactly as to each other; pairs of indexed documents are never re-examined. The keep policy
+then picks one survivor per cluster among new and indexed members alike: new members that lose are dropped
+(``duplicate_of`` = the survivor), indexed members that lose are **retracted** (e.g. a back-filled filing
+older than the kept copy wins over it). So the lineage ends as one pass over all batches would, except that
+a cluster is never split or merged through links between two earlier batches.
+
+**Streaming**: pass 1 reads the input in shards of ``parallel.shard_docs`` and signs them with
+``finmerge.parallel.map_ordered`` (process pool or Dask); only compact per-document arrays stay in memory.
+Pass 2 streams the input again: kept records are copied byte for byte. Outputs do not depend on the backend.
+
+Output folder:
+
+* ``docs.jsonl``: kept records of this batch, input order.
+* ``dropped.jsonl``: each dropped record in full plus ``duplicate_of`` (the surviving id), ``kind``
+  (``exact``: same dedup key; else ``near``) and ``jaccard`` (exact, to the survivor).
+* ``retracted.jsonl``: ``{"id", "folder", "folder_digest", "duplicate_of", "kind", "jaccard"}`` of documents
+  kept by an earlier folder that this batch supersedes.
+* ``index/``: this batch's index segment (``finmerge.minhash.Segment``: exact keys, filing dates, lengths,
+  byte offsets into this folder's docs.jsonl, sorted band keys, ids, signature params). A segment built with
+  other signature params is recomputed from its docs.jsonl when loaded.
+* ``chain.json``: ``[{"uri", "digest"}, …]`` of every dedup folder of the lineage, oldest first; the last
+  entry is this folder itself (``digest`` null: it is not known while writing; read it from the manifest).
+* ``stats.json``: counts, config, LSH detection curve. Timings go to the manifest meta only.
+
+Counts: ``candidate_pairs`` (LSH), ``verified_pairs`` (exact Jaccard computed; a pair already in one cluster
+is not checked again), ``confirmed_pairs`` (candidates whose two documents end in one cluster).
 """
 
 from __future__ import annotations
 
-import hashlib
+import gzip
 import json
-import re
+import shutil
 import time
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from finmerge import storage
-from finmerge.config import DedupConfig
+from finmerge import minhash, storage
+from finmerge.config import DedupConfig, ParallelConfig
+from finmerge.minhash import Segment, SignatureParams
 from finmerge.orchestration import stage_task
+from finmerge.parallel import map_ordered
 
-MAX_BUCKET_PAIRS = 64  # buckets larger than this are linked as a star + chain instead of all pairs
-_CHUNK = 4096  # shingles per block of the signature computation (bounds memory on long documents)
-_P = np.uint64(0x100000001B3)  # odd multiplier of the rolling hash
-_WS = re.compile(r"\s+")
-_WS_CJK = re.compile(r" (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) ")
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+CHAIN = "chain.json"
+RETRACTED = "retracted.jsonl"
+DROPPED = "dropped.jsonl"
 
 
-def normalize(text: str) -> str:
-    """Whitespace runs collapsed to one space, and dropped next to non-ASCII (Japanese) characters, where a
-    line break or space carries no meaning; English keeps its word spaces."""
-    return _WS_CJK.sub("", _WS.sub(" ", text).strip())
+def params_of(cfg: DedupConfig) -> SignatureParams:
+    return SignatureParams(ngram=cfg.ngram, bands=cfg.bands, rows=cfg.rows, seed=cfg.seed)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
+# ----------------------------------------------------------------------------------------------------------
+# Pass 1: scan and sign
 
 
-def shingle_hashes(text: str, n: int) -> np.ndarray:
-    """Sorted unique 64-bit hashes of the character n-grams of ``text`` (the whole text when shorter)."""
-    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if cp.size == 0:
-        return np.zeros(1, dtype=np.uint64)
-    n = min(n, cp.size)
-    m = cp.size - n + 1
-    with np.errstate(over="ignore"):
-        h = np.zeros(m, dtype=np.uint64)
-        for k in range(n):
-            h = h * _P + cp[k : k + m]
-        return np.unique(_mix(h + np.uint64(n)))
+@dataclass
+class Batch:
+    """Per-document arrays of one JSONL file, in line order (no texts): byte offset of the line, filing date
+    (YYYYMMDD), text length, exact key ``(n, 16)`` and band keys ``(n, bands)``."""
+
+    path: Path
+    ids: list[str]
+    offset: np.ndarray
+    date: np.ndarray
+    chars: np.ndarray
+    exact: np.ndarray
+    keys: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
-class MinHasher:
-    def __init__(self, num_perm: int, seed: int):
-        rng = np.random.default_rng(seed)
-        self.a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
-        self.b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
-
-    def signature(self, hashes: np.ndarray) -> np.ndarray:
-        sig = np.full(self.a.size, np.iinfo(np.uint64).max, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for i in range(0, hashes.size, _CHUNK):
-                x = hashes[i : i + _CHUNK]
-                vals = self.a[:, None] * x[None, :] + self.b[:, None]
-                np.minimum(sig, vals.min(axis=1), out=sig)
-        return (sig >> np.uint64(32)).astype(np.uint32)
+def iter_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, line)`` of the non-blank lines of a JSONL file."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                yield lineno, offset, line
+            offset += len(line)
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.intersect1d(a, b, assume_unique=True).size
-    return inter / (a.size + b.size - inter)
+def scan(path: Path, params: SignatureParams, parallel: ParallelConfig) -> Batch:
+    """Read ``path`` once; its lines are parsed and signed shard by shard on the configured backend."""
+    offsets = array("q")  # compact while growing
+
+    def jobs() -> Iterator[tuple[str, list[tuple[int, bytes]], SignatureParams]]:
+        lines: list[tuple[int, bytes]] = []
+        for lineno, at, line in iter_lines(path):
+            offsets.append(at)
+            lines.append((lineno, line))
+            if len(lines) >= parallel.shard_docs:
+                yield str(path), lines, params
+                lines = []
+        if lines:
+            yield str(path), lines, params
+
+    parts = list(map_ordered(minhash.sign_shard, jobs(), parallel))
+    return Batch(
+        path,
+        [i for p in parts for i in p.ids],
+        np.frombuffer(offsets, dtype=np.int64),
+        np.concatenate([p.date for p in parts] or [np.zeros(0, np.int64)]),
+        np.concatenate([p.chars for p in parts] or [np.zeros(0, np.int64)]),
+        np.concatenate([p.exact for p in parts] or [np.zeros((0, minhash.EXACT_BYTES), np.uint8)]),
+        np.concatenate([p.keys for p in parts] or [np.zeros((0, params.bands), np.uint64)]),
+    )
 
 
-def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
-    """Pairs (i < j) of rows of ``sigs`` that agree on all ``rows`` values of at least one band."""
-    pairs: set[tuple[int, int]] = set()
-    n = sigs.shape[0]
-    if n < 2:
-        return pairs
-    with np.errstate(over="ignore"):
-        for band in range(bands):
-            cols = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
-            key = np.full(n, np.uint64(band + 1), dtype=np.uint64)
-            for c in range(rows):
-                key = _mix(key * _P + cols[:, c])
-            order = np.argsort(key, kind="stable")
-            sk = key[order]
-            starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-            ends = np.r_[starts[1:], n]
-            for s, e in zip(starts, ends, strict=True):
-                if e - s < 2:
-                    continue
-                members = sorted(order[s:e].tolist())
-                if e - s <= MAX_BUCKET_PAIRS:
-                    for x in range(len(members)):
-                        for y in range(x + 1, len(members)):
-                            pairs.add((members[x], members[y]))
-                else:
-                    for x in range(1, len(members)):
-                        pairs.add((members[0], members[x]))
-                        pairs.add((members[x - 1], members[x]))
-    # equal keys may still be a (rare) 64-bit key collision: keep pairs whose rows really match in a band
-    return {(i, j) for i, j in pairs if _band_match(sigs, i, j, bands, rows)}
+def _plain_jsonl(path: Path, staging_dir: str) -> Path:
+    """Byte offsets need a seekable plain file: a gzipped input is unpacked into the staging area once."""
+    if path.suffix != ".gz":
+        return path
+    dest = Path(staging_dir).expanduser().resolve() / "inputs" / storage.sha256_file(path)[:32] / "docs.jsonl"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".partial")
+        with gzip.open(path, "rb") as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        tmp.replace(dest)
+    return dest
 
 
-def _band_match(sigs: np.ndarray, i: int, j: int, bands: int, rows: int) -> bool:
-    eq = (sigs[i] == sigs[j])[: bands * rows].reshape(bands, rows)
-    return bool(eq.all(axis=1).any())
+# ----------------------------------------------------------------------------------------------------------
+# The lineage and its index
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+@dataclass
+class Folder:
+    uri: str
+    digest: str
+    path: Path  # local copy
 
 
-def _keep_key(policy: str):
-    if policy == "earliest":
-        return lambda i, rec: (rec.get("filing_date") or "9999-99-99", i)
-    if policy == "longest":
-        return lambda i, rec: (-len(rec.get("text") or ""), i)
-    raise ValueError(f"unknown keep policy {policy!r}")
+def _staged(uri: str, digest: str | None, staging_dir: str) -> Folder:
+    manifest = storage.read_manifest(uri)
+    if manifest is None:
+        raise storage.StorageError(f"{uri}: missing {storage.MANIFEST}; not a complete dedup folder")
+    if digest is not None and manifest["digest"] != digest:
+        raise storage.StorageError(
+            f"{uri}: content changed since it joined the lineage (digest {manifest['digest'][:12]}, "
+            f"chain says {digest[:12]})"
+        )
+    return Folder(storage.normalize(uri), manifest["digest"], storage.stage_folder(uri, staging_dir))
 
 
-def find_duplicates(records: list[dict], cfg: DedupConfig) -> tuple[list[dict], dict]:
-    """Duplicate rows ``{"id","duplicate_of","kind","jaccard"}`` (input order) and counters."""
-    t0 = time.perf_counter()
-    texts = [normalize(r.get("text") or "") for r in records]
-    unit_of_sha: dict[str, int] = {}
-    unit = []  # record index -> unit index
-    unit_first = []  # unit index -> first record index
-    for i, t in enumerate(texts):
-        sha = hashlib.sha256(t.encode("utf-8")).hexdigest()
-        u = unit_of_sha.setdefault(sha, len(unit_first))
-        if u == len(unit_first):
-            unit_first.append(i)
-        unit.append(u)
-    n_units = len(unit_first)
+def lineage(uri: str, staging_dir: str) -> list[Folder]:
+    """The dedup folders of the lineage ending at ``uri`` (itself included), oldest first, each verified."""
+    last = _staged(uri, None, staging_dir)
+    chain_file = last.path / CHAIN
+    if not chain_file.exists():
+        raise storage.StorageError(f"{uri}: no {CHAIN}; not a dedup folder")
+    entries = json.loads(chain_file.read_text(encoding="utf-8"))
+    return [_staged(e["uri"], e["digest"], staging_dir) for e in entries[:-1]] + [last]
 
-    hasher = MinHasher(cfg.bands * cfg.rows, cfg.seed)
-    shingles: dict[int, np.ndarray] = {}
-    sigs = np.zeros((n_units, cfg.bands * cfg.rows), dtype=np.uint32)
-    for u, i in enumerate(unit_first):
-        sigs[u] = hasher.signature(shingle_hashes(texts[i], cfg.ngram))
-    t_sig = time.perf_counter() - t0
 
-    def sh(u: int) -> np.ndarray:
-        if u not in shingles:
-            shingles[u] = shingle_hashes(texts[unit_first[u]], cfg.ngram)
-        return shingles[u]
+@dataclass
+class Index:
+    """What earlier batches kept: their segments, concatenated per-document arrays, and who is still alive."""
 
-    cands = sorted(candidate_pairs(sigs, cfg.bands, cfg.rows))
-    uf = UnionFind(n_units)
-    confirmed = 0
-    for a, b in cands:
-        if cfg.verify and jaccard(sh(a), sh(b)) < cfg.threshold:
+    folders: list[Folder] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    base: list[int] = field(default_factory=list)  # global number of each segment's first row
+    ids: list[str] = field(default_factory=list)
+    folder_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    date: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    chars: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    exact: np.ndarray = field(default_factory=lambda: np.zeros((0, minhash.EXACT_BYTES), np.uint8))
+    exact_sorted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # alive docs' key prefix
+    exact_docs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ... and their numbers
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_index(folders: list[Folder], params: SignatureParams, parallel: ParallelConfig) -> Index:
+    index = Index(folders=folders)
+    for f in folders:
+        seg = Segment.load(f.path / "index")
+        if seg.params != params:  # built with other signature settings: sign its documents again
+            seg = _resign(f.path / storage.DOCS, params, parallel)
+        index.base.append(len(index.ids))
+        index.segments.append(seg)
+        index.ids.extend(seg.ids)
+    n = len(index.ids)
+    index.folder_of = np.repeat(np.arange(len(folders)), [len(s) for s in index.segments]).astype(np.int64)
+    index.row = np.concatenate([np.arange(len(s)) for s in index.segments] or [np.zeros(0, np.int64)])
+    index.date = np.concatenate([s.date for s in index.segments] or [np.zeros(0, np.int32)]).astype(np.int64)
+    index.chars = np.concatenate([s.chars for s in index.segments] or [np.zeros(0, np.int64)])
+    index.alive = np.ones(n, dtype=bool)
+    by_digest = {f.digest: k for k, f in enumerate(folders)}
+    for f in folders:
+        retracted = f.path / RETRACTED
+        if not retracted.exists():
             continue
-        confirmed += 1
-        uf.union(a, b)
+        rows: dict[int, dict[str, int]] = {}
+        for r in storage.iter_jsonl(retracted):
+            k = by_digest.get(r["folder_digest"])
+            if k is None:
+                continue
+            if k not in rows:
+                rows[k] = {i: j for j, i in enumerate(index.segments[k].ids)}
+            index.alive[index.base[k] + rows[k][r["id"]]] = False
+    index.exact = np.concatenate([s.exact for s in index.segments] or [index.exact])
+    live = np.flatnonzero(index.alive)
+    prefix = _prefix64(index.exact[live])
+    order = np.argsort(prefix, kind="stable")
+    index.exact_sorted, index.exact_docs = prefix[order], live[order]
+    return index
 
-    key = _keep_key(cfg.keep)
-    best: dict[int, int] = {}  # cluster root -> kept record index
-    for i, rec in enumerate(records):
-        root = uf.find(unit[i])
-        if root not in best or key(i, rec) < key(best[root], records[best[root]]):
-            best[root] = i
-    dups = []
-    for i, rec in enumerate(records):
-        k = best[uf.find(unit[i])]
-        if k == i:
-            continue
-        if unit[i] == unit[k]:
-            dups.append({"id": rec["id"], "duplicate_of": records[k]["id"], "kind": "exact", "jaccard": 1.0})
+
+def _prefix64(exact: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each exact key as one integer (a sort key; equality is checked on all 16)."""
+    return np.ascontiguousarray(exact[:, :8]).view("<u8").ravel()
+
+
+def exact_matches(index: Index, exact: np.ndarray) -> np.ndarray:
+    """For each exact key, the alive index document with the same key, or -1."""
+    if index.exact_sorted.size == 0 or exact.shape[0] == 0:
+        return np.full(exact.shape[0], -1, dtype=np.int64)
+    q = _prefix64(exact)
+    pos = np.minimum(np.searchsorted(index.exact_sorted, q), index.exact_sorted.size - 1)
+    docs = index.exact_docs[pos]
+    same = (index.exact_sorted[pos] == q) & (index.exact[docs] == exact).all(axis=1)
+    return np.where(same, docs, -1)
+
+
+def _resign(docs: Path, params: SignatureParams, parallel: ParallelConfig) -> Segment:
+    b = scan(docs, params, parallel)
+    return Segment.build(params, b.ids, b.exact, b.date, b.chars, b.offset, b.keys)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resolution: links, clusters, survivors
+
+
+@dataclass
+class Plan:
+    dropped: dict[int, tuple[int, str, float]]  # new doc -> (survivor node, kind, jaccard)
+    retracted: list[tuple[int, int, str, float]]  # (index doc, survivor node, kind, jaccard)
+    counts: Counter
+
+
+class TextSource:
+    """Texts by node (new docs 0..n-1, index docs n+g), read back from disk by byte offset."""
+
+    def __init__(self, batch: Batch, index: Index):
+        self.batch, self.index = batch, index
+        self.files: dict[Path, object] = {}
+
+    def __call__(self, node: int) -> str:
+        n = len(self.batch)
+        if node < n:
+            path, offset = self.batch.path, int(self.batch.offset[node])
         else:
-            j = round(jaccard(sh(unit[i]), sh(unit[k])), 4)
-            dups.append({"id": rec["id"], "duplicate_of": records[k]["id"], "kind": "near", "jaccard": j})
-    stats = {
-        "in": len(records),
-        "unique_texts": n_units,
-        "candidate_pairs": len(cands),
-        "confirmed_pairs": confirmed,
-        "clusters": len(best),
-        "duplicate_clusters": sum(
-            1 for n in Counter(uf.find(unit[i]) for i in range(len(records))).values() if n > 1
-        ),
-        "exact_dups": sum(1 for d in dups if d["kind"] == "exact"),
-        "near_dups": sum(1 for d in dups if d["kind"] == "near"),
-        "seconds_signatures": round(t_sig, 3),
-        "seconds_total": round(time.perf_counter() - t0, 3),
-    }
-    return dups, stats
+            g = node - n
+            k = int(self.index.folder_of[g])
+            path = self.index.folders[k].path / storage.DOCS
+            offset = int(self.index.segments[k].offset[self.index.row[g]])
+        fh = self.files.get(path)
+        if fh is None:
+            fh = self.files[path] = open(path, "rb")
+        fh.seek(offset)
+        return json.loads(fh.readline()).get("text") or ""
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
 
 
-def dedup(in_uri: str, out_uri: str, cfg: DedupConfig, staging_dir: str) -> dict:
-    """Deduplicate ``in_uri``/docs.jsonl into ``out_uri`` (atomic folder); return the folder's result."""
-    if storage.read_manifest(in_uri) is None:
-        raise storage.StorageError(f"{in_uri}: missing {storage.MANIFEST}; run clean first")
-    src = storage.stage_folder(in_uri, staging_dir) / "docs.jsonl"
-    records = list(storage.iter_jsonl(src))
-    dups, st = find_duplicates(records, cfg)
-    dropped = {d["id"] for d in dups}
-    near_j = [d["jaccard"] for d in dups if d["kind"] == "near"]
-    by_section: dict[str, int] = defaultdict(int)
+def resolve(batch: Batch, index: Index, cfg: DedupConfig, texts: TextSource) -> Plan:
+    n, counts = len(batch), Counter()
+    uf = minhash.UnionFind()
+    exact_bytes = batch.exact.tobytes()
+    w = minhash.EXACT_BYTES
+
+    def key_of(node: int) -> bytes:
+        if node < n:
+            return exact_bytes[node * w : (node + 1) * w]
+        return index.exact[node - n].tobytes()
+
+    first: dict[bytes, int] = {}
+    reps = []
+    for i in range(n):
+        r = first.setdefault(key_of(i), i)
+        if r == i:
+            reps.append(i)
+        else:
+            uf.union(r, i)
+    reps_arr = np.asarray(reps, dtype=np.int64)
+    for r, g in zip(reps, exact_matches(index, batch.exact[reps_arr]).tolist(), strict=True):
+        if g >= 0:
+            uf.union(r, n + g)
+            counts["exact_links_to_index"] += 1
+
+    keys = batch.keys[reps_arr]
+    found = [reps_arr[minhash.pairs_within(keys)]]
+    for k, seg in enumerate(index.segments):
+        p = minhash.pairs_against(keys, seg.lsh_keys, seg.lsh_docs)
+        g = index.base[k] + p[:, 1]
+        ok = index.alive[g]
+        found.append(np.stack([reps_arr[p[ok, 0]], n + g[ok]], axis=1))
+    candidates = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    counts["candidate_pairs"] = len(candidates)
+    shingles = minhash.ShingleCache(texts, cfg.ngram, cfg.seed)
+    pairs = candidates.tolist()
+    for a, b in pairs:
+        if uf.find(a) == uf.find(b):  # already one cluster (exact copies, or through other pairs)
+            continue
+        if cfg.verify:
+            counts["verified_pairs"] += 1
+            if minhash.jaccard(shingles(a), shingles(b)) < cfg.threshold:
+                continue
+        uf.union(a, b)
+    counts["confirmed_pairs"] = sum(uf.find(a) == uf.find(b) for a, b in pairs)
+
+    order_new = len(index.folders)
+
+    def rank(node: int) -> tuple:
+        if node < n:
+            date, chars, pos = int(batch.date[node]), int(batch.chars[node]), (order_new, node)
+        else:
+            g = node - n
+            date, chars, pos = (
+                int(index.date[g]),
+                int(index.chars[g]),
+                (int(index.folder_of[g]), int(index.row[g])),
+            )
+        return (date, *pos) if cfg.keep == "earliest" else (-chars, *pos)
+
+    def link(node: int, survivor: int) -> tuple[str, float]:
+        if key_of(node) == key_of(survivor):
+            return "exact", 1.0
+        return "near", round(minhash.jaccard(shingles(node), shingles(survivor)), 4)
+
+    dropped: dict[int, tuple[int, str, float]] = {}
+    retracted: list[tuple[int, int, str, float]] = []
+    for members in uf.groups().values():
+        if len(members) < 2:
+            continue
+        counts["duplicate_clusters"] += 1
+        survivor = min(members, key=rank)
+        for m in members:
+            if m == survivor:
+                continue
+            kind, j = link(m, survivor)
+            if m < n:
+                dropped[m] = (survivor, kind, j)
+            else:
+                retracted.append((m - n, survivor, kind, j))
+    counts["unique_texts"] = len(reps)
+    return Plan(dropped, sorted(retracted), counts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def dedup(
+    in_uri: str,
+    out_uri: str,
+    cfg: DedupConfig,
+    staging_dir: str,
+    prev_uri: str | None = None,
+    parallel: ParallelConfig | None = None,
+) -> dict:
+    """Deduplicate the documents of ``in_uri`` against themselves and the lineage ending at ``prev_uri``
+    into ``out_uri`` (atomic folder); return the folder's result."""
+    started = time.perf_counter()
+    parallel = parallel or ParallelConfig(backend="serial")
+    params = params_of(cfg)
+    folders = lineage(prev_uri, staging_dir) if prev_uri else []
+    if any(f.uri == storage.normalize(out_uri) for f in folders):
+        raise ValueError(f"{out_uri}: already part of the lineage it would extend")
+    index = load_index(folders, params, parallel)
+    src = _plain_jsonl(storage.docs_input(in_uri, staging_dir), staging_dir)
+    batch = scan(src, params, parallel)
+    t_scan = time.perf_counter() - started
+    texts = TextSource(batch, index)
+    try:
+        plan = resolve(batch, index, cfg, texts)
+    finally:
+        texts.close()
+    n = len(batch)
+
+    def id_of(node: int) -> str:
+        return batch.ids[node] if node < n else index.ids[node - n]
+
     with storage.output_folder(out_uri, staging_dir, meta={}) as out:
-        with open(out.path / "docs.jsonl", "w", encoding="utf-8") as fh:
-            for rec in records:
-                if rec["id"] not in dropped:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                else:
-                    by_section[rec.get("section") or "(none)"] += 1
-        with open(out.path / "duplicates.jsonl", "w", encoding="utf-8") as fh:
-            for d in dups:
-                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-        kept = len(records) - len(dropped)
-        timings = {
-            k: st.pop(k) for k in ("seconds_signatures", "seconds_total")
-        }  # meta only: files stay reproducible
+        kept, out_offsets, by_section, near_j = [], [], Counter(), []
+        with (
+            open(out.path / storage.DOCS, "wb") as kept_fh,
+            open(out.path / DROPPED, "w", encoding="utf-8") as drop_fh,
+        ):
+            written = 0
+            for i, (_, _, line) in enumerate(iter_lines(batch.path)):
+                if i not in plan.dropped:
+                    line = line if line.endswith(b"\n") else line + b"\n"
+                    kept.append(i)
+                    out_offsets.append(written)
+                    kept_fh.write(line)
+                    written += len(line)
+                    continue
+                survivor, kind, j = plan.dropped[i]
+                rec = json.loads(line)
+                by_section[rec.get("section") or "(none)"] += 1
+                if kind == "near":
+                    near_j.append(j)
+                rec.update(duplicate_of=id_of(survivor), kind=kind, jaccard=j)
+                drop_fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        with open(out.path / RETRACTED, "w", encoding="utf-8") as fh:
+            for g, survivor, kind, j in plan.retracted:
+                f = index.folders[int(index.folder_of[g])]
+                row = {"id": index.ids[g], "folder": f.uri, "folder_digest": f.digest}
+                row.update(duplicate_of=id_of(survivor), kind=kind, jaccard=j)
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        k = np.asarray(kept, dtype=np.int64)
+        Segment.build(
+            params,
+            [batch.ids[i] for i in kept],
+            batch.exact[k],
+            batch.date[k],
+            batch.chars[k],
+            out_offsets,
+            batch.keys[k],
+        ).save(out.path / "index")
+        chain = [{"uri": f.uri, "digest": f.digest} for f in folders]
+        chain.append({"uri": storage.normalize(out_uri), "digest": None})
+        (out.path / CHAIN).write_text(json.dumps(chain, ensure_ascii=False, indent=2), encoding="utf-8")
+
+        c = plan.counts
+        exact = sum(1 for _, kind, _ in plan.dropped.values() if kind == "exact")
+        counts = {
+            "in": n,
+            "kept": len(kept),
+            "exact_dups": exact,
+            "near_dups": len(plan.dropped) - exact,
+            "retracted": len(plan.retracted),
+            "unique_texts": c["unique_texts"],
+            "candidate_pairs": c["candidate_pairs"],
+            "confirmed_pairs": c["confirmed_pairs"],
+            "verified_pairs": c["verified_pairs"],
+            "index_docs": int(index.alive.sum()),
+            "batches": len(folders) + 1,
+        }
         stats = {
-            **st,
-            "kept": kept,
+            **counts,
+            "duplicate_clusters": c["duplicate_clusters"],
+            "exact_links_to_index": c["exact_links_to_index"],
             "config": cfg.model_dump(),
+            "signature": params.to_json(),
             "detection_threshold": round((1 / cfg.bands) ** (1 / cfg.rows), 4),
+            "detection_probability": {
+                str(j): round(minhash.detection_probability(j, cfg.bands, cfg.rows), 4)
+                for j in (0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
+            },
             "near_jaccard": {
                 "min": min(near_j) if near_j else None,
                 "mean": round(sum(near_j) / len(near_j), 4) if near_j else None,
@@ -258,26 +488,51 @@ def dedup(in_uri: str, out_uri: str, cfg: DedupConfig, staging_dir: str) -> dict
         (out.path / "stats.json").write_text(
             json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8"
         )
-        out.meta["counts"] = {
-            "in": st["in"],
-            "kept": kept,
-            "exact_dups": st["exact_dups"],
-            "near_dups": st["near_dups"],
-            "unique_texts": st["unique_texts"],
-            "candidate_pairs": st["candidate_pairs"],
-            "confirmed_pairs": st["confirmed_pairs"],
-        }
+        seconds = time.perf_counter() - started
+        chars = float(batch.chars.sum())
+        out.meta["counts"] = counts
         out.meta["metrics"] = {
-            "dedup/kept_ratio": kept / st["in"] if st["in"] else 0.0,
-            "dedup/exact_dups": float(st["exact_dups"]),
-            "dedup/near_dups": float(st["near_dups"]),
-            "dedup/candidate_pairs": float(st["candidate_pairs"]),
-            "dedup/confirmed_pairs": float(st["confirmed_pairs"]),
-            "dedup/seconds": float(timings["seconds_total"]),
-            "dedup/seconds_signatures": float(timings["seconds_signatures"]),
+            "dedup/kept_ratio": len(kept) / n if n else 0.0,
+            "dedup/exact_dups": float(exact),
+            "dedup/near_dups": float(counts["near_dups"]),
+            "dedup/retracted": float(counts["retracted"]),
+            "dedup/candidate_pairs": float(counts["candidate_pairs"]),
+            "dedup/confirmed_pairs": float(counts["confirmed_pairs"]),
+            "dedup/verified_pairs": float(counts["verified_pairs"]),
+            "dedup/index_docs": float(counts["index_docs"]),
+            "dedup/seconds": seconds,
+            "dedup/seconds_scan": t_scan,
+            "dedup/mchars_per_s": chars / seconds / 1e6 if seconds > 0 else 0.0,
+        }
+        out.meta["tables"] = {
+            "dedup": [
+                {"measure": "documents in", "value": n},
+                {"measure": "exact duplicates dropped", "value": exact},
+                {"measure": "near duplicates dropped", "value": counts["near_dups"]},
+                {"measure": "earlier documents retracted", "value": counts["retracted"]},
+                {"measure": "kept", "value": len(kept)},
+                {"measure": "candidate pairs (LSH)", "value": counts["candidate_pairs"]},
+                {"measure": "confirmed pairs (one cluster)", "value": counts["confirmed_pairs"]},
+                {"measure": "pairs checked by exact Jaccard", "value": counts["verified_pairs"]},
+                {"measure": "documents indexed by earlier batches", "value": counts["index_docs"]},
+            ]
         }
         out.meta["artifacts"] = ["stats.json"]
     return out.result()
+
+
+def iter_kept(uri: str, staging_dir: str) -> Iterator[dict]:
+    """The deduplicated corpus of the lineage ending at dedup folder ``uri``: each folder's docs.jsonl in
+    chain order, minus the documents a later folder retracted."""
+    folders = lineage(uri, staging_dir)
+    gone: set[tuple[str, str]] = set()
+    for f in folders:
+        if (f.path / RETRACTED).exists():
+            gone.update((r["folder_digest"], r["id"]) for r in storage.iter_jsonl(f.path / RETRACTED))
+    for f in folders:
+        for rec in storage.iter_jsonl(f.path / storage.DOCS):
+            if (f.digest, rec["id"]) not in gone:
+                yield rec
 
 
 # Prefect wrapper: cached on the output folder (content-keyed), retried on I/O errors, tracked in MLflow.
