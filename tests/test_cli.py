@@ -72,7 +72,12 @@ def test_corpus_commands_chain(tmp_path, capsys):
     """ingest → clean → dedup with --input/--output, one JSON line each; a plain JSONL file works as input."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    text = "株式会社青葉精機の主な事業は精密機械の製造です。当社は愛知県名古屋市に本社を置いております。" * 4
+    text = (
+        "株式会社青葉精機の主な事業は精密機械の製造であり、工作機械向けの部品を国内外の顧客に販売しております。"
+        "当社は愛知県名古屋市に本社を置き、三つの工場で生産を行っております。当連結会計年度の売上高は"
+        "前期比で増加しましたが、原材料価格の上昇により営業利益は減少いたしました。今後は海外での販売体制を"
+        "強化するとともに、省力化のための設備投資を進めてまいります。為替の変動は業績に影響を及ぼす可能性があります。"
+    )
     twin = text.replace("名古屋市", "名古屋市中区")
     rows = [{"text": text, "doc_id": "A"}, {"text": twin, "doc_id": "B"}]
     (raw / "a.jsonl").write_text(
