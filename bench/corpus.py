@@ -520,20 +520,18 @@ def main(argv: list[str] | None = None) -> dict:
     ours["candidate_pairs"] = d_ours["counts"]["candidate_pairs"]
     ours["confirmed_pairs"] = d_ours["counts"]["confirmed_pairs"]
     hoji = dedup_row(d_hoji, records, pairs, chars)
-    clean_ours = {
-        "seconds": round(c_ours["seconds"], 3),
-        "runs": c_ours["runs"],
-        "mchars_per_s": _mchars(chars, c_ours["seconds"]),
-        "docs": len(records),
-        "kept": c_ours["kept"],
-    }
-    clean_hoji = {
-        "seconds": round(c_hoji["seconds"], 3),
-        "runs": c_hoji["runs"],
-        "mchars_per_s": _mchars(ref_chars, c_hoji["seconds"]),
-        "docs": len(ref_records),
-        "kept": c_hoji["kept"],
-    }
+
+    def clean_row(run: dict, n_chars: int, n_docs: int) -> dict:
+        return {
+            "seconds": round(run["seconds"], 3),
+            "runs": run["runs"],
+            "mchars_per_s": _mchars(n_chars, run["seconds"]),
+            "docs": n_docs,
+            "kept": run["kept"],
+        }
+
+    clean_ours = clean_row(c_ours, chars, len(records))
+    clean_hoji = clean_row(c_hoji, ref_chars, len(ref_records))
     result = {
         "bench": "corpus",
         "seed": args.seed,

@@ -25,6 +25,11 @@ class CorpusHead(BaseModel):
     dedup: str | None = None  # latest dedup folder (its chain.json lists all kept batches)
     dedup_digest: str | None = None
     batches: int = 0
+    # What produced this state: a run over the same inputs replays these, so every stage is a cache hit.
+    inputs: str | None = None
+    prev_ingest: str | None = None
+    prev_dedup: str | None = None
+    prev_dedup_digest: str | None = None
     updated: str | None = None
 
 
@@ -39,13 +44,9 @@ def read_head(storage_uri: str, lineage: str) -> CorpusHead:
     return CorpusHead.model_validate(storage.read_json(uri))
 
 
-def advance(storage_uri: str, head: CorpusHead, *, ingest: str | None, dedup: dict | None) -> CorpusHead:
-    """Move HEAD to a new ingest folder and (when the batch had documents) a new dedup folder."""
-    update: dict = {"updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    if ingest:
-        update["ingest"] = ingest
-    if dedup:
-        update.update(dedup=dedup["uri"], dedup_digest=dedup["digest"], batches=head.batches + 1)
-    new = head.model_copy(update=update)
+def write_head(storage_uri: str, head: CorpusHead, **fields) -> CorpusHead:
+    """Move HEAD (one atomic object write) once the folders it names are complete."""
+    fields["updated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    new = head.model_copy(update=fields)
     storage.write_json(head_uri(storage_uri, head.lineage), new.model_dump())
     return new

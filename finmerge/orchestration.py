@@ -145,7 +145,8 @@ def publish_tables(stage: str, tables: dict[str, list[dict]]) -> None:
     if not tables or TaskRunContext.get() is None:
         return
     for name, rows in tables.items():
-        key = re.sub(r"[^a-z0-9-]+", "-", f"{stage}-{name}".lower()).strip("-")
+        full = name if name.startswith(stage) else f"{stage}-{name}"
+        key = re.sub(r"[^a-z0-9-]+", "-", full.lower()).strip("-")
         create_table_artifact(key=key, table=rows, description=f"{stage}: {name}")
 
 

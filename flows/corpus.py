@@ -8,11 +8,12 @@ stages are submitted to prefect-dask's ``DaskTaskRunner`` and their shards fan o
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from prefect import flow
 
 from finmerge import lineage, storage
-from finmerge.config import PipelineConfig
+from finmerge.config import PipelineConfig, sha256_json
 from finmerge.orchestration import RunContext, code_version, stage_key
 from flows.common import StageRunner, sources_fingerprint
 
@@ -20,13 +21,12 @@ from flows.common import StageRunner, sources_fingerprint
 def corpus_modules() -> tuple:
     import finmerge.filings
     import finmerge.minhash
-    import finmerge.textclean
-    import tasks.edinet
-
     import finmerge.sources
+    import finmerge.textclean
     import finmerge.textio
     import tasks.clean
     import tasks.dedup
+    import tasks.edinet
     import tasks.ingest
 
     return (
@@ -64,16 +64,28 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
     download = edinet.download_uri or storage.join(ctx.storage_uri, "edinet")
     # EDINET publishes every day: the listing is part of the input, so a new day is a new ingest.
     listing = (dt.date.today().isoformat(), sources_fingerprint([download])) if edinet.enabled else None
+    inputs = sha256_json([sources_digest, listing])
+    if head.ingest is not None and head.inputs == inputs:
+        # Nothing changed since HEAD moved: replay that run's keys, so every stage is a cache hit.
+        prev_ingest, prev_dedup, prev_digest = head.prev_ingest, head.prev_dedup, head.prev_dedup_digest
+    else:
+        prev_ingest, prev_dedup, prev_digest = head.ingest, head.dedup, head.dedup_digest
+    moved = {
+        "inputs": inputs,
+        "prev_ingest": prev_ingest,
+        "prev_dedup": prev_dedup,
+        "prev_dedup_digest": prev_digest,
+    }
     ing = runner.run(
         ingest.ingest_task,
         "ingest",
         code=modules[:5],
-        key=(c.ingest, sources_digest, head.ingest, listing),
+        key=(c.ingest, sources_digest, prev_ingest, listing),
         params={
             "sources": list(sources),
             "staging_dir": staging,
             "text_field": c.ingest.text_field,
-            "prev_uri": head.ingest,
+            "prev_uri": prev_ingest,
             "edinet": edinet,
             "edinet_download_uri": download,
             "parallel": c.parallel,
@@ -83,15 +95,16 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
         log_params=c.ingest.model_dump(),
     )
     counts = ing["counts"]
-    seen_new = counts["new_files"] + counts["changed_files"] > 0
     if counts["docs"] == 0:
-        if seen_new:  # e.g. only quarantined files: remember them, nothing to clean
-            head = lineage.advance(ctx.storage_uri, head, ingest=ing["uri"], dedup=None)
-        if head.dedup is None:
+        if prev_dedup is None:
             raise ValueError(
                 f"corpus is empty: no documents ingested from {list(sources)} "
                 f"({counts['quarantined']} quarantined; see {ing['uri']}/quarantine.jsonl)"
             )
+        # The manifest may still have learnt something (quarantined or touched files): HEAD takes it.
+        head = lineage.write_head(
+            ctx.storage_uri, head, ingest=ing["uri"], dedup=prev_dedup, dedup_digest=prev_digest, **moved
+        )
         return _corpus(head, ing, new_docs=0)
     cln = runner.run(
         clean.clean_task,
@@ -105,17 +118,26 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
         dedup.dedup_task,
         "dedup",
         code=(dedup, modules[8]),
-        key=(c.dedup, cln["digest"], head.dedup_digest),
+        key=(c.dedup, cln["digest"], prev_digest),
         params={
             "in_uri": cln["uri"],
             "cfg": c.dedup,
             "staging_dir": staging,
-            "prev_uri": head.dedup,
+            "prev_uri": prev_dedup,
             "parallel": c.parallel,
         },
         log_params=c.dedup.model_dump(),
     )
-    head = lineage.advance(ctx.storage_uri, head, ingest=ing["uri"], dedup=ddp)
+    batches = len(json.loads(storage.read_text(storage.join(ddp["uri"], "chain.json"))))
+    head = lineage.write_head(
+        ctx.storage_uri,
+        head,
+        ingest=ing["uri"],
+        dedup=ddp["uri"],
+        dedup_digest=ddp["digest"],
+        batches=batches,
+        **moved,
+    )
     return _corpus(head, ing, new_docs=cln["counts"]["kept"])
 
 

@@ -3,6 +3,8 @@ deduplicated, and the corpus it ends with equals a one-shot run over all the fil
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -63,10 +65,15 @@ def test_incremental_corpus_equals_one_shot(filings, tmp_path, prefect_harness):
     assert first["stages"] == {"ingest": "Completed", "clean": "Completed", "dedup": "Completed"}
     assert first["batches"] == 1
 
-    again = _run(cfg, src)  # same files: an empty ingest batch, nothing cleaned, the corpus unchanged
-    assert again["ingest_counts"]["docs"] == 0 and again["ingest_counts"]["unchanged_files"] == half
-    assert set(again["stages"]) == {"ingest"} and again["digest"] == first["digest"]
-    assert _run(cfg, src)["stages"] == {"ingest": "Cached"}  # and the third time not even that
+    again = _run(cfg, src)  # same files: every stage a cache hit, the corpus unchanged
+    assert again["stages"] == {"ingest": "Cached", "clean": "Cached", "dedup": "Cached"}
+    assert again["digest"] == first["digest"] and again["batches"] == 1
+
+    os.utime(src / filings[0].name)  # touched, same bytes: read and hashed once, nothing cleaned
+    touched = _run(cfg, src)
+    assert touched["ingest_counts"]["docs"] == 0 and touched["ingest_counts"]["unchanged_files"] == half
+    assert touched["stages"] == {"ingest": "Completed"} and touched["digest"] == first["digest"]
+    assert _run(cfg, src)["stages"] == {"ingest": "Cached"}
 
     for p in filings[half:]:
         shutil.copy(p, src / p.name)
@@ -81,6 +88,18 @@ def test_incremental_corpus_equals_one_shot(filings, tmp_path, prefect_harness):
     assert head.dedup == second["uri"] and head.ingest == second["ingest_uri"]
 
     assert sorted(_ids(cfg, second)) == sorted(_ids(one_cfg, one_shot))
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        tables = {a.key: a for a in client.read_artifacts() if a.type == "table"}
+    assert {"ingest-quarantine", "clean-filters", "dedup"} <= set(tables)
+    filters = (
+        json.loads(tables["clean-filters"].data)
+        if isinstance(tables["clean-filters"].data, str)
+        else tables["clean-filters"].data
+    )
+    assert {row["filter"] for row in filters} >= {"length", "ng_words", "hiragana_ratio"}
 
 
 def test_dask_backend_matches_serial(filings, tmp_path, prefect_harness):
