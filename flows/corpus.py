@@ -18,7 +18,8 @@ from finmerge.orchestration import RunContext, code_version, stage_key
 from flows.common import StageRunner, sources_fingerprint
 
 
-def corpus_modules() -> tuple:
+def stage_modules() -> dict[str, tuple]:
+    """The source modules each corpus stage runs (their code version goes into its cache key)."""
     import finmerge.filings
     import finmerge.minhash
     import finmerge.sources
@@ -29,17 +30,15 @@ def corpus_modules() -> tuple:
     import tasks.edinet
     import tasks.ingest
 
-    return (
-        tasks.ingest,
-        tasks.edinet,
-        finmerge.sources,
-        finmerge.filings,
-        finmerge.textio,
-        tasks.clean,
-        finmerge.textclean,
-        tasks.dedup,
-        finmerge.minhash,
-    )
+    return {
+        "ingest": (tasks.ingest, tasks.edinet, finmerge.sources, finmerge.filings, finmerge.textio),
+        "clean": (tasks.clean, finmerge.textclean),
+        "dedup": (tasks.dedup, finmerge.minhash),
+    }
+
+
+def corpus_modules() -> tuple:
+    return tuple(m for mods in stage_modules().values() for m in mods)
 
 
 def lineage_id(cfg: PipelineConfig) -> str:
@@ -57,7 +56,7 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
     import tasks.ingest as ingest
 
     ctx, c = runner.ctx, cfg.corpus
-    staging, modules = ctx.staging_dir, corpus_modules()
+    staging, modules = ctx.staging_dir, stage_modules()
     lin = lineage_id(cfg)
     head = lineage.read_head(ctx.storage_uri, lin)
     edinet = c.ingest.edinet
@@ -79,7 +78,7 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
     ing = runner.run(
         ingest.ingest_task,
         "ingest",
-        code=modules[:5],
+        code=modules["ingest"],
         key=(c.ingest, sources_digest, prev_ingest, listing),
         params={
             "sources": list(sources),
@@ -109,7 +108,7 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
     cln = runner.run(
         clean.clean_task,
         "clean",
-        code=(clean, modules[6]),
+        code=modules["clean"],
         key=(c.clean, ing["digest"], _file_digest(c.clean.ng_words_uri)),
         params={"in_uri": ing["uri"], "cfg": c.clean, "staging_dir": staging, "parallel": c.parallel},
         log_params=c.clean.model_dump(),
@@ -117,7 +116,7 @@ def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], 
     ddp = runner.run(
         dedup.dedup_task,
         "dedup",
-        code=(dedup, modules[8]),
+        code=modules["dedup"],
         key=(c.dedup, cln["digest"], prev_digest),
         params={
             "in_uri": cln["uri"],

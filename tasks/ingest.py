@@ -93,10 +93,10 @@ def list_files(sources: list[str]) -> list[tuple[str, int, str]]:
 class _Batch:
     """Writes this batch's records and quarantine rows; unique ids; counts."""
 
-    def __init__(self, folder, taken: set[str]):
+    def __init__(self, folder):
         self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
         self.quarantine = open(folder / "quarantine.jsonl", "w", encoding="utf-8")
-        self.ids = taken
+        self.ids: set[str] = set()
         self.counts: Counter = Counter()
         self.reasons: Counter = Counter()
         self.sections: Counter = Counter()
@@ -212,7 +212,7 @@ def ingest(
     versions = {uri: (size, version) for uri, size, version in files}
 
     with storage.output_folder(out_uri, staging_dir, meta={}) as out:
-        batch = _Batch(out.path, taken=set())
+        batch = _Batch(out.path)
         try:
             results = map_ordered(parse_files, _shards(jobs, FILES_PER_SHARD), parallel)
             for shard in results:
