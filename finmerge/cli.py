@@ -134,21 +134,19 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from tasks.pretrain import pretrain
+    from flows.pretrain import run_pretrain
 
     cfg = _config(args)
-    train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
-    _print(
-        pretrain(
-            args.model,
-            args.data,
-            args.out,
-            train_cfg,
-            _staging(args),
-            heldout_uri=args.heldout,
-            trust_remote_code=cfg.models.trust_remote_code,
-        )
-    )
+    _staging(args)
+    res = run_pretrain(cfg, args.model, args.data, args.out, heldout_uri=args.heldout, register=args.register)
+    _print({k: res.get(k) for k in ("uri", "digest", "metrics", "resumed_from", "checkpoints", "registered")})
+    return 0
+
+
+def cmd_pretrain_job(args) -> int:
+    from tasks.pretrain import run_job_file
+
+    run_job_file(args.spec)
     return 0
 
 
@@ -278,11 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_tokenize)
 
     pt = sub.add_parser("pretrain", parents=[common], help="continual pretraining on packed tokens")
-    pt.add_argument("--model", required=True)
-    pt.add_argument("--data", required=True, help="tokenize output folder")
-    pt.add_argument("--out", required=True)
-    pt.add_argument("--heldout", help="JSONL of held-out text for eval loss")
+    pt.add_argument("--model", required=True, help="base HF causal LM (local path or s3:// URI)")
+    pt.add_argument("--data", required=True, help="tokenize output, or a corpus (tokenized first)")
+    pt.add_argument("--out", required=True, help="output model folder; checkpoints go to OUT.checkpoints")
+    pt.add_argument("--heldout", help="JSONL of held-out finance text: eval loss / perplexity as it trains")
+    pt.add_argument("--register", action="store_true", help="register the result in registry.cpt_name")
     pt.set_defaults(fn=cmd_pretrain)
+    job = sub.add_parser("pretrain-job", help=argparse.SUPPRESS)  # a launched child (accelerate / torchrun)
+    job.add_argument("spec")
+    job.set_defaults(fn=cmd_pretrain_job)
 
     m = sub.add_parser("merge", parents=[common], help="θ_base + α·τ_inst + β·τ_fin, streamed")
     for flag in ("--base", "--instruct", "--domain", "--out"):

@@ -80,9 +80,35 @@ class TrainConfig(Section):
     grad_clip: float = 1.0
     seq_len: int = 256
     seed: int = 0
+    max_tokens: int | None = Field(
+        None, description="Token budget: stop after this many training tokens (overrides epochs)."
+    )
+    precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto",
+        description="Mixed precision through accelerate; auto = bf16 on GPUs that support it, else fp32.",
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     log_every: int = 10
     eval_every: int = 50
     threads: int | None = Field(None, description="torch CPU threads (default: all cores).")
+    deterministic: bool = Field(
+        False, description="torch.use_deterministic_algorithms: bitwise-reproducible runs, somewhat slower."
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG, data "
+        "position) every N optimizer steps; none = no checkpoints.",
+    )
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted (keep-last-K).")
+    keep_steps: list[int] = Field(
+        [], description="Checkpoint steps never pruned; the pipeline also registers them in the cpt line."
+    )
+    peak_tflops: float | None = Field(
+        None,
+        description="Peak dense TFLOP/s per device for the MFU estimate; default: a table of known "
+        "GPUs (bf16), or a matmul measured at start on CPU.",
+    )
 
 
 class DemoConfig(Section):
@@ -347,13 +373,40 @@ class CorpusConfig(Section):
 
 
 class TokenizeConfig(Section):
+    """Tokenise the clean corpus with the base tokenizer, EOS after each document, pack without padding."""
+
     seq_len: int = 256
+    shard_blocks: int = Field(8192, ge=1, description="Packed blocks per shard file (memory-mapped .npy).")
+    batch_docs: int = Field(512, ge=1, description="Documents encoded per worker call.")
+    parallel: ParallelConfig = Field(
+        ParallelConfig(backend="serial"),
+        description="Where encoding runs (same options as corpus.parallel); packing stays in order.",
+    )
+
+
+class LaunchConfig(Section):
+    """How the pretrain stage runs: in the flow's process, or as `accelerate launch` / torchrun children."""
+
+    processes: int = Field(
+        1, ge=1, description="Processes on this node (one per GPU); > 1 launches a child job."
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="accelerate config file (e.g. infra/accelerate/fsdp.yaml); given = launch a child job.",
+    )
+    extra_args: list[str] = Field(
+        [], description="More `accelerate launch` arguments (multi-node: --num_machines, --main_process_ip…)."
+    )
 
 
 class PretrainConfig(TrainConfig):
     epochs: float = 4.0
     lr: float = 5e-4
     warmup_steps: int = 20
+    checkpoint_every: int | None = Field(
+        100, ge=1, description="Save a resumable checkpoint every N optimizer steps; none = no checkpoints."
+    )
+    launch: LaunchConfig = LaunchConfig()
 
 
 class MergeConfig(Section):

@@ -119,3 +119,41 @@ def fingerprint(uri: str) -> str:
     if storage.exists(storage.join(uri, "config.json")):
         h.update(storage.read_bytes(storage.join(uri, "config.json")))
     return h.hexdigest()
+
+
+def tokenizer_fingerprint(uri: str) -> str:
+    """Content identity of a model folder's tokenizer alone (local path or s3://).
+
+    Hashes the names and bytes of the tokenizer-defining files that exist, so models fine-tuned from one base
+    (same tokenizer, different weights) share it and a tokenized corpus can be reused across them.
+    """
+    import hashlib
+
+    names = {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "chat_template.jinja",
+    }
+    fs, root = storage.filesystem(uri)
+    try:
+        listing = fs.ls(root, detail=False)
+    except FileNotFoundError as exc:
+        raise ModelFormatError(f"{uri}: no such model folder") from exc
+    found = sorted(
+        name
+        for name in (str(p).rstrip("/").rsplit("/", 1)[-1] for p in listing)
+        if name in names or name.endswith(".tiktoken")
+    )
+    if not found:
+        raise ModelFormatError(f"{uri}: no tokenizer files (tokenizer.json, tokenizer.model, vocab.json…)")
+    h = hashlib.sha256()
+    for name in found:
+        data = storage.read_bytes(storage.join(uri, name))
+        h.update(f"{name}\t{len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()

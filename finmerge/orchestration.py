@@ -74,14 +74,17 @@ def _cache_key(_ctx, parameters: dict) -> str:
     return f"finmerge-{hashlib.sha256(parameters['out_uri'].encode()).hexdigest()[:32]}"
 
 
-def _retry_on_io(_task, _task_run, state) -> bool:
-    try:
-        state.result()
-    except _IO_ERRORS:
-        return True
-    except BaseException:
+def _retry_when(errors: tuple[type[BaseException], ...]):
+    def retry(_task, _task_run, state) -> bool:
+        try:
+            state.result()
+        except errors:
+            return True
+        except BaseException:
+            return False
         return False
-    return False
+
+    return retry
 
 
 def result_of(out_uri: str) -> dict | None:
@@ -107,23 +110,26 @@ def run_tracked(
     done = result_of(out_uri)
     if done is not None:  # committed by an earlier attempt whose cache record was lost
         return done
-    run = tracking.Run.start(
-        ctx.tracking_uri,
-        ctx.experiment_id,
-        stage,
-        parent_id=ctx.parent_run_id,
-        tags={
-            "finmerge.stage": stage,
-            "finmerge.config_hash": ctx.config_hash,
-            "finmerge.output": out_uri,
-            "finmerge.version": __version__,
-        },
-    )
-    if log_params:
-        run.params(log_params)
+    tags = {
+        "finmerge.stage": stage,
+        "finmerge.config_hash": ctx.config_hash,
+        "finmerge.output": out_uri,
+        "finmerge.version": __version__,
+    }
+    # A retry (or a re-run after a crash) re-attaches to the run the failed attempt left unfinished.
+    run = tracking.Run.resume(ctx.tracking_uri, ctx.experiment_id, "finmerge.output", out_uri)
+    if run is None:
+        run = tracking.Run.start(
+            ctx.tracking_uri, ctx.experiment_id, stage, parent_id=ctx.parent_run_id, tags=tags
+        )
+        if log_params:
+            run.params(log_params)
     kwargs = dict(params)
-    if "on_log" in inspect.signature(fn).parameters:
+    accepted = inspect.signature(fn).parameters
+    if "on_log" in accepted:
         kwargs["on_log"] = lambda step, metrics: run.metrics(metrics, step=step)
+    if "tracking" in accepted:
+        kwargs["tracking"] = {"uri": ctx.tracking_uri, "run_id": run.run_id}
     try:
         result = fn(out_uri=out_uri, **kwargs)
     except BaseException:
@@ -150,8 +156,11 @@ def publish_tables(stage: str, tables: dict[str, list[dict]]) -> None:
         create_table_artifact(key=key, table=rows, description=f"{stage}: {name}")
 
 
-def stage_task(stage: str, fn: Callable[..., dict], retries: int = 2):
-    """A Prefect task running the plain stage function ``fn``: cached by output folder, retried on I/O."""
+def stage_task(
+    stage: str, fn: Callable[..., dict], retries: int = 2, retry_on: tuple[type[BaseException], ...] = ()
+):
+    """A Prefect task running the plain stage function ``fn``: cached by output folder, retried on I/O
+    errors and on ``retry_on`` (e.g. a training job that died and resumes from its checkpoint)."""
 
     def body(out_uri: str, ctx: RunContext, params: dict, log_params: dict | None = None) -> dict:
         return run_tracked(stage, fn, out_uri, ctx, params, log_params)
@@ -167,5 +176,5 @@ def stage_task(stage: str, fn: Callable[..., dict], retries: int = 2):
         retries=retries,
         retry_delay_seconds=[2, 10, 30],
         retry_jitter_factor=0.5,
-        retry_condition_fn=_retry_on_io,
+        retry_condition_fn=_retry_when(_IO_ERRORS + retry_on),
     )

@@ -135,6 +135,13 @@ def write_bytes(uri: str, data: bytes) -> None:
     os.replace(tmp, target)
 
 
+def remove(uri: str) -> None:
+    """Delete one file if it exists."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
 def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
 
@@ -168,7 +175,10 @@ def describe_folder(local_dir: Path) -> dict[str, dict]:
 def read_manifest(uri: str) -> dict | None:
     """The folder's manifest, or None if the folder is absent or incomplete."""
     m = join(uri, MANIFEST)
-    return read_json(m) if exists(m) else None
+    try:
+        return read_json(m) if exists(m) else None
+    except StorageError:  # deleted between the check and the read (a concurrent prune): incomplete
+        return None
 
 
 def _upload_verified(local_dir: Path, uri: str, files: dict[str, dict], attempts: int = 3) -> None:

@@ -15,7 +15,10 @@ from finmerge import storage
 from finmerge.config import TrackingConfig
 
 LOCAL_HOME = Path(".finmerge")
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
+# "token" only as the last word (hf_token, api_token): tokens_digest, max_tokens, eos_token_id are not secrets.
+_SECRET_KEY = re.compile(
+    r"(secret|password|passwd|api[_-]?key|access[_-]?key|credential|(^|[._-])token$)", re.I
+)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 
@@ -112,6 +115,23 @@ class Run:
             all_tags["mlflow.parentRunId"] = parent_id
         run = c.create_run(experiment_id, run_name=name, tags=all_tags)
         return cls(uri, run.info.run_id)
+
+    @classmethod
+    def resume(cls, uri: str, experiment_id: str, tag: str, value: str) -> Run | None:
+        """The newest unfinished (failed, killed or still marked running) run tagged ``tag=value``, set
+        running again; None when there is none."""
+        c = client(uri)
+        escaped = value.replace("'", "\\'")
+        runs = c.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{tag}` = '{escaped}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            return None
+        c.update_run(runs[0].info.run_id, status="RUNNING")
+        return cls(uri, runs[0].info.run_id)
 
     def params(self, params: dict) -> None:
         from mlflow.entities import Param

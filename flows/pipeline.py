@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from finmerge import __version__, modelio, storage, tracking
 from finmerge.config import PipelineConfig, config_hash
-from finmerge.orchestration import RunContext
+from finmerge.orchestration import RunContext, code_version
 from flows.common import StageRunner, sources_fingerprint
 from flows.corpus import run_corpus
 
@@ -109,8 +109,12 @@ def format_table(evals: dict[str, dict], cos: float | None) -> str:
 @flow(name="finmerge-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig) -> dict:
     """Run the whole method on ``config`` and register the cpt and merged models."""
+    import finmerge.checkpoint
     import finmerge.fin_harness
+    import finmerge.flops
     import finmerge.safetensors_stream
+    import finmerge.tokenpack
+    import finmerge.trainer
     import finmerge.triplet
     import tasks.analyze as analyze
     import tasks.dedup as dedup
@@ -147,8 +151,8 @@ def pipeline(config: PipelineConfig) -> dict:
         tok = runner.run(
             tokenize.tokenize_task,
             "tokenize",
-            code=(tokenize, dedup),
-            key=(cfg.tokenize, corpus["digest"], base_fp),
+            code=(tokenize, finmerge.tokenpack, dedup),
+            key=(cfg.tokenize, corpus["digest"], modelio.tokenizer_fingerprint(base_uri)),
             params={
                 "corpus_uri": corpus["uri"],
                 "tokenizer_uri": base_uri,
@@ -159,10 +163,11 @@ def pipeline(config: PipelineConfig) -> dict:
             log_params=cfg.tokenize.model_dump(),
         )
         train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
+        pretrain_code = (pretrain, finmerge.trainer, finmerge.checkpoint, finmerge.flops, finmerge.tokenpack)
         cpt = runner.run(
             pretrain.pretrain_task,
             "pretrain",
-            code=(pretrain, tokenize),
+            code=pretrain_code,
             key=(train_cfg, tok["digest"], base_fp, heldout_digest),
             params={
                 "base_uri": base_uri,
@@ -240,6 +245,7 @@ def pipeline(config: PipelineConfig) -> dict:
             "finmerge.corpus_lineage": corpus["lineage"],
             "finmerge.tokens_digest": tok["digest"],
             "finmerge.config_hash": config_hash(cfg),
+            "finmerge.code_version": code_version(*pretrain_code),
             "finmerge.version": __version__,
         }
         reg_common = {
@@ -258,6 +264,16 @@ def pipeline(config: PipelineConfig) -> dict:
             description="Continually pretrained finance model (θ_cpt)",
             **reg_common,
         )
+        for step, ckpt_uri in cpt.get("marked_checkpoints", {}).items():
+            runner.call(
+                register_task,
+                f"register-cpt-step-{step}",
+                r.cpt_name,
+                ckpt_uri,
+                tags={**lineage, "finmerge.role": "cpt-checkpoint", "finmerge.checkpoint_step": step},
+                description=f"θ_cpt checkpoint at step {step}",
+                **reg_common,
+            )
         merged_metrics = {f"eval.{k}": v for k, v in evals["merged"]["metrics"].items()}
         if vec:
             merged_metrics.update({k: v for k, v in vec["metrics"].items()})

@@ -1,177 +1,45 @@
-"""Continual pretraining of a Hugging Face causal LM on packed token blocks.
+"""Continual pretraining stage: base model + packed blocks → θ_cpt, one complete HF folder.
 
-A readable nanoGPT-style loop: AdamW (no decay on norms/biases), linear warmup then cosine / linear /
-constant decay, gradient accumulation and clipping, a seeded data order per epoch. The same loop builds
-the demo models (``finmerge.demo.build``) with masked labels for instruction tuning.
+The loop lives in ``finmerge/trainer.py`` (accelerate) and checkpoints in ``finmerge/checkpoint.py``. This
+module stages inputs, decides where training runs, and writes the output: in this process by default, or as
+an ``accelerate launch`` / torchrun child job when ``pretrain.launch`` asks for several processes or an
+accelerate config (FSDP, DeepSpeed). The child runs this same function; the parent supervises it and turns
+a crash into a retryable error, and the retry resumes from the latest complete checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from finmerge import __version__, modelio, storage
-from finmerge.config import TrainConfig
-from finmerge.orchestration import stage_task
+from finmerge.checkpoint import CheckpointStore
+from finmerge.config import PretrainConfig, TrainConfig
+from finmerge.orchestration import result_of, stage_task
 from finmerge.plots import plot_curves
+from finmerge.trainer import (  # re-exported: the demo builder and tests train through this module
+    BlockData,
+    LogFn,
+    TrainData,
+    TrainResult,
+    eval_loss,
+    lr_at,
+    total_steps,
+    train_loop,
+)
 
-LogFn = Callable[[int, dict[str, float]], None]
-
-
-@dataclass
-class TrainData:
-    """Rows of equal length; ``labels`` -100 marks positions that do not count in the loss."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor | None = None
-    attention_mask: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        ids = self.input_ids[idx].long()
-        out = {"input_ids": ids, "labels": ids.clone() if self.labels is None else self.labels[idx].long()}
-        if self.attention_mask is not None:
-            out["attention_mask"] = self.attention_mask[idx].long()
-        return out
+__all__ = ["LogFn", "TrainData", "TrainResult", "eval_loss", "lr_at", "total_steps", "train_loop"]
 
 
-@dataclass
-class TrainResult:
-    steps: int
-    tokens: int
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def final_loss(self) -> float:
-        losses = [h["loss"] for h in self.history if "loss" in h]
-        return float(np.mean(losses[-3:])) if losses else float("nan")
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    floor = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "linear":
-        return floor + (cfg.lr - floor) * (1.0 - progress)
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def total_steps(n_rows: int, cfg: TrainConfig) -> int:
-    if cfg.max_steps:
-        return cfg.max_steps
-    return max(1, math.ceil(n_rows * cfg.epochs / (cfg.batch_size * cfg.grad_accum)))
-
-
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
-def _row_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-@torch.no_grad()
-def eval_loss(model: torch.nn.Module, data: TrainData, batch_size: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-        n = int((b["labels"][:, 1:] != -100).sum())
-        total += float(model(**b).loss) * n
-        count += n
-    model.train()
-    return total / max(count, 1)
-
-
-def train_loop(
-    model: torch.nn.Module,
-    data: TrainData,
-    cfg: TrainConfig,
-    *,
-    eval_data: TrainData | None = None,
-    on_log: LogFn | None = None,
-    desc: str = "train",
-) -> TrainResult:
-    """Train ``model`` in place. Deterministic for a given seed and thread count on CPU."""
-    if len(data) == 0:
-        raise ValueError("no training rows")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    steps = total_steps(len(data), cfg)
-    opt = _optimizer(model, cfg)
-    model.train()
-    history: list[dict] = []
-    epoch, cursor, order = 0, 0, _row_order(len(data), cfg.seed, 0)
-    tokens, t0, window_t, window_tokens = 0, time.perf_counter(), time.perf_counter(), 0
-    bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
-    for step in range(steps):
-        lr = lr_at(step, steps, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            if cursor + cfg.batch_size > len(order):
-                epoch, cursor, order = epoch + 1, 0, _row_order(len(data), cfg.seed, epoch + 1)
-            idx = order[cursor : cursor + cfg.batch_size]
-            cursor += cfg.batch_size
-            batch = data.batch(idx)
-            loss = model(**batch).loss / cfg.grad_accum
-            loss.backward()
-            loss_sum += float(loss.detach())
-            n_tok = (
-                int(batch["attention_mask"].sum())
-                if "attention_mask" in batch
-                else batch["input_ids"].numel()
-            )
-            tokens += n_tok
-            window_tokens += n_tok
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
-        last = step == steps - 1
-        if step % cfg.log_every == 0 or last:
-            now = time.perf_counter()
-            rec = {
-                "step": step,
-                "loss": loss_sum,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "epoch": epoch,
-                "tokens": tokens,
-                "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
-            }
-            window_t, window_tokens = now, 0
-            if eval_data is not None and (step % cfg.eval_every == 0 or last):
-                rec["eval_loss"] = eval_loss(model, eval_data, cfg.batch_size)
-                rec["eval_ppl"] = math.exp(min(rec["eval_loss"], 50))
-            history.append(rec)
-            if on_log:
-                on_log(step, {k: float(v) for k, v in rec.items() if k != "step"})
-    bar.close()
-    model.eval()
-    return TrainResult(steps=steps, tokens=tokens, seconds=time.perf_counter() - t0, history=history)
+class TrainingInterrupted(RuntimeError):
+    """The training job died (killed, node lost, OOM); a retry resumes from its latest checkpoint."""
 
 
 def heldout_rows(uri: str, tokenizer, seq_len: int, max_rows: int = 32) -> TrainData | None:
@@ -188,6 +56,15 @@ def model_card(title: str, lines: dict[str, object], body: str = "") -> str:
     return f"---\nlibrary_name: transformers\ntags: [finmerge]\n---\n# {title}\n\n| | |\n|---|---|\n{rows}\n\n{body}\n"
 
 
+def checkpoint_root(out_uri: str) -> str:
+    """Checkpoints live beside the output folder, so a retry of the same stage finds them."""
+    return storage.normalize(out_uri).rstrip("/") + ".checkpoints"
+
+
+def _launched() -> bool:
+    return "LOCAL_RANK" in os.environ  # set by accelerate launch and torchrun in every child
+
+
 def pretrain(
     base_uri: str,
     tokens_uri: str,
@@ -198,43 +75,172 @@ def pretrain(
     heldout_uri: str | None = None,
     trust_remote_code: bool = False,
     on_log: LogFn | None = None,
+    tracking: dict | None = None,
+    checkpoint_uri: str | None = None,
 ) -> dict:
-    """Continually pretrain the model at ``base_uri`` on the packed blocks at ``tokens_uri``."""
+    """Continually pretrain the model at ``base_uri`` on the packed blocks at ``tokens_uri``.
+
+    ``tracking`` ({"uri", "run_id"}) lets a child job log to the caller's MLflow run.
+    """
+    job = {
+        "base_uri": base_uri,
+        "tokens_uri": tokens_uri,
+        "out_uri": out_uri,
+        "cfg": cfg.model_dump(mode="json"),
+        "staging_dir": staging_dir,
+        "heldout_uri": heldout_uri,
+        "trust_remote_code": trust_remote_code,
+        "tracking": tracking,
+        "checkpoint_uri": checkpoint_uri or checkpoint_root(out_uri),
+    }
+    launch = getattr(cfg, "launch", None)
+    if launch is not None and (launch.processes > 1 or launch.accelerate_config) and not _launched():
+        return launch_job(job, launch)
+    return train_here(**{**job, "cfg": cfg}, on_log=on_log)
+
+
+def launch_cmd(spec: Path, launch) -> list[str]:
+    """``accelerate launch`` when an accelerate config is given (FSDP / DeepSpeed), else torchrun (DDP)."""
+    target = ["-m", "finmerge.cli", "pretrain-job", str(spec)]
+    if launch.accelerate_config:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launch.accelerate_config]
+        if launch.processes > 1:
+            cmd += ["--num_processes", str(launch.processes)]
+        return cmd + list(launch.extra_args) + target
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.processes),
+        *launch.extra_args, *target,
+    ]  # fmt: skip
+
+
+def launch_job(job: dict, launch) -> dict:
+    """Run training as a child job, stream its output, and read the committed result."""
+    Path(job["staging_dir"]).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=job["staging_dir"], delete=False) as fh:
+        json.dump(job, fh)
+        spec = Path(fh.name)
+    cmd = launch_cmd(spec, launch)
+    print("launching:", " ".join(cmd), flush=True)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+        code = proc.wait()
+    finally:
+        spec.unlink(missing_ok=True)
+    result = result_of(job["out_uri"])
+    if code != 0 or result is None:
+        store = CheckpointStore(job["checkpoint_uri"], job["staging_dir"])
+        raise TrainingInterrupted(
+            f"training job exited with code {code}; latest complete checkpoint: "
+            f"{store.latest()} under {job['checkpoint_uri']} (a retry resumes from it)"
+        )
+    return result
+
+
+def run_job_file(spec: str) -> dict:
+    """Entry point of a launched child process (``finmerge pretrain-job SPEC``)."""
+    job = json.loads(Path(spec).read_text())
+    job["cfg"] = PretrainConfig.model_validate(job["cfg"])
+    return train_here(**job)
+
+
+def _mlflow_logger(tracking: dict | None) -> LogFn | None:
+    if not tracking:
+        return None
+    from finmerge.tracking import Run
+
+    run = Run(tracking["uri"], tracking["run_id"])
+    return lambda step, metrics: run.metrics(metrics, step=step)
+
+
+def train_here(
+    base_uri: str,
+    tokens_uri: str,
+    out_uri: str,
+    cfg: TrainConfig,
+    staging_dir: str,
+    heldout_uri: str | None = None,
+    trust_remote_code: bool = False,
+    tracking: dict | None = None,
+    checkpoint_uri: str | None = None,
+    on_log: LogFn | None = None,
+) -> dict:
     from tasks.tokenize import load_blocks
 
     base_dir = modelio.stage_model(base_uri, staging_dir)
     tokenizer = modelio.load_tokenizer(base_dir, trust_remote_code)
     model = modelio.load_causal_lm(base_dir, trust_remote_code)
-    blocks = np.asarray(load_blocks(tokens_uri, staging_dir), dtype=np.int64)
-    if blocks.shape[1] != cfg.seq_len:
-        blocks = blocks.reshape(-1)[: (blocks.size // cfg.seq_len) * cfg.seq_len].reshape(-1, cfg.seq_len)
-    if int(blocks.max()) >= model.get_input_embeddings().num_embeddings:
-        raise ValueError(f"{tokens_uri}: token id {int(blocks.max())} outside the model's vocabulary")
+    blocks = load_blocks(tokens_uri, staging_dir)
+    if blocks.seq_len != cfg.seq_len:
+        raise ValueError(
+            f"{tokens_uri}: blocks are {blocks.seq_len} tokens long but pretrain.seq_len is {cfg.seq_len}; "
+            "re-tokenize with tokenize.seq_len equal to it"
+        )
+    vocab = model.get_input_embeddings().num_embeddings
+    if blocks.max_token_id >= vocab:
+        raise ValueError(
+            f"{tokens_uri}: token id {blocks.max_token_id} outside the model's vocabulary ({vocab})"
+        )
     eval_data = heldout_rows(heldout_uri, tokenizer, cfg.seq_len) if heldout_uri else None
+    store = (
+        CheckpointStore(
+            checkpoint_uri or checkpoint_root(out_uri), staging_dir, cfg.keep_last, cfg.keep_steps
+        )
+        if cfg.checkpoint_every
+        else None
+    )
+
+    def save_hf(folder: Path, state_dict: dict) -> None:
+        model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(str(folder))
+
     result = train_loop(
         model,
-        TrainData(torch.from_numpy(blocks)),
+        BlockData(blocks),
         cfg,
         eval_data=eval_data,
-        on_log=on_log,
+        on_log=on_log or _mlflow_logger(tracking),
         desc="continual pretraining",
+        checkpoints=store,
+        save_model=save_hf,
     )
-    base_digest = (storage.read_manifest(base_uri) or {}).get("digest")
+    state_dict = result.full_state_dict()  # a collective: every rank takes part
+    acc = result.accelerator
+    if acc.is_main_process:
+        out = write_output(
+            base_uri, tokens_uri, out_uri, cfg, staging_dir, result, store, state_dict, save_hf
+        )
+    acc.wait_for_everyone()
+    return out if acc.is_main_process else {}
+
+
+def write_output(
+    base_uri, tokens_uri, out_uri, cfg, staging_dir, result: TrainResult, store, state_dict, save_hf
+):
+    base_digest = (storage.read_manifest(base_uri) or {}).get("digest") or modelio.fingerprint(base_uri)
     tokens_digest = (storage.read_manifest(tokens_uri) or {}).get("digest")
     metrics = {
         "pretrain/final_loss": result.final_loss,
         "pretrain/steps": float(result.steps),
         "pretrain/tokens": float(result.tokens),
-        "pretrain/tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+        "pretrain/tokens_per_s": _mean_of(result.history, "tokens_per_s"),
         "pretrain/seconds": result.seconds,
     }
+    if (m := _mean_of(result.history, "mfu")) == m:
+        metrics["pretrain/mfu"] = m
     evals = [h["eval_ppl"] for h in result.history if "eval_ppl" in h]
     if evals:
         metrics["pretrain/heldout_ppl_start"] = evals[0]
         metrics["pretrain/heldout_ppl_end"] = evals[-1]
+    kept = store.steps() if store else []
     meta = {
         "metrics": metrics,
-        "artifacts": ["loss.png", "history.json"],
+        "artifacts": ["loss.png", "history.json", "README.md"],
+        "resumed_from": result.resumed_from,
+        "checkpoints": {str(s): store.uri(s) for s in kept} if store else {},
+        "marked_checkpoints": {str(s): store.uri(s) for s in kept if s in cfg.keep_steps} if store else {},
         "lineage": {
             "base": storage.normalize(base_uri),
             "base_digest": base_digest,
@@ -243,8 +249,7 @@ def pretrain(
         },
     }
     with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
-        model.save_pretrained(str(out.path), safe_serialization=True)
-        tokenizer.save_pretrained(str(out.path))
+        save_hf(out.path, state_dict)
         (out.path / "history.json").write_text(json.dumps(result.history, indent=1))
         plot_curves(
             result.history, ["loss", "eval_loss"], out.path / "loss.png", title="Continual pretraining loss"
@@ -260,14 +265,23 @@ def pretrain(
                     "steps": result.steps,
                     "tokens seen": result.tokens,
                     "final loss": f"{result.final_loss:.4f}",
+                    "held-out ppl": f"{evals[0]:.2f} → {evals[-1]:.2f}" if evals else "–",
                     "schedule": f"{cfg.schedule}, lr {cfg.lr}, warmup {cfg.warmup_steps}",
-                    "batch": f"{cfg.batch_size} × accum {cfg.grad_accum} × seq {cfg.seq_len}",
+                    "batch": f"{cfg.batch_size} × accum {cfg.grad_accum} × seq {cfg.seq_len}"
+                    f" × {result.accelerator.num_processes} processes",
+                    "precision": result.accelerator.mixed_precision,
+                    "resumed from step": result.resumed_from if result.resumed_from is not None else "–",
                     "finmerge": __version__,
                 },
-                "Domain vector τ_fin = θ_cpt − θ_base. Weights in safetensors.",
+                "Domain vector τ_fin = θ_cpt − θ_base. Weights in safetensors. Loss curve: `loss.png`.",
             )
         )
     return out.result()
 
 
-pretrain_task = stage_task("pretrain", pretrain, retries=1)
+def _mean_of(history: list[dict], key: str) -> float:
+    values = [h[key] for h in history if isinstance(h.get(key), int | float)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+pretrain_task = stage_task("pretrain", pretrain, retries=2, retry_on=(TrainingInterrupted,))

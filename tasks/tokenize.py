@@ -1,56 +1,50 @@
-"""Tokenize the clean corpus with the base model's tokenizer and pack it into fixed-length blocks.
+"""Tokenize the clean corpus with the base model's tokenizer and pack it into fixed-length blocks, streaming.
 
-Each document gets EOS appended, documents are concatenated, and the stream is cut into ``seq_len``
-blocks: no padding at all; only the final partial block (< seq_len tokens) is dropped and reported.
-Blocks go to ``tokens.npy`` (uint16 when the vocabulary fits, else uint32) with ``tokens.json``.
+Documents are read in chunks of ``tokenize.batch_docs``; each chunk is encoded (EOS after each document) on
+``tokenize.parallel`` (serial, a process pool or Dask) and the results come back in input order. The stream is
+cut into ``seq_len`` blocks with no padding (only the final partial block is dropped and reported) and written
+as ``shard-NNNNN.npy`` files of at most ``shard_blocks`` rows plus ``index.json`` (see ``finmerge.tokenpack``).
+Memory holds one shard buffer and the chunks in flight, never the corpus.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from finmerge import modelio, storage
 from finmerge.config import TokenizeConfig
 from finmerge.orchestration import stage_task
+from finmerge.parallel import map_ordered
+from finmerge.tokenpack import (
+    BlockPacker,
+    EncodeJob,
+    PackedBlocks,
+    ShardWriter,
+    cached_tokenizer,
+    encode_chunk,
+    encode_texts,
+    require_eos,
+    token_dtype,
+    write_index,
+)
 
 
 def pack_documents(
-    texts: Iterator[str], tokenizer, seq_len: int, batch: int = 256
+    texts: Iterable[str], tokenizer, seq_len: int, batch: int = 256
 ) -> tuple[np.ndarray, dict]:
-    """Encode, append EOS, concatenate, cut into (n_blocks, seq_len). Returns blocks and counts."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has no eos_token; packing needs a document separator")
-    stream: list[int] = []
+    """Encode, append EOS, concatenate, cut into (n_blocks, seq_len), all in memory. Returns blocks and counts."""
+    require_eos(tokenizer)
+    packer = BlockPacker(seq_len, token_dtype(tokenizer))
+    parts = [np.empty((0, seq_len), dtype=packer.dtype)]
     n_docs = 0
-    pending: list[str] = []
-
-    def flush() -> None:
-        for ids in tokenizer(pending, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
-            stream.append(tokenizer.eos_token_id)
-        pending.clear()
-
-    for text in texts:
-        pending.append(text)
-        n_docs += 1
-        if len(pending) >= batch:
-            flush()
-    flush()
-    n_blocks = len(stream) // seq_len
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-    blocks = np.asarray(stream[: n_blocks * seq_len], dtype=dtype).reshape(n_blocks, seq_len)
-    counts = {
-        "documents": n_docs,
-        "tokens": len(stream),
-        "blocks": n_blocks,
-        "tokens_in_blocks": n_blocks * seq_len,
-        "tokens_dropped_tail": len(stream) - n_blocks * seq_len,
-    }
-    return blocks, counts
+    for chunk in _chunks(texts, batch):
+        n_docs += len(chunk)
+        parts.append(packer.feed(encode_texts(tokenizer, chunk)))
+    return np.concatenate(parts), packer.counts(n_docs)
 
 
 def corpus_records(corpus_uri: str, staging_dir: str) -> Iterator[dict]:
@@ -64,6 +58,17 @@ def corpus_records(corpus_uri: str, staging_dir: str) -> Iterator[dict]:
         yield from storage.iter_jsonl(storage.docs_input(corpus_uri, staging_dir), "text")
 
 
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def tokenize_corpus(
     corpus_uri: str,
     tokenizer_uri: str,
@@ -72,37 +77,64 @@ def tokenize_corpus(
     staging_dir: str,
     trust_remote_code: bool = False,
 ) -> dict:
-    tokenizer = modelio.load_tokenizer(modelio.stage_model(tokenizer_uri, staging_dir), trust_remote_code)
-    docs = (rec["text"] for rec in corpus_records(corpus_uri, staging_dir))
-    blocks, counts = pack_documents(docs, tokenizer, cfg.seq_len)
-    if counts["blocks"] == 0:
-        raise ValueError(
-            f"{corpus_uri}: corpus has {counts['tokens']} tokens, fewer than one block of {cfg.seq_len}"
-        )
-    # Packing has no padding; the efficiency figure is the share of produced tokens that reach a block.
-    efficiency = counts["tokens_in_blocks"] / max(counts["tokens"], 1)
-    meta = {
-        "counts": counts,
-        "metrics": {
-            "tokenize/tokens": float(counts["tokens"]),
-            "tokenize/blocks": float(counts["blocks"]),
-            "tokenize/packing_efficiency": efficiency,
-        },
+    folder = modelio.stage_model(tokenizer_uri, staging_dir)
+    # Loaded here for eos / vocab size; the cache also serves the encoder when it runs in this process.
+    tokenizer = cached_tokenizer(folder, trust_remote_code)
+    eos = require_eos(tokenizer, tokenizer_uri)
+    dtype = token_dtype(tokenizer)
+    header = {
         "seq_len": cfg.seq_len,
+        "dtype": dtype.name,
         "vocab_size": len(tokenizer),
-        "artifacts": ["tokens.json"],
+        "eos_token_id": eos,
+        "tokenizer_digest": modelio.tokenizer_fingerprint(str(folder)),
     }
+    meta = {"seq_len": cfg.seq_len, "vocab_size": len(tokenizer), "artifacts": ["index.json"]}
     with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
-        np.save(out.path / "tokens.npy", blocks)
-        (out.path / "tokens.json").write_text(
-            json.dumps({"shape": list(blocks.shape), "dtype": str(blocks.dtype), **counts}, indent=2)
+        jobs = (
+            EncodeJob(str(folder), trust_remote_code, chunk)
+            for chunk in _chunks((r["text"] for r in corpus_records(corpus_uri, staging_dir)), cfg.batch_docs)
+        )
+        counts, shards = _pack_to_shards(map_ordered(encode_chunk, jobs, cfg.parallel), out.path, cfg, dtype)
+        if counts["blocks"] == 0:
+            raise ValueError(
+                f"{corpus_uri}: corpus has {counts['tokens']} tokens, fewer than one block of {cfg.seq_len}"
+            )
+        write_index(out.path, {**header, "shards": shards, **counts})
+        out.meta.update(
+            counts=counts, metrics=_metrics(counts, len(shards)), tokenizer_digest=header["tokenizer_digest"]
         )
     return out.result()
 
 
-def load_blocks(tokens_uri: str, staging_dir: str) -> np.ndarray:
-    folder = storage.stage_folder(tokens_uri, staging_dir)
-    return np.load(Path(folder) / "tokens.npy", mmap_mode="r")
+def _pack_to_shards(
+    encoded: Iterable[tuple[int, np.ndarray]], folder: Path, cfg: TokenizeConfig, dtype: np.dtype
+) -> tuple[dict, list[dict]]:
+    """Feed encoded chunks, in order, through the packer into shard files. Returns counts and shard entries."""
+    packer = BlockPacker(cfg.seq_len, dtype)
+    writer = ShardWriter(folder, cfg.seq_len, cfg.shard_blocks, dtype)
+    n_docs = 0
+    with tqdm(desc="tokenize", unit="doc", leave=False, dynamic_ncols=True) as bar:
+        for docs, ids in encoded:
+            writer.add(packer.feed(ids))
+            n_docs += docs
+            bar.update(docs)
+    return packer.counts(n_docs), writer.close()
+
+
+def _metrics(counts: dict, n_shards: int) -> dict[str, float]:
+    # Packing has no padding; the efficiency figure is the share of produced tokens that reach a block.
+    return {
+        "tokenize/tokens": float(counts["tokens"]),
+        "tokenize/blocks": float(counts["blocks"]),
+        "tokenize/packing_efficiency": counts["tokens_in_blocks"] / max(counts["tokens"], 1),
+        "tokenize/shards": float(n_shards),
+    }
+
+
+def load_blocks(tokens_uri: str, staging_dir: str) -> PackedBlocks:
+    """The packed blocks of a tokenize output (staged and verified locally when remote), memory-mapped."""
+    return PackedBlocks(storage.stage_folder(tokens_uri, staging_dir))
 
 
 tokenize_task = stage_task("tokenize", tokenize_corpus)

@@ -90,6 +90,11 @@ def test_scrub_removes_secrets():
     )
     assert "s3cr3t" not in repr(out)
     assert out["lr"] == "0.1" and out["a.uri"] == "s3://***@bucket/x"
+    # "token" is a secret as a key's last word only; token counts and digests are ordinary params
+    kept = scrub(
+        {"hf_token": "s3cr3t", "judge.token": "s3cr3t", "max_tokens": 5, "finmerge.tokens_digest": "d"}
+    )
+    assert kept == {"max_tokens": 5, "finmerge.tokens_digest": "d"}
 
 
 def test_config_reference_is_current():

@@ -1,0 +1,358 @@
+"""Continual pretraining: schedule, loop, checkpoints and exact resume, launch as a child job, reporting."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finmerge import flops, modelio, storage, tracking
+from finmerge.checkpoint import CheckpointStore, flatten_optimizer, unflatten_optimizer
+from finmerge.config import PretrainConfig, TokenizeConfig, TrainConfig
+from tasks.pretrain import TrainData, checkpoint_root, lr_at, pretrain, total_steps, train_loop
+from tasks.tokenize import pack_documents, tokenize_corpus
+from tests.helpers import TEXTS, tiny_model, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("m") / "base")
+
+
+@pytest.fixture(scope="module")
+def tokens(base, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tok")
+    corpus = write_corpus(tmp / "corpus", TEXTS)
+    return tokenize_corpus(corpus, str(base), str(tmp / "tok"), TokenizeConfig(seq_len=16), str(tmp / "st"))
+
+
+def _rows(base, n=48, seq=16):
+    tok = modelio.load_tokenizer(base)
+    blocks, _ = pack_documents(iter(TEXTS), tok, seq)
+    return TrainData(torch.from_numpy(blocks[:n].astype(np.int64)))
+
+
+def _same_weights(a: dict, b: dict) -> list[str]:
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+EXACT = {"lr": 5e-3, "warmup_steps": 2, "batch_size": 4, "seq_len": 16, "threads": 1, "deterministic": True}
+
+
+def test_lr_schedule_and_step_budget():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(99, 100, cfg) == pytest.approx(0.1, abs=1e-3)
+    assert lr_at(55, 100, cfg) < lr_at(20, 100, cfg)
+    assert lr_at(50, 100, cfg.model_copy(update={"schedule": "constant"})) == 1.0
+    assert lr_at(55, 100, cfg.model_copy(update={"schedule": "linear"})) == pytest.approx(0.55)
+    assert total_steps(100, TrainConfig(batch_size=10, grad_accum=2, epochs=2)) == 10
+    assert total_steps(100, TrainConfig(batch_size=10, epochs=2), processes=2) == 10
+    assert total_steps(100, TrainConfig(batch_size=10, epochs=2, max_steps=3)) == 3
+    # token budget: 10 rows × 2 accum × 16 tokens = 320 tokens per step
+    assert total_steps(100, TrainConfig(batch_size=10, grad_accum=2, seq_len=16, max_tokens=1000)) == 4
+
+
+def test_training_lowers_loss_logs_lr_it_used_and_is_deterministic(base):
+    cfg = TrainConfig(lr=5e-3, warmup_steps=2, max_steps=25, batch_size=8, seq_len=16, log_every=1, threads=1)
+    data = _rows(base)
+    m1 = modelio.load_causal_lm(base)
+    r1 = train_loop(m1, data, cfg)
+    assert r1.history[-1]["loss"] < r1.history[0]["loss"] * 0.8
+    assert [h["lr"] for h in r1.history[:3]] == pytest.approx([lr_at(s, 25, cfg) for s in range(3)])
+    assert all(np.isfinite(h["grad_norm"]) and h["tokens_per_s"] > 0 and h["mfu"] > 0 for h in r1.history)
+    assert r1.tokens == 25 * 8 * 16
+    m2 = modelio.load_causal_lm(base)
+    train_loop(m2, data, cfg)
+    assert not _same_weights(m1.state_dict(), m2.state_dict())
+
+
+def test_grad_accumulation_equals_the_bigger_batch(base):
+    """accelerate's accumulation averages micro-batches: 2 × 4 rows match 1 × 8 rows (up to float error)."""
+    data = _rows(base)
+    big = modelio.load_causal_lm(base)
+    train_loop(big, data, TrainConfig(**{**EXACT, "batch_size": 8, "max_steps": 4}))
+    acc = modelio.load_causal_lm(base)
+    train_loop(acc, data, TrainConfig(**{**EXACT, "batch_size": 4, "grad_accum": 2, "max_steps": 4}))
+    for (name, a), b in zip(big.state_dict().items(), acc.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_masked_labels_are_ignored(base):
+    """-100 labels (instruction tuning masks the prompt) drop out of the loss: it equals cross-entropy over
+    the unmasked positions only."""
+    data = _rows(base, n=8)
+    labels = torch.full_like(data.input_ids, -100)
+    labels[:, 8:] = data.input_ids[:, 8:]
+    batch = TrainData(data.input_ids, labels).batch(torch.arange(8))
+    m = modelio.load_causal_lm(base)
+    with torch.no_grad():
+        logits = m(input_ids=batch["input_ids"]).logits[:, :-1]
+        part = m(**batch).loss
+        full = m(**data.batch(torch.arange(8))).loss
+    target = batch["labels"][:, 1:]
+    keep = target != -100
+    manual = torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    assert torch.allclose(part, manual, atol=1e-6)
+    assert not torch.isclose(full, part)
+
+
+def test_resume_from_any_checkpoint_is_bitwise_exact_and_prunes(base, tmp_path):
+    data = _rows(base)
+    cfg = TrainConfig(**EXACT, max_steps=20, log_every=1, checkpoint_every=3, keep_last=2, keep_steps=[3])
+    reference = modelio.load_causal_lm(base)
+    train_loop(reference, data, cfg)
+    want = reference.state_dict()
+
+    store = CheckpointStore(str(tmp_path / "ck"), str(tmp_path / "st"), cfg.keep_last, cfg.keep_steps)
+    first = modelio.load_causal_lm(base)
+    r_first = train_loop(first, data, cfg, checkpoints=store)
+    assert store.steps() == [3, 15, 18]  # keep-last-2 plus the marked step 3; 6, 9, 12 pruned
+    assert not _same_weights(first.state_dict(), want)  # checkpointing does not perturb training
+
+    # A crash mid-save leaves a folder without a manifest: it is not a checkpoint.
+    (tmp_path / "ck" / "step-00000019").mkdir()
+    (tmp_path / "ck" / "step-00000019" / "model.safetensors").write_bytes(b"partial")
+    assert store.latest() == 18
+    for start in (18, 3):  # resume from the newest and from the marked early one
+        for s in [s for s in store.steps() if s > start]:
+            storage.remove(storage.join(store.uri(s), storage.MANIFEST))
+        model = modelio.load_causal_lm(base)
+        r = train_loop(model, data, cfg, checkpoints=store)
+        assert r.resumed_from == start
+        assert not _same_weights(model.state_dict(), want), f"resumed from {start}"
+        assert [h["loss"] for h in r.history] == [h["loss"] for h in r_first.history]
+
+
+def test_checkpoint_is_pickle_free_and_a_loadable_hf_folder(base, tmp_path):
+    out = str(tmp_path / "cpt")
+    cfg = TrainConfig(**EXACT, max_steps=5, checkpoint_every=2, keep_last=1)
+    st = str(tmp_path / "st")
+    corpus = write_corpus(tmp_path / "corpus", TEXTS)
+    tok = tokenize_corpus(corpus, str(base), str(tmp_path / "tok"), TokenizeConfig(seq_len=16), st)
+    res = pretrain(str(base), tok["uri"], out, cfg, st)
+    ck = Path(checkpoint_root(out)) / "step-00000004"
+    names = {p.name for p in ck.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "rng.safetensors",
+    } <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl", ".pth"))]
+    state = json.loads((ck / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["scheduler"]["last_epoch"] == 4 and state["cursor"] > 0
+    assert modelio.load_causal_lm(ck).config.vocab_size == modelio.load_causal_lm(base).config.vocab_size
+    assert res["checkpoints"] == {"4": storage.join(checkpoint_root(out), "step-00000004")}
+    assert "exp_avg" in "".join(load_file(ck / "optimizer.safetensors"))
+
+
+def test_optimizer_state_round_trips_through_safetensors_layout(base):
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    m = modelio.load_causal_lm(base)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    b = _rows(base, n=4).batch(torch.arange(4))
+    m(**b).loss.backward()
+    opt.step()
+    osd = get_optimizer_state_dict(m, opt)
+    tensors, meta = flatten_optimizer(osd)
+    back = unflatten_optimizer(tensors, json.loads(json.dumps(meta)))
+    assert back["param_groups"][0]["betas"] == (0.9, 0.95)
+    for fqn, slots in osd["state"].items():
+        for k, v in slots.items():
+            assert torch.equal(back["state"][fqn][k], v)
+
+
+def test_pretrain_stage_reports_and_commits_a_loadable_model(base, tokens, tmp_path):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in TEXTS[:8]))
+    logged = []
+    cfg = TrainConfig(
+        lr=5e-3, warmup_steps=2, max_steps=12, batch_size=8, seq_len=16, log_every=3, eval_every=3
+    )
+    res = pretrain(
+        str(base),
+        tokens["uri"],
+        str(tmp_path / "cpt"),
+        cfg,
+        str(tmp_path / "st"),
+        heldout_uri=str(heldout),
+        on_log=lambda step, m: logged.append((step, m)),
+    )
+    assert res["metrics"]["pretrain/steps"] == 12
+    assert res["metrics"]["pretrain/heldout_ppl_end"] < res["metrics"]["pretrain/heldout_ppl_start"]
+    assert 0 < res["metrics"]["pretrain/mfu"] < 1
+    assert [s for s, _ in logged] == [0, 3, 6, 9, 11]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "eval_ppl"} <= set(logged[0][1])
+    folder = storage.local_path(res["uri"])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "loss.png"} <= {
+        p.name for p in folder.iterdir()
+    }
+    card = (folder / "README.md").read_text()
+    assert "θ_cpt" in card and storage.read_manifest(str(base))["digest"] in card
+    cpt, orig = modelio.load_causal_lm(folder), modelio.load_causal_lm(base)
+    assert _same_weights(cpt.state_dict(), orig.state_dict())
+    assert res["lineage"]["base_digest"] == storage.read_manifest(str(base))["digest"]
+    assert res["checkpoints"] == {}  # checkpoint_every unset
+
+
+def test_seq_len_mismatch_and_foreign_tokens_are_clear_errors(base, tokens, tmp_path):
+    with pytest.raises(ValueError, match=r"16 tokens long but pretrain.seq_len is 32"):
+        pretrain(str(base), tokens["uri"], str(tmp_path / "o"), TrainConfig(seq_len=32), str(tmp_path))
+    small = tiny_model(tmp_path / "small", shape=modelio_shape(vocab=259))
+    with pytest.raises(ValueError, match=r"outside the model's vocabulary \(259\)"):
+        pretrain(str(small), tokens["uri"], str(tmp_path / "o2"), TrainConfig(seq_len=16), str(tmp_path))
+
+
+def modelio_shape(vocab: int):
+    from tests.helpers import TINY
+
+    return TINY.model_copy(update={"vocab_size": vocab})
+
+
+def test_flops_per_token_and_peak_table(base):
+    m = modelio.load_causal_lm(base)
+    c = m.config
+    n_all = sum(p.numel() for p in m.parameters())
+    emb = m.get_input_embeddings().weight.numel()
+    expected = (
+        6 * (n_all - emb + (emb if c.tie_word_embeddings else 0))
+        + 12 * c.num_hidden_layers * c.hidden_size * 16
+    )
+    assert flops.flops_per_token(m, 16) == expected
+    assert flops.gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert flops.gpu_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert flops.gpu_peak_tflops("Some Unknown GPU") is None
+    assert flops.mfu(1000.0, 1e9, 1.0) == pytest.approx(1.0)
+
+
+def test_pretrain_reads_and_writes_s3_and_resumes_from_s3_checkpoints(base, tokens, tmp_path, s3_bucket):
+    st = str(tmp_path / "st")
+    tok_s3 = f"s3://{s3_bucket}/tokens"
+    with storage.output_folder(tok_s3, st) as out:
+        for p in Path(tokens["uri"]).iterdir():
+            if p.name != storage.MANIFEST:
+                (out.path / p.name).write_bytes(p.read_bytes())
+    out_s3 = f"s3://{s3_bucket}/cpt"
+    cfg = TrainConfig(**EXACT, max_steps=6, checkpoint_every=2, keep_last=5)
+    res = pretrain(str(base), tok_s3, out_s3, cfg, st)
+    store = CheckpointStore(checkpoint_root(out_s3), st)
+    assert store.steps() == [2, 4] and storage.read_manifest(res["uri"]) is not None
+    want = load_file(storage.stage_folder(out_s3, st) / "model.safetensors")
+    storage.remove(storage.join(store.uri(4), storage.MANIFEST))
+    res2 = pretrain(
+        str(base), tok_s3, f"s3://{s3_bucket}/cpt2", cfg, st, checkpoint_uri=checkpoint_root(out_s3)
+    )
+    assert res2["resumed_from"] == 2
+    got = load_file(storage.stage_folder(res2["uri"], st) / "model.safetensors")
+    assert not _same_weights(got, want)
+
+
+def _cli(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "finmerge.cli", *args, "--set", f"storage.staging_dir={tmp_path / 'st'}",
+            "--set", f"storage.uri={tmp_path / 'store'}"]  # fmt: skip
+
+
+def _wait_for(predicate, proc, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, "the job ended before it could be killed"
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_bitwise_and_reattaches_to_the_mlflow_run(
+    base, tmp_path, mlflow_server, s3_bucket
+):
+    """The CLI job writing to S3 is SIGKILLed part-way; the same command resumes from the latest complete
+    checkpoint, logs into the same MLflow run, and ends with weights bitwise equal to an uninterrupted run."""
+    corpus = write_corpus(tmp_path / "corpus", TEXTS * 4)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(ROOT)}
+    common = [
+        "--set", "tokenize.seq_len=16", "--set", "pretrain.max_steps=40", "--set", "pretrain.batch_size=4",
+        "--set", "pretrain.threads=1", "--set", "pretrain.deterministic=true", "--set", "pretrain.log_every=1",
+        "--set", "pretrain.checkpoint_every=4", "--set", "pretrain.keep_steps=[8]", "--set", "pretrain.warmup_steps=2",
+        "--set", "registry.cpt_name=cpt-sigkill", "--config", str(ROOT / "configs/test.yaml"),
+        "--set", f"storage.endpoint_url={storage.endpoint_url()}",
+    ]  # fmt: skip
+
+    def cmd(out: str, *extra: str) -> list[str]:
+        return _cli(
+            tmp_path, "pretrain", "--model", str(base), "--data", corpus, "--out", out, *common, *extra
+        )
+
+    ref = subprocess.run(cmd(str(tmp_path / "ref")), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = f"s3://{s3_bucket}/cpt"
+    ckpts = CheckpointStore(checkpoint_root(out), str(tmp_path / "st"))
+    proc = subprocess.Popen(cmd(out), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (ckpts.latest() or 0) >= 12, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert storage.read_manifest(out) is None  # nothing half-written at the output
+    killed_at = ckpts.latest()
+
+    again = subprocess.run(cmd(out, "--register"), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from"] == killed_at >= 12
+    want = load_file(Path(tmp_path / "ref" / "model.safetensors"))
+    got = load_file(storage.stage_folder(out, str(tmp_path / "st2")) / "model.safetensors")
+    assert not _same_weights(got, want)
+    assert set(summary["checkpoints"]) >= {"8", "36"}  # marked step kept beside the newest
+
+    client = tracking.client(mlflow_server)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`finmerge.output` = '{storage.normalize(out)}'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert set(steps) == set(range(40))  # nothing lost across the kill; re-run steps logged again
+
+    versions = {v.version: v for v in client.search_model_versions("name = 'cpt-sigkill'")}
+    assert len(versions) == 2  # the final model and the marked checkpoint at step 8
+    tags = [v.tags for v in versions.values()]
+    final = next(t for t in tags if t["finmerge.role"] == "cpt")
+    assert final["finmerge.base_digest"] == storage.read_manifest(str(base))["digest"]
+    assert {
+        "finmerge.tokens_digest",
+        "finmerge.corpus_digest",
+        "finmerge.config_hash",
+        "finmerge.code_version",
+    } <= set(final)
+    assert any(t.get("finmerge.checkpoint_step") == "8" for t in tags)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_job_saves_one_complete_model(base, tokens, tmp_path):
+    """pretrain.launch.processes=2 runs a torchrun child job (gloo on CPU); the result is one HF folder
+    equal (up to float rounding) to one process training on the same global batches."""
+    st = str(tmp_path / "st")
+    two = PretrainConfig(**EXACT, max_steps=6, launch={"processes": 2}, checkpoint_every=3)
+    res = pretrain(str(base), tokens["uri"], str(tmp_path / "ddp"), two, st)
+    assert res["metrics"]["pretrain/steps"] == 6 and storage.read_manifest(res["uri"]) is not None
+    ddp = modelio.load_causal_lm(Path(res["uri"]))
+    one = PretrainConfig(**{**EXACT, "batch_size": 8}, max_steps=6)
+    single = pretrain(str(base), tokens["uri"], str(tmp_path / "one"), one, st)
+    ref = modelio.load_causal_lm(Path(single["uri"]))
+    for (name, a), b in zip(ref.state_dict().items(), ddp.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=2e-5), name
+    assert res["checkpoints"] == {"3": storage.join(checkpoint_root(res["uri"]), "step-00000003")}
