@@ -112,7 +112,12 @@ def run_pretrain(
 
 @flow(name="finmerge-pretrain", log_prints=True)
 def pretrain_flow(
-    config: PipelineConfig, model: str, data: str, out: str, heldout: str | None = None, register: bool = True
+    config: PipelineConfig,
+    model: str,
+    data: str,
+    out: str,
+    heldout: str | None = None,
+    register_cpt: bool = True,
 ) -> dict:
     """Continual pretraining of ``model`` on ``data`` (a corpus or a tokenize output) into ``out``."""
     from prefect import task
@@ -126,7 +131,7 @@ def pretrain_flow(
         retry_delay_seconds=[2, 10],
         retry_condition_fn=lambda _t, _r, state: _raised(state, TrainingInterrupted, OSError),
     )
-    return step(config, model, data, out, heldout_uri=heldout, register=register)
+    return step(config, model, data, out, heldout_uri=heldout, register=register_cpt)
 
 
 def _raised(state, *errors: type[BaseException]) -> bool:

@@ -356,3 +356,59 @@ def test_two_process_ddp_job_saves_one_complete_model(base, tokens, tmp_path):
     for (name, a), b in zip(ref.state_dict().items(), ddp.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=2e-5), name
     assert res["checkpoints"] == {"3": storage.join(checkpoint_root(res["uri"]), "step-00000003")}
+
+
+@pytest.mark.slow
+def test_flow_retry_resumes_a_killed_training_job_in_the_same_mlflow_run(
+    base, tokens, tmp_path, prefect_harness
+):
+    """A worker of the launched (torchrun) job is SIGKILLed; the job fails, Prefect retries the task, the
+    retry resumes from the latest checkpoint and logs into the same MLflow run."""
+    import threading
+
+    import psutil
+
+    from finmerge.config import PipelineConfig
+    from flows.pretrain import pretrain_flow
+
+    db = tmp_path / "mlflow.db"
+    cfg = PipelineConfig.model_validate(
+        {
+            "storage": {"uri": str(tmp_path / "store"), "staging_dir": str(tmp_path / "st")},
+            "tracking": {"uri": f"sqlite:///{db}", "artifact_location": str(tmp_path / "art")},
+            "tokenize": {"seq_len": 16},
+            "registry": {"cpt_name": "cpt-retry"},
+            "pretrain": {**EXACT, "max_steps": 60, "checkpoint_every": 4, "log_every": 1,
+                         "launch": {"processes": 2}},
+        }
+    )  # fmt: skip
+    out = str(tmp_path / "cpt")
+    ckpts = CheckpointStore(checkpoint_root(out), str(tmp_path / "st"))
+    box: dict = {}
+    runner = threading.Thread(
+        target=lambda: box.update(res=pretrain_flow(cfg, str(base), tokens["uri"], out, register_cpt=True))
+    )
+    runner.start()
+    t0 = time.monotonic()
+    while (ckpts.latest() or 0) < 8:
+        assert runner.is_alive() and time.monotonic() - t0 < 180
+        time.sleep(0.02)
+    workers = [
+        p for p in psutil.Process().children(recursive=True) if "pretrain-job" in " ".join(p.cmdline())
+    ]
+    assert workers, "no training workers found"
+    workers[-1].send_signal(signal.SIGKILL)
+    killed_at = ckpts.latest()
+    runner.join(300)
+    res = box["res"]
+    assert res["resumed_from"] is not None and res["resumed_from"] >= killed_at >= 8
+    assert res["metrics"]["pretrain/steps"] == 60
+    assert modelio.load_causal_lm(Path(res["uri"])).config.vocab_size > 0
+
+    client = tracking.client(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`finmerge.stage` = 'pretrain'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}
+    assert steps == set(range(60))
+    assert res["registered"][0]["name"] == "cpt-retry"
