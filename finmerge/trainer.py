@@ -118,7 +118,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    # fused: one kernel for all parameters (CPU and CUDA); the per-parameter loop costs ~3× on CPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
 def row_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -206,7 +207,8 @@ def train_loop(
         )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+    with contextlib.suppress(AttributeError):
+        model.config.use_cache = False  # a training forward must not build a KV cache
     steps = total_steps(len(data), cfg, world)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, cfg) / cfg.lr)
