@@ -50,6 +50,7 @@ def _download_plain(uri: str, staging_dir: str) -> Path:
     """A model folder on S3 that finmerge did not write (no manifest): copy it as it is."""
     import hashlib
     import os
+    import shutil
     import tempfile
 
     fs, root = storage.filesystem(uri)
@@ -70,7 +71,12 @@ def _download_plain(uri: str, staging_dir: str) -> Path:
         rel = p[len(root) :].lstrip("/")
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(p, str(tmp / rel))
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another rank of the same job finished the same download first
+        if not (dest / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

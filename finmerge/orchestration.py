@@ -74,7 +74,9 @@ def _cache_key(_ctx, parameters: dict) -> str:
     return f"finmerge-{hashlib.sha256(parameters['out_uri'].encode()).hexdigest()[:32]}"
 
 
-def _retry_when(errors: tuple[type[BaseException], ...]):
+def retry_when(errors: tuple[type[BaseException], ...]):
+    """A Prefect ``retry_condition_fn``: retry only when the attempt raised one of ``errors``."""
+
     def retry(_task, _task_run, state) -> bool:
         try:
             state.result()
@@ -176,5 +178,5 @@ def stage_task(
         retries=retries,
         retry_delay_seconds=[2, 10, 30],
         retry_jitter_factor=0.5,
-        retry_condition_fn=_retry_when(_IO_ERRORS + retry_on),
+        retry_condition_fn=retry_when(_IO_ERRORS + retry_on),
     )

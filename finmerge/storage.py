@@ -259,6 +259,20 @@ def output_folder(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _publish_staged(tmp: Path, dest: Path) -> None:
+    """Move a verified download into place. Several processes (the ranks of one training job) may stage
+    the same folder at once: whoever finishes second keeps the first copy and drops its own."""
+    if (dest / MANIFEST).exists():
+        return
+    if dest.exists():
+        shutil.rmtree(dest, ignore_errors=True)  # a stale copy without its manifest
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if not (dest / MANIFEST).exists():
+            raise
+
+
 def stage_folder(uri: str, staging_dir: str) -> Path:
     """A local, verified copy of a complete folder (the folder itself when it is already local)."""
     manifest = read_manifest(uri)
@@ -283,9 +297,7 @@ def stage_folder(uri: str, staging_dir: str) -> Path:
                     f"{uri}/{rel}: sha256 {got[:12]} does not match manifest {info['sha256'][:12]}"
                 )
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        _publish_staged(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,7 @@ from prefect import flow
 
 from finmerge import __version__, modelio, storage
 from finmerge.config import PipelineConfig, config_hash
-from finmerge.orchestration import RunContext, code_version, result_of, run_tracked, stage_key
+from finmerge.orchestration import RunContext, code_version, result_of, retry_when, run_tracked, stage_key
 
 
 def is_tokens(uri: str) -> bool:
@@ -129,16 +129,6 @@ def pretrain_flow(
         name="pretrain",
         retries=2,
         retry_delay_seconds=[2, 10],
-        retry_condition_fn=lambda _t, _r, state: _raised(state, TrainingInterrupted, OSError),
+        retry_condition_fn=retry_when((TrainingInterrupted, OSError)),
     )
     return step(config, model, data, out, heldout_uri=heldout, register=register_cpt)
-
-
-def _raised(state, *errors: type[BaseException]) -> bool:
-    try:
-        state.result()
-    except errors:
-        return True
-    except BaseException:
-        return False
-    return False

@@ -63,3 +63,20 @@ def test_json_errors_name_the_file(tmp_path):
         storage.read_json(str(p))
     storage.write_json(str(tmp_path / "ok.json"), {"a": 1})
     assert json.loads((tmp_path / "ok.json").read_text()) == {"a": 1}
+
+
+def test_concurrent_staging_of_one_folder_gives_every_caller_a_complete_copy(s3_bucket, tmp_path):
+    """The ranks of a training job stage the same S3 inputs at once; none may see a half-moved folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri = f"s3://{s3_bucket}/inputs/tokens"
+    with storage.output_folder(uri, str(tmp_path / "w")) as out:
+        for i in range(8):
+            (out.path / f"shard-{i}.npy").write_bytes(bytes([i]) * 200_000)
+    staging = str(tmp_path / "staging")
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: storage.stage_folder(uri, staging), range(8)))
+    assert len(set(folders)) == 1
+    for i in range(8):
+        assert (folders[0] / f"shard-{i}.npy").read_bytes() == bytes([i]) * 200_000
+    assert not [p for p in folders[0].parent.iterdir() if p.name.startswith(".partial-")]
