@@ -45,3 +45,23 @@ def write_corpus(folder: Path, texts: list[str]) -> str:
             for i, t in enumerate(texts):
                 fh.write(json.dumps({"id": str(i), "text": t}, ensure_ascii=False) + "\n")
     return str(folder)
+
+
+def run_bench(script: str, *args: str) -> dict:
+    """Run ``bench/<script>`` as its own process; it must print exactly one JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+        check=True,
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1, out.stdout
+    return json.loads(lines[0])

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from tests.helpers import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("ours", "hojichar", "hojichar_default", "datasketch")
 
 
 def test_bench_corpus_prints_one_json_line():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "corpus.py"), "--mb", "1", "--seed", "7", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=True,
-    )
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1, out.stdout
-    res = json.loads(lines[0])
+    res = run_bench("corpus.py", "--mb", "1", "--seed", "7", "--repeat", "1")
     assert {"corpus", "clean", "dedup", "versions", "seed"} <= set(res) and res["seed"] == 7
     c = res["corpus"]
     assert c["docs"] > 50 and 0.5e6 < c["bytes"] < 1.5e6 and c["pairs_j_ge_085"] > 0

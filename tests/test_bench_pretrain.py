@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_bench
+
 TINY = [
     "--hidden", "64", "--layers", "2", "--vocab", "500", "--seq-len", "64", "--batch", "4",
     "--steps", "6", "--warmup", "2", "--warmup-run-steps", "2", "--repeats", "2", "--threads", "2",
@@ -24,17 +21,7 @@ KEYS = {
 
 
 def test_bench_pretrain_prints_one_json_line():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pretrain.py"), *TINY],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=True,
-    )
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1, out.stdout
-    res = json.loads(lines[0])
+    res = run_bench("pretrain.py", *TINY)
     assert KEYS <= set(res), KEYS - set(res)
     assert res["bench"] == "pretrain" and res["steps"] == 6 and res["seq_len"] == 64 and res["threads"] == 2
     assert res["model_params"] > 0 and res["docs"] == 400
