@@ -150,32 +150,49 @@ def cmd_pretrain_job(args) -> int:
     return 0
 
 
+def _merge_inputs(args) -> tuple[PipelineConfig, object, dict]:
+    """Config, merge section and input URIs: ``--config`` may be a pipeline config, a finmerge
+    ``merge_recipe.yaml`` or a mergekit YAML; explicit flags override what the file says."""
+    import yaml
+
+    from finmerge import mergekit_compat
+    from finmerge.config import MergeConfig
+
+    doc = yaml.safe_load(args.config.read_text(encoding="utf-8")) if args.config else None
+    uris: dict = {}
+    if mergekit_compat.is_mergekit(doc):
+        m, uris = mergekit_compat.from_mergekit(doc)
+        cfg = load_config(None, args.set)
+    elif isinstance(doc, dict) and {"inputs", "merge"} <= set(doc):
+        m, uris = MergeConfig(**doc["merge"]), dict(doc["inputs"])
+        cfg = load_config(None, args.set)
+    else:
+        cfg = _config(args)
+        m = cfg.merge
+    updates = {k: v for k, v in {"method": args.method, "alpha": args.alpha, "beta": args.beta,
+               "dtype": args.dtype}.items() if v is not None}  # fmt: skip
+    m = MergeConfig.model_validate({**m.model_dump(), **updates})
+    for role in ("base", "instruct", "domain"):
+        if getattr(args, role):
+            uris[role] = getattr(args, role)
+    missing = [f"--{r}" for r in ("base", "instruct", "domain") if not uris.get(r)]
+    if missing:
+        raise ConfigError(f"merge needs {', '.join(missing)} (or a mergekit YAML / recipe naming the models)")
+    return cfg, m, uris
+
+
 def cmd_merge(args) -> int:
     from tasks.merge import merge_models
 
-    cfg = _config(args)
-    m = cfg.merge
-    updates = {
-        k: v
-        for k, v in {
-            "method": args.method,
-            "alpha": args.alpha,
-            "beta": args.beta,
-            "dtype": args.dtype,
-        }.items()
-        if v is not None
-    }
-    m = m.model_validate({**m.model_dump(), **updates})
+    cfg, m, uris = _merge_inputs(args)
+    from finmerge import storage
+
+    storage.configure(cfg.storage.endpoint_url)
+    staging = str(Path(cfg.storage.staging_dir).expanduser().resolve())
+    res = merge_models(uris["base"], uris["instruct"], uris["domain"], args.out, m, staging,
+                       trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
     _print(
-        merge_models(
-            args.base,
-            args.instruct,
-            args.domain,
-            args.out,
-            m,
-            _staging(args),
-            trust_remote_code=cfg.models.trust_remote_code,
-        )
+        {k: res.get(k) for k in ("uri", "digest", "counts", "metrics", "output_dtype")} | {"method": m.method}
     )
     return 0
 
@@ -286,10 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("spec")
     job.set_defaults(fn=cmd_pretrain_job)
 
-    m = sub.add_parser("merge", parents=[common], help="θ_base + α·τ_inst + β·τ_fin, streamed")
-    for flag in ("--base", "--instruct", "--domain", "--out"):
-        m.add_argument(flag, required=True)
-    m.add_argument("--method", choices=["task_arithmetic", "linear"])
+    m = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="θ_base + α·τ_inst + β·τ_fin (or ties, dare, slerp), streamed; --config may be a mergekit YAML",
+    )
+    for flag in ("--base", "--instruct", "--domain"):
+        m.add_argument(flag, help="model folder or s3:// URI (default: from a mergekit YAML / recipe)")
+    m.add_argument("--out", required=True)
+    m.add_argument(
+        "--method", choices=["task_arithmetic", "linear", "ties", "dare_ties", "dare_linear", "slerp"]
+    )
     m.add_argument("--alpha", type=float)
     m.add_argument("--beta", type=float)
     m.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])

@@ -37,8 +37,8 @@ import torch
 import yaml
 
 import finmerge
-from finmerge import modelio, storage
-from finmerge.config import MergeConfig
+from finmerge import merge_methods, modelio, storage
+from finmerge.config import MergeConfig, TensorRule
 from finmerge.orchestration import stage_task
 from finmerge.safetensors_stream import NAME_TO_TORCH, ShardedWriter, row_blocks
 from finmerge.triplet import PreflightError, Triplet, load_triplet
@@ -62,16 +62,21 @@ TOKENIZER_PATTERNS = ("*.tiktoken", "tokenizer*.model", "tokenization_*.py")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-def coefficients(cfg: MergeConfig) -> tuple[float, float, float]:
-    """Weights ``(c_base, c_inst, c_domain)`` of the weighted sum that implements ``cfg.method``."""
-    a, b = float(cfg.alpha), float(cfg.beta)
-    if cfg.method == "task_arithmetic":
-        return 1.0 - (a + b), a, b
-    if cfg.method == "linear":
+def coefficients(
+    method: str, alpha: float, beta: float, lambda_scale: float = 1.0, normalize: bool | None = None
+) -> tuple[float, float, float]:
+    """Weights ``(c_base, c_inst, c_domain)`` of the weighted sum that implements a linear method:
+    task_arithmetic = base + λ·(α·τ_inst + β·τ_fin) [/ (α+β) with normalize]; linear = (α·θ_inst + β·θ_cpt)/(α+β).
+    """
+    a, b = float(alpha), float(beta)
+    if method == "task_arithmetic":
+        scale = lambda_scale / ((a + b) if normalize and abs(a + b) >= 1e-8 else 1.0)
+        return 1.0 - scale * (a + b), scale * a, scale * b
+    if method == "linear":
         if a + b == 0:
             raise ValueError("linear merge: alpha + beta must not be 0")
         return 0.0, a / (a + b), b / (a + b)
-    raise ValueError(f"unknown merge method {cfg.method!r}")
+    raise ValueError(f"{method!r} is not a linear merge method")
 
 
 def resolve_dtype(requested: str, instruct_config: dict) -> torch.dtype:
@@ -151,29 +156,101 @@ def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor) -> None:
     raise MergeError(f"tensor {name}{rows}: non-finite |Δ| between finite output and inputs")
 
 
+def _rule_for(name: str, rules: list, patterns: list) -> TensorRule | None:
+    return next((r for r, p in zip(rules, patterns, strict=True) if p.search(name)), None)
+
+
 def _plan(tri: Triplet, cfg: MergeConfig, out_dtype: torch.dtype) -> tuple[dict[str, dict], list]:
+    """Per tensor: merged (with which method and parameters), copied (non-float) or taken from one model."""
+    rules = [*cfg.rules, *(TensorRule(pattern=p, source="domain") for p in cfg.exclude)]
     try:
-        patterns = [re.compile(p) for p in cfg.exclude]
+        patterns = [re.compile(r.pattern) for r in rules]
     except re.error as exc:
-        raise PreflightError([f"merge.exclude: invalid regex ({exc})"]) from exc
+        raise PreflightError([f"merge.rules / merge.exclude: invalid regex ({exc})"]) from exc
     plans: dict[str, dict] = {}
     specs = []
     for name in tri.names:
         di = tri.info("domain", name)
         ii = tri.info("instruct", name)
-        if any(p.search(name) for p in patterns):
-            kind = "excluded"
-            dtype = out_dtype if di.is_float else di.torch_dtype
+        rule = _rule_for(name, rules, patterns)
+        plan = {
+            "shape": di.shape,
+            "shared_rows": tri.vocab_rows.get(name),
+            "rule": rule.pattern if rule else None,
+        }
+        if rule is not None and rule.source != "merge":
+            src = tri.info(rule.source, name)
+            plan.update(
+                kind="taken", source=rule.source, dtype=out_dtype if src.is_float else src.torch_dtype
+            )
         elif not ii.is_float:
-            kind = "copied"
-            dtype = ii.torch_dtype
+            plan.update(kind="copied", dtype=ii.torch_dtype)
         else:
-            kind = "merged"
-            dtype = out_dtype
-        shared = tri.vocab_rows.get(name)
-        plans[name] = {"kind": kind, "shape": di.shape, "dtype": dtype, "shared_rows": shared}
-        specs.append((name, dtype, di.shape))
+            plan.update(kind="merged", dtype=out_dtype, **_method_params(cfg, rule))
+        plans[name] = plan
+        specs.append((name, plan["dtype"], di.shape))
     return plans, specs
+
+
+def _method_params(cfg: MergeConfig, rule: TensorRule | None) -> dict:
+    """The method and its parameters for one tensor: the config, overridden by a matching rule."""
+    over = {k: v for k, v in (rule.model_dump() if rule else {}).items() if v is not None and k in (
+        "method", "alpha", "beta", "density", "t")}  # fmt: skip
+    method = over.get("method", cfg.method)
+    alpha, beta = over.get("alpha", cfg.alpha), over.get("beta", cfg.beta)
+    density = over.get("density")
+    params = {"method": method, "alpha": alpha, "beta": beta}
+    if method in ("task_arithmetic", "linear"):
+        params["coeffs"] = coefficients(method, alpha, beta, cfg.lambda_scale, cfg.normalize)
+    elif method == "slerp":
+        params["t"] = over.get("t", cfg.t)
+    else:
+        sparsification, consensus, normalize, rescale = merge_methods.METHODS[method]
+        params.update(
+            density_instruct=density or cfg.density_instruct or cfg.density,
+            density_domain=density or cfg.density_domain or cfg.density,
+            sparsification=sparsification,
+            consensus=consensus,
+            normalize=normalize if cfg.normalize is None else cfg.normalize,
+            rescale=rescale if cfg.rescale is None else cfg.rescale,
+            lambda_scale=cfg.lambda_scale,
+            seed=cfg.seed,
+        )
+    return params
+
+
+def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor) -> torch.Tensor:
+    """The merged values of one block (all of the tensor's shared rows for whole-tensor methods)."""
+    method = plan["method"]
+    if method in ("task_arithmetic", "linear"):
+        weights = [(r, c) for r, c in zip(ROLES, plan["coeffs"], strict=True) if c != 0.0]
+        if not weights:
+            return acc.zero_()
+        for j, (r, c) in enumerate(weights):
+            if j == 0:
+                torch.mul(xf[r], c, out=acc) if c != 1.0 else acc.copy_(xf[r])
+            else:
+                acc.add_(xf[r], alpha=c)
+        return acc
+    if method == "slerp":
+        return acc.copy_(merge_methods.slerp_tensor(plan["t"], xf["instruct"], xf["domain"]))
+    specs = [
+        merge_methods.VectorSpec(plan["alpha"], plan["density_instruct"]),
+        merge_methods.VectorSpec(plan["beta"], plan["density_domain"]),
+    ]
+    gens = [merge_methods.tensor_generator(plan["seed"], name, r) for r in ("instruct", "domain")]
+    out = merge_methods.generalized_task_arithmetic(
+        xf["base"],
+        [xf["instruct"], xf["domain"]],
+        specs,
+        sparsification=plan["sparsification"],
+        consensus=plan["consensus"],
+        normalize=plan["normalize"],
+        rescale=plan["rescale"],
+        lambda_scale=plan["lambda_scale"],
+        generators=gens,
+    )
+    return acc.copy_(out)
 
 
 def merge_models(
@@ -197,7 +274,11 @@ def merge_models(
     have no finmerge manifest, for the model card (in background threads).
     """
     t0 = time.perf_counter()
-    coeffs = coefficients(cfg)
+    coeffs = (
+        coefficients(cfg.method, cfg.alpha, cfg.beta, cfg.lambda_scale, cfg.normalize)
+        if cfg.method in ("task_arithmetic", "linear")
+        else None
+    )
     uris = {"base": base_uri, "instruct": instruct_uri, "domain": domain_uri}
     folders = {r: modelio.stage_model(u, staging_dir) for r, u in uris.items()}
     tri = load_triplet(
@@ -219,7 +300,7 @@ def merge_models(
         with storage.output_folder(out_uri, staging_dir, meta={"kind": "merge"}) as out:
             writer = ShardedWriter(out.path, specs, max(0, cfg.shard_size_mb) * 1_000_000, background=True)
             try:
-                report = _merge_pass(tri, plans, writer, coeffs, compute_dtype, block_elems)
+                report = _merge_pass(tri, plans, writer, compute_dtype, block_elems)
                 shard_sha = writer.close()
             finally:
                 writer.abort()
@@ -230,7 +311,7 @@ def merge_models(
             counts = {
                 "tensors_merged": sum(p["kind"] == "merged" for p in plans.values()),
                 "tensors_copied": sum(p["kind"] == "copied" for p in plans.values()),
-                "tensors_excluded": sum(p["kind"] == "excluded" for p in plans.values()),
+                "tensors_excluded": sum(p["kind"] == "taken" for p in plans.values()),
                 "tensors_vocab_extended": sum(1 for t in report if t["rows_domain_only"]),
                 "rows_domain_only": int(tri.vocab["rows_domain_only"]),
                 "shards": len(shard_sha),
@@ -246,7 +327,8 @@ def merge_models(
                 "method": cfg.method,
                 "alpha": cfg.alpha,
                 "beta": cfg.beta,
-                "coefficients": dict(zip(ROLES, coeffs, strict=True)),
+                "coefficients": dict(zip(ROLES, coeffs, strict=True)) if coeffs else None,
+                "parameters": _method_summary(cfg),
                 "compute_dtype": _dtype_name(compute_dtype),
                 "output_dtype": _dtype_name(out_dtype),
                 "inputs": {
@@ -309,12 +391,61 @@ def _input_dtype(side) -> str:
     return ",".join(dts)
 
 
-def _merge_pass(
-    tri: Triplet, plans: dict, writer: ShardedWriter, coeffs, compute_dtype, block_elems: int
-) -> list:
+def _method_summary(cfg: MergeConfig) -> dict:
+    keys = {
+        "ties": ("density", "density_instruct", "density_domain", "normalize", "lambda_scale"),
+        "dare_ties": (
+            "density",
+            "density_instruct",
+            "density_domain",
+            "rescale",
+            "normalize",
+            "lambda_scale",
+            "seed",
+        ),
+        "dare_linear": (
+            "density",
+            "density_instruct",
+            "density_domain",
+            "rescale",
+            "normalize",
+            "lambda_scale",
+            "seed",
+        ),
+        "slerp": ("t",),
+        "task_arithmetic": ("lambda_scale", "normalize"),
+    }.get(cfg.method, ())
+    out = {k: getattr(cfg, k) for k in keys}
+    if cfg.rules:
+        out["rules"] = [r.model_dump(exclude_none=True) for r in cfg.rules]
+    return out
+
+
+def _uses_base(plan: dict) -> bool:
+    if plan["kind"] != "merged" or plan["method"] == "slerp":
+        return False
+    return plan["method"] not in ("task_arithmetic", "linear") or plan["coeffs"][0] != 0.0
+
+
+def _blocks(plan: dict, block_elems: int) -> list[tuple[int | None, int | None, bool]]:
+    """Row blocks over the rows every model has, then the domain-only rows (vocab extension). Methods that
+    sparsify by magnitude or rescale by norm see all shared rows at once."""
+    shape, shared = plan["shape"], plan["shared_rows"]
+    rows = shape[0] if shape else None
+    split = shared if shared is not None else rows
+    whole = plan["kind"] == "merged" and plan["method"] in merge_methods.WHOLE_TENSOR
+    head = (
+        [(0, split, True)]
+        if whole and shape
+        else [(a, b, True) for a, b in row_blocks(shape, block_elems, 0, split)]
+    )
+    if shared is not None:
+        head += [(a, b, False) for a, b in row_blocks(shape, block_elems, shared, rows)]
+    return head
+
+
+def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype, block_elems: int) -> list:
     models = {r: getattr(tri, r).weights for r in ROLES}
-    weights = [(r, c) for r, c in zip(ROLES, coeffs, strict=True) if c != 0.0]
-    base_weight = coeffs[0]
     ws = _Workspace()
     k = 0
     report = []
@@ -326,13 +457,8 @@ def _merge_pass(
             kind, shape, out_dtype = plan["kind"], plan["shape"], plan["dtype"]
             shared = plan["shared_rows"]
             rows = shape[0] if shape else None
-            split = shared if shared is not None else rows
             d_cpt, d_inst = 0.0, None
-            # Blocks over the rows every model has, then the domain-only rows (vocab extension).
-            blocks = [(a, b, True) for a, b in row_blocks(shape, block_elems, 0, split)]
-            if shared is not None:
-                blocks += [(a, b, False) for a, b in row_blocks(shape, block_elems, shared, rows)]
-            for a, b, in_shared in blocks:
+            for a, b, in_shared in _blocks(plan, block_elems):
                 roles = ROLES if in_shared else ("domain",)
                 x = {r: models[r].read(name, a, b) for r in roles}
                 if kind == "copied":
@@ -349,24 +475,19 @@ def _merge_pass(
                     r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
                     for r, v in x.items()
                 }
-                if kind == "excluded" or not in_shared:
-                    src = x["domain"]
+                if kind == "taken" or not in_shared:
+                    src = x[plan["source"]] if kind == "taken" and in_shared else x["domain"]
                     y = src if src.dtype == out_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(src)
                 else:
-                    acc = ws.get(f"acc{par}", bshape, compute_dtype)
-                    for j, (r, c) in enumerate(weights):
-                        if j == 0:
-                            torch.mul(xf[r], c, out=acc) if c != 1.0 else acc.copy_(xf[r])
-                        else:
-                            acc.add_(xf[r], alpha=c)
+                    acc = _combine(name, plan, xf, ws.get(f"acc{par}", bshape, compute_dtype))
                     y = acc if out_dtype == compute_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(acc)
                 yf = y if y.dtype == compute_dtype else ws.get("yf", bshape, compute_dtype).copy_(y)
                 # Non-finite values in the output or in an input it is compared with show up as a
-                # non-finite |Δ|; inputs that take no part in either (a zero-weight base) are checked apart.
+                # non-finite |Δ|; the base is checked apart (it may take no part in either).
                 diff = ws.get("diff", bshape, compute_dtype)
                 dc = _max_abs(yf, xf["domain"], diff)
                 di = _max_abs(yf, xf["instruct"], diff) if in_shared else 0.0
-                idle = [r for r in roles if r == "base" and (kind == "excluded" or base_weight == 0.0)]
+                idle = [r for r in roles if r == "base" and not _uses_base(plan)]
                 if not (math.isfinite(dc) and math.isfinite(di)) or any(
                     not bool(torch.isfinite(xf[r]).all()) for r in idle
                 ):
@@ -380,6 +501,8 @@ def _merge_pass(
                 {
                     "name": name,
                     "kind": kind,
+                    "method": plan.get("method") if kind == "merged" else plan.get("source"),
+                    "rule": plan["rule"],
                     "shape": list(shape),
                     "dtype": _dtype_name(out_dtype),
                     "rows_domain_only": (rows - shared) if shared is not None else 0,
@@ -482,10 +605,15 @@ def _recipe(cfg: MergeConfig, uris: dict, summary: dict) -> str:
 
 def _model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
     a, b = cfg.alpha, cfg.beta
-    if cfg.method == "task_arithmetic":
-        formula = f"θ = θ_base + {a:g}·(θ_inst − θ_base) + {b:g}·(θ_cpt − θ_base)"
-    else:
-        formula = f"θ = ({a:g}·θ_inst + {b:g}·θ_cpt) / {a + b:g}"
+    formula = {
+        "task_arithmetic": f"θ = θ_base + {cfg.lambda_scale:g}·({a:g}·(θ_inst − θ_base) + {b:g}·(θ_cpt − θ_base))"
+        + (f" / {a + b:g}" if cfg.normalize else ""),
+        "linear": f"θ = ({a:g}·θ_inst + {b:g}·θ_cpt) / {a + b:g}",
+        "ties": "θ = θ_base + λ·Σ wᵢ·mᵢ·topk(τᵢ) / Σ wᵢ·mᵢ (mᵢ: sign agrees with the weighted sum)",
+        "dare_ties": "θ = θ_base + λ·Σ wᵢ·mᵢ·drop(τᵢ), drop = random keep (density) with L1 rescale, mᵢ: sign agreement",
+        "dare_linear": "θ = θ_base + λ·Σ wᵢ·drop(τᵢ), drop = random keep (density) with L1 rescale",
+        "slerp": f"θ = slerp(θ_inst, θ_cpt, t={cfg.t:g}) row by row",
+    }[cfg.method]
     lines = [
         "---",
         "library_name: transformers",
@@ -502,6 +630,7 @@ def _model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
         f"- method: `{cfg.method}`, α = {a:g}, β = {b:g}",
         f"- formula: {formula}",
         f"- computed in {s['compute_dtype']}, rounded once to {s['output_dtype']}",
+        f"- parameters: {json.dumps(s['parameters'], ensure_ascii=False)}",
         f"- excluded (taken from the domain model unchanged): {', '.join(f'`{e}`' for e in cfg.exclude) or 'none'}",
         f"- tool: finmerge {s['finmerge_version']}; full recipe in `merge_recipe.yaml`",
         "",
