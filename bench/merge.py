@@ -1,101 +1,299 @@
-"""Benchmark: our streaming task-arithmetic merge vs a naive in-memory merge of the same three models.
+"""Benchmark: finmerge's streaming merge against mergekit (`mergekit-yaml`) on three ~1B-parameter models.
 
-The reference loads the three state dicts fully (safetensors.torch.load_file), computes in fp32 and saves
-one file: the obvious script a user would write. Both run in fresh child processes so peak RSS is theirs.
-Prints one JSON line: seconds and peak RSS of each, and the ratios (ours / reference).
+Generates three sharded bf16 Llama-style models that share a base (random, no download): base ~ N(0, 0.02),
+instruct and cpt = base + N(0, 0.01) each. Then, for task_arithmetic, ties and dare_ties, runs our merge and
+mergekit 0.1.5 in child processes on the same inputs and records wall time, peak anonymous RSS (sampled
+from /proc: the memory-mapped inputs are file-backed and the kernel can drop them) and peak total RSS. The
+outputs are compared tensor by tensor (bit-identical share, max difference in bf16 ulps); dare draws
+different random masks in the two tools, so only its kept share is compared. Read bandwidth of the inputs
+is measured in the same script, and each merge's input throughput is reported as a fraction of it.
+
+Prints one JSON line. Defaults are the ~0.95B shape of ../shared/reference/anchors.md; `--layers 2` etc. make
+a small run (the test uses one).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHILD_OURS = """
-import resource, sys, time
+import sys, time
 from finmerge.config import MergeConfig
 from tasks.merge import merge_models
+base, inst, cpt, out, staging, method = sys.argv[1:7]
 t = time.perf_counter()
-merge_models(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], MergeConfig(shard_size_mb=64), sys.argv[5])
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
-CHILD_NAIVE = """
-import resource, sys, time
-from safetensors.torch import load_file, save_file
-t = time.perf_counter()
-b, i, d = (load_file(p + "/model.safetensors") for p in sys.argv[1:4])
-out = {k: (b[k].float() + (i[k].float() - b[k].float()) + (d[k].float() - b[k].float())).to(b[k].dtype) for k in b}
-save_file(out, sys.argv[4] + "/model.safetensors")
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+merge_models(base, inst, cpt, out, MergeConfig(method=method, density=0.5, dtype="bfloat16", shard_size_mb=500),
+             staging)
+print(time.perf_counter() - t)
 """
 
 
-def make_models(root: Path) -> list[str]:
-    import torch
-
-    from finmerge import storage
-    from finmerge.config import TinyModelConfig
-    from finmerge.demo.models import init_llama, save_model, train_tokenizer
-
-    shape = TinyModelConfig(
-        vocab_size=400, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8
-    )
-    tok = train_tokenizer(iter(["株式会社の売上高は増加しました。"] * 50), 400, root / "tok")
-    uris = []
-    for name, seed in (("base", 0), ("instruct", 1), ("cpt", 2)):
-        model = init_llama(shape, tok, 0)
-        if seed:
-            g = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn(p.shape, generator=g) * 0.01)
-        with storage.output_folder(str(root / name), str(root / "staging")) as out:
-            save_model(model, tok, out.path, "# bench")
-        uris.append(str(root / name))
-    return uris
+def log(msg: str) -> None:
+    print(f"[bench/merge] {msg}", file=sys.stderr, flush=True)
 
 
-def run_child(code: str, *args: str) -> tuple[float, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    seconds, rss_kb = out.stdout.strip().splitlines()[-1].split()
-    return float(seconds), int(rss_kb)
+# -- inputs ------------------------------------------------------------------------------------------------
+def llama_tensors(hidden: int, inter: int, layers: int, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+    names = [("model.embed_tokens.weight", (vocab, hidden))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        names += [
+            (p + "input_layernorm.weight", (hidden,)),
+            (p + "self_attn.q_proj.weight", (hidden, hidden)),
+            (p + "self_attn.k_proj.weight", (hidden, hidden)),
+            (p + "self_attn.v_proj.weight", (hidden, hidden)),
+            (p + "self_attn.o_proj.weight", (hidden, hidden)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+            (p + "mlp.gate_proj.weight", (inter, hidden)),
+            (p + "mlp.up_proj.weight", (inter, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, inter)),
+        ]
+    return names + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
+
+
+def make_models(root: Path, args) -> tuple[list[Path], int]:
+    """Write base / instruct / cpt as sharded safetensors HF folders; returns folders and parameter count."""
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": args.hidden,
+        "intermediate_size": args.intermediate, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
+        "num_key_value_heads": args.heads, "vocab_size": args.vocab, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1,
+        "eos_token_id": 2,
+    }  # fmt: skip
+    folders = [root / n for n in ("base", "instruct", "cpt")]
+    for f in folders:
+        f.mkdir(parents=True)
+        (f / "config.json").write_text(json.dumps(config))
+    g = torch.Generator().manual_seed(0)
+    shards: list[list[dict]] = [[{}] for _ in folders]
+    weight_map: dict[str, str] = {}
+    size, n_params, limit = 0, 0, args.shard_mb * 1_000_000
+    for name, shape in llama_tensors(args.hidden, args.intermediate, args.layers, args.vocab):
+        if name.endswith("norm.weight"):
+            base = 1.0 + torch.randn(shape, generator=g) * 0.02
+        else:
+            base = torch.randn(shape, generator=g) * 0.02
+        values = [
+            base,
+            base + torch.randn(shape, generator=g) * 0.01,
+            base + torch.randn(shape, generator=g) * 0.01,
+        ]
+        nbytes = base.numel() * 2
+        if size and size + nbytes > limit:
+            for s in shards:
+                s.append({})
+            size = 0
+        for s, v in zip(shards, values, strict=True):
+            s[-1][name] = v.to(torch.bfloat16)
+        weight_map[name] = f"model-{len(shards[0]):05d}.safetensors"
+        size += nbytes
+        n_params += base.numel()
+    for folder, model_shards in zip(folders, shards, strict=True):
+        total = len(model_shards)
+        files = {}
+        for i, tensors in enumerate(model_shards, 1):
+            fname = f"model-{i:05d}-of-{total:05d}.safetensors"
+            save_file(tensors, str(folder / fname), metadata={"format": "pt"})
+            files[f"model-{i:05d}.safetensors"] = fname
+        index = {
+            "metadata": {"total_size": n_params * 2},
+            "weight_map": {k: files[v] for k, v in weight_map.items()},
+        }
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folders, n_params
+
+
+def read_bandwidth(folders: list[Path]) -> float:
+    """GB/s reading every input byte once, as the merges do (page cache as it is after writing)."""
+    buf = bytearray(64 << 20)
+    total, t0 = 0, time.perf_counter()
+    for f in folders:
+        for p in sorted(f.glob("*.safetensors")):
+            with open(p, "rb", buffering=0) as fh:
+                while n := fh.readinto(buf):
+                    total += n
+    return total / (time.perf_counter() - t0) / 1e9
+
+
+# -- running and measuring ---------------------------------------------------------------------------------
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall seconds, peak anonymous RSS (sampled every 20 ms) and peak total RSS (VmHWM)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"anon": 0, "hwm": 0}
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak["anon"] = max(peak["anon"], _status_kb(proc.pid, "RssAnon"))
+            peak["hwm"] = max(peak["hwm"], _status_kb(proc.pid, "VmHWM"))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    watcher.join()
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
+    return {"s": round(seconds, 2), "anon_rss_mb": peak["anon"] // 1024, "peak_rss_mb": peak["hwm"] // 1024}
+
+
+def ours(folders: list[Path], out: Path, staging: Path, method: str) -> dict:
+    args = [str(f) for f in folders] + [str(out), str(staging), method]
+    return run_measured([sys.executable, "-c", CHILD_OURS, *args])
+
+
+def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
+    base, inst, cpt = (str(f) for f in folders)
+    params = {} if method == "task_arithmetic" else {"density": 0.5}
+    doc = {
+        "merge_method": method,
+        "base_model": base,
+        "models": [{"model": m, "parameters": {"weight": 1.0, **params}} for m in (inst, cpt)],
+        "dtype": "float32",
+        "out_dtype": "bfloat16",
+    }
+    cfg = tmp / f"mergekit-{method}.yaml"
+    cfg.write_text(json.dumps(doc))
+    exe = str(Path(sys.executable).with_name("mergekit-yaml"))
+    return run_measured([exe, str(cfg), str(out), "--out-shard-size", "500M", "--random-seed", "0"])
+
+
+def _tensors(folder: Path):
+    for p in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(p), "pt") as fh:
+            for name in fh.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                yield name, fh.get_tensor(name)
+
+
+def compare(a: Path, b: Path) -> dict:
+    """Share of bit-identical values and the largest difference in units of bf16 rounding (ulps)."""
+    other = dict(_tensors(b))
+    same = total = 0
+    worst = 0.0
+    for name, x in _tensors(a):
+        y = other.pop(name)
+        xf, yf = x.float(), y.float()
+        same += int((x == y).sum())
+        total += x.numel()
+        ulp = torch.finfo(torch.bfloat16).eps * torch.maximum(xf.abs(), yf.abs()).clamp_min(1e-30)
+        worst = max(worst, float(((xf - yf).abs() / ulp).max()))
+    return {
+        "identical_share": round(same / total, 6),
+        "max_diff_ulps": round(worst, 2),
+        "missing": sorted(other),
+    }
+
+
+def kept_share(merged: Path, folders: list[Path]) -> float:
+    """dare: share of entries where the merge differs from the base (a proxy for what survived the drop)."""
+    base = dict(_tensors(folders[0]))
+    moved = total = 0
+    for name, x in _tensors(merged):
+        moved += int((x != base[name]).sum())
+        total += x.numel()
+    return round(moved / total, 4)
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--intermediate", type=int, default=5632)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--shard-mb", type=int, default=1000, help="input shard size")
+    ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare_ties"])
+    ap.add_argument("--workdir", help="where to put the models (default: a temp dir; needs ~5 GB per 1B)")
+    args = ap.parse_args()
+
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
-        base, inst, cpt = make_models(root)
-        size = sum(p.stat().st_size for p in (root / "base").glob("*.safetensors"))
-        (root / "naive").mkdir()
-        t_ref, rss_ref = run_child(CHILD_NAIVE, base, inst, cpt, str(root / "naive"))
-        t0 = time.perf_counter()
-        t_ours, rss_ours = run_child(CHILD_OURS, base, inst, cpt, str(root / "ours"), str(root / "staging"))
-        print(
-            json.dumps(
-                {
-                    "bench": "merge_task_arithmetic",
-                    "model_bytes": size,
-                    "inputs_gb": round(3 * size / 1e9, 3),
-                    "ours_s": round(t_ours, 3),
-                    "reference_s": round(t_ref, 3),
-                    "time_ratio": round(t_ours / t_ref, 3),
-                    "ours_peak_rss_mb": rss_ours // 1024,
-                    "reference_peak_rss_mb": rss_ref // 1024,
-                    "rss_ratio": round(rss_ours / rss_ref, 3),
-                    "ours_input_gb_per_s": round(3 * size / 1e9 / t_ours, 3),
-                    "wall_s": round(time.perf_counter() - t0, 1),
-                }
-            )
+        log("generating three models")
+        folders, n_params = make_models(root, args)
+        input_bytes = sum(p.stat().st_size for f in folders for p in f.glob("*.safetensors"))
+        bw = read_bandwidth(folders)
+        log(
+            f"{n_params / 1e9:.3f}B parameters per model, {input_bytes / 1e9:.2f} GB of inputs, read {bw:.2f} GB/s"
         )
+        results: dict = {}
+        for method in args.methods:
+            row = {}
+            for tool in ("ours", "mergekit"):
+                out = root / f"{tool}-{method}"
+                log(f"{method}: {tool}")
+                if tool == "ours":
+                    row[tool] = ours(folders, out, root / "staging", method)
+                else:
+                    row[tool] = mergekit(folders, out, method, root)
+                row[tool]["input_gb_per_s"] = round(input_bytes / 1e9 / row[tool]["s"], 3)
+                row[tool]["share_of_read_bandwidth"] = round(row[tool]["input_gb_per_s"] / bw, 3)
+            if method == "dare_ties":
+                row["ours"]["changed_share"] = kept_share(root / "ours-dare_ties", folders)
+                row["mergekit"]["changed_share"] = kept_share(root / "mergekit-dare_ties", folders)
+            else:
+                row["equality"] = compare(root / f"ours-{method}", root / f"mergekit-{method}")
+            row["speedup"] = round(row["mergekit"]["s"] / row["ours"]["s"], 3)
+            row["anon_rss_ratio"] = round(
+                row["ours"]["anon_rss_mb"] / max(row["mergekit"]["anon_rss_mb"], 1), 3
+            )
+            results[method] = row
+            for tool in ("ours", "mergekit"):
+                shutil.rmtree(root / f"{tool}-{method}", ignore_errors=True)
+            log(f"{method}: {json.dumps(row)}")
+    ta = results.get("task_arithmetic", {}).get("ours", {}).get("s")
+    summary = {
+        "bench": "merge",
+        "params_per_model": n_params,
+        "input_gb": round(input_bytes / 1e9, 3),
+        "read_gb_per_s": round(bw, 3),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "methods": results,
+        "ours_vs_own_task_arithmetic": {
+            m: round(r["ours"]["s"] / ta, 3) for m, r in results.items() if ta and m != "task_arithmetic"
+        },
+        "mergekit": _version("mergekit"),
+        "torch": torch.__version__,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    print(json.dumps(summary))
+
+
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":
