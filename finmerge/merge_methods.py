@@ -68,46 +68,74 @@ def kth_largest(w: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(w, n - k + 1).values
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep exactly ``max(1, int(density·n))`` entries of largest |value| (ties at the threshold: lowest
-    index first), as mergekit's magnitude sparsification keeps its top-k."""
-    n = delta.numel()
+class Scratch:
+    """Full-tensor fp32 buffers reused from tensor to tensor: a fresh multi-hundred-MB allocation is
+    page-faulted on every use, which costs more than the arithmetic (see tasks/merge.py's _Workspace)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self._bufs.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)
+        return buf[:n].view(shape)
+
+
+def magnitude_mask(w: torch.Tensor, density: float) -> torch.Tensor:
+    """Given ``w`` = |task vector|, keep exactly ``max(1, int(density·n))`` entries of largest value (ties at
+    the threshold: lowest index first), as mergekit's magnitude sparsification keeps its top-k."""
+    n = w.numel()
     if density >= 1 or n == 0:
-        return torch.ones_like(delta, dtype=torch.bool)
+        return torch.ones_like(w, dtype=torch.bool)
     k = max(1, int(density * n))
-    w = delta.abs().reshape(-1)
-    thr = kth_largest(w, k)
-    mask = w > thr
+    flat = w.reshape(-1)
+    thr = kth_largest(flat, k)
+    mask = flat > thr
     need = k - int(mask.sum())
     if need > 0:
-        ties = torch.nonzero(w == thr).flatten()[:need]
+        ties = torch.nonzero(flat == thr).flatten()[:need]
         mask[ties] = True
-    return mask.view(delta.shape)
+    return mask.view(w.shape)
 
 
-def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    if density >= 1:
-        return torch.ones_like(delta, dtype=torch.bool)
-    return torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
+def random_mask(
+    shape, density: float, generator: torch.Generator, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    if u is None:
+        u = torch.empty(shape)
+    return torch.rand(shape, generator=generator, out=u) < density
 
 
 def sparsify(
-    delta: torch.Tensor, density: float, method: Sparsify, rescale: bool, generator: torch.Generator | None
+    delta: torch.Tensor,
+    density: float,
+    method: Sparsify,
+    rescale: bool,
+    generator: torch.Generator | None,
+    w: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Drop entries of a task vector; with ``rescale`` match the kept entries' L1 norm to the original's."""
+    """Drop entries of a task vector in place; with ``rescale`` match the kept entries' L1 norm to the
+    original's. ``w``: a scratch tensor of the same shape."""
     if method is None or density >= 1:
         return delta
+    w = torch.abs(delta, out=w) if w is not None else delta.abs()
+    before = w.sum() if rescale else None
     if method == "magnitude":
-        mask = magnitude_mask(delta, density)
+        mask = magnitude_mask(w, density)
     else:
         assert generator is not None
-        mask = random_mask(delta, density, generator)
-    kept = delta * mask
+        mask = random_mask(delta.shape, density, generator, w)
+    delta.mul_(mask)
     if rescale:
-        before, after = delta.abs().sum(), kept.abs().sum()
+        after = torch.abs(delta, out=w).sum()
         if before >= 1e-7 and after >= 1e-7:
-            kept.mul_(before / after)
-    return kept
+            delta.mul_(before / after)
+    return delta
 
 
 def generalized_task_arithmetic(
@@ -121,27 +149,40 @@ def generalized_task_arithmetic(
     rescale: bool,
     lambda_scale: float = 1.0,
     generators: list[torch.Generator | None] | None = None,
+    scratch: Scratch | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """base + λ·(Σ wᵢ·mᵢ·sparse(θᵢ − base)) / (Σ wᵢ·mᵢ if normalize), mᵢ the sign-agreement mask."""
+    """base + λ·(Σ wᵢ·mᵢ·sparse(θᵢ − base)) / (Σ wᵢ·mᵢ if normalize), mᵢ the sign-agreement mask.
+
+    Inputs are not modified; the operations and their order are mergekit's, done in place in ``scratch``
+    buffers (keys ``t0``… and ``mask…``), so the values are the same and memory stays a few tensors.
+    """
+    ws = scratch or Scratch()
     gens = generators or [None] * len(tuned)
-    mixed = torch.zeros_like(base)
-    weighted = []
-    for x, spec, gen in zip(tuned, specs, gens, strict=True):
-        delta = sparsify(x - base, spec.density, sparsification, rescale, gen)
-        weighted.append(delta.mul_(spec.weight))
+    shape = base.shape
+    w = ws.get("t_abs", shape)
+    deltas = []
+    for i, (x, spec, gen) in enumerate(zip(tuned, specs, gens, strict=True)):
+        d = torch.sub(x, base, out=ws.get(f"t{i}", shape))
+        sparsify(d, spec.density, sparsification, rescale, gen, w)
+        deltas.append(d.mul_(spec.weight))
+    mixed = out if out is not None else torch.empty_like(base)
     if consensus:
-        majority = torch.zeros_like(base)
-        for d in weighted:
-            majority.add_(d)
-        majority = torch.where(majority >= 0, 1.0, -1.0)
-        divisor = torch.zeros_like(base)
-        for d, spec in zip(weighted, specs, strict=True):
-            agree = torch.sign(d) == majority
-            mixed.add_(d * agree)
-            divisor.add_(agree.to(base.dtype), alpha=spec.weight)
-        divisor[divisor == 0] = 1.0
+        torch.add(deltas[0], deltas[1], out=mixed) if len(deltas) == 2 else torch.stack(deltas).sum(
+            0, out=mixed
+        )
+        positive = torch.ge(mixed, 0, out=ws.get("mask_major", shape, torch.bool))
+        divisor = ws.get("t_abs", shape).zero_()  # w is free again
+        mixed.zero_()
+        agree = ws.get("mask_agree", shape, torch.bool)
+        for d, spec in zip(deltas, specs, strict=True):
+            torch.where(positive, d > 0, d < 0, out=agree)  # sign(d) == majority sign (zeros never agree)
+            mixed.addcmul_(d, agree)
+            divisor.add_(agree, alpha=spec.weight)
+        divisor.masked_fill_(divisor == 0, 1.0)
     else:
-        for d in weighted:
+        mixed.copy_(deltas[0])
+        for d in deltas[1:]:
             mixed.add_(d)
         total = sum(s.weight for s in specs)
         divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total, dtype=base.dtype)

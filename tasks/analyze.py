@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from finmerge import modelio, storage
+from finmerge.merge_methods import Scratch
 from finmerge.orchestration import stage_task
 from finmerge.safetensors_stream import natural_key, row_blocks
 from finmerge.triplet import Triplet, load_triplet
@@ -92,20 +93,7 @@ def _add(acc: dict, s: dict) -> None:
         acc[k] = acc.get(k, 0) + s[k]
 
 
-class _Workspace:
-    """Reusable float64 block buffers (fresh ones would be page-faulted again on every block)."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def get(self, key: str, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        buf = self._bufs.get(key)
-        if buf is None or buf.numel() < n:
-            buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)
-        return buf[:n]
-
-
-def _tensor_sums(tri: Triplet, name: str, block_elems: int, ws: _Workspace) -> dict:
+def _tensor_sums(tri: Triplet, name: str, block_elems: int, ws: Scratch) -> dict:
     info = tri.info("base", name)
     rows = tri.vocab_rows.get(name)
     s = dict.fromkeys(SUM_KEYS, 0)
@@ -113,15 +101,15 @@ def _tensor_sums(tri: Triplet, name: str, block_elems: int, ws: _Workspace) -> d
     for a, b in row_blocks(info.shape, block_elems, 0, rows):
         raw = {r: getattr(tri, r).weights.read(name, a, b).reshape(-1) for r in ROLES}
         n = raw["base"].numel()
-        xb = ws.get("base", n).copy_(raw["base"])
-        ti = ws.get("inst", n).copy_(raw["instruct"]).sub_(xb)
-        tf = ws.get("fin", n).copy_(raw["domain"]).sub_(xb)
+        xb = ws.get("base", n, torch.float64).copy_(raw["base"])
+        ti = ws.get("inst", n, torch.float64).copy_(raw["instruct"]).sub_(xb)
+        tf = ws.get("fin", n, torch.float64).copy_(raw["domain"]).sub_(xb)
         dot, sq_i, sq_f, sq_b = (float(torch.dot(u, v)) for u, v in ((ti, tf), (ti, ti), (tf, tf), (xb, xb)))
         if not all(math.isfinite(v) for v in (dot, sq_i, sq_f, sq_b)):
             for r, v in raw.items():
                 if not bool(torch.isfinite(v).all()):
                     raise ValueError(f"input {r} tensor {name}: NaN or Inf values")
-        prod = torch.mul(ti, tf, out=ws.get("prod", n))
+        prod = torch.mul(ti, tf, out=ws.get("prod", n, torch.float64))
         s["numel"] += n
         s["dot"] += dot
         s["sq_inst"] += sq_i
@@ -168,7 +156,7 @@ def analyze_vectors(
     layers: dict[int, dict] = {}
     total: dict = {}
     no_embed: dict = {}
-    ws = _Workspace()
+    ws = Scratch()
     for s in tri.sides():
         s.weights.__enter__()
     try:

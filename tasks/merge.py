@@ -133,21 +133,6 @@ def _max_abs(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> float:
     return float(out.abs_().max())
 
 
-class _Workspace:
-    """Reusable block buffers: fresh allocations of this size are returned to the OS on free by glibc and
-    page-faulted again on every block, which costs more than the arithmetic."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def get(self, key: str, shape, dtype: torch.dtype) -> torch.Tensor:
-        n = math.prod(shape)
-        buf = self._bufs.get(key)
-        if buf is None or buf.dtype != dtype or buf.numel() < n:
-            buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)
-        return buf[:n].view(shape)
-
-
 def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor) -> None:
     rows = "" if a is None else f" (rows {a}:{b})"
     for r, v in xf.items():
@@ -219,7 +204,7 @@ def _method_params(cfg: MergeConfig, rule: TensorRule | None) -> dict:
     return params
 
 
-def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor) -> torch.Tensor:
+def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor, scratch) -> torch.Tensor:
     """The merged values of one block (all of the tensor's shared rows for whole-tensor methods)."""
     method = plan["method"]
     if method in ("task_arithmetic", "linear"):
@@ -239,7 +224,7 @@ def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor) -> torch.Tensor
         merge_methods.VectorSpec(plan["beta"], plan["density_domain"]),
     ]
     gens = [merge_methods.tensor_generator(plan["seed"], name, r) for r in ("instruct", "domain")]
-    out = merge_methods.generalized_task_arithmetic(
+    return merge_methods.generalized_task_arithmetic(
         xf["base"],
         [xf["instruct"], xf["domain"]],
         specs,
@@ -249,8 +234,9 @@ def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor) -> torch.Tensor
         rescale=plan["rescale"],
         lambda_scale=plan["lambda_scale"],
         generators=gens,
+        scratch=scratch,
+        out=acc,
     )
-    return acc.copy_(out)
 
 
 def merge_models(
@@ -446,7 +432,7 @@ def _blocks(plan: dict, block_elems: int) -> list[tuple[int | None, int | None, 
 
 def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype, block_elems: int) -> list:
     models = {r: getattr(tri, r).weights for r in ROLES}
-    ws = _Workspace()
+    ws = merge_methods.Scratch()
     k = 0
     report = []
     for m in models.values():
@@ -479,12 +465,13 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
                     src = x[plan["source"]] if kind == "taken" and in_shared else x["domain"]
                     y = src if src.dtype == out_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(src)
                 else:
-                    acc = _combine(name, plan, xf, ws.get(f"acc{par}", bshape, compute_dtype))
+                    acc = _combine(name, plan, xf, ws.get(f"acc{par}", bshape, compute_dtype), ws)
                     y = acc if out_dtype == compute_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(acc)
-                yf = y if y.dtype == compute_dtype else ws.get("yf", bshape, compute_dtype).copy_(y)
+                # t0 / t1 are the method's delta buffers, free again once the block is combined
+                yf = y if y.dtype == compute_dtype else ws.get("t0", bshape, compute_dtype).copy_(y)
                 # Non-finite values in the output or in an input it is compared with show up as a
                 # non-finite |Δ|; the base is checked apart (it may take no part in either).
-                diff = ws.get("diff", bshape, compute_dtype)
+                diff = ws.get("t1", bshape, compute_dtype)
                 dc = _max_abs(yf, xf["domain"], diff)
                 di = _max_abs(yf, xf["instruct"], diff) if in_shared else 0.0
                 idle = [r for r in roles if r == "base" and not _uses_base(plan)]
