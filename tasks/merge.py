@@ -223,7 +223,7 @@ def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor, scratch) -> tor
         merge_methods.VectorSpec(plan["alpha"], plan["density_instruct"]),
         merge_methods.VectorSpec(plan["beta"], plan["density_domain"]),
     ]
-    gens = [merge_methods.tensor_generator(plan["seed"], name, r) for r in ("instruct", "domain")]
+    seeds = [merge_methods.tensor_seed(plan["seed"], name, r) for r in ("instruct", "domain")]
     return merge_methods.generalized_task_arithmetic(
         xf["base"],
         [xf["instruct"], xf["domain"]],
@@ -233,7 +233,7 @@ def _combine(name: str, plan: dict, xf: dict, acc: torch.Tensor, scratch) -> tor
         normalize=plan["normalize"],
         rescale=plan["rescale"],
         lambda_scale=plan["lambda_scale"],
-        generators=gens,
+        seeds=seeds,
         scratch=scratch,
         out=acc,
     )
