@@ -164,11 +164,14 @@ def folder_digest(files: dict[str, dict]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def describe_folder(local_dir: Path) -> dict[str, dict]:
+def describe_folder(local_dir: Path, known: dict[str, str] | None = None) -> dict[str, dict]:
+    """sha256 and size of every file; ``known`` hashes (computed by the writer from the very bytes it wrote,
+    e.g. merge shards) are taken as they are instead of reading the file again."""
     files = {}
     for p in sorted(local_dir.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            files[p.relative_to(local_dir).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+            rel = p.relative_to(local_dir).as_posix()
+            files[rel] = {"sha256": (known or {}).get(rel) or sha256_file(p), "size": p.stat().st_size}
     return files
 
 
@@ -206,6 +209,7 @@ class PendingFolder:
         self.path = path
         self.meta = meta
         self.manifest: dict = {}
+        self.known_sha256: dict[str, str] = {}  # relative path → sha256 the writer already computed
 
     def result(self) -> dict:
         """The small dict a stage returns (and Prefect caches): where, content digest, and the meta."""
@@ -230,7 +234,7 @@ def output_folder(
     tmp = pending.path
     try:
         yield pending
-        files = describe_folder(tmp)
+        files = describe_folder(tmp, pending.known_sha256)
         manifest = {
             "uri": normalize(uri),
             "files": files,

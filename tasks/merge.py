@@ -249,7 +249,7 @@ def merge_models(
     trust_remote_code: bool = False,
     *,
     allow_float_dtype_mismatch: bool = False,
-    block_elems: int = 1 << 22,
+    block_elems: int = 1 << 20,
     hash_inputs: bool = True,
 ) -> dict:
     """Merge ``instruct`` and ``domain`` (CPT) into ``base`` per ``cfg``; write an HF model folder at ``out_uri``.
@@ -288,6 +288,7 @@ def merge_models(
             try:
                 report = _merge_pass(tri, plans, writer, compute_dtype, block_elems)
                 shard_sha = writer.close()
+                out.known_sha256.update(shard_sha)  # hashed while writing: no second read of the shards
             finally:
                 writer.abort()
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
@@ -407,6 +408,15 @@ def _method_summary(cfg: MergeConfig) -> dict:
     return out
 
 
+def _read(model, name: str, a, b, ws, key: str) -> torch.Tensor:
+    """Rows [a, b) of ``name`` into a reused buffer (whole 0-d / 1-row tensors through safetensors)."""
+    info = model.tensors[name]
+    dtype = info.torch_dtype
+    if a is None or not info.shape or dtype is None or info.offset < 0:
+        return model.read(name, a, b)
+    return model.read_into(name, a, b, ws.get(key, (b - a, *info.shape[1:]), dtype))
+
+
 def _uses_base(plan: dict) -> bool:
     if plan["kind"] != "merged" or plan["method"] == "slerp":
         return False
@@ -446,7 +456,12 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
             d_cpt, d_inst = 0.0, None
             for a, b, in_shared in _blocks(plan, block_elems):
                 roles = ROLES if in_shared else ("domain",)
-                x = {r: models[r].read(name, a, b) for r in roles}
+                k += 1
+                par = k % 2  # buffers the writer may still be writing from alternate between blocks
+                # Raw blocks may go to the writer as they are (copied / taken tensors, domain-only rows), so
+                # they alternate too; a whole-tensor block is never written raw and gets one buffer set.
+                whole = in_shared and kind == "merged" and plan["method"] in merge_methods.WHOLE_TENSOR
+                x = {r: _read(models[r], name, a, b, ws, f"raw_{r}{'' if whole else par}") for r in roles}
                 if kind == "copied":
                     for r in ("base", "domain"):
                         if not torch.equal(x[r], x["instruct"]):
@@ -454,8 +469,6 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
                     writer.write(name, x["instruct"])
                     d_inst = 0.0
                     continue
-                k += 1
-                par = k % 2  # output buffers alternate: the writer may still be writing the previous block
                 bshape = x["domain"].shape
                 xf = {
                     r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
