@@ -141,6 +141,16 @@ def _chunks(n: int):
         yield start, min(n, start + CHUNK)
 
 
+def _delta(
+    x: torch.Tensor, base: torch.Tensor, a: int, b: int, out: torch.Tensor, cb: torch.Tensor
+) -> torch.Tensor:
+    """(x − base)[a:b] in float32, from inputs in any float dtype (converted chunk by chunk, in cache)."""
+    if x.dtype == out.dtype and base.dtype == out.dtype:
+        return torch.sub(x[a:b], base[a:b], out=out)
+    out.copy_(x[a:b])
+    return out.sub_(cb.copy_(base[a:b]))
+
+
 def decide_kept(
     base: torch.Tensor,
     x: torch.Tensor,
@@ -154,16 +164,18 @@ def decide_kept(
     if method is None or density >= 1:
         return Kept()
     flat_b, flat_x = base.reshape(-1), x.reshape(-1)
+    n = flat_b.numel()
+    cb, tmp, d_buf = (torch.empty(min(CHUNK, n)) for _ in range(3))
     if method == "magnitude":
-        torch.sub(flat_x, flat_b, out=w).abs_()
+        for a, b in _chunks(n):
+            _delta(flat_x, flat_b, a, b, w[a:b], cb[: b - a]).abs_()
         kept = magnitude_kept(w, density)
     else:
         kept = Kept(seed=seed, density=density)
     if rescale:
         before = after = 0.0
-        tmp = torch.empty(min(CHUNK, w.numel()))
-        for a, b in _chunks(w.numel()):
-            d = torch.sub(flat_x[a:b], flat_b[a:b])
+        for a, b in _chunks(n):
+            d = _delta(flat_x, flat_b, a, b, d_buf[: b - a], cb[: b - a])
             before += float(d.abs().sum(dtype=torch.float64))
             after += float(_apply_kept(d, kept, a, tmp[: b - a]).abs().sum(dtype=torch.float64))
         if before >= 1e-7 and after >= 1e-7:
@@ -188,8 +200,8 @@ def generalized_task_arithmetic(
     """base + λ·(Σ wᵢ·mᵢ·sparse(θᵢ − base)) / (Σ wᵢ·mᵢ if normalize), mᵢ the sign-agreement mask.
 
     Two phases: the global sparsification decisions per vector (one full-size scratch buffer), then the
-    elementwise combination chunk by chunk in cache. The values are mergekit's (same operations per element);
-    inputs are not modified.
+    elementwise combination chunk by chunk in cache. Inputs may be in any float dtype (converted per chunk)
+    and are not modified; ``out`` is float32. The values are mergekit's (same operations per element).
     """
     ws = scratch or Scratch()
     seeds = seeds or [0] * len(tuned)
@@ -204,13 +216,14 @@ def generalized_task_arithmetic(
     flats = [x.reshape(-1) for x in tuned]
     c = min(CHUNK, n)
     tmp = ws.get("c_tmp", (c,))
+    cb = ws.get("c_base", (c,))
     ds = [ws.get(f"c_d{i}", (c,)) for i in range(len(tuned))]
     total = sum(s.weight for s in specs)
     for a, b in _chunks(n):
         m = b - a
         deltas = []
         for i, (x, spec, k) in enumerate(zip(flats, specs, kept, strict=True)):
-            d = torch.sub(x[a:b], flat_b[a:b], out=ds[i][:m])
+            d = _delta(x, flat_b, a, b, ds[i][:m], cb[:m])
             _apply_kept(d, k, a, tmp[:m])
             if k.scale != 1.0:
                 d.mul_(k.scale)
@@ -241,8 +254,23 @@ def generalized_task_arithmetic(
             mixed.div_(divisor)
         if lambda_scale != 1.0:
             mixed.mul_(lambda_scale)
-        mixed.add_(flat_b[a:b])
+        mixed.add_(flat_b[a:b] if flat_b.dtype == mixed.dtype else cb[:m].copy_(flat_b[a:b]))
     return out
+
+
+def max_abs_diff(y: torch.Tensor, x: torch.Tensor, scratch: Scratch) -> float:
+    """max |y − x| with ``y`` float32 and ``x`` in any float dtype, chunk by chunk (NaN propagates)."""
+    fy, fx = y.reshape(-1), x.reshape(-1)
+    n, worst = fy.numel(), 0.0
+    if n == 0:
+        return 0.0
+    buf = scratch.get("c_diff", (min(CHUNK, n),))
+    for a, b in _chunks(n):
+        m = float(buf[: b - a].copy_(fx[a:b]).sub_(fy[a:b]).abs_().max())
+        if m != m:  # NaN
+            return m
+        worst = max(worst, m)
+    return worst
 
 
 def sparsify(

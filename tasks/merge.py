@@ -470,6 +470,18 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
                     d_inst = 0.0
                     continue
                 bshape = x["domain"].shape
+                if whole and plan["method"] != "slerp":
+                    # ties / dare on the raw inputs: converted chunk by chunk inside, never as whole fp32 copies
+                    acc = _combine(name, plan, x, ws.get(f"acc{par}", bshape, compute_dtype), ws)
+                    y = acc if out_dtype == compute_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(acc)
+                    dc = merge_methods.max_abs_diff(acc, x["domain"], ws)
+                    di = merge_methods.max_abs_diff(acc, x["instruct"], ws)
+                    if not (math.isfinite(dc) and math.isfinite(di)) or not bool(torch.isfinite(acc).all()):
+                        _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc)
+                    d_cpt, d_inst = max(d_cpt, dc), max(d_inst or 0.0, di)
+                    writer.write(name, y)
+                    del x, y
+                    continue
                 xf = {
                     r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
                     for r, v in x.items()

@@ -194,3 +194,24 @@ def test_ties_dare_and_rules_in_a_streamed_merge(fp32, tmp_path):
     c = merge_models(fp32["base"], fp32["instruct"], fp32["domain"], str(tmp_path / "c"),
                      cfg.model_copy(update={"seed": 4}), st)  # fmt: skip
     assert not torch.equal(_weights(c["uri"])["lm_head.weight"], wa["lm_head.weight"])
+
+
+def test_merge_from_and_to_s3_equals_the_local_merge(fp32, tmp_path, s3_bucket):
+    """Inputs as plain HF folders on S3 (staged and verified), output uploaded and verified: same tensors."""
+    from finmerge import storage
+
+    fs, _ = storage.filesystem(f"s3://{s3_bucket}")
+    uris = {}
+    for role, folder in fp32.items():
+        for p in Path(folder).iterdir():
+            if p.is_file():
+                fs.put_file(str(p), f"{s3_bucket}/in/{role}/{p.name}")
+        uris[role] = f"s3://{s3_bucket}/in/{role}"
+    cfg = MergeConfig(method="ties", density=0.4, dtype="bfloat16", shard_size_mb=0)
+    st = str(tmp_path / "st")
+    remote = merge_models(uris["base"], uris["instruct"], uris["domain"], f"s3://{s3_bucket}/out", cfg, st)
+    local = merge_models(fp32["base"], fp32["instruct"], fp32["domain"], str(tmp_path / "local"), cfg, st)
+    assert storage.read_manifest(remote["uri"]) is not None
+    got, want = _weights(storage.stage_folder(remote["uri"], str(tmp_path / "st2"))), _weights(local["uri"])
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert remote["counts"]["shards"] > 1  # one tensor per shard, with an index
