@@ -46,30 +46,6 @@ def tensor_seed(seed: int, name: str, role: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"{name}\0{role}".encode())) % 2**62
 
 
-def kth_largest(w: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest value of a flat tensor, exactly, in about two passes over it.
-
-    A sample brackets the answer, the elements inside the bracket (a small fraction) are selected exactly;
-    the full ``kthvalue`` (several passes, about 10× slower on big tensors) is the fallback.
-    """
-    n = w.numel()
-    if n <= 1 << 20:
-        return torch.kthvalue(w, n - k + 1).values
-    g = torch.Generator().manual_seed(n)
-    sample = w[torch.randint(n, (1 << 18,), generator=g)]
-    m = sample.numel()
-    q = 1.0 - k / n
-    margin = 0.01
-    lo = torch.kthvalue(sample, max(1, int((q - margin) * m))).values
-    hi = torch.kthvalue(sample, min(m, int((q + margin) * m) + 1)).values
-    above = int(torch.count_nonzero(w > hi))
-    inside = w[(w >= lo) & (w <= hi)]
-    need = k - above  # rank, from the top, of the answer among the bracketed elements
-    if 0 < need <= inside.numel():
-        return torch.kthvalue(inside, inside.numel() - need + 1).values
-    return torch.kthvalue(w, n - k + 1).values
-
-
 class Scratch:
     """Full-tensor fp32 buffers reused from tensor to tensor: a fresh multi-hundred-MB allocation is
     page-faulted on every use, which costs more than the arithmetic (see tasks/merge.py's _Workspace)."""
@@ -95,45 +71,16 @@ CHUNK = 1 << 18  # elements per step of the elementwise phase: its temporaries s
 class Kept:
     """Which entries of one task vector survive sparsification, decided once for the whole tensor."""
 
-    threshold: float | None = None  # magnitude: keep |d| > threshold, plus keep_ties
-    keep_ties: torch.Tensor | None = None  # sorted flat indices of |d| == threshold entries that are kept
+    threshold: float | None = None  # magnitude: keep |d| > threshold, plus the first ties_quota equal to it
+    ties_quota: int = 0
     seed: int | None = None  # random: per-chunk generators seeded from this
+    mask: torch.Tensor | None = None  # random, when already drawn (for the L1 rescale): 0/1 in bfloat16
     density: float = 1.0
     scale: float = 1.0  # L1 rescale factor
 
 
 def _chunk_generator(seed: int, chunk: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + chunk) % 2**63)
-
-
-def magnitude_kept(w: torch.Tensor, density: float) -> Kept:
-    """Given ``w`` = |task vector| (flat), the top ``max(1, int(density·n))`` entries, exactly as many as
-    mergekit keeps; among entries equal to the threshold the lowest indices win."""
-    n = w.numel()
-    k = max(1, int(density * n))
-    thr = kth_largest(w, k)
-    need = k - int(torch.count_nonzero(w > thr))
-    ties = torch.nonzero(w == thr).flatten()
-    return Kept(threshold=float(thr), keep_ties=ties[:need], density=density)
-
-
-# Elementwise steps below use arithmetic (hardshrink, sign, ceil, clamp) instead of masked_fill / where /
-# bool masks: on CPU those are 10-40x slower per element in torch 2.13.
-def _apply_kept(d: torch.Tensor, kept: Kept, start: int, scratch: torch.Tensor) -> torch.Tensor:
-    """Zero the dropped entries of chunk ``d`` (flat, starting at element ``start``) in place."""
-    if kept.threshold is not None:
-        full = torch.nn.functional.hardshrink(d, kept.threshold)  # keeps |d| > threshold
-        ties = kept.keep_ties
-        if ties is not None and ties.numel():
-            lo, hi = torch.searchsorted(ties, torch.tensor([start, start + d.numel()])).tolist()
-            if hi > lo:
-                idx = ties[lo:hi] - start
-                full[idx] = d[idx]
-        d.copy_(full)
-    elif kept.seed is not None:
-        u = torch.rand(d.shape, generator=_chunk_generator(kept.seed, start // CHUNK), out=scratch)
-        d.mul_(u.neg_().add_(kept.density).ceil_())  # ceil(density − u) = 1 where u < density, else 0
-    return d
 
 
 def _chunks(n: int):
@@ -151,6 +98,64 @@ def _delta(
     return out.sub_(cb.copy_(base[a:b]))
 
 
+# Elementwise steps below use arithmetic (hardshrink, sign, ceil, clamp) instead of masked_fill / where /
+# bool masks: on CPU those are 10-40x slower per element in torch 2.13.
+def _apply_kept(
+    d: torch.Tensor, kept: Kept, start: int, scratch: torch.Tensor, remaining: list[int]
+) -> torch.Tensor:
+    """Zero the dropped entries of chunk ``d`` (flat, from element ``start``; chunks visited in order) in place.
+    ``remaining``: ties at the magnitude threshold still to keep in this pass (lowest indices first)."""
+    if kept.threshold is not None:
+        full = torch.nn.functional.hardshrink(d, kept.threshold)  # keeps |d| > threshold
+        if remaining[0] > 0:
+            ties = torch.nonzero(torch.abs(d, out=scratch) == kept.threshold).flatten()[: remaining[0]]
+            full[ties] = d[ties]
+            remaining[0] -= ties.numel()
+        d.copy_(full)
+    elif kept.mask is not None:
+        d.mul_(scratch.copy_(kept.mask[start : start + d.numel()]))
+    elif kept.seed is not None:
+        d.mul_(_random_keep(kept, start, d.numel(), scratch))
+    return d
+
+
+def _random_keep(kept: Kept, start: int, m: int, out: torch.Tensor) -> torch.Tensor:
+    """1 where the chunk's uniform draw is < density, else 0: ceil(density − u)."""
+    u = torch.rand((m,), generator=_chunk_generator(kept.seed, start // CHUNK), out=out)
+    return u.neg_().add_(kept.density).ceil_()
+
+
+def _magnitude_decide(flat_x, flat_b, density: float, cb, d_buf) -> Kept:
+    """Threshold and tie quota of the top ``max(1, int(density·n))`` |entries|, exactly as many as mergekit
+    keeps. A sample of |x − base| brackets the threshold; one chunked pass counts the entries above the
+    bracket and collects those inside it (a small share), where the exact k-th value is selected."""
+    n = flat_b.numel()
+    k = max(1, int(density * n))
+    if n > 1 << 20:
+        g = torch.Generator().manual_seed(n)
+        idx = torch.randint(n, (1 << 18,), generator=g)
+        sample = (flat_x[idx].float() - flat_b[idx].float()).abs_()
+        m, q = sample.numel(), 1.0 - k / n
+        lo = torch.kthvalue(sample, max(1, int((q - 0.01) * m))).values
+        hi = torch.kthvalue(sample, min(m, int((q + 0.01) * m) + 1)).values
+        above, parts = 0, []
+        for a, b in _chunks(n):
+            w = _delta(flat_x, flat_b, a, b, d_buf[: b - a], cb[: b - a]).abs_()
+            above += int(torch.count_nonzero(w > hi))
+            parts.append(w[(w >= lo) & (w <= hi)])
+        inside = torch.cat(parts)
+        need = k - above
+        if 0 < need <= inside.numel():
+            thr = torch.kthvalue(inside, inside.numel() - need + 1).values
+            n_gt = above + int(torch.count_nonzero(inside > thr))
+            return Kept(threshold=float(thr), ties_quota=k - n_gt, density=density)
+    w = torch.empty(n)  # small tensor, or the sample missed: select on the whole vector
+    for a, b in _chunks(n):
+        _delta(flat_x, flat_b, a, b, w[a:b], cb[: b - a]).abs_()
+    thr = torch.kthvalue(w, n - k + 1).values
+    return Kept(threshold=float(thr), ties_quota=k - int(torch.count_nonzero(w > thr)), density=density)
+
+
 def decide_kept(
     base: torch.Tensor,
     x: torch.Tensor,
@@ -158,7 +163,7 @@ def decide_kept(
     method: Sparsify,
     rescale: bool,
     seed: int,
-    w: torch.Tensor,
+    mask_buffer: torch.Tensor | None = None,
 ) -> Kept:
     """The sparsification of task vector ``x − base``: global decisions (top-k threshold, L1 rescale)."""
     if method is None or density >= 1:
@@ -167,17 +172,25 @@ def decide_kept(
     n = flat_b.numel()
     cb, tmp, d_buf = (torch.empty(min(CHUNK, n)) for _ in range(3))
     if method == "magnitude":
-        for a, b in _chunks(n):
-            _delta(flat_x, flat_b, a, b, w[a:b], cb[: b - a]).abs_()
-        kept = magnitude_kept(w, density)
+        kept = _magnitude_decide(flat_x, flat_b, density, cb, d_buf)
     else:
         kept = Kept(seed=seed, density=density)
     if rescale:
         before = after = 0.0
+        remaining = [kept.ties_quota]
+        draw = method == "random"
+        if draw:  # keep the draws for the combination pass instead of drawing twice
+            kept.mask = mask_buffer if mask_buffer is not None else torch.empty(n, dtype=torch.bfloat16)
         for a, b in _chunks(n):
             d = _delta(flat_x, flat_b, a, b, d_buf[: b - a], cb[: b - a])
             before += float(d.abs().sum(dtype=torch.float64))
-            after += float(_apply_kept(d, kept, a, tmp[: b - a]).abs().sum(dtype=torch.float64))
+            if draw:
+                keep = _random_keep(kept, a, b - a, tmp[: b - a])
+                kept.mask[a:b].copy_(keep)
+                d.mul_(keep)
+            else:
+                _apply_kept(d, kept, a, tmp[: b - a], remaining)
+            after += float(d.abs().sum(dtype=torch.float64))
         if before >= 1e-7 and after >= 1e-7:
             kept.scale = before / after
     return kept
@@ -199,18 +212,21 @@ def generalized_task_arithmetic(
 ) -> torch.Tensor:
     """base + λ·(Σ wᵢ·mᵢ·sparse(θᵢ − base)) / (Σ wᵢ·mᵢ if normalize), mᵢ the sign-agreement mask.
 
-    Two phases: the global sparsification decisions per vector (one full-size scratch buffer), then the
+    Two phases: the global sparsification decisions per vector (chunked passes; dare keeps its draws in a
+    bfloat16 0/1 buffer for the rescale), then the
     elementwise combination chunk by chunk in cache. Inputs may be in any float dtype (converted per chunk)
     and are not modified; ``out`` is float32. The values are mergekit's (same operations per element).
     """
     ws = scratch or Scratch()
     seeds = seeds or [0] * len(tuned)
     n = base.numel()
-    w_full = ws.get("t_abs", (n,))
     kept = [
-        decide_kept(base, x, spec.density, sparsification, rescale, seed, w_full)
-        for x, spec, seed in zip(tuned, specs, seeds, strict=True)
+        decide_kept(
+            base, x, spec.density, sparsification, rescale, seed, ws.get(f"mask{i}", (n,), torch.bfloat16)
+        )
+        for i, (x, spec, seed) in enumerate(zip(tuned, specs, seeds, strict=True))
     ]
+    remaining = [[k.ties_quota] for k in kept]
     out = out if out is not None else torch.empty_like(base)
     flat_b, flat_out = base.reshape(-1), out.reshape(-1)
     flats = [x.reshape(-1) for x in tuned]
@@ -224,7 +240,7 @@ def generalized_task_arithmetic(
         deltas = []
         for i, (x, spec, k) in enumerate(zip(flats, specs, kept, strict=True)):
             d = _delta(x, flat_b, a, b, ds[i][:m], cb[:m])
-            _apply_kept(d, k, a, tmp[:m])
+            _apply_kept(d, k, a, tmp[:m], remaining[i])
             if k.scale != 1.0:
                 d.mul_(k.scale)
             deltas.append(d.mul_(spec.weight))
@@ -278,11 +294,12 @@ def sparsify(
 ) -> torch.Tensor:
     """One task vector sparsified (a new tensor): what generalized_task_arithmetic does to each vector."""
     zero = torch.zeros_like(delta)
-    kept = decide_kept(zero, delta, density, method, rescale, seed, torch.empty(delta.numel()))
+    kept = decide_kept(zero, delta, density, method, rescale, seed)
     flat = delta.clone().reshape(-1)
     tmp = torch.empty(min(CHUNK, flat.numel()))
+    remaining = [kept.ties_quota]
     for a, b in _chunks(flat.numel()):
-        _apply_kept(flat[a:b], kept, a, tmp[: b - a])
+        _apply_kept(flat[a:b], kept, a, tmp[: b - a], remaining)
     return flat.mul_(kept.scale).view(delta.shape)
 
 

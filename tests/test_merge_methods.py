@@ -33,11 +33,16 @@ def fp32(tmp_path_factory):
 
 
 # -- the arithmetic, tensor by tensor --------------------------------------------------------------------
-def test_kth_largest_is_exact_on_big_tensors_with_ties():
+def test_top_k_threshold_is_exact_on_big_tensors_with_ties():
+    """The sampled bracket + one chunked pass picks the same threshold as a full kthvalue, and keeps k."""
     g = torch.Generator().manual_seed(0)
-    w = (torch.randn(3_000_000, generator=g) * 64).round().abs()  # many equal values
-    for k in (1, 1000, 1_500_000, 2_999_999):
-        assert mm.kth_largest(w, k) == torch.kthvalue(w, w.numel() - k + 1).values
+    base = torch.zeros(3_000_000)
+    x = (torch.randn(3_000_000, generator=g) * 64).round() + 0.5  # many equal magnitudes, no zeros
+    for density in (1e-6, 0.3, 0.5, 0.999):
+        kept = mm.decide_kept(base, x, density, "magnitude", False, 0)
+        k = max(1, int(density * x.numel()))
+        assert kept.threshold == float(torch.kthvalue(x.abs(), x.numel() - k + 1).values)
+        assert int(torch.count_nonzero(mm.sparsify(x, density, "magnitude", False))) == k
 
 
 def test_magnitude_sparsify_keeps_exactly_the_top_k():
