@@ -254,7 +254,7 @@ def main() -> None:
                 else:
                     row[tool] = mergekit(folders, out, method, root)
                 row[tool]["input_gb_per_s"] = round(input_bytes / 1e9 / row[tool]["s"], 3)
-                row[tool]["share_of_read_bandwidth"] = round(row[tool]["input_gb_per_s"] / bw, 3)
+                row[tool]["share_of_read_bandwidth"] = float(f"{input_bytes / 1e9 / row[tool]['s'] / bw:.3g}")
             if method == "dare_ties":
                 row["ours"]["changed_share"] = kept_share(root / "ours-dare_ties", folders)
                 row["mergekit"]["changed_share"] = kept_share(root / "mergekit-dare_ties", folders)

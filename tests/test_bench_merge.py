@@ -15,7 +15,7 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
             assert (
                 row[tool]["s"] > 0
                 and row[tool]["anon_rss_mb"] > 0
-                and 0 < row[tool]["share_of_read_bandwidth"]
+                and 0 < row[tool]["share_of_read_bandwidth"] <= 1
             )
         if method != "dare_ties":
             assert row["equality"]["missing"] == []
