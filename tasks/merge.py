@@ -379,26 +379,11 @@ def _input_dtype(side) -> str:
 
 
 def _method_summary(cfg: MergeConfig) -> dict:
+    dare = ("density", "density_instruct", "density_domain", "rescale", "normalize", "lambda_scale", "seed")
     keys = {
         "ties": ("density", "density_instruct", "density_domain", "normalize", "lambda_scale"),
-        "dare_ties": (
-            "density",
-            "density_instruct",
-            "density_domain",
-            "rescale",
-            "normalize",
-            "lambda_scale",
-            "seed",
-        ),
-        "dare_linear": (
-            "density",
-            "density_instruct",
-            "density_domain",
-            "rescale",
-            "normalize",
-            "lambda_scale",
-            "seed",
-        ),
+        "dare_ties": dare,
+        "dare_linear": dare,
         "slerp": ("t",),
         "task_arithmetic": ("lambda_scale", "normalize"),
     }.get(cfg.method, ())
