@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 Sparsify = Literal["magnitude", "random"] | None
@@ -73,14 +74,10 @@ class Kept:
 
     threshold: float | None = None  # magnitude: keep |d| > threshold, plus the first ties_quota equal to it
     ties_quota: int = 0
-    seed: int | None = None  # random: per-chunk generators seeded from this
+    seed: int | None = None  # random: per-chunk PCG64 streams seeded from (seed, chunk index)
     mask: torch.Tensor | None = None  # random, when already drawn (for the L1 rescale): 0/1 in bfloat16
     density: float = 1.0
     scale: float = 1.0  # L1 rescale factor
-
-
-def _chunk_generator(seed: int, chunk: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + chunk) % 2**63)
 
 
 def _chunks(n: int):
@@ -120,9 +117,14 @@ def _apply_kept(
 
 
 def _random_keep(kept: Kept, start: int, m: int, out: torch.Tensor) -> torch.Tensor:
-    """1 where the chunk's uniform draw is < density, else 0: ceil(density − u)."""
-    u = torch.rand((m,), generator=_chunk_generator(kept.seed, start // CHUNK), out=out)
-    return u.neg_().add_(kept.density).ceil_()
+    """1 where the chunk's 16-bit uniform draw is below density·2¹⁶, else 0 (density resolution 2⁻¹⁶).
+
+    Raw PCG64 words, four draws each, seeded by (seed, chunk index): about 4× faster than ``torch.rand``,
+    which was most of dare's cost, and the same values on any machine and thread count."""
+    bits = np.random.PCG64((kept.seed, start // CHUNK)).random_raw((m + 3) // 4)
+    keep = np.less(bits.view(np.uint16)[:m], round(kept.density * 65536))
+    out.numpy()[...] = keep
+    return out
 
 
 def _magnitude_decide(flat_x, flat_b, density: float, cb, d_buf) -> Kept:
