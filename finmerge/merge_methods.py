@@ -14,6 +14,7 @@ tensors (memory: a few times the largest tensor); task_arithmetic and linear str
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Literal
@@ -48,17 +49,15 @@ def tensor_seed(seed: int, name: str, role: str) -> int:
 
 
 class Scratch:
-    """Full-tensor fp32 buffers reused from tensor to tensor: a fresh multi-hundred-MB allocation is
-    page-faulted on every use, which costs more than the arithmetic (see tasks/merge.py's _Workspace)."""
+    """Named buffers reused from block to block and tensor to tensor: a fresh large allocation is
+    page-faulted on every use, which costs more than the arithmetic."""
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
 
     def get(self, key: str, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         buf = self._bufs.get(key)
         if buf is None or buf.dtype != dtype or buf.numel() < n:
             buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)

@@ -109,15 +109,11 @@ def format_table(evals: dict[str, dict], cos: float | None) -> str:
 @flow(name="finmerge-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig) -> dict:
     """Run the whole method on ``config`` and register the cpt and merged models."""
-    import finmerge.checkpoint
     import finmerge.fin_harness
-    import finmerge.flops
+    import finmerge.merge_methods
     import finmerge.safetensors_stream
-    import finmerge.tokenpack
-    import finmerge.trainer
     import finmerge.triplet
     import tasks.analyze as analyze
-    import tasks.dedup as dedup
     import tasks.evaluate as evaluate
     import tasks.merge as merge
     import tasks.pretrain as pretrain
@@ -151,7 +147,7 @@ def pipeline(config: PipelineConfig) -> dict:
         tok = runner.run(
             tokenize.tokenize_task,
             "tokenize",
-            code=(tokenize, finmerge.tokenpack, dedup),
+            code=tokenize.code_modules(),
             key=(cfg.tokenize, corpus["digest"], modelio.tokenizer_fingerprint(base_uri)),
             params={
                 "corpus_uri": corpus["uri"],
@@ -163,7 +159,7 @@ def pipeline(config: PipelineConfig) -> dict:
             log_params=cfg.tokenize.model_dump(),
         )
         train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
-        pretrain_code = (pretrain, finmerge.trainer, finmerge.checkpoint, finmerge.flops, finmerge.tokenpack)
+        pretrain_code = pretrain.code_modules()
         cpt = runner.run(
             pretrain.pretrain_task,
             "pretrain",
@@ -182,7 +178,7 @@ def pipeline(config: PipelineConfig) -> dict:
         mrg = runner.run(
             merge.merge_task,
             "merge",
-            code=(merge, finmerge.triplet, finmerge.safetensors_stream),
+            code=(merge, finmerge.merge_methods, finmerge.triplet, finmerge.safetensors_stream),
             key=(cfg.merge, base_fp, inst_fp, cpt["digest"]),
             params={
                 "base_uri": base_uri,
@@ -199,7 +195,7 @@ def pipeline(config: PipelineConfig) -> dict:
             vec = runner.run(
                 analyze.analyze_task,
                 "analyze",
-                code=(analyze, finmerge.triplet, finmerge.safetensors_stream),
+                code=(analyze, finmerge.merge_methods, finmerge.triplet, finmerge.safetensors_stream),
                 key=(base_fp, inst_fp, cpt["digest"]),
                 params={
                     "base_uri": base_uri,

@@ -61,7 +61,11 @@ def run_pretrain(
     else:
         digest = corpus_digest(data_uri)
         key = stage_key(
-            "tokenize", code_version(tokenize), cfg.tokenize, digest, modelio.tokenizer_fingerprint(model_uri)
+            "tokenize",
+            code_version(*tokenize.code_modules()),
+            cfg.tokenize,
+            digest,
+            modelio.tokenizer_fingerprint(model_uri),
         )
         tokens = run_tracked(
             "tokenize",
@@ -84,7 +88,7 @@ def run_pretrain(
         log_params=train_cfg.model_dump(),
     )  # fmt: skip
     if register:
-        code = code_version(pretrain, tokenize)
+        code = code_version(*pretrain.code_modules())
         tags = lineage_tags(cfg, model_uri, tokens, code)
         common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id}
         result["registered"] = [

@@ -284,4 +284,14 @@ def _mean_of(history: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def code_modules() -> tuple:
+    """The modules whose source decides this stage's output (cache key and the code_version lineage tag)."""
+    import finmerge.checkpoint
+    import finmerge.flops
+    import finmerge.tokenpack
+    import finmerge.trainer
+
+    return (sys.modules[__name__], finmerge.trainer, finmerge.checkpoint, finmerge.flops, finmerge.tokenpack)
+
+
 pretrain_task = stage_task("pretrain", pretrain, retries=2, retry_on=(TrainingInterrupted,))

@@ -137,4 +137,14 @@ def load_blocks(tokens_uri: str, staging_dir: str) -> PackedBlocks:
     return PackedBlocks(storage.stage_folder(tokens_uri, staging_dir))
 
 
+def code_modules() -> tuple:
+    """The modules whose source decides this stage's output (part of its cache key)."""
+    import sys
+
+    import finmerge.tokenpack
+    import tasks.dedup
+
+    return (sys.modules[__name__], finmerge.tokenpack, tasks.dedup)
+
+
 tokenize_task = stage_task("tokenize", tokenize_corpus)
