@@ -88,6 +88,11 @@ class TrainConfig(Section):
         description="Mixed precision through accelerate; auto = bf16 on GPUs that support it, else fp32.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model in place (GPU: ~1.4x tokens/s on a 1B Llama; the first steps "
+        "compile).",
+    )
     log_every: int = 10
     eval_every: int = 50
     threads: int | None = Field(None, description="torch CPU threads (default: all cores).")

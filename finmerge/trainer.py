@@ -207,6 +207,8 @@ def train_loop(
         )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.compile and getattr(model, "_compiled_call_impl", None) is None:
+        model.compile()  # in place: parameter names and saved state dicts stay unchanged
     with contextlib.suppress(AttributeError):
         model.config.use_cache = False  # a training forward must not build a KV cache
     steps = total_steps(len(data), cfg, world)
