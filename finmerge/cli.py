@@ -206,27 +206,34 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tasks.evaluate import evaluate_model
+    from tasks.evaluate import evaluate_model, leaderboard_summary
 
     cfg = _config(args)
     e = cfg.evaluate
-    if args.prompt_version:
-        e = e.model_copy(update={"prompt_version": args.prompt_version})
-    harness = [
-        t.split(":", 1)[1] if t.startswith("fin-harness:") else t for t in (args.tasks or e.harness_data)
-    ]
+    update = {"prompt_version": args.prompt_version, "batch_size": args.batch_size}
+    e = e.model_copy(update={k: v for k, v in update.items() if v is not None})
+    e = type(e).model_validate(e.model_dump())  # re-validate the overrides
+    # --out results.json (lm-eval's --output_path style) keeps the sample files in the folder "results"
+    as_file = args.out.endswith(".json")
+    folder = args.out[: -len(".json")] if as_file else args.out
     result = evaluate_model(
         args.model,
-        args.out,
+        folder,
         e,
         label=args.label,
-        harness_dirs=harness,
+        harness_dirs=list(args.tasks or e.harness_data),
         heldout_uri=args.heldout or e.heldout,
         chat_uri=args.chat or e.chat_questions,
         staging_dir=_staging(args),
         trust_remote_code=cfg.models.trust_remote_code,
+        dtype=args.dtype,
+        device=args.device,
     )
-    _print(result)
+    results_uri = storage.join(result["uri"], "results.json")
+    if as_file:
+        storage.write_bytes(args.out, storage.read_bytes(results_uri))
+        results_uri = args.out
+    _print({"results": results_uri, **leaderboard_summary(storage.read_json(results_uri))})
     return 0
 
 
@@ -324,14 +331,26 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(flag, required=True)
     a.set_defaults(fn=cmd_analyze)
 
-    e = sub.add_parser("evaluate", parents=[common], help="harness MC, finance ppl, chat probe")
-    e.add_argument("--model", required=True)
-    e.add_argument("--tasks", action="append", help="fin-harness:DATA_DIR (repeatable)")
-    e.add_argument("--prompt-version")
-    e.add_argument("--heldout")
-    e.add_argument("--chat")
+    e = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="fin-harness MC (lm-eval exact), finance ppl, chat probe, LLM judge",
+    )
+    e.add_argument("--model", required=True, help="HF model folder: local path or s3:// URI")
+    e.add_argument(
+        "--tasks",
+        action="append",
+        metavar="fin-harness:DATA[:t1,t2]",
+        help="harness datasets folder (local or s3://), optionally restricted to some tasks (repeatable)",
+    )
+    e.add_argument("--prompt-version", help="a version, a comma list, or 'all' (best version reported)")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    e.add_argument("--device", help="default: cuda when available, else cpu")
+    e.add_argument("--heldout", help="JSONL of held-out finance text for perplexity")
+    e.add_argument("--chat", help="JSONL of chat questions for the instruction-following probe")
     e.add_argument("--label", default="model")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="output folder, or results.json (samples go beside it)")
     e.set_defaults(fn=cmd_evaluate)
 
     pr = sub.add_parser("promote", parents=[common], help="point an alias (default champion) at a version")

@@ -17,13 +17,11 @@ like lm-eval's logits cache; rows are length-sorted (longest first), right-padde
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,231 +30,34 @@ from tqdm.auto import tqdm
 
 from finmerge import fin_harness, modelio, storage
 from finmerge.config import EvaluateConfig
+from finmerge.loglik import (  # noqa: F401  (re-exported: the stage's public scoring API)
+    EncodedPair,
+    ItemRequest,
+    encode,
+    encode_pair,
+    model_max_length,
+    score_items,
+    score_loglikelihoods,
+)
+from finmerge.mc_eval import (  # noqa: F401  (re-exported)
+    TaskRenderError,
+    mc_prediction,
+    prompt_versions,
+    score_task,
+    split_task_spec,
+)
 from finmerge.orchestration import stage_task
 
 PPL_WINDOW_CAP = 1024
-LENGTH_FALLBACK = 2048  # lm-eval's default max_length when the config names none
 _ACC_ORDER = ("base", "instruct", "cpt", "merged")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Log-likelihood scoring
-
-
-@dataclass(frozen=True)
-class EncodedPair:
-    ctx_ids: list[int]
-    cont_ids: list[int]
-    boundary_merge: bool  # encode(ctx) is not a prefix of encode(ctx + cont): a token spans the join
-
-    @property
-    def empty(self) -> bool:
-        return not self.cont_ids
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def prefix_token_id(tokenizer) -> int:
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def encode_pair(tokenizer, context: str, continuation: str, ctx_ids: list[int] | None = None) -> EncodedPair:
-    """lm-eval's split: cont_ids = encode(ctx + cont)[len(encode(ctx)):] (the whitespace move is done
-    by :func:`finmerge.fin_harness.move_whitespace`). ``ctx_ids`` may be passed in to skip re-encoding."""
-    whole = encode(tokenizer, context + continuation)
-    if ctx_ids is None:
-        ctx_ids = encode(tokenizer, context)
-    merged = whole[: len(ctx_ids)] != ctx_ids
-    if not ctx_ids:  # nothing to condition the first token on: lm-eval uses a prefix token
-        ctx_ids = [prefix_token_id(tokenizer)]
-        return EncodedPair(ctx_ids, whole, merged)
-    return EncodedPair(list(ctx_ids), whole[len(ctx_ids) :], merged)
-
-
-def _supports_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def model_max_length(model, tokenizer=None) -> int:
-    cfg = model.config
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    tml = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tml, int) and 0 < tml < 1_000_000:
-        return tml
-    return LENGTH_FALLBACK
-
-
-@torch.inference_mode()
-def score_loglikelihoods(
-    model,
-    pairs: list[tuple[list[int], list[int]]],
-    *,
-    batch_size: int,
-    max_length: int,
-    device: torch.device | str,
-    pad_id: int = 0,
-    desc: str = "loglikelihood",
-    progress: bool = True,
-) -> tuple[list[float], dict[str, int]]:
-    """Summed log p(cont_ids | ctx_ids) for every (ctx_ids, cont_ids); an empty continuation scores 0.
-
-    Input = (ctx + cont)[-(max_length + 1):][:-1] (left truncation). Identical inputs are run once.
-    """
-    lls = [0.0] * len(pairs)
-    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # model input -> [(pair index, n predicted)]
-    truncated = 0
-    for i, (ctx, cont) in enumerate(pairs):
-        if not cont:
-            continue
-        full = list(ctx) + list(cont)
-        if len(full) > max_length + 1:
-            truncated += 1
-        window = full[-(max_length + 1) :]
-        inp = tuple(window[:-1])
-        n = min(len(cont), len(inp))
-        groups.setdefault(inp, []).append((i, n))
-    order = sorted(groups, key=lambda t: (-len(t), t))
-    keep_ok = _supports_logits_to_keep(model)
-    batches = [order[b : b + batch_size] for b in range(0, len(order), max(1, batch_size))]
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or not batches, leave=False):
-        width = max(len(t) for t in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        spans = []
-        for r, inp in enumerate(batch):
-            ids[r, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-            mask[r, : len(inp)] = 1
-            spans.append(max(n for _, n in groups[inp]))
-        keep = max(width - (len(inp) - span) for inp, span in zip(batch, spans, strict=True))
-        kwargs = {"logits_to_keep": keep} if keep_ok else {}
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
-        offset = width - logits.shape[1]
-        for r, (inp, span) in enumerate(zip(batch, spans, strict=True)):
-            start = len(inp) - span - offset
-            logp = torch.log_softmax(logits[r, start : start + span].float(), dim=-1)
-            for i, n in groups[inp]:
-                target = torch.tensor(pairs[i][1][-n:], dtype=torch.long, device=logp.device)
-                lls[i] = float(logp[span - n :].gather(1, target[:, None]).double().sum().item())
-    stats = {
-        "requests": len(pairs),
-        "forward_rows": len(order),
-        "batches": len(batches),
-        "truncated": truncated,
-    }
-    return lls, stats
-
-
-def mc_prediction(lls: list[float], choices: list[str] | tuple[str, ...], gold: int) -> dict:
-    """acc: argmax raw ll; acc_norm: argmax ll / len(choice) in Unicode characters (first max wins)."""
-    pred = int(np.argmax(np.asarray(lls, dtype=np.float64)))
-    norm = np.asarray([ll / max(len(c), 1) for ll, c in zip(lls, choices, strict=True)], dtype=np.float64)
-    pred_norm = int(np.argmax(norm))
-    return {
-        "pred": pred,
-        "acc": float(pred == gold),
-        "pred_norm": pred_norm,
-        "acc_norm": float(pred_norm == gold),
-    }
-
-
-def _stderr(values: list[float]) -> float:
-    n = len(values)
-    return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+# Multiple choice: finmerge/mc_eval.py (importable without Prefect, e.g. by bench/evaluate.py)
 
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
-class TaskRenderError(ValueError):
-    """A task whose prompts cannot be rendered or encoded (reported as skipped, never a crash)."""
-
-
-def score_task(
-    model,
-    tokenizer,
-    task: fin_harness.Task,
-    version: str,
-    *,
-    batch_size: int,
-    max_length: int,
-    device,
-    progress: bool = True,
-) -> dict:
-    """Score one harness task. Returns metrics, per-item samples and request statistics."""
-    pairs: list[tuple[list[int], list[int]]] = []
-    owners: list[tuple[int, int]] = []
-    prompts = []
-    empty = merges = 0
-    for k, item in enumerate(task.items):
-        try:
-            prompt = fin_harness.render(item, task.layout, version)
-            reqs = fin_harness.requests_for(prompt)
-            ctx_cache: dict[str, list[int]] = {}  # the context is the same for every choice of an item
-            encoded = []
-            for ctx, cont in reqs:
-                if ctx not in ctx_cache:
-                    ctx_cache[ctx] = encode(tokenizer, ctx)
-                encoded.append(encode_pair(tokenizer, ctx, cont, ctx_ids=ctx_cache[ctx]))
-        except Exception as exc:
-            raise TaskRenderError(f"item {item.id}: {type(exc).__name__}: {exc}") from exc
-        prompts.append(prompt)
-        for c, enc in enumerate(encoded):
-            empty += enc.empty
-            merges += enc.boundary_merge
-            pairs.append((enc.ctx_ids, enc.cont_ids))
-            owners.append((k, c))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    lls, stats = score_loglikelihoods(
-        model,
-        pairs,
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-        pad_id=pad_id,
-        desc=f"{task.name} [{version}]",
-        progress=progress,
-    )
-    per_item: list[list[float]] = [[0.0] * len(p.choices) for p in prompts]
-    cont_len: list[list[int]] = [[0] * len(p.choices) for p in prompts]
-    for (k, c), ll, (_, cont) in zip(owners, lls, pairs, strict=True):
-        per_item[k][c] = ll
-        cont_len[k][c] = len(cont)
-    samples, accs, norms = [], [], []
-    for k, (item, prompt) in enumerate(zip(task.items, prompts, strict=True)):
-        res = mc_prediction(per_item[k], prompt.choices, item.gold)
-        accs.append(res["acc"])
-        norms.append(res["acc_norm"])
-        samples.append(
-            {
-                "doc_id": k,
-                "id": item.id,
-                "gold": item.gold,
-                "ll": per_item[k],
-                "cont_tokens": cont_len[k],
-                **res,
-            }
-        )
-    stats.update({"items": len(task.items), "empty_continuations": empty, "boundary_merges": merges})
-    return {
-        "acc": float(np.mean(accs)),
-        "acc_stderr": _stderr(accs),
-        "acc_norm": float(np.mean(norms)),
-        "acc_norm_stderr": _stderr(norms),
-        "samples": samples,
-        "stats": stats,
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -472,6 +273,197 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _discover(harness_dirs: list[str], only: list[str] | None, cpa_nan_choice: bool) -> fin_harness.Discovery:
+    """Tasks from every ``DATA[:tasks]`` spec; a task name found twice keeps its first folder."""
+    found = fin_harness.Discovery()
+    names: set[str] = set()
+    for spec in harness_dirs:
+        folder, picked = split_task_spec(str(spec))
+        if only is not None:
+            picked = [t for t in (picked or only) if t in only]
+        part = fin_harness.discover_tasks([folder], only=picked, cpa_nan_choice=cpa_nan_choice)
+        for task in part.tasks:
+            if task.name in names:
+                found.skipped[f"{task.name}@{folder}"] = "duplicate task name (loaded from an earlier folder)"
+                continue
+            names.add(task.name)
+            found.tasks.append(task)
+        found.skipped.update({k: v for k, v in part.skipped.items() if k not in names})
+        found.notes.update(part.notes)
+    return found
+
+
+def _task_config(task: fin_harness.Task, version: str) -> dict:
+    effective = fin_harness.effective_version(task.layout, version)
+    return {
+        "task": fin_harness.harness_task_name(task.name, version, task.layout),
+        "dataset_path": task.source,
+        "output_type": "multiple_choice",
+        "test_split": "test",
+        "num_fewshot": 0,
+        "target_delimiter": fin_harness.render(task.items[0], task.layout, version).target_delimiter,
+        "description": fin_harness.description(task.layout, effective),
+        "metric_list": [{"metric": m} for m in fin_harness.metric_names(task.layout)],
+        "metadata": {
+            "layout": task.layout,
+            "prompt_version": effective,
+            "variant": task.variant,
+            "skipped_rows": task.skipped_rows,
+        },
+    }
+
+
+def _result_entry(name: str, layout: str, res: dict) -> dict:
+    entry = {"alias": name}
+    for metric in fin_harness.metric_names(layout):
+        entry[f"{metric},none"] = res[metric]
+        # chabsa's F1 aggregation cannot be bootstrapped: lm-eval reports its stderr as N/A
+        entry[f"{metric}_stderr,none"] = res.get(f"{metric}_stderr", "N/A")
+    return entry
+
+
+def run_harness(
+    model,
+    tokenizer,
+    harness_dirs: list[str],
+    versions: list[str],
+    out_dir: Path,
+    *,
+    cfg: EvaluateConfig,
+    only: list[str] | None,
+    max_length: int,
+    device,
+    progress: bool = True,
+) -> dict:
+    """Every discovered task at every prompt version, into lm-eval's results layout plus sample files.
+
+    The leaderboard score of a version is the mean over tasks with a non-zero score of f1 (chabsa) or
+    acc; the best version's figures become the stage's ``harness/*`` metrics.
+    """
+    found = _discover(list(harness_dirs), only, cfg.cpa_nan_choice)
+    skipped = dict(found.skipped)
+    results: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
+    n_samples: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    per_version: dict[str, dict[str, float]] = {v: {} for v in versions}
+    task_metrics_at: dict[tuple[str, str], dict] = {}
+    by_name: dict[str, dict] = {}  # harness task name -> scores (several versions can share one name)
+    failed: set[str] = set()
+    for version in versions:
+        for task in found.tasks:
+            if task.name in failed:
+                continue
+            name = fin_harness.harness_task_name(task.name, version, task.layout)
+            if name not in results:  # chabsa 0.1.2 / 0.2.1 are its 0.1 / 0.2: scored once
+                try:
+                    res = score_task(
+                        model,
+                        tokenizer,
+                        task,
+                        version,
+                        batch_size=cfg.batch_size,
+                        max_length=max_length,
+                        device=device,
+                        kv_reuse=cfg.kv_reuse,
+                        max_batch_tokens=cfg.max_batch_tokens,
+                        progress=progress,
+                    )
+                except TaskRenderError as exc:  # report, do not crash the stage
+                    skipped[task.name] = f"cannot render prompts: {exc}"
+                    failed.add(task.name)
+                    continue
+                results[name] = _result_entry(name, task.layout, res)
+                configs[name] = _task_config(task, version)
+                n_samples[name] = {"original": len(task.items), "effective": len(task.items)}
+                _write_jsonl(out_dir / f"samples_{_safe_name(name)}.jsonl", res["samples"])
+                for key, value in res["stats"].items():
+                    counts[f"harness/{task.name}/{key}"] = counts.get(f"harness/{task.name}/{key}", 0) + int(
+                        value
+                    )
+                by_name[name] = res
+            task_metrics_at[(task.name, version)] = by_name[name]
+            metric = fin_harness.leaderboard_metric(task.layout)
+            per_version[version][task.name] = float(task_metrics_at[(task.name, version)][metric])
+    scored = {v: fin_harness.leaderboard_average(t) for v, t in per_version.items() if t}
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    leaderboard = {"versions": {v: {"avg": scored.get(v), "tasks": per_version[v]} for v in versions}}
+    if scored:
+        best = fin_harness.best_version(scored)
+        leaderboard["best_version"] = best
+        tags["harness/best_version"] = best
+        metrics["harness/avg"] = scored[best]
+        for task in found.tasks:
+            res = task_metrics_at.get((task.name, best))
+            for metric in fin_harness.metric_names(task.layout) if res else ():
+                metrics[f"harness/{task.name}/{metric}"] = float(res[metric])
+        if len(scored) > 1:
+            for v, avg in scored.items():
+                metrics[f"harness/version/{v}/avg"] = avg
+    counts["harness/tasks"] = len({t for t, _ in task_metrics_at})
+    counts["harness/items"] = sum(len(t.items) for t in found.tasks if t.name not in failed)
+    counts["harness/skipped"] = len(skipped)
+    counts["harness/empty_continuations"] = sum(
+        v for k, v in counts.items() if k.endswith("/empty_continuations")
+    )
+    return {
+        "results": results,
+        "configs": configs,
+        "n_samples": n_samples,
+        "leaderboard": leaderboard,
+        "skipped": skipped,
+        "notes": found.notes,
+        "metrics": metrics,
+        "counts": counts,
+        "tags": tags,
+    }
+
+
+def leaderboard_summary(report: dict) -> dict:
+    """The leaderboard view of a results.json: scores x 100, best version first (for people and the CLI)."""
+    fm = report.get("finmerge") or {}
+    board = fm.get("leaderboard") or {}
+    best = board.get("best_version")
+    versions = board.get("versions") or {}
+
+    def pct(x):
+        return None if x is None else round(100 * float(x), 2)
+
+    out = {
+        "best_version": best,
+        "avg": pct((versions.get(best) or {}).get("avg")) if best else None,
+        "tasks": {t: pct(v) for t, v in ((versions.get(best) or {}).get("tasks") or {}).items()},
+    }
+    if len(versions) > 1:
+        out["versions"] = {v: pct(info.get("avg")) for v, info in versions.items()}
+    for key in ("ppl", "chat", "judge"):
+        info = fm.get(key)
+        if info:
+            out[key] = {k: info[k] for k in ("ppl", "adherence", "answer_acc", "overall") if k in info}
+    if fm.get("skipped"):
+        out["skipped"] = fm["skipped"]
+    return out
+
+
+def _judge(model, tokenizer, cfg: EvaluateConfig, dev, progress: bool) -> tuple[list[dict], dict]:
+    from finmerge import judge
+
+    if not cfg.judge.url:
+        raise ValueError(
+            "evaluate.judge.questions is set but evaluate.judge.url is not (an OpenAI-compatible API)"
+        )
+    return judge.judge_model(
+        model,
+        tokenizer,
+        cfg.judge,
+        device=dev,
+        api_key=judge.resolve_judge_key(cfg.judge),
+        progress=progress,
+        max_length=model_max_length(model, tokenizer),
+    )
+
+
 def evaluate_model(
     model_uri: str,
     out_uri: str,
@@ -497,82 +489,42 @@ def evaluate_model(
     """
     import transformers
 
-    version = fin_harness.normalize_version(cfg.prompt_version)
+    versions = prompt_versions(cfg.prompt_version)
     dev = _device(device)
     folder = modelio.stage_model(model_uri, staging_dir)
     model = modelio.load_causal_lm(folder, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
     model.to(dev)
     tokenizer = modelio.load_tokenizer(folder, trust_remote_code=trust_remote_code)
     mc_len = max_length or model_max_length(model, tokenizer)
-    start_meta = {"label": label, "model_uri": model_uri, "prompt_version": version}
+    start_meta = {"label": label, "model_uri": model_uri, "prompt_versions": versions}
 
     with storage.output_folder(out_uri, staging_dir, meta=start_meta) as out:
         metrics: dict[str, float] = {}
         counts: dict[str, int] = {}
         timing: dict[str, float] = {}
-        results: dict[str, dict] = {}
-        configs: dict[str, dict] = {}
-        n_samples: dict[str, dict] = {}
+        tags: dict[str, str] = {}
         artifacts = ["results.json"]
 
         # 1. harness multiple choice
-        found = fin_harness.discover_tasks(list(harness_dirs), only=tasks)
-        skipped = dict(found.skipped)
-        task_accs = []
         t0 = time.perf_counter()
-        n_items = 0
-        for task in found.tasks:
-            name = fin_harness.harness_task_name(task.name, version)
-            try:
-                res = score_task(
-                    model,
-                    tokenizer,
-                    task,
-                    version,
-                    batch_size=cfg.batch_size,
-                    max_length=mc_len,
-                    device=dev,
-                    progress=progress,
-                )
-            except TaskRenderError as exc:  # report, do not crash the stage
-                skipped[task.name] = f"cannot render prompts: {exc}"
-                continue
-            results[name] = {
-                "alias": name,
-                "acc,none": res["acc"],
-                "acc_stderr,none": res["acc_stderr"],
-                "acc_norm,none": res["acc_norm"],
-                "acc_norm_stderr,none": res["acc_norm_stderr"],
-            }
-            configs[name] = {
-                "task": name,
-                "dataset_path": task.source,
-                "output_type": "multiple_choice",
-                "test_split": "test",
-                "num_fewshot": 0,
-                "target_delimiter": fin_harness.render(task.items[0], task.layout, version).target_delimiter,
-                "description": fin_harness.description(task.layout, version),
-                "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
-                "metadata": {"layout": task.layout, "prompt_version": version},
-            }
-            n_samples[name] = {"original": len(task.items), "effective": len(task.items)}
-            sample_file = f"samples_{_safe_name(name)}.jsonl"
-            _write_jsonl(out.path / sample_file, res["samples"])
-            metrics[f"harness/{task.name}/acc"] = res["acc"]
-            metrics[f"harness/{task.name}/acc_norm"] = res["acc_norm"]
-            task_accs.append(res["acc"])
-            for key, value in res["stats"].items():
-                counts[f"harness/{task.name}/{key}"] = int(value)
-            n_items += len(task.items)
-        timing["harness_s"] = time.perf_counter() - t0
-        if task_accs:
-            metrics["harness/avg"] = float(np.mean(task_accs))
-        counts["harness/tasks"] = len(task_accs)
-        counts["harness/items"] = n_items
-        counts["harness/skipped"] = len(skipped)
-        counts["harness/empty_continuations"] = sum(
-            v for k, v in counts.items() if k.endswith("/empty_continuations")
+        harness = run_harness(
+            model,
+            tokenizer,
+            harness_dirs,
+            versions,
+            out.path,
+            cfg=cfg,
+            only=tasks,
+            max_length=mc_len,
+            device=dev,
+            progress=progress,
         )
+        timing["harness_s"] = time.perf_counter() - t0
+        results, configs, n_samples = harness["results"], harness["configs"], harness["n_samples"]
+        skipped = harness["skipped"]
+        metrics.update(harness["metrics"])
+        counts.update(harness["counts"])
+        tags.update(harness["tags"])
 
         # 2. finance perplexity
         ppl_info = None
@@ -591,7 +543,6 @@ def evaluate_model(
 
         # 3. chat probe
         chat_info = None
-        tags: dict[str, str] = {}
         if chat_uri:
             t0 = time.perf_counter()
             questions = list(storage.iter_jsonl(chat_uri))
@@ -616,6 +567,19 @@ def evaluate_model(
             tags["chat/template"] = chat_info["template"]
             timing["chat_s"] = time.perf_counter() - t0
 
+        # 4. LLM-as-judge on pfmt-bench style questions (optional)
+        judge_info = None
+        if cfg.judge.questions:
+            t0 = time.perf_counter()
+            rows, judge_info = _judge(model, tokenizer, cfg, dev, progress)
+            _write_jsonl(out.path / "judge_samples.jsonl", rows)
+            metrics["judge/overall"] = judge_info["overall"]
+            for category, value in judge_info["categories"].items():
+                metrics[f"judge/{_safe_name(category)}"] = value
+            counts.update({f"judge/{k}": int(v) for k, v in judge_info["counts"].items()})
+            tags["judge/model"] = str(judge_info.get("judge_model", cfg.judge.model))
+            timing["judge_s"] = time.perf_counter() - t0
+
         report = {
             "results": results,
             "configs": configs,
@@ -627,8 +591,9 @@ def evaluate_model(
                 "model_args": f"pretrained={model_uri},dtype={dtype},softmax_dtype=float32",
                 "model_uri": model_uri,
                 "label": label,
-                "prompt_version": version,
+                "prompt_versions": versions,
                 "batch_size": cfg.batch_size,
+                "kv_reuse": cfg.kv_reuse,
                 "max_length": mc_len,
                 "dtype": dtype,
                 "device": str(dev),
@@ -639,7 +604,10 @@ def evaluate_model(
                 "label": label,
                 "ppl": ppl_info,
                 "chat": chat_info,
+                "judge": judge_info,
+                "leaderboard": harness["leaderboard"],
                 "skipped": skipped,
+                "notes": harness["notes"],
                 "counts": counts,
                 "timing_s": timing,
             },
