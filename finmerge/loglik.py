@@ -83,6 +83,27 @@ def model_max_length(model, tokenizer=None) -> int:
     return LENGTH_FALLBACK
 
 
+GATHER_CHUNK = 256  # predicted positions per log-sum-exp pass: bounds the float32 copy to CHUNK x vocab
+
+
+def sum_logprobs(logits: torch.Tensor, picks: list[tuple[int, int, int, int]], n_out: int) -> list[float]:
+    """Σ log_softmax(logits[row, col])[target] for each owner slot, from (row, col, target, slot) picks.
+
+    float32 throughout (the log-softmax as ``x[t] - logsumexp(x)``), gathered on the device and moved to
+    the host once per batch: a per-request ``.item()`` would synchronise a GPU thousands of times.
+    """
+    if not picks:
+        return [0.0] * n_out
+    idx = torch.tensor(picks, dtype=torch.long, device=logits.device)
+    total = torch.zeros(n_out, dtype=torch.float32, device=logits.device)
+    for s in range(0, len(picks), GATHER_CHUNK):
+        part = idx[s : s + GATHER_CHUNK]
+        rows = logits[part[:, 0], part[:, 1]].float()
+        logp = rows.gather(1, part[:, 2:3])[:, 0] - torch.logsumexp(rows, dim=-1)
+        total.index_add_(0, part[:, 3], logp)
+    return total.tolist()
+
+
 def _row_batches(order: list[tuple[int, ...]], batch_size: int, max_batch_tokens: int) -> list[list]:
     """Longest-first rows cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded
     tokens (the first row of a batch is its widest)."""
@@ -143,13 +164,16 @@ def score_loglikelihoods(
         kwargs = {"logits_to_keep": keep} if keep_ok else {}
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
         offset = width - logits.shape[1]
-        for r, (inp, span) in enumerate(zip(batch, spans, strict=True)):
-            start = len(inp) - span - offset
-            logp = torch.log_softmax(logits[r, start : start + span].float(), dim=-1)
+        picks, owners = [], []
+        for r, inp in enumerate(batch):
+            end = len(inp) - offset  # one past the last predicting position of this row
             for i, n in groups[inp]:
-                target = torch.tensor(pairs[i][1][-n:], dtype=torch.long, device=logp.device)
-                # float32 sum of the gathered log-probs, as lm-eval does
-                lls[i] = float(logp[span - n :].gather(1, target[:, None]).sum().item())
+                slot = len(owners)
+                owners.append(i)
+                cont = pairs[i][1][-n:]
+                picks += [(r, end - n + j, t, slot) for j, t in enumerate(cont)]
+        for i, ll in zip(owners, sum_logprobs(logits, picks, len(owners)), strict=True):
+            lls[i] = ll
     stats = {
         "requests": len(pairs),
         "forward_rows": len(order),
@@ -376,11 +400,19 @@ def _score_batch(model, items, batch, shared, prefix_cache, lls, stats, keep_ok,
         use_cache=True,
         **kwargs,
     )
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts every choice's first token
+    first_logits = out.logits[:, -1:]  # predicts every choice's first token
     stats["forward_tokens"] += n * width
     stats["forward_rows"] += n
+    slots = [(k, c) for k in batch for c, cont in enumerate(items[k].conts) if cont]
+    slot_of = {kc: j for j, kc in enumerate(slots)}
+    first = [
+        (b, 0, items[k].conts[c][0], slot_of[(k, c)])
+        for b, k in enumerate(batch)
+        for c, cont in enumerate(items[k].conts)
+        if cont
+    ]
+    totals = torch.tensor(sum_logprobs(first_logits, first, len(slots)), dtype=torch.float32)
     rows = _cont_rows(items, batch)
-    tail: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
     if rows:
         cache = _returned_cache(out)
         cw = max(len(inp) for _, inp in rows)
@@ -403,19 +435,16 @@ def _score_batch(model, items, batch, shared, prefix_cache, lls, stats, keep_ok,
             **{_cache_arg(model): cache},
             use_cache=True,
             **kwargs,
-        ).logits
-        logits = logits[:, -cw:]
-        for j, (b, inp) in enumerate(rows):
-            tail[(b, inp)] = torch.log_softmax(logits[j, : len(inp)].float(), dim=-1)
+        ).logits[:, -cw:]
+        row_of = {row: j for j, row in enumerate(rows)}
+        tail = []
+        for b, k in enumerate(batch):
+            for c, cont in enumerate(items[k].conts):
+                if len(cont) > 1:
+                    j = row_of[(b, tuple(cont[:-1]))]
+                    tail += [(j, m, t, slot_of[(k, c)]) for m, t in enumerate(cont[1:])]
+        totals += torch.tensor(sum_logprobs(logits, tail, len(slots)), dtype=torch.float32)
         stats["forward_tokens"] += len(rows) * cw
         stats["forward_rows"] += len(rows)
-    for b, k in enumerate(batch):
-        for c, cont in enumerate(items[k].conts):
-            if not cont:
-                continue
-            parts = first[b, cont[0]].reshape(1)
-            if len(cont) > 1:
-                logp = tail[(b, tuple(cont[:-1]))]
-                target = torch.tensor(cont[1:], dtype=torch.long, device=logp.device)
-                parts = torch.cat([parts, logp.gather(1, target[:, None])[:, 0]])
-            lls[k][c] = float(parts.sum().item())  # the same float32 vector sum as lm-eval's
+    for (k, c), ll in zip(slots, totals.tolist(), strict=True):
+        lls[k][c] = ll

@@ -519,3 +519,63 @@ def test_comparison_report(tmp_path):
     # no ppl at all: one panel, still fine
     ev.comparison_report({"base": {"harness/avg": 0.2}}, tmp_path / "one")
     assert (tmp_path / "one" / "eval_comparison.png").exists()
+
+
+def test_cli_evaluate_full_harness_layout_all_versions(world, tmp_path, capsys):
+    """`finmerge evaluate` on the five harness layouts (synthetic), a task filter, every prompt version and
+    an lm-eval style results.json path; the leaderboard figures follow the harness's rules."""
+    from harness_fixtures import write_harness
+
+    from finmerge.cli import main
+
+    counts = write_harness(tmp_path / "datasets", seed=3, sizes={"chabsa": 24, "cpa_audit": 10})
+    out = tmp_path / "res" / "results.json"
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(world["root"] / "random"),
+            "--tasks",
+            f"fin-harness:{tmp_path / 'datasets'}:chabsa,cpa_audit,fp2,cma_basics",
+            "--prompt-version",
+            "all",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--set",
+            f"storage.staging_dir={tmp_path / 'staging'}",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert summary["results"] == str(out) and (tmp_path / "res" / "results" / "_manifest.json").exists()
+    # chabsa has no 0.1.2 / 0.2.1: 7 names for it, 9 for the others; security_sales_1 was not asked for
+    names = set(report["results"])
+    assert len([n for n in names if n.startswith("chabsa")]) == 7 and "chabsa-1.0-0.1.2" not in names
+    assert {"cpa_audit", "cpa_audit-1.0-0.6", "fp2-1.0-0.2.1", "cma_basics-1.0-0.4"} <= names
+    assert not any(n.startswith("security_sales_1") for n in names) and len(names) == 7 + 3 * 9
+    assert set(report["results"]["chabsa-1.0-0.3"]) >= {"f1,none", "acc,none", "f1_stderr,none"}
+    assert report["results"]["chabsa-1.0-0.3"]["f1_stderr,none"] == "N/A"
+    assert report["configs"]["chabsa-1.0-0.3"]["target_delimiter"] == ""
+    assert report["configs"]["chabsa"]["target_delimiter"] == " "
+    assert report["n-samples"]["cpa_audit"]["effective"] == counts["cpa_audit"]
+    board = report["finmerge"]["leaderboard"]
+    assert set(board["versions"]) == set(fin_harness.VERSIONS)
+    best = board["best_version"]
+    assert board["versions"][best]["avg"] == max(v["avg"] for v in board["versions"].values())
+    tasks = board["versions"]["1.0-0.1.2"]["tasks"]
+    # chabsa at 0.1.2 is its 0.1 prompt; the leaderboard score of a task is f1 for chabsa, else acc
+    assert tasks["chabsa"] == report["results"]["chabsa-1.0-0.1"]["f1,none"]
+    assert tasks["fp2"] == report["results"]["fp2-1.0-0.1.2"]["acc,none"]
+    nonzero = [v for v in tasks.values() if v]
+    expected = sum(nonzero) / len(nonzero) if nonzero else 0.0
+    assert board["versions"]["1.0-0.1.2"]["avg"] == pytest.approx(expected)
+    assert summary["best_version"] == best and summary["avg"] == pytest.approx(
+        100 * board["versions"][best]["avg"], abs=0.01
+    )
+    # per-item choice log-likelihoods are kept, one file per scored harness task name
+    samples = (tmp_path / "res" / "results" / "samples_cpa_audit-1.0-0.6.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in samples.splitlines()]
+    assert len(rows) == counts["cpa_audit"] and all(len(r["ll"]) == 6 for r in rows)
