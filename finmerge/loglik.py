@@ -51,12 +51,24 @@ def prefix_token_id(tokenizer) -> int:
     return 0
 
 
+def encode_many(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
+    """``encode`` of many texts in few tokenizer calls (a fast tokenizer batches them in Rust)."""
+    out: list[list[int]] = []
+    for s in range(0, len(texts), chunk):
+        out += [list(ids) for ids in tokenizer(texts[s : s + chunk], add_special_tokens=False)["input_ids"]]
+    return out
+
+
 def encode_pair(tokenizer, context: str, continuation: str, ctx_ids: list[int] | None = None) -> EncodedPair:
     """lm-eval's split: cont_ids = encode(ctx + cont)[len(encode(ctx)):] (the whitespace move is done
     by :func:`finmerge.fin_harness.move_whitespace`). ``ctx_ids`` may be passed in to skip re-encoding."""
-    whole = encode(tokenizer, context + continuation)
     if ctx_ids is None:
         ctx_ids = encode(tokenizer, context)
+    return split_pair(tokenizer, list(ctx_ids), encode(tokenizer, context + continuation))
+
+
+def split_pair(tokenizer, ctx_ids: list[int], whole: list[int]) -> EncodedPair:
+    """The split of :func:`encode_pair` from ``encode(ctx)`` and ``encode(ctx + cont)``."""
     merged = whole[: len(ctx_ids)] != ctx_ids
     if not ctx_ids:  # nothing to condition the first token on: lm-eval uses a prefix token
         ctx_ids = [prefix_token_id(tokenizer)]

@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from finmerge import fin_harness
-from finmerge.loglik import ItemRequest, encode, encode_pair, score_items, score_loglikelihoods
+from finmerge.loglik import ItemRequest, encode_many, score_items, score_loglikelihoods, split_pair
 
 
 def prompt_versions(spec: str) -> list[str]:
@@ -65,20 +65,32 @@ class TaskRenderError(ValueError):
     """A task whose prompts cannot be rendered or encoded (reported as skipped, never a crash)."""
 
 
-def encode_item(tokenizer, prompt: fin_harness.Prompt) -> tuple[ItemRequest, int, int]:
-    """One item's requests as token ids: (item request, empty continuations, boundary merges).
+def encode_items(tokenizer, prompts: list[fin_harness.Prompt]) -> tuple[list[ItemRequest], int, int]:
+    """Every item's requests as token ids: (item requests, empty continuations, boundary merges).
 
     Every choice of an item has the same context string after the whitespace move, hence the same
-    ``ctx_ids`` (fin-harness.md §4 step 6), so the context is encoded once.
+    ``ctx_ids`` (fin-harness.md §4 step 6), so each context is encoded once. All strings of a task go
+    through the tokenizer in a few batched calls; the ids are the same as one call per string.
     """
-    reqs = fin_harness.requests_for(prompt)
-    contexts = {ctx for ctx, _ in reqs}
-    if len(contexts) != 1:
-        raise ValueError("choices of one item do not share a context")
-    ctx_ids = encode(tokenizer, reqs[0][0])
-    encoded = [encode_pair(tokenizer, ctx, cont, ctx_ids=ctx_ids) for ctx, cont in reqs]
-    request = ItemRequest(ctx_ids=tuple(encoded[0].ctx_ids), conts=tuple(tuple(e.cont_ids) for e in encoded))
-    return request, sum(e.empty for e in encoded), sum(e.boundary_merge for e in encoded)
+    texts: list[str] = []
+    shapes = []
+    for prompt in prompts:
+        reqs = fin_harness.requests_for(prompt)
+        if len({ctx for ctx, _ in reqs}) != 1:
+            raise ValueError("choices of one item do not share a context")
+        shapes.append((len(texts), len(reqs)))
+        texts += [reqs[0][0]] + [ctx + cont for ctx, cont in reqs]
+    ids = encode_many(tokenizer, texts)
+    requests, empty, merges = [], 0, 0
+    for start, n in shapes:
+        ctx_ids = ids[start]
+        encoded = [split_pair(tokenizer, ctx_ids, whole) for whole in ids[start + 1 : start + 1 + n]]
+        requests.append(
+            ItemRequest(ctx_ids=tuple(encoded[0].ctx_ids), conts=tuple(tuple(e.cont_ids) for e in encoded))
+        )
+        empty += sum(e.empty for e in encoded)
+        merges += sum(e.boundary_merge for e in encoded)
+    return requests, empty, merges
 
 
 def score_requests(
@@ -127,19 +139,16 @@ def score_task(
     progress: bool = True,
 ) -> dict:
     """Score one harness task at one prompt version: metrics, per-item samples and request statistics."""
-    requests: list[ItemRequest] = []
     prompts = []
-    empty = merges = 0
     for item in task.items:
         try:
-            prompt = fin_harness.render(item, task.layout, version)
-            request, n_empty, n_merges = encode_item(tokenizer, prompt)
+            prompts.append(fin_harness.render(item, task.layout, version))
         except Exception as exc:
             raise TaskRenderError(f"item {item.id}: {type(exc).__name__}: {exc}") from exc
-        prompts.append(prompt)
-        requests.append(request)
-        empty += n_empty
-        merges += n_merges
+    try:
+        requests, empty, merges = encode_items(tokenizer, prompts)
+    except Exception as exc:
+        raise TaskRenderError(f"cannot encode the requests: {type(exc).__name__}: {exc}") from exc
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_item, stats = score_requests(
         model,

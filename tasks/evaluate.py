@@ -449,10 +449,6 @@ def leaderboard_summary(report: dict) -> dict:
 def _judge(model, tokenizer, cfg: EvaluateConfig, dev, progress: bool) -> tuple[list[dict], dict]:
     from finmerge import judge
 
-    if not cfg.judge.url:
-        raise ValueError(
-            "evaluate.judge.questions is set but evaluate.judge.url is not (an OpenAI-compatible API)"
-        )
     return judge.judge_model(
         model,
         tokenizer,
@@ -490,6 +486,10 @@ def evaluate_model(
     import transformers
 
     versions = prompt_versions(cfg.prompt_version)
+    if cfg.judge.questions and not cfg.judge.url:  # fail before loading anything
+        raise ValueError(
+            "evaluate.judge.questions is set but evaluate.judge.url is not (an OpenAI-compatible API)"
+        )
     dev = _device(device)
     folder = modelio.stage_model(model_uri, staging_dir)
     model = modelio.load_causal_lm(folder, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))

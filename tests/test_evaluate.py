@@ -579,3 +579,71 @@ def test_cli_evaluate_full_harness_layout_all_versions(world, tmp_path, capsys):
     samples = (tmp_path / "res" / "results" / "samples_cpa_audit-1.0-0.6.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in samples.splitlines()]
     assert len(rows) == counts["cpa_audit"] and all(len(r["ll"]) == 6 for r in rows)
+
+
+def test_judged_questions_in_the_stage(world, tmp_path, monkeypatch):
+    """evaluate.judge wired into the stage: judge metrics and samples, the key (from its env var) nowhere
+    in the committed folder, and a missing URL is a clear error before anything is written."""
+    from openai_fake import FakeOpenAI
+
+    from finmerge.config import JudgeConfig
+
+    key = "sk-STAGE-PLANTED-0123456789"
+    monkeypatch.setenv("FINMERGE_JUDGE_API_KEY", key)
+    questions = [
+        {
+            "question_id": k,
+            "category": cat,
+            "turns": ["架空の会社の売上高を説明してください。", "要点を一文で。"],
+        }
+        for k, cat in enumerate(["knowledge", "knowledge", "writing", "extraction"])
+    ]
+    qfile = _write_jsonl(tmp_path / "question.jsonl", questions)
+
+    def rate(body: dict) -> str:  # the fake judge rates every answer 7
+        return "評価：[[7]]"
+
+    with FakeOpenAI(rate, require_key=key) as fake:
+        judge_cfg = JudgeConfig(questions=qfile, url=fake.url, model="judge-x", max_new_tokens=8)
+        cfg = EvaluateConfig(max_new_tokens=8, judge=judge_cfg)
+        res = ev.evaluate_model(
+            str(world["root"] / "random"),
+            str(tmp_path / "out"),
+            cfg,
+            label="judged",
+            harness_dirs=[],
+            heldout_uri=None,
+            chat_uri=None,
+            staging_dir=str(tmp_path / "staging"),
+            progress=False,
+        )
+        seen = [{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in fake.requests]
+    assert seen and all(h == f"Bearer {key}" for h in seen)
+    rows = [
+        json.loads(x)
+        for x in (storage.local_path(res["uri"]) / "judge_samples.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 8
+    judged = [r for r in rows if r["reason"] == "judged"]
+    assert all(r["score"] == 7 for r in judged)
+    m = res["metrics"]
+    if judged:  # tiny random models may produce only hard zeros (empty / wrong-language answers)
+        assert "judge/overall" in m and 0 <= m["judge/overall"] <= 7
+    assert res["tags"]["judge/model"] == "judge-x" and res["counts"]["judge/rows"] == 8
+    for path in storage.local_path(res["uri"]).rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(encoding="utf-8", errors="replace"), path.name
+
+    with pytest.raises(ValueError, match="judge.url"):
+        ev.evaluate_model(
+            str(world["root"] / "random"),
+            str(tmp_path / "out2"),
+            EvaluateConfig(judge=JudgeConfig(questions=qfile)),
+            label="nourl",
+            harness_dirs=[],
+            heldout_uri=None,
+            chat_uri=None,
+            staging_dir=str(tmp_path / "staging"),
+            progress=False,
+        )
+    assert not (tmp_path / "out2").exists()
