@@ -39,7 +39,7 @@ format: $(STAMP)  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each; ~10 min, ~12 GB of temp disk for merge)
+bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each; ~15 min, ~12 GB of temp disk for merge)
 	@for f in bench/*.py; do echo "# $$f"; $(PY) $$f || exit 1; done
 
 clean:  ## remove the demo outputs (.finmerge/)
