@@ -217,7 +217,7 @@ def pipeline(config: PipelineConfig) -> dict:
             evals[label] = runner.run(
                 evaluate.evaluate_task,
                 f"evaluate-{label}",
-                code=(evaluate, finmerge.fin_harness),
+                code=evaluate.code_modules(),
                 key=(cfg.evaluate, fp, eval_data),
                 params={
                     "model_uri": model_uri,

@@ -735,4 +735,13 @@ def comparison_report(results: dict[str, dict], out_dir: Path) -> dict:
     return {"markdown": table, "files": [str(md), str(png)]}
 
 
+def code_modules() -> tuple:
+    """The modules whose code decides this stage's output (they go into its cache key)."""
+    import sys
+
+    from finmerge import judge, loglik, mc_eval
+
+    return (sys.modules[__name__], fin_harness, loglik, mc_eval, judge)
+
+
 evaluate_task = stage_task("evaluate", evaluate_model)
