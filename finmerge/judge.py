@@ -26,7 +26,6 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import re
 import statistics
 import time
@@ -37,7 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from finmerge import storage
 from finmerge.config import JudgeConfig
-from finmerge.loglik import encode, model_max_length, supports_logits_to_keep
+from finmerge.loglik import encode, eos_ids, model_max_length, supports_logits_to_keep
+from finmerge.secrets import SecretError, resolve_secret
 
 log = logging.getLogger("finmerge.judge")
 
@@ -230,15 +230,6 @@ def cut_injection(text: str) -> tuple[str, bool]:
 # Generation
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    value = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if value is None:
-        value = tokenizer.eos_token_id
-    if value is None:
-        return []
-    return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
-
-
 def row_seed(seed: int, question_id: int, turn: int) -> int:
     """A per-(question, turn) sampling seed, so answers do not depend on batching or order."""
     digest = hashlib.sha256(f"{seed}:{question_id}:{turn}".encode()).digest()
@@ -382,7 +373,7 @@ def generate_answers(
             f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_length} tokens"
         )
     used = resolve_template(tokenizer, template)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
 
     def stop(ids: list[int]) -> bool:
@@ -857,22 +848,10 @@ def aggregate(rows: list[dict]) -> dict:
 
 def resolve_judge_key(cfg: JudgeConfig) -> str | None:
     """The key from ``$cfg.api_key_env``, else the Prefect Secret block ``cfg.api_key_block``, else None."""
-    value = os.environ.get(cfg.api_key_env, "").strip()
-    if value:
-        return value
-    if not cfg.api_key_block:
-        return None
     try:
-        from prefect.blocks.system import Secret  # lazy: judging itself does not need Prefect
-
-        secret = Secret.load(cfg.api_key_block).get()
-    except Exception as exc:
-        raise JudgeError(
-            f"cannot load the Prefect Secret block {cfg.api_key_block!r}: {type(exc).__name__}"
-        ) from None
-    if secret is not None and not isinstance(secret, str):
-        raise JudgeError(f"Prefect Secret block {cfg.api_key_block!r} does not hold a string")
-    return (secret or "").strip() or None
+        return resolve_secret(cfg.api_key_env, cfg.api_key_block)
+    except SecretError as exc:
+        raise JudgeError(str(exc)) from None
 
 
 def judge_model(

@@ -76,6 +76,16 @@ def split_pair(tokenizer, ctx_ids: list[int], whole: list[int]) -> EncodedPair:
     return EncodedPair(list(ctx_ids), whole[len(ctx_ids) :], merged)
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end generation: the model's generation config, else the tokenizer's EOS."""
+    value = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if value is None:
+        value = tokenizer.eos_token_id
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
+
+
 def supports_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import random
 import re
 import struct
@@ -34,6 +33,7 @@ import httpx
 
 from finmerge import storage
 from finmerge.config import EdinetConfig
+from finmerge.secrets import SecretError, resolve_secret
 
 log = logging.getLogger("finmerge.edinet")
 
@@ -126,22 +126,10 @@ _guard_http_logs()
 
 def resolve_api_key(cfg: EdinetConfig) -> str | None:
     """The key from ``$cfg.api_key_env``, else the Prefect Secret block ``cfg.api_key_block``, else None."""
-    value = os.environ.get(cfg.api_key_env, "").strip()
-    if value:
-        return value
-    if not cfg.api_key_block:
-        return None
     try:
-        from prefect.blocks.system import Secret  # lazy: the connector itself does not need Prefect
-
-        secret = Secret.load(cfg.api_key_block).get()
-    except Exception as exc:
-        raise EdinetError(
-            f"cannot load the Prefect Secret block {cfg.api_key_block!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if secret is not None and not isinstance(secret, str):
-        raise EdinetError(f"Prefect Secret block {cfg.api_key_block!r} does not hold a string")
-    return (secret or "").strip() or None
+        return resolve_secret(cfg.api_key_env, cfg.api_key_block)
+    except SecretError as exc:
+        raise EdinetError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

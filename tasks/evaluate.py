@@ -35,6 +35,7 @@ from finmerge.loglik import (  # noqa: F401  (re-exported: the stage's public sc
     ItemRequest,
     encode,
     encode_pair,
+    eos_ids,
     model_max_length,
     score_items,
     score_loglikelihoods,
@@ -135,15 +136,6 @@ def chat_prompt_ids(tokenizer, question: str) -> tuple[list[int], str]:
         )
         return encode(tokenizer, text), "tokenizer"
     return encode(tokenizer, question + "\n"), "none"
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    value = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if value is None:
-        value = tokenizer.eos_token_id
-    if value is None:
-        return []
-    return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
 
 
 @torch.inference_mode()
