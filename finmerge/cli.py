@@ -63,6 +63,14 @@ def print_summary(s: dict) -> None:
         f"  →  models:/{reg['name']}@{alias}"
     )
     print(f"             {s['registered']['cpt']['name']} v{s['registered']['cpt']['version']}")
+    promo = s.get("promotion")
+    if promo:
+        checks = promo.get("checks") or []
+        passed = sum(1 for c in checks if c["passed"])
+        print(
+            f"promotion  : {promo['decision']} → champion v{promo['champion']} "
+            f"(gates {passed}/{len(checks)} passed; finmerge rollback restores the previous champion)"
+        )
     for label, folder in s["models"].items():
         print(f"{label:<11}: {folder}")
     if s.get("vectors"):
@@ -239,15 +247,30 @@ def cmd_evaluate(args) -> int:
 
 def cmd_promote(args) -> int:
     from finmerge import tracking
+    from tasks.promote import promote
 
     cfg = _config(args)
-    name = args.name or cfg.registry.merged_name
-    client = tracking.client(tracking.resolve_uri(cfg.tracking))
-    alias = (args.alias or cfg.registry.champion_alias).lower()
-    version = args.version or client.get_model_version_by_alias(name, cfg.registry.new_alias).version
-    client.set_registered_model_alias(name, alias, str(version))
-    client.set_model_version_tag(name, str(version), "finmerge.promoted_to", alias)
-    _print({"name": name, "version": str(version), "alias": alias, "uri": f"models:/{name}@{alias}"})
+    uri, exp = tracking.ensure_experiment(cfg.tracking)
+    res = promote(
+        args.name or cfg.registry.merged_name,
+        tracking_uri=uri,
+        registry=cfg.registry,
+        version=args.version,
+        experiment_id=exp,
+        force=args.force,
+    )
+    print(res["report"], file=sys.stderr)
+    _print({k: v for k, v in res.items() if k != "report"})
+    return 0 if res["decision"] in ("promoted", "forced", "already champion") else 3
+
+
+def cmd_rollback(args) -> int:
+    from finmerge import tracking
+    from tasks.promote import rollback
+
+    cfg = _config(args)
+    uri = tracking.resolve_uri(cfg.tracking)
+    _print(rollback(args.name or cfg.registry.merged_name, tracking_uri=uri, registry=cfg.registry))
     return 0
 
 
@@ -353,11 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output folder, or results.json (samples go beside it)")
     e.set_defaults(fn=cmd_evaluate)
 
-    pr = sub.add_parser("promote", parents=[common], help="point an alias (default champion) at a version")
-    pr.add_argument("--name")
+    pr = sub.add_parser(
+        "promote", parents=[common], help="gate a version (default: the challenger) against the champion"
+    )
+    pr.add_argument("--name", help="registered model (default: registry.merged_name)")
     pr.add_argument("--version", help="default: the version holding the new-version alias (challenger)")
-    pr.add_argument("--alias")
+    pr.add_argument("--force", action="store_true", help="promote even if a gate fails (recorded as forced)")
     pr.set_defaults(fn=cmd_promote)
+
+    rb = sub.add_parser("rollback", parents=[common], help="champion back to the previous champion")
+    rb.add_argument("--name", help="registered model (default: registry.merged_name)")
+    rb.set_defaults(fn=cmd_rollback)
     return p
 
 

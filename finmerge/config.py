@@ -545,14 +545,41 @@ class EvaluateConfig(Section):
     judge: JudgeConfig = JudgeConfig()
 
 
+class PromotionGates(Section):
+    """What a challenger must show against the champion to be promoted (the eval.* metrics of each version)."""
+
+    max_task_drop: float = Field(
+        0.02,
+        ge=0,
+        description="No harness task's leaderboard score (f1 for chabsa, else acc; 0-1) may fall more than "
+        "this below the champion's (0.02 = 2 points). A task the champion has and the challenger lacks fails.",
+    )
+    max_ppl_ratio: float | None = Field(
+        1.0,
+        ge=1.0,
+        description="Finance perplexity at most champion x this (1.0: not worse). None: no check.",
+    )
+    min_chat_adherence: float | None = Field(
+        0.8, ge=0, le=1, description="Absolute floor on chat-format adherence. None: no check."
+    )
+    min_judge_overall: float | None = Field(
+        None, ge=0, le=10, description="Absolute floor on the LLM-judge overall score. None: no check."
+    )
+
+
 class RegistryConfig(Section):
     cpt_name: str = "finmerge-cpt"
     merged_name: str = "finmerge-merged"
     new_alias: str = Field("challenger", description="Alias set on every new merged version.")
     champion_alias: str = "champion"
+    previous_alias: str = Field(
+        "previous",
+        description="Alias kept on the champion a promotion replaced (finmerge rollback returns to it).",
+    )
     bootstrap_champion: bool = Field(True, description="Make the first merged version champion.")
+    gates: PromotionGates = PromotionGates()
 
-    @field_validator("new_alias", "champion_alias")
+    @field_validator("new_alias", "champion_alias", "previous_alias")
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.lower()  # MLflow alias names are case-insensitive

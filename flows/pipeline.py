@@ -118,6 +118,7 @@ def pipeline(config: PipelineConfig) -> dict:
     import tasks.merge as merge
     import tasks.pretrain as pretrain
     import tasks.tokenize as tokenize
+    from tasks.promote import promote_task
     from tasks.registry import register_task
 
     cfg, log, t0 = config, get_run_logger(), time.perf_counter()
@@ -293,6 +294,16 @@ def pipeline(config: PipelineConfig) -> dict:
             description="θ_cpt + τ_inst: finance knowledge with instruction following",
             **reg_common,
         )
+        # the new version is challenger; it becomes champion only through the gates (not a cached stage:
+        # the decision depends on the registry's current champion)
+        promotion = promote_task.with_options(task_run_name="promote-merged")(
+            r.merged_name,
+            tracking_uri=ctx.tracking_uri,
+            registry=r,
+            version=mrg_reg["version"],
+            experiment_id=ctx.experiment_id,
+        )
+        log.info("promotion of %s v%s: %s", r.merged_name, mrg_reg["version"], promotion["decision"])
 
         cos = vec["metrics"].get("analyze/cos_global") if vec else None
         table = format_table(evals, cos)
@@ -316,6 +327,7 @@ def pipeline(config: PipelineConfig) -> dict:
             "mlflow_run_id": parent.run_id,
             "models": {k: v[0] for k, v in models.items()},
             "registered": {"cpt": cpt_reg, "merged": mrg_reg},
+            "promotion": {k: v for k, v in promotion.items() if k != "report"},
             "evaluations": {k: v["metrics"] for k, v in evals.items()},
             "vectors": vec["uri"] if vec else None,
         }
@@ -339,6 +351,7 @@ def summary_markdown(s: dict) -> str:
         f"# finmerge pipeline ({s['config_hash']})\n\n{s['table']}\n\n"
         f"- merged model: `{reg['name']}` version {reg['version']} aliases {', '.join(reg['aliases']) or '–'}"
         f" → `models:/{reg['name']}@{'champion' if 'champion' in reg['aliases'] else reg['version']}`\n"
+        f"- promotion: {s['promotion']['decision']} (champion v{s['promotion']['champion']})\n"
         f"- cpt model: `{s['registered']['cpt']['name']}` version {s['registered']['cpt']['version']}\n"
         f"- folders: " + ", ".join(f"{k} `{v}`" for k, v in s["models"].items()) + "\n"
         f"- MLflow: `{s['tracking_uri']}` run `{s['mlflow_run_id']}`\n- stages: {stages}\n"
