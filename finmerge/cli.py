@@ -274,6 +274,18 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from flows.deployments import serve
+
+    cfg = _config(args)
+    print(
+        "serving deployments: finmerge-{pipeline,pretrain,merge,evaluate,promote,rollback}/<name>",
+        file=sys.stderr,
+    )
+    serve(cfg, limit=args.limit)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml if present)")
@@ -387,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", parents=[common], help="champion back to the previous champion")
     rb.add_argument("--name", help="registered model (default: registry.merged_name)")
     rb.set_defaults(fn=cmd_rollback)
+
+    sv = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve every deployment from this process (development; needs PREFECT_API_URL)",
+    )
+    sv.add_argument("--limit", type=int, help="flow runs at a time")
+    sv.set_defaults(fn=cmd_serve)
     return p
 
 

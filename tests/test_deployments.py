@@ -1,0 +1,126 @@
+"""Deployments on a real `prefect server`: `finmerge serve` serves them, a run is started through the
+Prefect API (as the UI's "Run" button does) with the pipeline config as its typed parameter, and the
+promote deployment moves the champion in a real MLflow registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from finmerge import tracking
+from finmerge.config import PipelineConfig, TrackingConfig
+from tasks.registry import register_model
+from tests.conftest import free_port, stop, wait_http
+from tests.helpers import tiny_model
+
+FLOWS = ["pipeline", "pretrain", "merge", "evaluate", "promote", "rollback"]
+GOOD = {"eval.harness/avg": 0.4, "eval.harness/fp2/acc": 0.4, "eval.ppl": 20.0, "eval.chat/adherence": 1.0}
+
+
+@pytest.fixture()
+def prefect_server(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    exe = str(Path(sys.executable).parent / "prefect")
+    proc = subprocess.Popen(
+        [exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=open(tmp_path / "prefect-server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", 180, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # a registry with a champion (v1) and a better challenger (v2)
+    tcfg = TrackingConfig(
+        uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=(tmp_path / "art").as_uri()
+    )
+    uri, exp = tracking.ensure_experiment(tcfg)
+    for seed, metrics in ((1, GOOD), (2, {**GOOD, "eval.harness/fp2/acc": 0.45, "eval.ppl": 19.0})):
+        register_model(
+            "fm-deploy",
+            str(tiny_model(tmp_path / f"m{seed}", seed=seed)),
+            tracking_uri=uri,
+            experiment_id=exp,
+            metrics=metrics,
+            aliases=("challenger",),
+            bootstrap_alias="champion",
+        )
+    cfg = PipelineConfig.model_validate(
+        {
+            "tracking": {"uri": tcfg.uri, "artifact_location": tcfg.artifact_location},
+            "registry": {"merged_name": "fm-deploy"},
+        }
+    )
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "serve-home")}
+    exe = str(Path(sys.executable).parent / "finmerge")
+    serve = subprocess.Popen(
+        [exe, "serve", "--set", f"tracking.uri={tcfg.uri}"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=open(tmp_path / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            import anyio
+
+            async def deployed() -> dict:
+                async with get_client() as client:
+                    out = {}
+                    for f in FLOWS:
+                        try:
+                            d = await client.read_deployment_by_name(f"finmerge-{f}/{f}")
+                        except Exception:
+                            continue
+                        out[f] = d
+                    return out
+
+            deadline = time.monotonic() + 240
+            found = {}
+            while time.monotonic() < deadline and len(found) < len(FLOWS):
+                assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+                found = anyio.run(deployed)
+                time.sleep(2)
+            assert set(found) == set(FLOWS), (tmp_path / "serve.log").read_text()[-3000:]
+            # the UI form: `config` is the pydantic model's schema, with the defaults from the config
+            schema = found["promote"].parameter_openapi_schema
+            assert "config" in schema["properties"] and "version" in schema["properties"]
+            assert "registry" in str(schema) and "max_task_drop" in str(schema)
+
+            run = run_deployment(
+                "finmerge-promote/promote",
+                parameters={"config": cfg.model_dump(mode="json"), "version": "2"},
+                timeout=300,
+            )
+            assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
+    finally:
+        stop(serve)
+    client = tracking.client(uri)
+    aliases = client.get_registered_model("fm-deploy").aliases
+    assert str(aliases["champion"]) == "2" and str(aliases["previous"]) == "1"
+    assert client.get_model_version("fm-deploy", "2").tags["finmerge.promotion.decision"] == "promoted"
