@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 ARGS   ?=
 
-.PHONY: help install run test test-fast lint format bench clean distclean
+.PHONY: help install run test test-fast lint format bench stack stack-down clean distclean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ lint: $(STAMP)  ## ruff check
 format: $(STAMP)  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+stack: $(STAMP)  ## start the local dev stack (moto S3, mlflow server, prefect server); `finmerge stack env` prints its variables
+	$(VENV)/bin/finmerge stack up
+
+stack-down: $(STAMP)  ## stop the local dev stack, leaving nothing running
+	$(VENV)/bin/finmerge stack down
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each; ~15 min, ~12 GB of temp disk for merge)
 	@for f in bench/*.py; do echo "# $$f"; $(PY) $$f || exit 1; done

@@ -286,6 +286,30 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_stack(args) -> int:
+    from finmerge import stack
+
+    if args.action == "up":
+        info = stack.up(args.state)
+        print(
+            "# the local stack is up; point finmerge at it with:  eval $(finmerge stack env)", file=sys.stderr
+        )
+        _print({n: s["url"] for n, s in info["services"].items()})
+    elif args.action == "down":
+        _print(stack.down(args.state))
+    elif args.action == "env":
+        info = stack.status(args.state)
+        if info is None:
+            print(f"no stack under {args.state}: run `finmerge stack up`", file=sys.stderr)
+            return 1
+        for key, value in stack.env(info).items():
+            print(f"export {key}={value}")
+    else:
+        info = stack.status(args.state)
+        _print(info or {"running": False})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml if present)")
@@ -407,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--limit", type=int, help="flow runs at a time")
     sv.set_defaults(fn=cmd_serve)
+
+    st = sub.add_parser("stack", help="no-Docker local stack: moto S3, mlflow server, prefect server")
+    st.add_argument("action", choices=["up", "down", "status", "env"])
+    st.add_argument("--state", default=".finmerge/stack", help="where pids, logs and the SQLite stores live")
+    st.set_defaults(fn=cmd_stack)
     return p
 
 
