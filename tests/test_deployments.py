@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import tracking
+from finmerge import stack, tracking
 from finmerge.config import PipelineConfig, TrackingConfig
+from finmerge.stack import stop
 from tasks.registry import register_model
-from tests.conftest import free_port, stop, wait_http
 from tests.helpers import tiny_model
 
 FLOWS = ["pipeline", "pretrain", "merge", "evaluate", "promote", "rollback"]
@@ -24,27 +24,12 @@ GOOD = {"eval.harness/avg": 0.4, "eval.harness/fp2/acc": 0.4, "eval.ppl": 20.0, 
 
 @pytest.fixture()
 def prefect_server(tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    exe = str(Path(sys.executable).parent / "prefect")
-    proc = subprocess.Popen(
-        [exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=open(tmp_path / "prefect-server.log", "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
+    """The real `prefect server` of `finmerge stack` (S3 and MLflow come up beside it, unused here)."""
+    info = stack.up(tmp_path / "stack")
     try:
-        wait_http(f"{url}/health", 180, proc)
-        yield url
+        yield info["services"]["prefect"]["url"]
     finally:
-        stop(proc)
+        stack.down(tmp_path / "stack")
 
 
 @pytest.mark.slow
