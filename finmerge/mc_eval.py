@@ -100,7 +100,6 @@ def score_requests(
     if kv_reuse:
         return score_items(model, requests, **kw)
     pairs = [(list(r.ctx_ids), list(c)) for r in requests for c in r.conts]
-    kw.pop("share_prefix", None)
     flat, stats = score_loglikelihoods(model, pairs, **kw)
     out, n = [], 0
     for r in requests:
