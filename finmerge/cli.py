@@ -274,14 +274,28 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    from flows.retrain import retrain, retrain_markdown
+
+    res = retrain(_config(args), trigger="manual", force=args.force)
+    print(retrain_markdown(res), file=sys.stderr)
+    _print({k: v for k, v in res.items() if k not in ("table", "corpus_stages")})
+    return 4 if res["decision"] == "skipped" else 0
+
+
+def cmd_watch(args) -> int:
+    from flows.retrain import watch_filings
+
+    _print(watch_filings(_config(args)))
+    return 0
+
+
 def cmd_serve(args) -> int:
-    from flows.deployments import serve
+    from flows.deployments import flows, serve
 
     cfg = _config(args)
-    print(
-        "serving deployments: finmerge-{pipeline,pretrain,merge,evaluate,promote,rollback}/<name>",
-        file=sys.stderr,
-    )
+    print(f"serving deployments: {', '.join(flows())}", file=sys.stderr)
     serve(cfg, limit=args.limit)
     return 0
 
@@ -423,6 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", parents=[common], help="champion back to the previous champion")
     rb.add_argument("--name", help="registered model (default: registry.merged_name)")
     rb.set_defaults(fn=cmd_rollback)
+
+    rt = sub.add_parser(
+        "retrain",
+        parents=[common],
+        help="ingest new filings; retrain → merge → evaluate → promote once retrain.min_new_tokens arrived",
+    )
+    rt.add_argument("--force", action="store_true", help="retrain whatever the count of new tokens")
+    rt.set_defaults(fn=cmd_retrain)
+
+    wt = sub.add_parser(
+        "watch", parents=[common], help="list retrain.watch_uris once; emit finmerge.filings.arrived if new"
+    )
+    wt.set_defaults(fn=cmd_watch)
 
     sv = sub.add_parser(
         "serve",

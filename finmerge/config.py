@@ -142,6 +142,11 @@ class ModelsConfig(Section):
         None, description="Its instruction-tuned sibling. Default: the demo instruct model."
     )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folders.")
+    allow_pickle: bool = Field(
+        False,
+        description="Accept pickle-only (.bin/.pt) input checkpoints. Off: they are refused, never unpickled. "
+        "On: they are loaded with torch.load(weights_only=True) and converted to safetensors in staging first.",
+    )
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ModelsConfig:
@@ -207,8 +212,8 @@ class EdinetConfig(Section):
 class IngestConfig(Section):
     sources: list[str] = Field(
         default_factory=list,
-        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html, EDINET .zip). Empty: the "
-        "demo filings.",
+        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html, EDINET .zip). With the "
+        "demo on, these are read in addition to the demo filings.",
     )
     text_field: str = "text"
     max_file_mb: int = Field(256, ge=1, description="Larger files (other than JSONL) are quarantined unread.")
@@ -585,6 +590,48 @@ class RegistryConfig(Section):
         return v.lower()  # MLflow alias names are case-insensitive
 
 
+class RetrainConfig(Section):
+    """Retraining on new filings: a scheduled check and an event-driven variant (flows/retrain.py)."""
+
+    cron: str | None = Field(
+        "0 19 * * 1-5",
+        description="When the scheduled retrain deployment checks for new filings (cron, in `timezone`). "
+        "Default: weekdays 19:00, after EDINET's business day. None: no schedule.",
+    )
+    timezone: str = Field("Asia/Tokyo", description="Timezone of `cron` and `watch_cron`.")
+    min_new_tokens: int = Field(
+        1_000_000,
+        ge=0,
+        description="Retrain once the corpus holds at least this many tokens (base tokenizer, EOS included) "
+        "that the latest cpt version was not trained on.",
+    )
+    watch_uris: list[str] = Field(
+        default_factory=list,
+        description="Prefixes the watcher lists for new objects (e.g. s3://filings/edinet/). Empty: "
+        "corpus.ingest.sources. New objects emit a `finmerge.filings.arrived` event that triggers the "
+        "retrain-on-event deployment.",
+    )
+    watch_cron: str = Field(
+        "*/10 * * * *", description="How often the watcher deployment lists the prefixes."
+    )
+    lock_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a retrain waits for the model line's lock (a Prefect global concurrency limit "
+        "of 1) before it stands down because another retrain of the line is running.",
+    )
+    lock_lease_s: float = Field(
+        600.0, ge=60, description="Lease of the lock: a crashed retrain frees the line after this long."
+    )
+
+    @field_validator("cron", "watch_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None and len(v.split()) != 5:
+            raise ValueError(f"{v!r}: a cron expression has 5 fields (minute hour day month weekday)")
+        return v
+
+
 class PipelineConfig(Section):
     name: str = "demo"
     storage: StorageConfig = StorageConfig()
@@ -598,6 +645,7 @@ class PipelineConfig(Section):
     analyze: AnalyzeConfig = AnalyzeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _needs_models(self) -> PipelineConfig:

@@ -13,6 +13,7 @@ def flows() -> dict:
     """deployment name -> flow object (imported lazily: each pulls in its stage code)."""
     from flows.pipeline import pipeline
     from flows.pretrain import pretrain_flow
+    from flows.retrain import retrain, watch_filings
     from flows.stages import evaluate_flow, merge_flow, promote_flow, rollback_flow
 
     return {
@@ -22,7 +23,41 @@ def flows() -> dict:
         "evaluate": evaluate_flow,
         "promote": promote_flow,
         "rollback": rollback_flow,
+        "retrain": retrain,
+        "retrain-on-event": retrain,
+        "watch-filings": watch_filings,
     }
+
+
+def _extras(name: str, config: PipelineConfig) -> dict:
+    """Schedules, triggers and concurrency of the retraining deployments (see flows/retrain.py)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+
+    from tasks.retrain import ARRIVED_EVENT, line_resource
+
+    r = config.retrain
+    # a second run of the same deployment is cancelled at once; across deployments the line lock decides
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    if name == "retrain":
+        schedules = [Cron(r.cron, timezone=r.timezone)] if r.cron else []
+        return {
+            "schedules": schedules,
+            "concurrency_limit": one_at_a_time,
+            "parameters": {"trigger": "schedule"},
+        }
+    if name == "retrain-on-event":
+        trigger = DeploymentEventTrigger(
+            name=f"new filings for {config.registry.merged_name}",
+            expect={ARRIVED_EVENT},
+            match={"prefect.resource.id": line_resource(config.registry.merged_name)},
+            parameters={"trigger": "event"},
+        )
+        return {"triggers": [trigger], "concurrency_limit": one_at_a_time, "parameters": {"trigger": "event"}}
+    if name == "watch-filings":
+        return {"schedules": [Cron(r.watch_cron, timezone=r.timezone)], "concurrency_limit": one_at_a_time}
+    return {}
 
 
 def deployments(config: PipelineConfig | None = None) -> list:
@@ -30,12 +65,15 @@ def deployments(config: PipelineConfig | None = None) -> list:
     default = {"config": config.model_dump(mode="json")}
     out = []
     for name, fl in flows().items():
+        extras = _extras(name, config)
+        params = {**default, **extras.pop("parameters", {})}
         out.append(
             fl.to_deployment(
                 name=name,
-                parameters=default,
+                parameters=params,
                 description=(fl.description or "").strip().splitlines()[0] if fl.description else None,
                 tags=["finmerge"],
+                **extras,
             )
         )
     return out

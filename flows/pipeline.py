@@ -61,12 +61,13 @@ def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
         params={"world_uri": world["uri"], "base_uri": base["uri"], "cfg": d, "staging_dir": staging},
         log_params={"train": d.instruct_train.model_dump()},
     )
-    w = world["uri"]
+    w, extra = world["uri"], list(cfg.corpus.ingest.sources)
     return {
         "base": base["uri"],
         "instruct": inst["uri"],
-        "sources": [storage.join(w, "filings")],
-        "sources_digest": world["digest"],
+        # the demo filings, plus any sources the config adds (new filings land there)
+        "sources": [storage.join(w, "filings"), *extra],
+        "sources_digest": world["digest"] + (":" + sources_fingerprint(extra) if extra else ""),
         "harness": [storage.join(w, "eval", "harness")],
         "harness_digest": world["digest"],
         "heldout": storage.join(w, "eval", "heldout.jsonl"),
@@ -86,6 +87,11 @@ def _user_inputs(cfg: PipelineConfig) -> dict:
         "heldout": e.heldout,
         "chat": e.chat_questions,
     }
+
+
+def resolve_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
+    """Models, sources and evaluation data: the demo world's (built, cached) or the config's."""
+    return _demo_inputs(runner, cfg) if cfg.demo.enabled else _user_inputs(cfg)
 
 
 def _file_digest(uri: str | None) -> str | None:
@@ -138,7 +144,7 @@ def pipeline(config: PipelineConfig) -> dict:
         parent.params(cfg.model_dump(mode="json"))
         ctx = RunContext.create(cfg, parent.run_id)
         runner, staging, trc = StageRunner(ctx), ctx.staging_dir, cfg.models.trust_remote_code
-        inputs = _demo_inputs(runner, cfg) if cfg.demo.enabled else _user_inputs(cfg)
+        inputs = resolve_inputs(runner, cfg)
         base_uri, inst_uri = inputs["base"], inputs["instruct"]
         base_fp, inst_fp = modelio.fingerprint(base_uri), modelio.fingerprint(inst_uri)
         heldout_digest = _file_digest(inputs["heldout"])

@@ -6,6 +6,10 @@ the current champion under ``registry.gates``; when every check passes the old c
 ``previous`` alias and the candidate becomes ``champion``. Whatever the outcome, the decision is
 recorded as version tags (``finmerge.promotion.*``) and as a Markdown report (returned, and logged as
 an MLflow run artifact). :func:`rollback` swaps ``champion`` and ``previous``.
+
+Both hold the model line's registry lock (a Prefect global concurrency limit of 1, ``finmerge.locks``) for
+their read-check-set of the aliases, so racing promotions run one after the other and the line always ends
+with one champion and a ``previous`` that was champion before it.
 """
 
 from __future__ import annotations
@@ -133,7 +137,34 @@ def _alias_version(client, name: str, alias: str) -> str | None:
         return None
 
 
+REGISTRY_LOCK_WAIT_S = 600.0  # a promotion waits this long for a racing one to finish
+
+
 def promote(
+    name: str,
+    *,
+    tracking_uri: str,
+    registry: RegistryConfig,
+    version: str | None = None,
+    experiment_id: str | None = None,
+    force: bool = False,
+) -> dict:
+    """Gate ``version`` (default: the new-version alias) against the champion and promote it if it passes,
+    holding the line's registry lock. ``force`` promotes despite failed checks (recorded as such)."""
+    from finmerge.locks import line_lock
+
+    with line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
+        return _promote(
+            name,
+            tracking_uri=tracking_uri,
+            registry=registry,
+            version=version,
+            experiment_id=experiment_id,
+            force=force,
+        )
+
+
+def _promote(
     name: str,
     *,
     tracking_uri: str,
@@ -196,6 +227,14 @@ def promote(
 
 
 def rollback(name: str, *, tracking_uri: str, registry: RegistryConfig) -> dict:
+    """Champion back to the previous champion (they swap), under the line's registry lock."""
+    from finmerge.locks import line_lock
+
+    with line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
+        return _rollback(name, tracking_uri=tracking_uri, registry=registry)
+
+
+def _rollback(name: str, *, tracking_uri: str, registry: RegistryConfig) -> dict:
     """Champion back to the ``previous`` alias; the version rolled back from takes ``previous``."""
     client = tracking.client(tracking_uri)
     previous = _alias_version(client, name, registry.previous_alias)

@@ -18,7 +18,18 @@ from finmerge.stack import stop
 from tasks.registry import register_model
 from tests.helpers import tiny_model
 
-FLOWS = ["pipeline", "pretrain", "merge", "evaluate", "promote", "rollback"]
+# deployment name -> flow name suffix (finmerge-<flow>/<deployment>)
+DEPLOYMENTS = {
+    "pipeline": "pipeline",
+    "pretrain": "pretrain",
+    "merge": "merge",
+    "evaluate": "evaluate",
+    "promote": "promote",
+    "rollback": "rollback",
+    "retrain": "retrain",
+    "retrain-on-event": "retrain",
+    "watch-filings": "watch-filings",
+}
 GOOD = {"eval.harness/avg": 0.4, "eval.harness/fp2/acc": 0.4, "eval.ppl": 20.0, "eval.chat/adherence": 1.0}
 
 
@@ -77,21 +88,21 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
             async def deployed() -> dict:
                 async with get_client() as client:
                     out = {}
-                    for f in FLOWS:
+                    for name, fl in DEPLOYMENTS.items():
                         try:
-                            d = await client.read_deployment_by_name(f"finmerge-{f}/{f}")
+                            d = await client.read_deployment_by_name(f"finmerge-{fl}/{name}")
                         except Exception:
                             continue
-                        out[f] = d
+                        out[name] = d
                     return out
 
             deadline = time.monotonic() + 240
             found = {}
-            while time.monotonic() < deadline and len(found) < len(FLOWS):
+            while time.monotonic() < deadline and len(found) < len(DEPLOYMENTS):
                 assert serve.poll() is None, (tmp_path / "serve.log").read_text()
                 found = anyio.run(deployed)
                 time.sleep(2)
-            assert set(found) == set(FLOWS), (tmp_path / "serve.log").read_text()[-3000:]
+            assert set(found) == set(DEPLOYMENTS), (tmp_path / "serve.log").read_text()[-3000:]
             # the UI form: `config` is the pydantic model's schema, with the defaults from the config
             schema = found["promote"].parameter_openapi_schema
             assert "config" in schema["properties"] and "version" in schema["properties"]
@@ -103,9 +114,69 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
                 timeout=300,
             )
             assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
+
+            # retraining: a weekday-evening schedule (Tokyo), one run at a time per deployment
+            sched = found["retrain"].schedules[0].schedule
+            assert (sched.cron, sched.timezone) == ("0 19 * * 1-5", "Asia/Tokyo")
+            assert found["retrain"].global_concurrency_limit.limit == 1
+            assert found["retrain"].concurrency_options.collision_strategy.value == "CANCEL_NEW"
+            assert found["retrain"].parameters["trigger"] == "schedule"
+
+            # new objects under the watched prefix → the watcher's event → the trigger starts retrain-on-event
+            landing = tmp_path / "landing"
+            landing.mkdir()
+            (landing / "S100ZZZ1.zip").write_bytes(b"a new filing")
+            watch_cfg = PipelineConfig.model_validate(
+                {
+                    "storage": {"uri": str(tmp_path / "store")},
+                    "retrain": {"watch_uris": [str(landing)]},
+                }
+            )
+            from flows.retrain import watch_filings
+
+            assert watch_filings(watch_cfg) == {"new": 1, "objects": 1, "event": True}
+            assert watch_filings(watch_cfg)["event"] is False  # nothing new: no second event
+            triggered = anyio.run(_wait_for_run, found["retrain-on-event"].id, 120)
+            assert triggered is not None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert triggered.parameters["trigger"] == "event" and "config" in triggered.parameters
+            anyio.run(_cancel, triggered.id)  # the retrain itself is shown in tests/test_retrain.py
     finally:
         stop(serve)
     client = tracking.client(uri)
     aliases = client.get_registered_model("fm-deploy").aliases
     assert str(aliases["champion"]) == "2" and str(aliases["previous"]) == "1"
     assert client.get_model_version("fm-deploy", "2").tags["finmerge.promotion.decision"] == "promoted"
+
+
+async def _wait_for_run(deployment_id, timeout: float):
+    """The first flow run of a deployment, once the automation has created it."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with get_client() as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+            if runs:
+                return runs[0]
+            await anyio.sleep(1)
+    return None
+
+
+async def _cancel(flow_run_id, timeout: float = 60) -> None:
+    """Cancel a run and wait until it is final, so no flow process outlives the test."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state.is_final():
+                return
+            await anyio.sleep(1)

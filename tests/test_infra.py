@@ -29,6 +29,32 @@ def test_prefect_yaml_matches_served_deployments():
     assert declared == served
 
 
+def test_prefect_yaml_retrain_schedules_triggers_and_limits_mirror_the_config():
+    """prefect.yaml cannot read the config: its cron, event and concurrency must equal what `finmerge serve`
+    builds from the default config, and prefect's own loader must accept them."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    from flows.deployments import deployments
+
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+    PrefectYamlModel.model_validate(doc)  # the schema `prefect deploy` reads it with
+    declared = {d["name"]: d for d in doc["deployments"]}
+    served = {d.name: d for d in deployments()}
+    for name in ("retrain", "retrain-on-event", "watch-filings"):
+        y, d = declared[name], served[name]
+        assert y["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+        assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+        crons = [(s.schedule.cron, s.schedule.timezone) for s in d.schedules]
+        assert [(s["cron"], s["timezone"]) for s in y.get("schedules", [])] == crons
+        assert {k: v for k, v in d.parameters.items() if k != "config"} == y.get("parameters", {})
+    assert declared["retrain"]["schedules"], "the scheduled retrain must have a schedule"
+    (trig,) = declared["retrain-on-event"]["triggers"]
+    (served_trig,) = served["retrain-on-event"].triggers
+    assert set(trig["expect"]) == served_trig.expect == {"finmerge.filings.arrived"}
+    assert trig["match"] == dict(served_trig.match.root)
+    assert trig["parameters"] == served_trig.parameters
+
+
 def test_compose_stack_is_complete_and_secret_free():
     text = (ROOT / "infra" / "docker-compose.yml").read_text(encoding="utf-8")
     doc = yaml.safe_load(text)
