@@ -118,3 +118,44 @@ def test_promote_reject_force_and_rollback_on_a_real_server(server_registry):
     assert main(["rollback", *common]) == 0
     assert client.get_registered_model(name).aliases["champion"] == v1
     json.dumps(res)  # decisions are JSON-serialisable for the Prefect artifact / CLI
+
+
+@pytest.mark.slow
+def test_racing_promotions_leave_one_champion_and_a_consistent_chain(server_registry, prefect_harness):
+    """Two promotions started at the same instant (each passes against v1): the line's registry lock runs
+    them one after the other, so the second is gated against the first's result, never against v1."""
+    import contextvars
+    import threading
+
+    s = server_registry
+    uri, name, reg = s["uri"], s["name"], s["reg"]
+    v1 = s["register"](1, GOOD)
+    v2 = s["register"](2, {**GOOD, "harness/cma_basics/acc": 0.45, "ppl": 19.0})
+    v3 = s["register"](3, {**GOOD, "harness/cma_basics/acc": 0.50, "ppl": 18.0})  # better than both
+    start, results = threading.Barrier(2), {}
+
+    def race(version: str) -> None:
+        start.wait()
+        results[version] = promote(name, tracking_uri=uri, registry=reg, version=version)
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(race, v)) for v in (v2, v3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert set(results) == {v2, v3}
+    first, second = sorted(results.values(), key=lambda r: r["champion_before"] != v1)
+    assert first["champion_before"] == v1 and first["decision"] == "promoted"
+    # serialised: the second saw the first's outcome as the champion
+    assert second["champion_before"] == first["champion"]
+    client = tracking.client(uri)
+    aliases = {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+    assert aliases["champion"] == v3  # v3 wins in either order (v2 first: v3 beats it; v3 first: v2 fails)
+    promoted = [r for r in (first, second) if r["decision"] == "promoted"]
+    assert aliases["previous"] == promoted[-1]["champion_before"]
+    # the replacement chain recorded in the tags ends at the champion
+    chain, v = [v1], v1
+    while (nxt := client.get_model_version(name, v).tags.get("finmerge.promotion.replaced_by")) is not None:
+        chain.append(nxt)
+        v = nxt
+    assert chain[-1] == aliases["champion"] and len(chain) == 1 + len(promoted)
