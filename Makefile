@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 ARGS   ?=
 
-.PHONY: help install run test test-fast lint format bench stack stack-down clean distclean
+.PHONY: help install run test test-fast lint format bench stack stack-down screenshots clean distclean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ stack-down: $(STAMP)  ## stop the local dev stack, leaving nothing running
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each; ~15 min, ~12 GB of temp disk for merge)
 	@for f in bench/*.py; do echo "# $$f"; $(PY) $$f || exit 1; done
+
+screenshots: $(STAMP)  ## photograph the Prefect and MLflow UIs into docs/img/ (installs Debian chromium if missing)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) -m pip install -q -c constraints.txt -e ".[docs]"
+	$(PY) docs/screenshots.py
 
 clean:  ## remove the demo outputs (.finmerge/)
 	rm -rf .finmerge

@@ -165,6 +165,7 @@ def up(state_dir: str | Path = ".finmerge/stack", timeout: float = 180.0) -> dic
             "PREFECT_HOME": str(state / "prefect-home"),
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{state}/prefect.db",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_API_URL": urls["prefect"],  # the UI calls this (its default is port 4200)
         }
         procs["prefect"] = _spawn(
             "prefect",

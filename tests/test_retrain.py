@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from finmerge import storage
-from finmerge.config import DemoConfig, load_config
-from finmerge.demo.edinet import DemoFiling, build_xbrl_zip
-from finmerge.demo.world import filing_content, make_companies, section_text
+from finmerge.config import load_config
+from finmerge.demo.edinet import write_fixture_filings
 from finmerge.locks import LineBusy, line_lock
 from tasks.retrain import commit_scan, count_tokens, decide, new_batches, scan_new_objects
 
@@ -115,26 +114,6 @@ def test_line_lock_admits_one_holder_per_line(prefect_harness):
         pass
 
 
-def _filings(prefix: str, first: int, n: int, only: str | None = None) -> None:
-    """Drop n EDINET XBRL packages (as the connector downloads them) under an S3 prefix: the demo world's
-    report text for companies the test world does not have (``only``: that one narrative section)."""
-    companies = make_companies(DemoConfig(seed=777, n_companies=first + n))
-    for k in range(first, first + n):
-        c = companies[k]
-        content = filing_content(c, 2025, "2026-11-20", seed=k)
-        sections = {s["name"]: section_text(s) for s in content if s["kind"] != "table"}
-        if only:
-            sections = {name: text for name, text in sections.items() if name in ("表紙", only)}
-        f = DemoFiling(
-            doc_id=f"S100R{k:03d}",
-            edinet_code=c["edinet_code"],
-            company=c["name"],
-            filing_date="2026-11-20",
-            sections=sections,
-        )
-        storage.write_bytes(f"{prefix}/{f.doc_id}.zip", build_xbrl_zip(f))
-
-
 @pytest.mark.slow
 def test_new_filings_retrain_to_a_promoted_champion(s3_bucket, mlflow_server, prefect_harness, tmp_path):
     from flows.retrain import retrain
@@ -158,7 +137,7 @@ def test_new_filings_retrain_to_a_promoted_champion(s3_bucket, mlflow_server, pr
             "retrain.min_new_tokens=1500",
         ],
     )
-    _filings(landing, 0, 1)
+    write_fixture_filings(landing, 0, 1)
 
     # a new line: the first retrain trains, registers v1 and bootstraps it champion
     first = retrain(cfg, trigger="test")
@@ -168,7 +147,7 @@ def test_new_filings_retrain_to_a_promoted_champion(s3_bucket, mlflow_server, pr
     assert trained == {"version": "1", "corpus_digest": first["pending"]["corpus_digest"]}
 
     # one small filing: counted, below the threshold, nothing trained
-    _filings(landing, 1, 1, only="事業の内容")
+    write_fixture_filings(landing, 1, 1, only="事業の内容")
     waiting = retrain(cfg, trigger="test")
     p = waiting["pending"]
     assert waiting["decision"] == "waiting" and "registered" not in waiting
@@ -177,7 +156,7 @@ def test_new_filings_retrain_to_a_promoted_champion(s3_bucket, mlflow_server, pr
     assert trained_corpus(mlflow_server, "fm-retrain-cpt")["version"] == "1"
 
     # more filings arrive and two triggers fire at once: exactly one retrains, the other stands down
-    _filings(landing, 2, 3)
+    write_fixture_filings(landing, 2, 3)
     (ta, a), (tb, b) = _in_thread(retrain, cfg, "schedule"), _in_thread(retrain, cfg, "event")
     ta.join(900), tb.join(900)
     assert "error" not in a and "error" not in b, (a, b)

@@ -348,3 +348,33 @@ def build_csv_zip(filing: DemoFiling | Mapping) -> bytes:
         {f"XBRL_TO_CSV/{stem}.csv": _csv_bytes(rows), f"XBRL_TO_CSV/{audit}.csv": _csv_bytes(audit_rows)},
         f.filing_date,
     )
+
+
+def write_fixture_filings(prefix: str, first: int, n: int, only: str | None = None) -> list[str]:
+    """Write n XBRL packages, as the EDINET connector downloads them, under ``prefix`` (any fsspec URI):
+    the demo world's report text for companies ``first`` … ``first + n - 1`` of a world no demo config
+    builds (seed 777), so they are new to any demo corpus. ``only`` keeps the cover and that one section.
+    Returns the URIs written (``new filings arriving`` in tests and the screenshots)."""
+    from finmerge import storage
+    from finmerge.config import DemoConfig
+    from finmerge.demo.world import filing_content, make_companies, section_text
+
+    companies = make_companies(DemoConfig(seed=777, n_companies=first + n))
+    written = []
+    for k in range(first, first + n):
+        c = companies[k]
+        content = filing_content(c, 2025, "2026-11-20", seed=k)
+        sections = {s["name"]: section_text(s) for s in content if s["kind"] != "table"}
+        if only:
+            sections = {name: text for name, text in sections.items() if name in (COVER, only)}
+        f = DemoFiling(
+            doc_id=f"S100R{k:03d}",
+            edinet_code=c["edinet_code"],
+            company=c["name"],
+            filing_date="2026-11-20",
+            sections=sections,
+        )
+        uri = storage.join(prefix, f"{f.doc_id}.zip")
+        storage.write_bytes(uri, build_xbrl_zip(f))
+        written.append(uri)
+    return written
