@@ -135,7 +135,13 @@ def cmd_tokenize(args) -> int:
     cfg = _config(args)
     _print(
         tokenize_corpus(
-            args.corpus, args.model, args.out, cfg.tokenize, _staging(args), cfg.models.trust_remote_code
+            args.corpus,
+            args.model,
+            args.out,
+            cfg.tokenize,
+            _staging(args),
+            cfg.models.trust_remote_code,
+            allow_pickle=cfg.models.allow_pickle,
         )
     )
     return 0
@@ -198,7 +204,8 @@ def cmd_merge(args) -> int:
     storage.configure(cfg.storage.endpoint_url)
     staging = str(Path(cfg.storage.staging_dir).expanduser().resolve())
     res = merge_models(uris["base"], uris["instruct"], uris["domain"], args.out, m, staging,
-                       trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
+                       trust_remote_code=cfg.models.trust_remote_code,
+                       allow_pickle=cfg.models.allow_pickle)  # fmt: skip
     _print(
         {k: res.get(k) for k in ("uri", "digest", "counts", "metrics", "output_dtype")} | {"method": m.method}
     )
@@ -208,8 +215,17 @@ def cmd_merge(args) -> int:
 def cmd_analyze(args) -> int:
     from tasks.analyze import analyze_vectors
 
-    _config(args)
-    _print(analyze_vectors(args.base, args.instruct, args.domain, args.out, _staging(args)))
+    cfg = _config(args)
+    _print(
+        analyze_vectors(
+            args.base,
+            args.instruct,
+            args.domain,
+            args.out,
+            _staging(args),
+            allow_pickle=cfg.models.allow_pickle,
+        )
+    )
     return 0
 
 
@@ -234,6 +250,7 @@ def cmd_evaluate(args) -> int:
         chat_uri=args.chat or e.chat_questions,
         staging_dir=_staging(args),
         trust_remote_code=cfg.models.trust_remote_code,
+        allow_pickle=cfg.models.allow_pickle,
         dtype=args.dtype,
         device=args.device,
     )

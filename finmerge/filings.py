@@ -82,8 +82,10 @@ PACKAGE_NAME = re.compile(
 )
 DOC_ID = re.compile(r"^[A-Z][0-9A-Z]{7}$")  # S100ABCD: the name tasks/edinet.py stores packages under
 # A heading line the TextBlock repeats from its section name: ３【事業等のリスク】, (1)【…】, 第２【…】.
+# The whitespace after the prefix lives inside the optional group: two adjacent \s* runs backtrack quadratically
+# on a long line of (full-width) spaces.
 HEADING_LINE = re.compile(
-    r"^\s*(?:第?[0-9０-９一二三四五六七八九十]+[部章節]?|[(（][0-9０-９]+[)）])?\s*【[^】\n]{1,60}】\s*$"
+    r"^\s*(?:(?:第?[0-9０-９一二三四五六七八九十]+[部章節]?|[(（][0-9０-９]+[)）])\s*)?【[^】\n]{1,60}】\s*$"
 )
 # A tag; [^<>]* keeps scanning linear on markup full of unclosed '<'.
 TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from finmerge import storage
+from finmerge import redact, storage
 from finmerge.config import JudgeConfig
 from finmerge.loglik import encode, eos_ids, model_max_length, supports_logits_to_keep
 from finmerge.secrets import SecretError, resolve_secret
@@ -614,6 +614,8 @@ class JudgeClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.__key = api_key or None
+        redact.install()  # a key handed over directly (not through resolve_secret) is masked in logs too
+        redact.register(self.__key)
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
 
     def __repr__(self) -> str:

@@ -23,7 +23,17 @@ from pydantic import BaseModel
 from finmerge import __version__, storage, tracking
 from finmerge.config import PipelineConfig, config_hash, sha256_json
 
-_IO_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError, storage.StorageError)
+try:  # botocore's connection errors (an S3 endpoint down) are not OSErrors
+    from botocore.exceptions import BotoCoreError as _BotoError
+except ImportError:  # pragma: no cover
+    _BotoError = OSError
+_IO_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    storage.StorageError,
+    _BotoError,
+)
 
 
 def code_version(*modules: ModuleType | str) -> str:
@@ -80,6 +90,8 @@ def retry_when(errors: tuple[type[BaseException], ...]):
     def retry(_task, _task_run, state) -> bool:
         try:
             state.result()
+        except storage.NoSpaceError:
+            return False  # a full disk does not empty itself: fail now, with the message that says so
         except errors:
             return True
         except BaseException:
@@ -135,7 +147,7 @@ def run_tracked(
     try:
         result = fn(out_uri=out_uri, **kwargs)
     except BaseException:
-        run.end("FAILED")
+        run.fail()
         raise
     run.metrics(result.get("metrics", {}))
     run.artifact_files(out_uri, result.get("artifacts", []))

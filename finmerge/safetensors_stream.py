@@ -4,6 +4,8 @@ Nothing here holds a whole model, or even a whole tensor, in memory:
 
 - :class:`SafetensorsModel` reads the headers of a model folder's weight files (names, dtypes, shapes) without
   touching the data, and reads a tensor in row blocks through ``safe_open(...).get_slice`` (memory-mapped).
+  Each header is checked against its file first (:func:`inspect_file`): a truncated download, offsets that
+  do not match the shape, overlapping or out-of-file tensors fail there, naming the file and the tensor.
 - :class:`ShardedWriter` plans the output shards from the tensor specs up front (so every shard header is known
   before its data), then streams each tensor's bytes straight to disk, block by block, hashing as it goes.
   Shards are written to a temp name and renamed when complete; the HF layout is ``model.safetensors`` for one
@@ -65,25 +67,107 @@ def natural_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def _header_length(path: str | Path) -> int:
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+def _read_header_bytes(path: str | Path) -> tuple[dict, int, int]:
+    """``(header, header length, file size)``; a file cut inside its header is a clear error."""
     with open(path, "rb") as fh:
-        return struct.unpack("<Q", fh.read(8))[0]
+        size = os.fstat(fh.fileno()).st_size
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise modelio.ModelFormatError(
+                f"{path}: truncated safetensors file ({size} bytes, shorter than the 8-byte header length)"
+            )
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER_BYTES:
+            raise modelio.ModelFormatError(f"{path}: not a safetensors file (header length {n})")
+        if n > size - 8:
+            raise modelio.ModelFormatError(
+                f"{path}: truncated safetensors file: the header says it is {n} bytes long but only "
+                f"{size - 8} byte(s) follow (file cut short?)"
+            )
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise modelio.ModelFormatError(f"{path}: unreadable safetensors header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise modelio.ModelFormatError(f"{path}: safetensors header is not a JSON object")
+    return header, n, size
 
 
 def read_header(path: str | Path) -> dict:
     """The JSON header of one safetensors file (no tensor data is read)."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise modelio.ModelFormatError(f"{path}: not a safetensors file (truncated header)")
-        (n,) = struct.unpack("<Q", raw)
-        size = os.fstat(fh.fileno()).st_size
-        if n > size - 8 or n > 100_000_000:
-            raise modelio.ModelFormatError(f"{path}: not a safetensors file (header length {n})")
-        try:
-            return json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise modelio.ModelFormatError(f"{path}: unreadable safetensors header ({exc})") from exc
+    return _read_header_bytes(path)[0]
+
+
+def _entry(path: Path, name: str, entry) -> tuple[str, tuple[int, ...], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, checked for form and for size."""
+    ok = (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("shape"), list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
+        and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in entry["data_offsets"])
+    )
+    if not ok:
+        raise modelio.ModelFormatError(f"{path}: tensor {name}: malformed header entry {str(entry)[:200]}")
+    dtype, shape = entry["dtype"], tuple(entry["shape"])
+    begin, end = entry["data_offsets"]
+    if not 0 <= begin <= end:
+        raise modelio.ModelFormatError(f"{path}: tensor {name}: invalid data_offsets [{begin}, {end}]")
+    torch_dtype = ST_TO_TORCH.get(dtype)
+    if torch_dtype is not None and end - begin != tensor_bytes(torch_dtype, shape):
+        raise modelio.ModelFormatError(
+            f"{path}: tensor {name}: the header gives shape {list(shape)} {dtype} "
+            f"({tensor_bytes(torch_dtype, shape)} bytes) but data_offsets span {end - begin} bytes"
+        )
+    return dtype, shape, begin, end
+
+
+def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The tensors tile the data section exactly, as the safetensors format requires: no byte beyond the
+    end of the file (a truncated download), no overlap, no gap, nothing after the last tensor."""
+    beyond = [(b, e, n) for b, e, n in spans if e > data_size]
+    if beyond:
+        b, e, n = min(beyond)
+        raise modelio.ModelFormatError(
+            f"{path}: truncated safetensors file: tensor {n} needs data bytes [{b}, {e}) but the file holds "
+            f"only {data_size} ({len(beyond)} tensor(s) affected; file cut short?)"
+        )
+    spans = sorted(spans)
+    for (_, e0, n0), (b, e, n) in zip(spans, spans[1:], strict=False):
+        if b < e0:
+            raise modelio.ModelFormatError(f"{path}: tensor {n}: data_offsets [{b}, {e}) overlap tensor {n0}")
+    pos = 0
+    for b, e, n in spans:
+        if b != pos:
+            raise modelio.ModelFormatError(
+                f"{path}: tensor {n}: data_offsets [{b}, {e}) leave a gap of {b - pos} bytes before it"
+            )
+        pos = e
+    if pos != data_size:
+        raise modelio.ModelFormatError(
+            f"{path}: {data_size - pos} unexplained byte(s) after the last tensor (not a valid safetensors file)"
+        )
+
+
+def inspect_file(path: str | Path) -> dict[str, TensorInfo]:
+    """Every tensor of one safetensors file from its header, with the header checked against the file size,
+    so a truncated or lying file fails here, naming the file and the tensor, before any data is read."""
+    path = Path(path)
+    header, n, size = _read_header_bytes(path)
+    data_start, out, spans = 8 + n, {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, begin, end = _entry(path, name, entry)
+        spans.append((begin, end, name))
+        out[name] = TensorInfo(name, dtype, shape, path, data_start + begin)
+    _check_coverage(path, spans, size - data_start)
+    return out
 
 
 @dataclass(frozen=True)
@@ -119,18 +203,28 @@ class SafetensorsModel:
         self.files = modelio.weight_files(self.folder)  # refuses pickle-only folders
         self.tensors: dict[str, TensorInfo] = {}
         for path in self.files:
-            header = read_header(path)
-            data_start = 8 + _header_length(path)
-            for name, entry in header.items():
-                if name == "__metadata__":
-                    continue
+            for name, info in inspect_file(path).items():
                 if name in self.tensors:
-                    raise modelio.ModelFormatError(f"{self.folder}: tensor {name} appears in two shards")
-                begin = data_start + int(entry.get("data_offsets", [-data_start - 1])[0])
-                self.tensors[name] = TensorInfo(name, entry["dtype"], tuple(entry["shape"]), path, begin)
+                    raise modelio.ModelFormatError(
+                        f"{self.folder}: tensor {name} appears in two shards "
+                        f"({self.tensors[name].file.name}, {path.name})"
+                    )
+                self.tensors[name] = info
+        self._check_index()
         self._stack: contextlib.ExitStack | None = None
         self._handles: dict[Path, object] = {}
         self._fds: dict[Path, int] = {}
+
+    def _check_index(self) -> None:
+        """Each tensor the index names is in the shard it names (else loaders fail later, less clearly)."""
+        index = self.folder / INDEX_NAME
+        if not index.exists():
+            return
+        for name, file in modelio.read_index(index).items():
+            info = self.tensors.get(name)
+            if info is None or info.file.name != file:
+                where = "in no shard" if info is None else f"in {info.file.name}"
+                raise modelio.ModelFormatError(f"{index}: tensor {name} is listed in {file} but is {where}")
 
     def __enter__(self) -> SafetensorsModel:
         self._stack = contextlib.ExitStack()

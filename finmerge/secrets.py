@@ -1,8 +1,14 @@
-"""API keys: from an environment variable, else a Prefect Secret block; never logged."""
+"""API keys: from an environment variable, else a Prefect Secret block; never logged.
+
+Every value resolved here is registered with :mod:`finmerge.redact`, whose log record factory is installed
+on first use, so a library that echoes the key (a request URL, a header dump) logs ``***`` instead.
+"""
 
 from __future__ import annotations
 
 import os
+
+from finmerge import redact
 
 
 class SecretError(RuntimeError):
@@ -14,8 +20,10 @@ def resolve_secret(env_var: str, block: str | None) -> str | None:
 
     Errors name the block and the exception type only: a message could echo what was loaded.
     """
+    redact.install()
     value = os.environ.get(env_var, "").strip()
     if value:
+        redact.register(value)
         return value
     if not block:
         return None
@@ -27,4 +35,6 @@ def resolve_secret(env_var: str, block: str | None) -> str | None:
         raise SecretError(f"cannot load the Prefect Secret block {block!r}: {type(exc).__name__}") from None
     if secret is not None and not isinstance(secret, str):
         raise SecretError(f"Prefect Secret block {block!r} does not hold a string")
-    return (secret or "").strip() or None
+    value = (secret or "").strip()
+    redact.register(value)
+    return value or None

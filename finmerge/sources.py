@@ -32,10 +32,14 @@ from finmerge.textio import DecodeError, decode, html_to_text
 FORMATS = {".jsonl": "jsonl", ".txt": "text", ".html": "html", ".htm": "html", ".zip": "edinet"}
 SCHEMA_META = ("doc_id", "edinet_code", "company", "filing_date", "section")
 # A heading line: optional 第…部 / 第１ / ３ / (3) prefix, then 【…】 and nothing else.
-HEADING = re.compile(r"^\s*(?:第?[0-9０-９一二三四五六七八九十]+[部章節]?)?\s*【([^】\n]{1,60})】\s*$")
+# Patterns never put two unbounded whitespace runs side by side (or let one cross lines under re.M): that
+# backtracks quadratically on a long line of spaces, which hostile or broken files do have.
+HEADING = re.compile(r"^\s*(?:第?[0-9０-９一二三四五六七八九十]+[部章節]?\s*)?【([^】\n]{1,60})】\s*$")
 EDINET_CODE = re.compile(r"[(（]\s*(E\d{5})\s*[)）]")
-COVER_FIELD = re.compile(r"^\s*【(会社名|提出日)】\s*(.+?)\s*$", re.M)
-HEADER_COMPANY = re.compile(r"^\s*([^\s(]{2,40}?)\s*\(E\d{5}\)", re.M)  # "<会社名>（E01234）…" after NFKC
+COVER_FIELD = re.compile(r"^[^\S\n]*【(会社名|提出日)】\s*(\S.*)$", re.M)  # the value is stripped after
+HEADER_COMPANY = re.compile(
+    r"^[^\S\n]*([^\s(]{2,40}?)\s*\(E\d{5}\)", re.M
+)  # "<会社名>（E01234）…" after NFKC
 JP_DATE = re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*日")
 # ----------------------------------------------------------------------------------------------------------------
 # Sections and metadata
@@ -68,6 +72,7 @@ def filing_metadata(text: str, title: str = "") -> dict:
     if m := EDINET_CODE.search(norm):
         meta["edinet_code"] = m.group(1)
     for key, value in COVER_FIELD.findall(norm):
+        value = value.strip()
         if key == "会社名" and meta["company"] is None:
             meta["company"] = value
         elif key == "提出日" and meta["filing_date"] is None and (d := JP_DATE.search(value)):
@@ -79,6 +84,37 @@ def filing_metadata(text: str, title: str = "") -> dict:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _json_int(digits: str) -> int | str:
+    """An integer literal; one too long for int() (Python's 4300-digit guard) is kept as its digits."""
+    try:
+        return int(digits)
+    except ValueError:
+        return digits
+
+
+def _load_json_line(line: str) -> object:
+    """json.loads, with every way it fails as a ValueError whose message is the quarantine reason."""
+    try:
+        return json.loads(line, parse_int=_json_int)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid json: {exc.msg} at column {exc.colno}") from exc
+    except RecursionError:
+        raise ValueError("invalid json: nested too deeply") from None
+
+
+def _unwritable(rec: dict) -> str | None:
+    """Why ``rec`` cannot be written as a UTF-8 JSON line, or None. JSON string escapes can hold lone
+    surrogates (\\ud800) that no UTF-8 file can, and nesting just under the parser's limit can pass json.loads
+    yet overflow json.dumps once wrapped in the record."""
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"invalid text: lone surrogate {exc.object[exc.start : exc.end]!r} in a JSON string escape"
+    except (ValueError, RecursionError) as exc:
+        return f"unwritable record: {type(exc).__name__}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,6 +194,18 @@ def _jsonl_lines(fh, limit: int, h):
         yield lineno + 1, (None if over else bytes(buf))
 
 
+def _meta_text(value: object) -> str | None:
+    """A schema metadata field as text: scalars as their JSON text, containers compactly (never recursing)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return str(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _parse_jsonl(fh, job: FileJob, out: _Out, h) -> None:
     stem = PurePosixPath(job.uri).stem
     per_doc: Counter = Counter()
@@ -173,9 +221,9 @@ def _parse_jsonl(fh, job: FileJob, out: _Out, h) -> None:
             out.bad(lineno, str(exc))
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.bad(lineno, f"invalid json: {exc.msg} at column {exc.colno}")
+            obj = _load_json_line(line)
+        except ValueError as exc:
+            out.bad(lineno, str(exc))
             continue
         if not isinstance(obj, dict):
             out.bad(lineno, f"not an object: {type(obj).__name__}")
@@ -187,16 +235,24 @@ def _parse_jsonl(fh, job: FileJob, out: _Out, h) -> None:
         if not text.strip():
             out.bad(lineno, "empty text")
             continue
-        meta = {k: (str(obj[k]) if obj.get(k) is not None else None) for k in SCHEMA_META}
+        meta = {k: _meta_text(obj.get(k)) for k in SCHEMA_META}
         extra = {k: v for k, v in obj.items() if k not in SCHEMA_META and k not in (job.text_field, "id")}
         if "id" in obj:
             extra["source_id"] = obj["id"]
         doc_id = meta["doc_id"]
+        ordinal = 0 if doc_id is None else per_doc[doc_id]
+        try:
+            rec = make_record(text, job.uri, "jsonl", doc_id, ordinal, meta, meta["section"], extra)
+        except UnicodeEncodeError:  # hashing the text: a lone surrogate from a JSON escape
+            rec = None
+        if rec is None or (why := _unwritable(rec)):
+            out.bad(
+                lineno, why if rec else "invalid text: lone surrogate in a JSON string escape of the text"
+            )
+            continue
         if doc_id is None:
-            rec = make_record(text, job.uri, "jsonl", None, 0, meta, meta["section"], extra)
             rec["id"] = f"{stem}:{lineno}"
         else:
-            rec = make_record(text, job.uri, "jsonl", doc_id, per_doc[doc_id], meta, meta["section"], extra)
             per_doc[doc_id] += 1
         out.records.append(rec)
 
@@ -221,7 +277,9 @@ def _parse_package(data: bytes, job: FileJob, out: _Out) -> None:
     except filings.PackageError as exc:
         out.bad(None, f"bad EDINET package: {exc}")
         return
-    listed = job.edinet or {}
+    listed = {
+        k: v for k, v in (job.edinet or {}).items() if isinstance(v, str)
+    }  # list-API values are untrusted
     submitted = (listed.get("submitDateTime") or "")[:10] or None
     doc_id = listed.get("docID") or filing.doc_id or PurePosixPath(job.uri).stem
     meta = {
@@ -255,6 +313,8 @@ def parse_file(job: FileJob) -> FileResult:
             size = fh.tell()
             if size == 0:
                 out.bad(None, "empty file")
+            elif not out.records and not out.quarantine:
+                out.bad(None, "empty file: blank lines only")
             return FileResult(job.uri, h.hexdigest(), size, out.records, out.quarantine)
         data = fh.read(job.max_file_bytes + 1)
     h.update(data)

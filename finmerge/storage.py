@@ -3,13 +3,22 @@
 Folders that stages produce are written atomically: the work happens in a local temp folder, and the
 result is committed by a rename (local) or a verified upload (remote) followed by ``_manifest.json``,
 written last. A folder without a manifest is incomplete and is never read as an input.
+
+Remote operations of a commit (each upload, its size check, the manifest) are retried with backoff under
+:data:`UPLOAD_RETRY` (or the policy given to :func:`configure`), so an S3 endpoint that is down for a while
+(restart, network blip) does not fail the stage; past the policy's budget the error names the object, the
+attempts and the budget. A full local disk (the staging area) is reported with the path and the free space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,18 +30,53 @@ from typing import Any
 
 import fsspec
 
+from finmerge import redact
+
+# botocore logs the access key id and session token of every request at DEBUG: mask them process-wide.
+redact.install()
+
 MANIFEST = "_manifest.json"
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How long a remote operation is retried: ``attempts`` at most, sleeping ``first_delay_s`` doubled
+    after each failure up to ``max_delay_s``, and never past ``budget_s`` since the first failure."""
+
+    attempts: int = 30
+    first_delay_s: float = 1.0
+    max_delay_s: float = 8.0
+    budget_s: float = 120.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_delay_s, self.first_delay_s * 2 ** max(0, failures - 1))
+
+
+# Outlasts an endpoint restart (tens of seconds) on top of botocore's own few quick retries.
+UPLOAD_RETRY = RetryPolicy()
 _ENDPOINT: str | None = None
+_RETRY: RetryPolicy = UPLOAD_RETRY
 
 
 class StorageError(RuntimeError):
     pass
 
 
-def configure(endpoint_url: str | None = None) -> None:
-    """Set the S3 endpoint for this process (config storage.endpoint_url, else the AWS_* variables)."""
-    global _ENDPOINT
+class NoSpaceError(StorageError):
+    """The local disk (staging area or output parent) filled up while writing a folder."""
+
+
+def configure(endpoint_url: str | None = None, retry: RetryPolicy | None = None) -> None:
+    """Set the S3 endpoint for this process (config storage.endpoint_url, else the AWS_* variables) and
+    the retry policy of remote commits (:data:`UPLOAD_RETRY` when None)."""
+    global _ENDPOINT, _RETRY
     _ENDPOINT = endpoint_url
+    _RETRY = retry or UPLOAD_RETRY
+
+
+def retry_policy() -> RetryPolicy:
+    return _RETRY
 
 
 def endpoint_url() -> str | None:
@@ -184,22 +228,96 @@ def read_manifest(uri: str) -> dict | None:
         return None
 
 
-def _upload_verified(local_dir: Path, uri: str, files: dict[str, dict], attempts: int = 3) -> None:
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors worth retrying: I/O and connection failures (botocore's are not OSErrors), bad sizes."""
+    errors: tuple[type[BaseException], ...] = (OSError, StorageError, TimeoutError)
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import BotoCoreError
+
+        errors += (BotoCoreError,)
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientError
+
+        errors += (ClientError,)
+    return errors
+
+
+def with_retries(what: str, op, policy: RetryPolicy | None = None, fs=None):
+    """``op()``, retried on transient errors under ``policy``; past its budget a :class:`StorageError`
+    that names ``what``, the attempts, the time spent and the last error."""
+    policy = policy or _RETRY
+    transient = _transient_errors()
+    failures, first_failure = 0, None
+    while True:
+        try:
+            return op()
+        except transient as exc:
+            failures += 1
+            now = time.monotonic()
+            first_failure = first_failure or now
+            pause = policy.delay(failures)
+            spent = now - first_failure
+            if failures >= policy.attempts or spent + pause > policy.budget_s:
+                raise StorageError(
+                    f"{what}: failed after {failures} attempts over {spent:.0f}s (retry budget "
+                    f"{policy.budget_s:.0f}s, {policy.attempts} attempts): {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning("%s: %s: %s; retry %d in %.1fs", what, type(exc).__name__, exc, failures, pause)
+            time.sleep(pause)
+            if fs is not None:
+                fs.invalidate_cache()  # s3fs may have cached a listing from before the failure
+
+
+def _put_verified(fs, src: Path, dest: str, uri: str, size: int) -> None:
+    fs.put_file(str(src), dest)
+    fs.invalidate_cache(dest)
+    got = fs.info(dest)["size"]
+    if got != size:
+        raise StorageError(f"{uri}: uploaded {got} bytes, expected {size}")
+
+
+def _upload_verified(local_dir: Path, uri: str, files: dict[str, dict]) -> None:
     fs, root = filesystem(uri)
     for rel, info in files.items():
-        dest = f"{root}/{rel}"
-        for attempt in range(1, attempts + 1):
-            try:
-                fs.put_file(str(local_dir / rel), dest)
-                size = fs.info(dest)["size"]
-                if size != info["size"]:
-                    raise StorageError(f"{uri}/{rel}: uploaded {size} bytes, expected {info['size']}")
-                break
-            except (OSError, StorageError):
-                if attempt == attempts:
-                    raise
-                time.sleep(2**attempt)
+        target = join(uri, rel)
+        put = functools.partial(_put_verified, fs, local_dir / rel, f"{root}/{rel}", target, info["size"])
+        with_retries(f"upload {target}", put, fs=fs)
     fs.invalidate_cache()
+
+
+def _mark_incomplete(uri: str) -> None:
+    """Drop the manifest of a folder about to be overwritten, so no reader trusts it half-way."""
+    fs, root = filesystem(uri)
+    fs.invalidate_cache(root)
+    if fs.exists(f"{root}/{MANIFEST}"):
+        fs.rm_file(f"{root}/{MANIFEST}")
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain; safetensors reports it as a plain message ("os error 28")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def _no_space(tmp: Path, target: str, exc: BaseException) -> NoSpaceError:
+    written = _bytes_under(tmp)
+    free = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else 0
+    return NoSpaceError(
+        f"{tmp.parent}: No space left on device while writing {target}: it needs more than the {written} "
+        f"bytes written to {tmp.name} before the disk filled ({free} bytes free now). Free space or point "
+        "storage.staging_dir at a larger disk; nothing was committed."
+    )
 
 
 class PendingFolder:
@@ -234,33 +352,36 @@ def output_folder(
     tmp = pending.path
     try:
         yield pending
-        files = describe_folder(tmp, pending.known_sha256)
-        manifest = {
-            "uri": normalize(uri),
-            "files": files,
-            "digest": folder_digest(files),
-            "meta": pending.meta,
-        }
-        if is_remote(uri):
-            fs, root = filesystem(uri)
-            if fs.exists(f"{root}/{MANIFEST}"):
-                fs.rm_file(f"{root}/{MANIFEST}")  # mark incomplete while we overwrite
-            _upload_verified(tmp, uri, files)
-            write_json(join(uri, MANIFEST), manifest)
-        else:
-            (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
-            target = local_path(uri)
-            if target.exists():
-                old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        pending.manifest = manifest
+        pending.manifest = _commit(tmp, uri, pending)
+    except Exception as exc:
+        if _disk_full(exc) and not isinstance(exc, NoSpaceError):
+            raise _no_space(tmp, uri, exc) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _commit(tmp: Path, uri: str, pending: PendingFolder) -> dict:
+    """Publish the filled temp folder at ``uri``, manifest last; returns the manifest."""
+    files = describe_folder(tmp, pending.known_sha256)
+    manifest = {"uri": normalize(uri), "files": files, "digest": folder_digest(files), "meta": pending.meta}
+    if is_remote(uri):
+        with_retries(f"mark {uri} incomplete", lambda: _mark_incomplete(uri))
+        _upload_verified(tmp, uri, files)
+        manifest_uri = join(uri, MANIFEST)
+        with_retries(f"upload {manifest_uri}", lambda: write_json(manifest_uri, manifest))
+        return manifest
+    (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
+    target = local_path(uri)
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return manifest
 
 
 def _publish_staged(tmp: Path, dest: Path) -> None:
@@ -302,6 +423,10 @@ def stage_folder(uri: str, staging_dir: str) -> Path:
                 )
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True))
         _publish_staged(tmp, dest)
+    except Exception as exc:
+        if _disk_full(exc):
+            raise _no_space(tmp, f"the staged copy of {uri}", exc) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -53,21 +53,53 @@ def config_get(config: dict, keys: tuple[str, ...]):
     return None
 
 
-def tokenizer_vocab(folder: Path) -> dict[str, int] | None:
-    """token -> id from ``tokenizer.json`` (model vocab plus added tokens), or None when there is none."""
+@dataclass(frozen=True)
+class Tokens:
+    """A tokenizer's ``token -> id`` (model vocab plus added tokens) and its added tokens by id."""
+
+    ids: dict[str, int]
+    added: dict[int, str]
+
+
+def read_tokens(folder: Path) -> Tokens | None:
+    """The tokens of ``tokenizer.json``, or None when there is none; an unreadable one is an error."""
     path = Path(folder) / "tokenizer.json"
     if not path.exists():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    vocab = (data.get("model") or {}).get("vocab")
-    out: dict[str, int] = {}
-    if isinstance(vocab, dict):
-        out.update(vocab)
-    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-        out.update({entry[0]: i for i, entry in enumerate(vocab)})
-    for tok in data.get("added_tokens") or []:
-        out[tok["content"]] = tok["id"]
-    return out
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        vocab = (data.get("model") or {}).get("vocab")
+        ids: dict[str, int] = {}
+        if isinstance(vocab, dict):
+            ids.update(vocab)
+        elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+            ids.update({entry[0]: i for i, entry in enumerate(vocab)})
+        added = {int(tok["id"]): tok["content"] for tok in data.get("added_tokens") or []}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise modelio.ModelFormatError(f"{path}: unreadable tokenizer ({type(exc).__name__}: {exc})") from exc
+    ids.update({content: i for i, content in added.items()})
+    return Tokens(ids, added)
+
+
+def tokenizer_vocab(folder: Path) -> dict[str, int] | None:
+    """token -> id from ``tokenizer.json`` (model vocab plus added tokens), or None when there is none."""
+    tokens = read_tokens(folder)
+    return None if tokens is None else tokens.ids
+
+
+def moved_tokens(ref: Tokens, other: Tokens, below: int | None = None) -> list[str]:
+    """Tokens of ``ref`` (ids below ``below``) that ``other`` lacks or numbers differently. An added token
+    that ``other`` renamed in place (another added token at the same id, e.g. a reserved token turned into a
+    chat marker) keeps its row and is not counted."""
+    moved = []
+    for tok, i in ref.ids.items():
+        if below is not None and i >= below:
+            continue
+        j = other.ids.get(tok)
+        if j == i or (j is None and ref.added.get(i) == tok and i in other.added):
+            continue
+        moved.append(tok)
+    return moved
 
 
 @dataclass
@@ -77,6 +109,7 @@ class Side:
     folder: Path
     config: dict
     weights: SafetensorsModel
+    tokens: Tokens | None = None
 
     @property
     def vocab_size(self) -> int | None:
@@ -104,16 +137,59 @@ class Triplet:
 
 def _load_side(role: str, uri: str, folder: Path, problems: list[str]) -> Side | None:
     try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        problems.append(f"{role} ({uri}): unreadable config.json ({exc})")
-        return None
-    try:
-        weights = SafetensorsModel(folder)
+        config = modelio.read_config(folder)
+        weights = SafetensorsModel(folder)  # headers checked against the files: truncation shows here
+        tokens = read_tokens(folder)
     except modelio.ModelFormatError as exc:
         problems.append(f"{role} ({uri}): {exc}")
         return None
-    return Side(role, uri, Path(folder), config, weights)
+    return Side(role, uri, Path(folder), config, weights, tokens)
+
+
+def _token_id_problems(sides: dict, shared: int | None, extends: bool, warnings: list[str]) -> list[str]:
+    """Row i of every vocab tensor must mean the same token in all three models: each base token keeps its
+    id in the instruct and domain tokenizers (all of them when the domain extends the vocab, else those
+    whose rows are combined). A tokenizer that renumbers them would merge unrelated embedding rows."""
+    base = sides["base"].tokens
+    if base is None:
+        if any(s.tokens is not None for s in sides.values()):
+            warnings.append("tokenizer: the base has no tokenizer.json; token ids not cross-checked")
+        return []
+    problems = []
+    for role in ("instruct", "domain"):
+        side = sides[role]
+        if side.tokens is None:
+            what = (
+                "that the domain tokenizer extends the base's"
+                if extends and role == "domain"
+                else "token ids"
+            )
+            warnings.append(f"vocab: {role} ({side.uri}) has no tokenizer.json to verify {what}")
+            continue
+        full = extends and role == "domain"
+        moved = moved_tokens(base, side.tokens, None if full else shared)
+        if moved:
+            verb = "does not extend" if full else "does not match"
+            problems.append(
+                f"vocab: the {role} tokenizer ({side.uri}) {verb} the base's: {len(moved)} base token(s) "
+                f"missing or at another id (e.g. {moved[:5]!r}); their embedding rows would be mixed up"
+            )
+    return problems
+
+
+def stage_triplet(uris: dict[str, str], staging_dir: str, allow_pickle: bool = False) -> dict[str, Path]:
+    """Local folders of the three models (see :func:`modelio.stage_model`); every folder that cannot be
+    staged (no or broken config.json, refused pickle weights, ...) is reported at once."""
+    problems: list[str] = []
+    folders: dict[str, Path] = {}
+    for role in ROLES:
+        try:
+            folders[role] = modelio.stage_model(uris[role], staging_dir, allow_pickle)
+        except modelio.ModelFormatError as exc:
+            problems.append(f"{role} ({uris[role]}): {exc}")
+    if problems:
+        raise PreflightError(problems)
+    return folders
 
 
 def load_triplet(
@@ -140,7 +216,8 @@ def load_triplet(
         for r, s in sides.items():
             if s.config.get("auto_map"):
                 problems.append(
-                    f"{r}: config.json has auto_map (custom modelling code); pass trust_remote_code=True to allow it"
+                    f"{r} ({s.uri}): config.json has auto_map (custom modelling code); refused, nothing was run "
+                    "(set `models.trust_remote_code: true` to allow it)"
                 )
 
     # -- tensors ---------------------------------------------------------------------------------------
@@ -179,9 +256,10 @@ def load_triplet(
     # -- vocab -----------------------------------------------------------------------------------------
     warnings: list[str] = []
     vocab = {"base": vsize["base"], "instruct": vsize["instruct"], "domain": vsize["domain"]}
+    vb, vi, vd = vsize["base"], vsize["instruct"], vsize["domain"]
+    extends = policy == "merge" and vd is not None and vb is not None and vd > vb
     if vocab_rows or len(set(vsize.values())) > 1:
         if policy == "merge":
-            vb, vi, vd = vsize["base"], vsize["instruct"], vsize["domain"]
             if vi != vb:
                 problems.append(
                     f"vocab: instruct vocab_size {vi} differs from base {vb}; the instruction vector needs the "
@@ -191,28 +269,16 @@ def load_triplet(
                 problems.append(
                     f"vocab: domain vocab_size {vd} is smaller than base {vb}; the merge would drop rows (refused)"
                 )
-            elif vd is not None and vb is not None and vd > vb:
-                tb, td = tokenizer_vocab(base.folder), tokenizer_vocab(dom.folder)
-                if tb is None or td is None:
-                    warnings.append(
-                        "vocab: no tokenizer.json to verify that the domain tokenizer extends the base's"
-                    )
-                else:
-                    moved = [t for t, i in tb.items() if td.get(t) != i]
-                    if moved:
-                        problems.append(
-                            f"vocab: the domain tokenizer does not extend the base's: {len(moved)} base token(s) "
-                            f"missing or at another id (e.g. {moved[:5]!r})"
-                        )
         vocab["shared"] = min(v for v in vsize.values() if v is not None) if any(vsize.values()) else None
     else:
         vocab["shared"] = vsize["base"]
     vocab["output"] = vsize["domain"]
     vocab["rows_domain_only"] = max(0, (vsize["domain"] or 0) - (vocab["shared"] or 0))
+    problems += _token_id_problems(sides, vocab["shared"], extends, warnings)
 
-    ti, td = tokenizer_vocab(inst.folder), tokenizer_vocab(dom.folder)
+    ti, td = inst.tokens, dom.tokens
     if ti is not None and td is not None:
-        lost = [t for t, i in ti.items() if td.get(t) != i]
+        lost = moved_tokens(ti, td)
         if lost:
             warnings.append(
                 f"tokenizer: {len(lost)} instruct token(s) missing or at another id in the domain tokenizer "

@@ -162,6 +162,7 @@ def pipeline(config: PipelineConfig) -> dict:
                 "cfg": cfg.tokenize,
                 "staging_dir": staging,
                 "trust_remote_code": trc,
+                "allow_pickle": cfg.models.allow_pickle,
             },
             log_params=cfg.tokenize.model_dump(),
         )
@@ -179,6 +180,7 @@ def pipeline(config: PipelineConfig) -> dict:
                 "staging_dir": staging,
                 "heldout_uri": inputs["heldout"],
                 "trust_remote_code": trc,
+                "allow_pickle": cfg.models.allow_pickle,
             },
             log_params=train_cfg.model_dump(),
         )
@@ -194,6 +196,7 @@ def pipeline(config: PipelineConfig) -> dict:
                 "cfg": cfg.merge,
                 "staging_dir": staging,
                 "trust_remote_code": trc,
+                "allow_pickle": cfg.models.allow_pickle,
             },
             log_params=cfg.merge.model_dump(),
         )
@@ -209,6 +212,7 @@ def pipeline(config: PipelineConfig) -> dict:
                     "instruct_uri": inst_uri,
                     "domain_uri": cpt["uri"],
                     "staging_dir": staging,
+                    "allow_pickle": cfg.models.allow_pickle,
                 },
             )
 
@@ -235,6 +239,7 @@ def pipeline(config: PipelineConfig) -> dict:
                     "chat_uri": inputs["chat"],
                     "staging_dir": staging,
                     "trust_remote_code": trc,
+                    "allow_pickle": cfg.models.allow_pickle,
                 },
                 log_params={"label": label, **cfg.evaluate.model_dump()},
             )
@@ -346,7 +351,7 @@ def pipeline(config: PipelineConfig) -> dict:
         parent.end()
         return summary
     except BaseException:
-        parent.end("FAILED")
+        parent.fail()
         raise
 
 

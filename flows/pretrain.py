@@ -73,7 +73,7 @@ def run_pretrain(
             ctx.out_uri("tokenize", key),
             ctx,
             {"corpus_uri": data_uri, "tokenizer_uri": model_uri, "cfg": cfg.tokenize, "staging_dir": staging,
-             "trust_remote_code": trc},
+             "trust_remote_code": trc, "allow_pickle": cfg.models.allow_pickle},
             log_params=cfg.tokenize.model_dump(),
         )  # fmt: skip
         tokens["corpus_digest"] = digest
@@ -84,7 +84,7 @@ def run_pretrain(
         storage.normalize(out_uri),
         ctx,
         {"base_uri": model_uri, "tokens_uri": tokens["uri"], "cfg": train_cfg, "staging_dir": staging,
-         "heldout_uri": heldout_uri, "trust_remote_code": trc},
+         "heldout_uri": heldout_uri, "trust_remote_code": trc, "allow_pickle": cfg.models.allow_pickle},
         log_params=train_cfg.model_dump(),
     )  # fmt: skip
     if register:

@@ -68,6 +68,7 @@ def _retrain_locked(cfg: PipelineConfig, trigger: str, force: bool) -> dict:
             cpt_name=cfg.registry.cpt_name,
             staging_dir=ctx.staging_dir,
             trust_remote_code=cfg.models.trust_remote_code,
+            allow_pickle=cfg.models.allow_pickle,
         )
         go, reason = decide(pending, cfg.retrain.min_new_tokens, force)
         log.info("retrain %s: %s", cfg.registry.merged_name, reason)
@@ -96,7 +97,7 @@ def _retrain_locked(cfg: PipelineConfig, trigger: str, force: bool) -> dict:
         run.end()
         return result
     except BaseException:
-        run.end("FAILED")
+        run.fail()
         raise
 
 

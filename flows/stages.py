@@ -24,7 +24,17 @@ def merge_flow(config: PipelineConfig, base: str, instruct: str, domain: str, ou
     from tasks.merge import merge_models
 
     step = task(merge_models, name="merge", retries=2, retry_delay_seconds=[2, 10])
-    return step(base, instruct, domain, out, config.merge, _staging(config))
+    m = config.models
+    return step(
+        base,
+        instruct,
+        domain,
+        out,
+        config.merge,
+        _staging(config),
+        trust_remote_code=m.trust_remote_code,
+        allow_pickle=m.allow_pickle,
+    )
 
 
 @flow(name="finmerge-evaluate", log_prints=True)
@@ -44,6 +54,7 @@ def evaluate_flow(config: PipelineConfig, model: str, out: str, label: str = "mo
         chat_uri=e.chat_questions,
         staging_dir=_staging(config),
         trust_remote_code=config.models.trust_remote_code,
+        allow_pickle=config.models.allow_pickle,
     )
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from finmerge import modelio, storage
+from finmerge import storage
 from finmerge.merge_methods import Scratch
 from finmerge.orchestration import stage_task
 from finmerge.safetensors_stream import natural_key, row_blocks
-from finmerge.triplet import Triplet, load_triplet
+from finmerge.triplet import Triplet, load_triplet, stage_triplet
 
 ROLES = ("base", "instruct", "domain")
 PARAM_SUFFIXES = {"weight", "bias"}
@@ -108,7 +108,12 @@ def _tensor_sums(tri: Triplet, name: str, block_elems: int, ws: Scratch) -> dict
         if not all(math.isfinite(v) for v in (dot, sq_i, sq_f, sq_b)):
             for r, v in raw.items():
                 if not bool(torch.isfinite(v).all()):
-                    raise ValueError(f"input {r} tensor {name}: NaN or Inf values")
+                    n_nan, n_inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+                    where = f" (rows {a}:{b})" if a is not None else ""
+                    raise ValueError(
+                        f"input {r} tensor {name}{where} in {tri.info(r, name).file}: "
+                        f"{n_nan} NaN and {n_inf} Inf value(s)"
+                    )
         prod = torch.mul(ti, tf, out=ws.get("prod", n, torch.float64))
         s["numel"] += n
         s["dot"] += dot
@@ -140,12 +145,17 @@ def analyze_vectors(
     out_uri: str,
     staging_dir: str,
     *,
+    allow_pickle: bool = False,
     block_elems: int = 1 << 22,
 ) -> dict:
-    """Cosine / norm analysis of τ_inst and τ_fin; writes ``vector_report.json``, ``tensors.csv`` and plots."""
+    """Cosine / norm analysis of τ_inst and τ_fin; writes ``vector_report.json``, ``tensors.csv`` and plots.
+
+    ``allow_pickle`` (``models.allow_pickle``) converts pickle-only inputs to safetensors in staging with
+    ``torch.load(weights_only=True)`` instead of refusing them. Every input problem (truncated files,
+    mismatched shapes or tokenizers, NaN / Inf) is raised before the output folder is opened."""
     t0 = time.perf_counter()
     uris = {"base": base_uri, "instruct": instruct_uri, "domain": domain_uri}
-    folders = {r: modelio.stage_model(u, staging_dir) for r, u in uris.items()}
+    folders = stage_triplet(uris, staging_dir, allow_pickle)
     tri = load_triplet(
         uris, folders, policy="shared", allow_float_dtype_mismatch=True, trust_remote_code=True
     )

@@ -153,9 +153,10 @@ def _status_of(body: object) -> tuple[int | None, str]:
 
 def _retry_after(headers: httpx.Headers) -> float | None:
     try:
-        return min(float(headers.get("retry-after", "")), MAX_RETRY_AFTER_S)
+        seconds = float(headers.get("retry-after", ""))
     except ValueError:
         return None
+    return min(seconds, MAX_RETRY_AFTER_S) if 0 <= seconds < float("inf") else None  # not NaN, not negative
 
 
 def is_valid_zip(data: bytes) -> bool:
@@ -250,7 +251,7 @@ class _Api:
             results = body.get("results") if isinstance(body, dict) else None
             if not isinstance(results, list):
                 raise _Rejected(f"{what}: no results[] in the answer")
-            return [r for r in results if isinstance(r, dict)]
+            return [entry for r in results if (entry := clean_entry(r)) is not None]
 
         try:
             return self._retrying(what, once)
@@ -288,8 +289,27 @@ def _json_or_none(data: bytes | str) -> object | None:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # also 4300+-digit integers and nesting past the parser's depth
         return None
+
+
+def _scalar(value: object) -> str | int | float | bool | None:
+    """A list-API field as EDINET documents it (a flat scalar); containers become None. Lone surrogates from
+    JSON escapes, which no UTF-8 manifest can hold, become U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value if isinstance(value, int | float | bool) else None
+
+
+def clean_entry(entry: object) -> dict | None:
+    """One results[] element of the list API as a flat dict of scalars, or None when it is not an object.
+
+    The listing is input like any other: its values end up in manifests and document metadata, so nested
+    values (which could also recurse when printed) and unencodable text are neutralised here.
+    """
+    if not isinstance(entry, dict):
+        return None
+    return {str(key): _scalar(value) for key, value in entry.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,8 +355,15 @@ def _record(doc_id: str, entry: dict, status: str, reason: str | None = None) ->
         "sha256": None,
         "status": status,
         "reason": reason,
-        "edinet": {k: entry.get(k) for k in KEEP_FIELDS},
+        "edinet": {k: _text(entry.get(k)) for k in KEEP_FIELDS},
     }
+
+
+def _text(value: object) -> str | None:
+    """A kept list-API field as text (EDINET sends strings; a number is taken as its digits)."""
+    if value is None or isinstance(value, bool):
+        return None
+    return value if isinstance(value, str) else str(value)
 
 
 def _plan(entries: dict[str, dict], cfg: EdinetConfig, known: set[str]) -> tuple[list[dict], list[int]]:

@@ -463,6 +463,7 @@ def evaluate_model(
     chat_uri: str | None,
     staging_dir: str,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     tasks: list[str] | None = None,
     dtype: str = "float32",
     device: str | None = None,
@@ -483,7 +484,7 @@ def evaluate_model(
             "evaluate.judge.questions is set but evaluate.judge.url is not (an OpenAI-compatible API)"
         )
     dev = _device(device)
-    folder = modelio.stage_model(model_uri, staging_dir)
+    folder = modelio.stage_model(model_uri, staging_dir, allow_pickle)
     model = modelio.load_causal_lm(folder, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
     model.to(dev)
     tokenizer = modelio.load_tokenizer(folder, trust_remote_code=trust_remote_code)

@@ -133,6 +133,12 @@ def _previous(prev_uri: str | None, staging_dir: str) -> tuple[dict[str, dict], 
     return rows, state
 
 
+def _printable(uri: str) -> str:
+    """``uri`` as UTF-8-safe text: a local file name that is not UTF-8 reaches Python with lone surrogates
+    (surrogateescape), which no JSON line can hold; they are spelled out as \\udcxx escapes."""
+    return uri.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _shards(jobs: list[FileJob], size: int) -> Iterator[list[FileJob]]:
     for i in range(0, len(jobs), size):
         yield jobs[i : i + size]
@@ -187,15 +193,20 @@ def ingest(
 
     counts: Counter = Counter()
     jobs: list[FileJob] = []
+    bad_names: list[tuple[str, int, str]] = []  # files quarantined for their name alone, never read
     for uri, size, version in files:
         fmt = FORMATS.get(PurePosixPath(uri).suffix.lower())
         if fmt is None:
             counts["skipped"] += 1  # _manifest.json, README, images, …
             continue
         counts["files"] += 1
-        row = manifest.get(uri)
+        name = _printable(uri)
+        row = manifest.get(name)
         if row is not None and row.get("size") == size and row.get("version") == version:
             counts["unchanged"] += 1
+            continue
+        if name != uri:
+            bad_names.append((name, size, version))
             continue
         jobs.append(
             FileJob(
@@ -214,6 +225,16 @@ def ingest(
     with storage.output_folder(out_uri, staging_dir, meta={}) as out:
         batch = _Batch(out.path)
         try:
+            for name, size, version in bad_names:
+                counts["new" if name not in manifest else "changed"] += 1
+                counts[f"files/{FORMATS[PurePosixPath(name).suffix.lower()]}"] += 1
+                reason = "file name is not valid UTF-8 (undecodable bytes shown as \\udcxx): rename the file"
+                batch.bad({"source": name, "line": None, "reason": reason})
+                manifest[name] = {
+                    **dict.fromkeys(("sha256", "edinet")),
+                    **{"uri": name, "size": size, "version": version, "status": "quarantined"},
+                    **{"reason": reason, "docs": 0, "quarantined_lines": 0, "batch": out_uri},
+                }
             results = map_ordered(parse_files, _shards(jobs, FILES_PER_SHARD), parallel)
             for shard in results:
                 for res in shard:

@@ -37,11 +37,11 @@ import torch
 import yaml
 
 import finmerge
-from finmerge import merge_methods, modelio, storage
+from finmerge import merge_methods, storage
 from finmerge.config import MergeConfig, TensorRule
 from finmerge.orchestration import stage_task
 from finmerge.safetensors_stream import NAME_TO_TORCH, ShardedWriter, row_blocks
-from finmerge.triplet import PreflightError, Triplet, load_triplet
+from finmerge.triplet import PreflightError, Triplet, load_triplet, stage_triplet
 
 ROLES = ("base", "instruct", "domain")
 
@@ -133,10 +133,10 @@ def _max_abs(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> float:
     return float(out.abs_().max())
 
 
-def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor) -> None:
+def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor, models: dict) -> None:
     rows = "" if a is None else f" (rows {a}:{b})"
     for r, v in xf.items():
-        _check_finite(v, f"input {r} tensor {name}{rows}")
+        _check_finite(v, f"input {r} tensor {name}{rows} in {models[r].tensors[name].file}")
     _check_finite(yf, f"output tensor {name}{rows}")
     raise MergeError(f"tensor {name}{rows}: non-finite |Δ| between finite output and inputs")
 
@@ -248,13 +248,16 @@ def merge_models(
     staging_dir: str,
     trust_remote_code: bool = False,
     *,
+    allow_pickle: bool = False,
     allow_float_dtype_mismatch: bool = False,
     block_elems: int = 1 << 20,
     hash_inputs: bool = True,
 ) -> dict:
     """Merge ``instruct`` and ``domain`` (CPT) into ``base`` per ``cfg``; write an HF model folder at ``out_uri``.
 
-    Extra keyword arguments (not in :class:`MergeConfig`): ``allow_float_dtype_mismatch`` lets inputs store a
+    Extra keyword arguments (not in :class:`MergeConfig`): ``allow_pickle`` (``models.allow_pickle``) converts
+    pickle-only inputs to safetensors in staging with ``torch.load(weights_only=True)`` instead of refusing
+    them; ``allow_float_dtype_mismatch`` lets inputs store a
     tensor in different float dtypes (all are upcast anyway); ``block_elems`` is the row-block size of the
     streaming pass (elements per input block); ``hash_inputs`` computes the sha256 of input weight files that
     have no finmerge manifest, for the model card (in background threads).
@@ -266,7 +269,7 @@ def merge_models(
         else None
     )
     uris = {"base": base_uri, "instruct": instruct_uri, "domain": domain_uri}
-    folders = {r: modelio.stage_model(u, staging_dir) for r, u in uris.items()}
+    folders = stage_triplet(uris, staging_dir, allow_pickle)
     tri = load_triplet(
         uris,
         folders,
@@ -357,7 +360,11 @@ def merge_models(
 
 
 def merge_from_recipe(
-    recipe_path: str, out_uri: str, staging_dir: str, trust_remote_code: bool = False
+    recipe_path: str,
+    out_uri: str,
+    staging_dir: str,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> dict:
     """Run the merge that a ``merge_recipe.yaml`` describes again."""
     recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
@@ -370,6 +377,7 @@ def merge_from_recipe(
         MergeConfig(**recipe["merge"]),
         staging_dir,
         trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
 
 
@@ -462,7 +470,7 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
                     dc = merge_methods.max_abs_diff(acc, x["domain"], ws)
                     di = merge_methods.max_abs_diff(acc, x["instruct"], ws)
                     if not (math.isfinite(dc) and math.isfinite(di)) or not bool(torch.isfinite(acc).all()):
-                        _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc)
+                        _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc, models)
                     d_cpt, d_inst = max(d_cpt, dc), max(d_inst or 0.0, di)
                     writer.write(name, y)
                     del x, y
@@ -488,7 +496,7 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
                 if not (math.isfinite(dc) and math.isfinite(di)) or any(
                     not bool(torch.isfinite(xf[r]).all()) for r in idle
                 ):
-                    _diagnose(name, a, b, xf, yf)
+                    _diagnose(name, a, b, xf, yf, models)
                 d_cpt = max(d_cpt, dc)
                 if in_shared:
                     d_inst = max(d_inst or 0.0, di)

@@ -74,6 +74,7 @@ def pretrain(
     *,
     heldout_uri: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     on_log: LogFn | None = None,
     tracking: dict | None = None,
     checkpoint_uri: str | None = None,
@@ -90,6 +91,7 @@ def pretrain(
         "staging_dir": staging_dir,
         "heldout_uri": heldout_uri,
         "trust_remote_code": trust_remote_code,
+        "allow_pickle": allow_pickle,
         "tracking": tracking,
         "checkpoint_uri": checkpoint_uri or checkpoint_root(out_uri),
     }
@@ -166,10 +168,11 @@ def train_here(
     tracking: dict | None = None,
     checkpoint_uri: str | None = None,
     on_log: LogFn | None = None,
+    allow_pickle: bool = False,
 ) -> dict:
     from tasks.tokenize import load_blocks
 
-    base_dir = modelio.stage_model(base_uri, staging_dir)
+    base_dir = modelio.stage_model(base_uri, staging_dir, allow_pickle)
     tokenizer = modelio.load_tokenizer(base_dir, trust_remote_code)
     model = modelio.load_causal_lm(base_dir, trust_remote_code)
     blocks = load_blocks(tokens_uri, staging_dir)

@@ -86,13 +86,16 @@ def pending_tokens(
     cpt_name: str,
     staging_dir: str,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> dict:
     """What the line has not trained on yet: new batch folders, their documents and tokens."""
     trained = trained_corpus(tracking_uri, cpt_name)
     folders = new_batches(corpus["uri"], corpus["digest"], trained and trained["corpus_digest"])
     counts = {"docs": 0, "tokens": 0}
     if folders:
-        tok = modelio.load_tokenizer(modelio.stage_model(tokenizer_uri, staging_dir), trust_remote_code)
+        tok = modelio.load_tokenizer(
+            modelio.stage_model(tokenizer_uri, staging_dir, allow_pickle), trust_remote_code
+        )
         counts = count_tokens(_texts(folders, staging_dir), tok)
     return {
         "trained_version": trained and trained["version"],

@@ -76,8 +76,9 @@ def tokenize_corpus(
     cfg: TokenizeConfig,
     staging_dir: str,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> dict:
-    folder = modelio.stage_model(tokenizer_uri, staging_dir)
+    folder = modelio.stage_model(tokenizer_uri, staging_dir, allow_pickle)
     # Loaded here for eos / vocab size; the cache also serves the encoder when it runs in this process.
     tokenizer = cached_tokenizer(folder, trust_remote_code)
     eos = require_eos(tokenizer, tokenizer_uri)

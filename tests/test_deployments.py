@@ -4,6 +4,7 @@ promote deployment moves the champion in a real MLflow registry."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -126,16 +127,17 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
             landing = tmp_path / "landing"
             landing.mkdir()
             (landing / "S100ZZZ1.zip").write_bytes(b"a new filing")
-            watch_cfg = PipelineConfig.model_validate(
-                {
-                    "storage": {"uri": str(tmp_path / "store")},
-                    "retrain": {"watch_uris": [str(landing)]},
-                }
-            )
-            from flows.retrain import watch_filings
+            # the watcher runs as its own process (`finmerge watch`), as the watch-filings deployment would
+            watch = [exe, "watch", "--set", f"storage.uri={tmp_path / 'store'}"]
+            watch += ["--set", f"retrain.watch_uris=['{landing}']"]
 
-            assert watch_filings(watch_cfg) == {"new": 1, "objects": 1, "event": True}
-            assert watch_filings(watch_cfg)["event"] is False  # nothing new: no second event
+            def run_watch() -> dict:
+                done = subprocess.run(watch, env=env, capture_output=True, text=True, timeout=300)
+                assert done.returncode == 0, done.stderr[-3000:]
+                return json.loads(done.stdout.strip().splitlines()[-1])
+
+            assert run_watch() == {"new": 1, "objects": 1, "event": True}
+            assert run_watch()["event"] is False  # nothing new: no second event
             triggered = anyio.run(_wait_for_run, found["retrain-on-event"].id, 120)
             assert triggered is not None, (tmp_path / "serve.log").read_text()[-3000:]
             assert triggered.parameters["trigger"] == "event" and "config" in triggered.parameters
