@@ -14,6 +14,7 @@ with one champion and a ``previous`` that was champion before it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -140,31 +141,21 @@ def _alias_version(client, name: str, alias: str) -> str | None:
 REGISTRY_LOCK_WAIT_S = 600.0  # a promotion waits this long for a racing one to finish
 
 
+def _under_registry_lock(fn):
+    """Run ``fn(name, ...)`` holding model line ``name``'s registry lock (same signature, for Prefect)."""
+
+    @functools.wraps(fn)
+    def locked(name: str, **kwargs):
+        from finmerge.locks import line_lock
+
+        with line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
+            return fn(name, **kwargs)
+
+    return locked
+
+
+@_under_registry_lock
 def promote(
-    name: str,
-    *,
-    tracking_uri: str,
-    registry: RegistryConfig,
-    version: str | None = None,
-    experiment_id: str | None = None,
-    force: bool = False,
-) -> dict:
-    """Gate ``version`` (default: the new-version alias) against the champion and promote it if it passes,
-    holding the line's registry lock. ``force`` promotes despite failed checks (recorded as such)."""
-    from finmerge.locks import line_lock
-
-    with line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
-        return _promote(
-            name,
-            tracking_uri=tracking_uri,
-            registry=registry,
-            version=version,
-            experiment_id=experiment_id,
-            force=force,
-        )
-
-
-def _promote(
     name: str,
     *,
     tracking_uri: str,
@@ -226,15 +217,8 @@ def _promote(
     }
 
 
+@_under_registry_lock
 def rollback(name: str, *, tracking_uri: str, registry: RegistryConfig) -> dict:
-    """Champion back to the previous champion (they swap), under the line's registry lock."""
-    from finmerge.locks import line_lock
-
-    with line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
-        return _rollback(name, tracking_uri=tracking_uri, registry=registry)
-
-
-def _rollback(name: str, *, tracking_uri: str, registry: RegistryConfig) -> dict:
     """Champion back to the ``previous`` alias; the version rolled back from takes ``previous``."""
     client = tracking.client(tracking_uri)
     previous = _alias_version(client, name, registry.previous_alias)
