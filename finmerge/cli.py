@@ -30,7 +30,7 @@ def _staging(args) -> str:
     cfg = _config(args)
     from finmerge import storage
 
-    storage.configure(cfg.storage.endpoint_url)
+    storage.configure_from(cfg.storage)
     return str(Path(cfg.storage.staging_dir).expanduser().resolve())
 
 
@@ -201,7 +201,7 @@ def cmd_merge(args) -> int:
     cfg, m, uris = _merge_inputs(args)
     from finmerge import storage
 
-    storage.configure(cfg.storage.endpoint_url)
+    storage.configure_from(cfg.storage)
     staging = str(Path(cfg.storage.staging_dir).expanduser().resolve())
     res = merge_models(uris["base"], uris["instruct"], uris["domain"], args.out, m, staging,
                        trust_remote_code=cfg.models.trust_remote_code,

@@ -39,6 +39,17 @@ class StorageConfig(Section):
         None,
         description="S3-compatible endpoint (MinIO, moto). Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.",
     )
+    retry_attempts: int = Field(
+        30,
+        ge=1,
+        description="Attempts of each S3 upload of a commit (files, manifest) while the endpoint fails.",
+    )
+    retry_budget_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest outage (seconds since the first failure) an S3 upload rides out before the "
+        "stage fails with a clear error; the folder is then never committed or registered.",
+    )
 
 
 class TrackingConfig(Section):

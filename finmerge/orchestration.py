@@ -8,6 +8,7 @@ changes that stage's key and, through its output digest, the keys of the stages 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import re
@@ -57,6 +58,8 @@ class RunContext(BaseModel):
     storage_uri: str
     staging_dir: str
     endpoint_url: str | None = None
+    retry_attempts: int = storage.UPLOAD_RETRY.attempts
+    retry_budget_s: float = storage.UPLOAD_RETRY.budget_s
     tracking_uri: str
     experiment_id: str
     parent_run_id: str | None = None
@@ -64,12 +67,14 @@ class RunContext(BaseModel):
 
     @classmethod
     def create(cls, cfg: PipelineConfig, parent_run_id: str | None = None) -> RunContext:
-        storage.configure(cfg.storage.endpoint_url)
+        storage.configure_from(cfg.storage)
         uri, exp = tracking.ensure_experiment(cfg.tracking)
         return cls(
             storage_uri=storage.normalize(cfg.storage.uri),
             staging_dir=str(Path(cfg.storage.staging_dir).expanduser().resolve()),
             endpoint_url=cfg.storage.endpoint_url,
+            retry_attempts=cfg.storage.retry_attempts,
+            retry_budget_s=cfg.storage.retry_budget_s,
             tracking_uri=uri,
             experiment_id=exp,
             parent_run_id=parent_run_id,
@@ -120,7 +125,10 @@ def run_tracked(
     log_params: dict | None = None,
 ) -> dict:
     """Run ``fn(out_uri=..., **params)`` inside its own MLflow run (a child of the pipeline run)."""
-    storage.configure(ctx.endpoint_url)
+    storage.configure(
+        ctx.endpoint_url,
+        dataclasses.replace(storage.UPLOAD_RETRY, attempts=ctx.retry_attempts, budget_s=ctx.retry_budget_s),
+    )
     done = result_of(out_uri)
     if done is not None:  # committed by an earlier attempt whose cache record was lost
         return done

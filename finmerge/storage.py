@@ -75,6 +75,14 @@ def configure(endpoint_url: str | None = None, retry: RetryPolicy | None = None)
     _RETRY = retry or UPLOAD_RETRY
 
 
+def configure_from(cfg) -> None:
+    """:func:`configure` from the config's ``storage`` section (endpoint and retry budget)."""
+    configure(
+        cfg.endpoint_url,
+        dataclasses.replace(UPLOAD_RETRY, attempts=cfg.retry_attempts, budget_s=cfg.retry_budget_s),
+    )
+
+
 def retry_policy() -> RetryPolicy:
     return _RETRY
 

@@ -128,7 +128,7 @@ def pipeline(config: PipelineConfig) -> dict:
     from tasks.registry import register_task
 
     cfg, log, t0 = config, get_run_logger(), time.perf_counter()
-    storage.configure(cfg.storage.endpoint_url)
+    storage.configure_from(cfg.storage)
     uri, exp = tracking.ensure_experiment(cfg.tracking)
     parent = tracking.Run.start(
         uri,

@@ -43,7 +43,7 @@ def _retrain_locked(cfg: PipelineConfig, trigger: str, force: bool) -> dict:
     from tasks.retrain import decide, pending_tokens
 
     log = get_run_logger()
-    storage.configure(cfg.storage.endpoint_url)
+    storage.configure_from(cfg.storage)
     uri, exp = tracking.ensure_experiment(cfg.tracking)
     run = tracking.Run.start(
         uri,
@@ -128,7 +128,7 @@ def watch_filings(config: PipelineConfig) -> dict:
     from tasks.retrain import ARRIVED_EVENT, commit_scan, line_resource, scan_new_objects, watch_state_uri
 
     log = get_run_logger()
-    storage.configure(config.storage.endpoint_url)
+    storage.configure_from(config.storage)
     uris = list(config.retrain.watch_uris or config.corpus.ingest.sources)
     if not uris:
         raise ValueError("retrain.watch_uris and corpus.ingest.sources are both empty: nothing to watch")

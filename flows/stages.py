@@ -14,7 +14,7 @@ from finmerge.config import PipelineConfig
 
 
 def _staging(config: PipelineConfig) -> str:
-    storage.configure(config.storage.endpoint_url)
+    storage.configure_from(config.storage)
     return str(Path(config.storage.staging_dir).expanduser().resolve())
 
 

@@ -80,3 +80,26 @@ def test_concurrent_staging_of_one_folder_gives_every_caller_a_complete_copy(s3_
     for i in range(8):
         assert (folders[0] / f"shard-{i}.npy").read_bytes() == bytes([i]) * 200_000
     assert not [p for p in folders[0].parent.iterdir() if p.name.startswith(".partial-")]
+
+
+def test_retry_budget_comes_from_the_config_and_reaches_stage_processes(tmp_path):
+    from finmerge.config import load_config
+    from finmerge.orchestration import RunContext
+
+    cfg = load_config(
+        None,
+        [
+            "storage.retry_attempts=7",
+            "storage.retry_budget_s=45",
+            f"tracking.uri='sqlite:///{tmp_path}/mlflow.db'",
+        ],
+    )
+    try:
+        ctx = RunContext.create(cfg)
+        assert (storage.retry_policy().attempts, storage.retry_policy().budget_s) == (7, 45.0)
+        # a stage in another process rebuilds the policy from the (serialisable) context
+        ctx = RunContext.model_validate_json(ctx.model_dump_json())
+        assert (ctx.retry_attempts, ctx.retry_budget_s) == (7, 45.0)
+    finally:
+        storage.configure(None)
+    assert storage.retry_policy() == storage.UPLOAD_RETRY
