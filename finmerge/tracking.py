@@ -278,6 +278,21 @@ class Run:
                     raise self._unavailable("flush timed out", None)
                 time.sleep(max(0.0, min(self._next_try, deadline) - time.monotonic()))
 
+    def unsent(self) -> list[list]:
+        """The buffered metric values not yet accepted by the server, as ``[key, value, timestamp_ms, step]``
+        (JSON-ready: a training checkpoint keeps them, so a job killed during an outage loses none)."""
+        with self._lock:
+            return [[m.key, m.value, m.timestamp, m.step] for m in self._pending]
+
+    def resend(self, entries: list[list]) -> None:
+        """Queue values from :meth:`unsent` ahead of anything newer. Re-sending a value the server already
+        has is harmless: MLflow keeps one row per (key, timestamp, step, value)."""
+        from mlflow.entities import Metric
+
+        with self._lock:
+            self._pending[:0] = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in entries]
+            self._try_flush()
+
     # -- logging -------------------------------------------------------------------------------------
 
     def params(self, params: dict) -> None:

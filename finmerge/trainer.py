@@ -224,6 +224,8 @@ def train_loop(
         pos = _Position(len(data), cfg.seed, state["epoch"], state["cursor"])
         start, tokens, history, resumed = state["step"], state["tokens"], state["history"], latest
         acc.print(f"resumed from checkpoint step {latest} ({checkpoints.uri(latest)})")
+        if state.get("unsent_metrics") and acc.is_main_process and hasattr(on_log, "resend"):
+            on_log.resend(state["unsent_metrics"])  # logged before the checkpoint, never reached the server
 
     per_token = flops.flops_per_token(acc.unwrap_model(model), cfg.seq_len)
     peak = flops.peak_tflops(acc.device, cfg.peak_tflops) if acc.is_main_process else None
@@ -277,6 +279,9 @@ def train_loop(
                 "step": done, "epoch": pos.epoch, "cursor": pos.cursor, "tokens": tokens,
                 "scheduler": sched.state_dict(), "history": history, "total_steps": steps,
             }  # fmt: skip
+            if acc.is_main_process and hasattr(on_log, "unsent"):
+                # metrics the tracking server has not taken yet (it is down): a resume from here sends them
+                state["unsent_metrics"] = on_log.unsent()
             checkpoints.save(done, acc, model, opt, state, save_model or _no_model_files)
     bar.close()
     model.eval()

@@ -148,13 +148,30 @@ def run_job_file(spec: str) -> dict:
     return train_here(**job)
 
 
+class MlflowLogger:
+    """The training loop's ``on_log`` for an MLflow run. ``unsent`` / ``resend`` let a checkpoint carry the
+    values an unreachable server has not taken yet (see ``finmerge.trainer``)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.metrics(metrics, step=step)
+
+    def unsent(self) -> list[list]:
+        return self.run.unsent()
+
+    def resend(self, entries: list[list]) -> None:
+        self.run.resend(entries)
+
+
 def _mlflow_logger(tracking: dict | None) -> LogFn | None:
     if not tracking:
         return None
     from finmerge.tracking import Run
 
     run = Run(tracking["uri"], tracking["run_id"])
-    return lambda step, metrics: run.metrics(metrics, step=step)
+    return MlflowLogger(run)
 
 
 def train_here(

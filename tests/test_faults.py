@@ -521,3 +521,35 @@ def test_full_staging_disk_is_a_clear_error_and_nothing_is_committed_or_register
     with pytest.raises(storage.NoSpaceError, match=f"{small_disk / 'inputs'}: No space left on device"):
         storage.stage_folder(remote, str(small_disk))
     assert not list((small_disk / "inputs").iterdir())
+
+
+@pytest.mark.slow
+def test_metrics_unsent_during_an_outage_survive_a_sigkill_in_the_checkpoint(
+    base, tokens, tmp_path, mlflow_restartable
+):
+    """The tracking server is down from the first step and the training job is SIGKILLed after checkpoint 15:
+    the values the server never took travel in the checkpoint, and the resumed job (server back) sends them,
+    so the run ends with every step's loss exactly once."""
+    server = mlflow_restartable
+    _, exp = tracking.ensure_experiment(TrackingConfig(uri=server.url, experiment="faults-ckpt"))
+    run = tracking.Run.start(server.url, exp, "pretrain")
+    steps = 30
+    cfg = PretrainConfig(**EXACT, max_steps=steps, log_every=1, checkpoint_every=1, keep_last=2)
+    spec, out = _job(tmp_path, base, tokens, "cpt", cfg)
+    job = json.loads(spec.read_text())
+    spec.write_text(json.dumps({**job, "tracking": {"uri": server.url, "run_id": run.run_id}}))
+    store = CheckpointStore(checkpoint_root(out), str(tmp_path / "st"))
+
+    server.stop()
+    proc = _pretrain_job(spec)
+    try:
+        _wait_for(lambda: (store.latest() or 0) >= 15, proc, "checkpoint 15")
+    finally:
+        _kill(proc)
+    state = json.loads((Path(store.uri(store.latest())) / "trainer_state.json").read_text())
+    assert len(state["unsent_metrics"]) >= 15 * 2  # loss, lr, … of steps 0-14 at least
+
+    server.start()
+    _finish(_pretrain_job(spec), spec)
+    history = tracking.client(server.url).get_metric_history(run.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(steps))  # none lost, none doubled
