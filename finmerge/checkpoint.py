@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from finmerge import storage
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+STAGE = "checkpoint"  # the stage its manifests name: only such folders are resumed from or pruned
 
 
 def step_name(step: int) -> str:
@@ -114,9 +115,36 @@ class CheckpointStore:
         found = []
         for entry in fs.ls(path, detail=False):
             m = STEP_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
-            if m and storage.read_manifest(self.uri(int(m.group(1)))) is not None:
+            if m and _is_checkpoint(storage.read_manifest(self.uri(int(m.group(1))))):
                 found.append(int(m.group(1)))
         return sorted(found)
+
+    def check_root(self, inputs: list[str]) -> None:
+        """Refuse a checkpoint folder that overlaps an input or holds anything but finmerge checkpoints
+        (complete, or half-written ones a crash left): they are resumed from and pruned."""
+        storage.check_output(self.root, "checkpoints", inputs, overwrite=True)  # overlap rules only
+        fs, path = storage.filesystem(self.root)
+        fs.invalidate_cache(path)
+        if not fs.exists(path):
+            return
+        if not fs.isdir(path):
+            raise storage.OutputRefused(f"{self.root}: the checkpoint folder is a file")
+        foreign = []
+        for entry in fs.ls(path, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(".partial-"):
+                continue  # our own temp folder from an interrupted save (removed by the next one)
+            m = STEP_DIR.match(name)
+            manifest = storage.read_manifest(self.uri(int(m.group(1)))) if m else None
+            if m and (manifest is None or _is_checkpoint(manifest)):
+                continue  # a checkpoint, or one a crash left half-written (ignored on resume)
+            foreign.append(name)
+        if foreign:
+            raise storage.OutputRefused(
+                f"{self.root}: refusing to use it as the checkpoint folder: it holds {len(foreign)} entr"
+                f"{'y' if len(foreign) == 1 else 'ies'} that are not finmerge checkpoints "
+                f"({', '.join(sorted(foreign)[:3])}). Move them, or choose another output folder"
+            )
 
     def latest(self) -> int | None:
         steps = self.steps()
@@ -142,7 +170,7 @@ class CheckpointStore:
         if accelerator.is_main_process:
             tensors, optim_meta = flatten_optimizer(optim_sd)
             meta = {"step": step, "kind": "checkpoint"}
-            with storage.output_folder(uri, self.staging_dir, meta=meta) as out:
+            with storage.output_folder(uri, self.staging_dir, meta=meta, stage=STAGE) as out:
                 write_model(out.path, model_sd)
                 save_file(tensors, str(out.path / "optimizer.safetensors"))
                 (out.path / "optimizer.json").write_text(json.dumps(optim_meta, indent=1))
@@ -195,6 +223,10 @@ class CheckpointStore:
             storage.remove(storage.join(self.uri(s), storage.MANIFEST))
             fs.rm(path, recursive=True)
         return doomed
+
+
+def _is_checkpoint(manifest: dict | None) -> bool:
+    return manifest is not None and storage.stage_of(manifest) == STAGE
 
 
 def _inner(optimizer):

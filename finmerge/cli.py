@@ -15,6 +15,7 @@ from finmerge import storage
 from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config, reference_markdown
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
+DEBUG_HELP = "show the Python traceback of an error (also FINMERGE_DEBUG=1)"
 
 
 def _config(args) -> PipelineConfig:
@@ -142,6 +143,7 @@ def cmd_tokenize(args) -> int:
             _staging(args),
             cfg.models.trust_remote_code,
             allow_pickle=cfg.models.allow_pickle,
+            overwrite=args.overwrite,
         )
     )
     return 0
@@ -152,7 +154,15 @@ def cmd_pretrain(args) -> int:
 
     cfg = _config(args)
     _staging(args)
-    res = run_pretrain(cfg, args.model, args.data, args.out, heldout_uri=args.heldout, register=args.register)
+    res = run_pretrain(
+        cfg,
+        args.model,
+        args.data,
+        args.out,
+        heldout_uri=args.heldout,
+        register=args.register,
+        overwrite=args.overwrite,
+    )
     _print({k: res.get(k) for k in ("uri", "digest", "metrics", "resumed_from", "checkpoints", "registered")})
     return 0
 
@@ -205,7 +215,7 @@ def cmd_merge(args) -> int:
     staging = str(Path(cfg.storage.staging_dir).expanduser().resolve())
     res = merge_models(uris["base"], uris["instruct"], uris["domain"], args.out, m, staging,
                        trust_remote_code=cfg.models.trust_remote_code,
-                       allow_pickle=cfg.models.allow_pickle)  # fmt: skip
+                       allow_pickle=cfg.models.allow_pickle, overwrite=args.overwrite)  # fmt: skip
     _print(
         {k: res.get(k) for k in ("uri", "digest", "counts", "metrics", "output_dtype")} | {"method": m.method}
     )
@@ -224,6 +234,7 @@ def cmd_analyze(args) -> int:
             args.out,
             _staging(args),
             allow_pickle=cfg.models.allow_pickle,
+            overwrite=args.overwrite,
         )
     )
     return 0
@@ -240,6 +251,8 @@ def cmd_evaluate(args) -> int:
     # --out results.json (lm-eval's --output_path style) keeps the sample files in the folder "results"
     as_file = args.out.endswith(".json")
     folder = args.out[: -len(".json")] if as_file else args.out
+    if as_file:
+        _check_results_file(args.out, folder, args.overwrite)
     result = evaluate_model(
         args.model,
         folder,
@@ -253,6 +266,7 @@ def cmd_evaluate(args) -> int:
         allow_pickle=cfg.models.allow_pickle,
         dtype=args.dtype,
         device=args.device,
+        overwrite=args.overwrite,
     )
     results_uri = storage.join(result["uri"], "results.json")
     if as_file:
@@ -260,6 +274,23 @@ def cmd_evaluate(args) -> int:
         results_uri = args.out
     _print({"results": results_uri, **leaderboard_summary(storage.read_json(results_uri))})
     return 0
+
+
+def _check_results_file(out: str, folder: str, overwrite: bool) -> None:
+    """``--out results.json`` replaces an existing file only when it is the copy an earlier evaluation
+    wrote beside its folder (or with --overwrite); a folder of that name is never replaced by a file."""
+    fs, path = storage.filesystem(out)
+    if not fs.exists(path):
+        return
+    if fs.isdir(path):
+        raise storage.OutputRefused(f"{out}: refusing to write the results file there: it is a folder")
+    ours = storage.read_manifest(folder)
+    if overwrite or (ours is not None and storage.stage_of(ours) == "evaluate"):
+        return
+    raise storage.OutputRefused(
+        f"{out}: refusing to replace a file that no finmerge evaluation wrote; choose another name, "
+        "or pass --overwrite to replace it"
+    )
 
 
 def cmd_promote(args) -> int:
@@ -344,6 +375,8 @@ def cmd_stack(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML config (default: configs/demo.yaml if present)")
+    # SUPPRESS: a subcommand that is not given --debug keeps the top-level value instead of resetting it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     common.add_argument(
         "--set",
         action="append",
@@ -351,7 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override a config value (repeatable)",
     )
+    writes = argparse.ArgumentParser(add_help=False)
+    writes.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output location that holds something finmerge did not write "
+        "(never an input, the working or home directory, or a root)",
+    )
     p = argparse.ArgumentParser(prog="finmerge", description=__doc__)
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("run", parents=[common], help="run the whole pipeline").set_defaults(fn=cmd_run)
@@ -367,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("dedup", "exact + MinHash-LSH near-duplicate removal, incremental"),
     )
     for step, helptext in steps:
-        s = corpus.add_parser(step, parents=[common], help=helptext)
+        s = corpus.add_parser(step, parents=[common, writes], help=helptext)
         s.add_argument(
             "--input",
             "--in",
@@ -383,13 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prev", help=f"previous {step} output of the same corpus (incremental run)")
         s.set_defaults(fn=cmd_corpus)
 
-    t = sub.add_parser("tokenize", parents=[common], help="tokenize and pack a clean corpus")
+    t = sub.add_parser("tokenize", parents=[common, writes], help="tokenize and pack a clean corpus")
     t.add_argument("--corpus", required=True)
     t.add_argument("--model", required=True, help="model folder whose tokenizer to use")
     t.add_argument("--out", required=True)
     t.set_defaults(fn=cmd_tokenize)
 
-    pt = sub.add_parser("pretrain", parents=[common], help="continual pretraining on packed tokens")
+    pt = sub.add_parser("pretrain", parents=[common, writes], help="continual pretraining on packed tokens")
     pt.add_argument("--model", required=True, help="base HF causal LM (local path or s3:// URI)")
     pt.add_argument("--data", required=True, help="tokenize output, or a corpus (tokenized first)")
     pt.add_argument("--out", required=True, help="output model folder; checkpoints go to OUT.checkpoints")
@@ -402,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "merge",
-        parents=[common],
+        parents=[common, writes],
         help="θ_base + α·τ_inst + β·τ_fin (or ties, dare, slerp), streamed; --config may be a mergekit YAML",
     )
     for flag in ("--base", "--instruct", "--domain"):
@@ -416,14 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     m.set_defaults(fn=cmd_merge)
 
-    a = sub.add_parser("analyze", parents=[common], help="cosine / norms of τ_inst and τ_fin")
+    a = sub.add_parser("analyze", parents=[common, writes], help="cosine / norms of τ_inst and τ_fin")
     for flag in ("--base", "--instruct", "--domain", "--out"):
         a.add_argument(flag, required=True)
     a.set_defaults(fn=cmd_analyze)
 
     e = sub.add_parser(
         "evaluate",
-        parents=[common],
+        parents=[common, writes],
         help="fin-harness MC (lm-eval exact), finance ppl, chat probe, LLM judge",
     )
     e.add_argument("--model", required=True, help="HF model folder: local path or s3:// URI")
@@ -483,16 +524,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's mistake or the environment raises (bad paths, inputs, services): one line each.
+    Everything else is a bug in finmerge, reported as one line too, with how to get the traceback."""
+    errors: list[type[BaseException]] = [ValueError, OSError, storage.StorageError, RuntimeError, LookupError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    from finmerge import redact
+
+    text = redact.mask(str(exc)).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("FINMERGE_DEBUG") == "1"
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("finmerge: interrupted; nothing half-written was committed", file=sys.stderr)
+        return 130
     except ConfigError as exc:
-        print(f"finmerge: config error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"finmerge: config error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"finmerge: error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        if debug:
+            raise
+        print(f"finmerge: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"finmerge: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(a bug in finmerge: rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 70
 
 
 if __name__ == "__main__":

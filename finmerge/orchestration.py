@@ -129,7 +129,7 @@ def run_tracked(
         ctx.endpoint_url,
         dataclasses.replace(storage.UPLOAD_RETRY, attempts=ctx.retry_attempts, budget_s=ctx.retry_budget_s),
     )
-    done = result_of(out_uri)
+    done = None if params.get("overwrite") else result_of(out_uri)
     if done is not None:  # committed by an earlier attempt whose cache record was lost
         return done
     tags = {

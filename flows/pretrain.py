@@ -47,6 +47,7 @@ def run_pretrain(
     *,
     heldout_uri: str | None = None,
     register: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Tokenize ``data_uri`` when it is a corpus, pretrain into ``out_uri`` (resuming from its checkpoints),
     log to MLflow and optionally register the result (and marked checkpoints) in ``registry.cpt_name``."""
@@ -56,6 +57,8 @@ def run_pretrain(
 
     ctx = RunContext.create(cfg)
     staging, trc = ctx.staging_dir, cfg.models.trust_remote_code
+    # before tokenizing: an output location that may not be written is refused before any work
+    pretrain.check_targets(model_uri, data_uri, out_uri, heldout_uri, None, overwrite)
     if is_tokens(data_uri):
         tokens = result_of(data_uri) or {"uri": data_uri, "digest": corpus_digest(data_uri)}
     else:
@@ -84,7 +87,8 @@ def run_pretrain(
         storage.normalize(out_uri),
         ctx,
         {"base_uri": model_uri, "tokens_uri": tokens["uri"], "cfg": train_cfg, "staging_dir": staging,
-         "heldout_uri": heldout_uri, "trust_remote_code": trc, "allow_pickle": cfg.models.allow_pickle},
+         "heldout_uri": heldout_uri, "trust_remote_code": trc, "allow_pickle": cfg.models.allow_pickle,
+         "overwrite": overwrite},
         log_params=train_cfg.model_dump(),
     )  # fmt: skip
     if register:

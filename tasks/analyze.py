@@ -147,6 +147,7 @@ def analyze_vectors(
     *,
     allow_pickle: bool = False,
     block_elems: int = 1 << 22,
+    overwrite: bool = False,
 ) -> dict:
     """Cosine / norm analysis of τ_inst and τ_fin; writes ``vector_report.json``, ``tensors.csv`` and plots.
 
@@ -155,6 +156,8 @@ def analyze_vectors(
     mismatched shapes or tokenizers, NaN / Inf) is raised before the output folder is opened."""
     t0 = time.perf_counter()
     uris = {"base": base_uri, "instruct": instruct_uri, "domain": domain_uri}
+    inputs = tuple(uris.values())
+    storage.check_output(out_uri, "analyze", inputs, overwrite)
     folders = stage_triplet(uris, staging_dir, allow_pickle)
     tri = load_triplet(
         uris, folders, policy="shared", allow_float_dtype_mismatch=True, trust_remote_code=True
@@ -239,7 +242,9 @@ def analyze_vectors(
         "zero_norm_tensors": zero,
     }
     meta = {"kind": "analyze"}
-    with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta=meta, stage="analyze", inputs=inputs, overwrite=overwrite
+    ) as out:
         report = {
             "definitions": {
                 "tau_inst": "instruct - base",

@@ -18,7 +18,7 @@ def world_section(cfg: DemoConfig) -> dict:
 def make_world(out_uri: str, cfg: DemoConfig, staging_dir: str) -> dict:
     from finmerge.demo.world import generate_world
 
-    with storage.output_folder(out_uri, staging_dir, meta={}) as out:
+    with storage.output_folder(out_uri, staging_dir, meta={}, stage="demo_world") as out:
         summary = generate_world(cfg, out.path)
         out.meta["counts"] = {k: v for k, v in summary.items() if isinstance(v, int | float)}
     return out.result()

@@ -255,8 +255,55 @@ def chat_probe(
 
 def _device(device: str | None) -> torch.device:
     if device:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or mps") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class NothingToEvaluate(ValueError):
+    """An evaluation asked for data that is not there: a user mistake, reported before the model loads."""
+
+
+def preflight(
+    harness_dirs: list[str],
+    only: list[str] | None,
+    heldout_uri: str | None,
+    chat_uri: str | None,
+    cfg: EvaluateConfig,
+) -> fin_harness.Discovery:
+    """Discover the harness tasks and check every input exists before the model is loaded: a harness
+    folder that is missing or holds no task, a task asked for by name that no folder has, a missing
+    held-out or chat file, or nothing at all to evaluate is an error naming what and where."""
+    found = _discover(list(harness_dirs), only, cfg.cpa_nan_choice)
+    problems = []
+    for spec in harness_dirs:
+        folder, picked = split_task_spec(str(spec))
+        folder = folder.rstrip("/")
+        if found.skipped.get(folder, "").startswith(("harness folder not found", "cannot list")):
+            problems.append(f"harness folder {folder}: {found.skipped[folder]}")
+        elif picked is None and only is None and not any(t.source.startswith(folder) for t in found.tasks):
+            why = "; ".join(f"{k}: {v}" for k, v in found.skipped.items()) or "it is empty"
+            problems.append(f"harness folder {folder} holds no task ({why})")
+    wanted = [t for spec in harness_dirs for t in (split_task_spec(str(spec))[1] or [])] + list(only or [])
+    loaded = {t.name for t in found.tasks}
+    aliases = {"cpa": "cpa_audit"}  # the folder name cpa selects the task cpa_audit
+    missing = [t for t in dict.fromkeys(wanted) if aliases.get(t, t) not in loaded]
+    for name in missing:
+        why = found.skipped.get(name, "task folder not found in harness_dirs")
+        problems.append(f"task {name!r}: {why}")
+    for what, uri in (("held-out text", heldout_uri), ("chat questions", chat_uri)):
+        if uri and not storage.exists(uri):
+            problems.append(f"{what} {uri}: not found")
+    if not problems and not (found.tasks or heldout_uri or chat_uri or cfg.judge.questions):
+        problems.append("nothing to evaluate: no harness task, no held-out text, no chat questions, no judge")
+    if problems:
+        raise NothingToEvaluate("evaluate: " + "; ".join(problems))
+    return found
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -326,13 +373,15 @@ def run_harness(
     max_length: int,
     device,
     progress: bool = True,
+    found: fin_harness.Discovery | None = None,
 ) -> dict:
     """Every discovered task at every prompt version, into lm-eval's results layout plus sample files.
 
     The leaderboard score of a version is the mean over tasks with a non-zero score of f1 (chabsa) or
     acc; the best version's figures become the stage's ``harness/*`` metrics.
     """
-    found = _discover(list(harness_dirs), only, cfg.cpa_nan_choice)
+    if found is None:
+        found = _discover(list(harness_dirs), only, cfg.cpa_nan_choice)
     skipped = dict(found.skipped)
     results: dict[str, dict] = {}
     configs: dict[str, dict] = {}
@@ -469,16 +518,21 @@ def evaluate_model(
     device: str | None = None,
     max_length: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Score one model (harness MC, finance perplexity, chat probe) into the folder ``out_uri``.
 
     Extra knobs (not in EvaluateConfig): ``tasks`` restricts the harness tasks by name; ``dtype`` of the
     weights (log-softmax is always float32); ``device`` (default cuda if available); ``max_length``
-    overrides the model's context length for MC truncation.
+    overrides the model's context length for MC truncation; ``overwrite`` lets ``out_uri`` replace
+    something that is not a finmerge evaluation (never the model: see ``storage.check_output``).
     """
     import transformers
 
+    inputs = [u for u in (model_uri, heldout_uri, chat_uri) if u]
+    storage.check_output(out_uri, "evaluate", inputs, overwrite)
     versions = prompt_versions(cfg.prompt_version)
+    found = preflight(harness_dirs, tasks, heldout_uri, chat_uri, cfg)
     if cfg.judge.questions and not cfg.judge.url:  # fail before loading anything
         raise ValueError(
             "evaluate.judge.questions is set but evaluate.judge.url is not (an OpenAI-compatible API)"
@@ -491,7 +545,9 @@ def evaluate_model(
     mc_len = max_length or model_max_length(model, tokenizer)
     start_meta = {"label": label, "model_uri": model_uri, "prompt_versions": versions}
 
-    with storage.output_folder(out_uri, staging_dir, meta=start_meta) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta=start_meta, stage="evaluate", inputs=inputs, overwrite=overwrite
+    ) as out:
         metrics: dict[str, float] = {}
         counts: dict[str, int] = {}
         timing: dict[str, float] = {}
@@ -511,6 +567,7 @@ def evaluate_model(
             max_length=mc_len,
             device=dev,
             progress=progress,
+            found=found,
         )
         timing["harness_s"] = time.perf_counter() - t0
         results, configs, n_samples = harness["results"], harness["configs"], harness["n_samples"]

@@ -252,6 +252,7 @@ def merge_models(
     allow_float_dtype_mismatch: bool = False,
     block_elems: int = 1 << 20,
     hash_inputs: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Merge ``instruct`` and ``domain`` (CPT) into ``base`` per ``cfg``; write an HF model folder at ``out_uri``.
 
@@ -260,9 +261,12 @@ def merge_models(
     them; ``allow_float_dtype_mismatch`` lets inputs store a
     tensor in different float dtypes (all are upcast anyway); ``block_elems`` is the row-block size of the
     streaming pass (elements per input block); ``hash_inputs`` computes the sha256 of input weight files that
-    have no finmerge manifest, for the model card (in background threads).
+    have no finmerge manifest, for the model card (in background threads); ``overwrite`` lets ``out_uri``
+    replace something that is not a finmerge merge output (never an input: see ``storage.check_output``).
     """
     t0 = time.perf_counter()
+    inputs = (base_uri, instruct_uri, domain_uri)
+    storage.check_output(out_uri, "merge", inputs, overwrite)
     coeffs = (
         coefficients(cfg.method, cfg.alpha, cfg.beta, cfg.lambda_scale, cfg.normalize)
         if cfg.method in ("task_arithmetic", "linear")
@@ -277,6 +281,7 @@ def merge_models(
         allow_float_dtype_mismatch=allow_float_dtype_mismatch,
         trust_remote_code=trust_remote_code,
     )
+    _check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)
     out_dtype = resolve_dtype(cfg.dtype, tri.instruct.config)
     plans, specs = _plan(tri, cfg, out_dtype)
     compute_dtype = torch.float32
@@ -286,7 +291,9 @@ def merge_models(
     pool = cf.ThreadPoolExecutor(max_workers=2)
     try:
         fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hash_inputs else {}
-        with storage.output_folder(out_uri, staging_dir, meta={"kind": "merge"}) as out:
+        with storage.output_folder(
+            out_uri, staging_dir, meta={"kind": "merge"}, stage="merge", inputs=inputs, overwrite=overwrite
+        ) as out:
             writer = ShardedWriter(out.path, specs, max(0, cfg.shard_size_mb) * 1_000_000, background=True)
             try:
                 report = _merge_pass(tri, plans, writer, compute_dtype, block_elems)
@@ -519,6 +526,27 @@ def _merge_pass(tri: Triplet, plans: dict, writer: ShardedWriter, compute_dtype,
         for m in models.values():
             m.__exit__(None, None, None)
     return report
+
+
+def _check_tokenizer_source(folder: Path, uri: str, trust_remote_code: bool) -> None:
+    """The merged model takes the domain model's tokenizer: refuse before any work when it has none that
+    transformers can load, rather than write a model nobody can evaluate."""
+    vocab_files = {"tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model"}  # fmt: skip
+    names = [p.name for p in folder.iterdir()]
+    if not any(n in vocab_files or fnmatch.fnmatch(n, "*.tiktoken") for n in names):
+        raise MergeError(
+            f"{uri}: the domain model has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json …); "
+            "the merged model takes its tokenizer from it. Copy the tokenizer of the model it was trained from"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise MergeError(
+            f"{uri}: the domain model's tokenizer does not load ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _copy_matching(src: Path, dst: Path, names, patterns) -> list[str]:

@@ -61,6 +61,14 @@ def checkpoint_root(out_uri: str) -> str:
     return storage.normalize(out_uri).rstrip("/") + ".checkpoints"
 
 
+def check_targets(base_uri, tokens_uri, out_uri, heldout_uri, checkpoint_uri, overwrite: bool) -> None:
+    """Before any training: the output may be written (``storage.check_output``) and the checkpoint
+    folder holds nothing but finmerge checkpoints (they are resumed from and pruned)."""
+    inputs = [u for u in (base_uri, tokens_uri, heldout_uri) if u]
+    storage.check_output(out_uri, "pretrain", inputs, overwrite)
+    CheckpointStore(checkpoint_uri or checkpoint_root(out_uri), "").check_root(inputs)
+
+
 def _launched() -> bool:
     return "LOCAL_RANK" in os.environ  # set by accelerate launch and torchrun in every child
 
@@ -78,11 +86,14 @@ def pretrain(
     on_log: LogFn | None = None,
     tracking: dict | None = None,
     checkpoint_uri: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Continually pretrain the model at ``base_uri`` on the packed blocks at ``tokens_uri``.
 
-    ``tracking`` ({"uri", "run_id"}) lets a child job log to the caller's MLflow run.
+    ``tracking`` ({"uri", "run_id"}) lets a child job log to the caller's MLflow run. ``overwrite`` lets
+    ``out_uri`` replace something that is not a finmerge pretrain output (never an input).
     """
+    check_targets(base_uri, tokens_uri, out_uri, heldout_uri, checkpoint_uri, overwrite)
     job = {
         "base_uri": base_uri,
         "tokens_uri": tokens_uri,
@@ -94,6 +105,7 @@ def pretrain(
         "allow_pickle": allow_pickle,
         "tracking": tracking,
         "checkpoint_uri": checkpoint_uri or checkpoint_root(out_uri),
+        "overwrite": overwrite,
     }
     launch = getattr(cfg, "launch", None)
     if launch is not None and (launch.processes > 1 or launch.accelerate_config) and not _launched():
@@ -186,8 +198,11 @@ def train_here(
     checkpoint_uri: str | None = None,
     on_log: LogFn | None = None,
     allow_pickle: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     from tasks.tokenize import load_blocks
+
+    check_targets(base_uri, tokens_uri, out_uri, heldout_uri, checkpoint_uri, overwrite)
 
     base_dir = modelio.stage_model(base_uri, staging_dir, allow_pickle)
     tokenizer = modelio.load_tokenizer(base_dir, trust_remote_code)
@@ -230,15 +245,17 @@ def train_here(
     acc = result.accelerator
     if acc.is_main_process:
         out = write_output(
-            base_uri, tokens_uri, out_uri, cfg, staging_dir, result, store, state_dict, save_hf
-        )
+            base_uri, tokens_uri, out_uri, cfg, staging_dir, result, store, state_dict, save_hf,
+            inputs=[u for u in (base_uri, tokens_uri, heldout_uri) if u], overwrite=overwrite,
+        )  # fmt: skip
     acc.wait_for_everyone()
     return out if acc.is_main_process else {}
 
 
 def write_output(
-    base_uri, tokens_uri, out_uri, cfg, staging_dir, result: TrainResult, store, state_dict, save_hf
-):
+    base_uri, tokens_uri, out_uri, cfg, staging_dir, result: TrainResult, store, state_dict, save_hf,
+    inputs=(), overwrite: bool = False,
+):  # fmt: skip
     base_digest = (storage.read_manifest(base_uri) or {}).get("digest") or modelio.fingerprint(base_uri)
     tokens_digest = (storage.read_manifest(tokens_uri) or {}).get("digest")
     metrics = {
@@ -268,7 +285,9 @@ def write_output(
             "tokens_digest": tokens_digest,
         },
     }
-    with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta=meta, stage="pretrain", inputs=inputs, overwrite=overwrite
+    ) as out:
         save_hf(out.path, state_dict)
         (out.path / "history.json").write_text(json.dumps(result.history, indent=1))
         plot_curves(

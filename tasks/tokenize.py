@@ -77,7 +77,10 @@ def tokenize_corpus(
     staging_dir: str,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    overwrite: bool = False,
 ) -> dict:
+    inputs = (corpus_uri, tokenizer_uri)
+    storage.check_output(out_uri, "tokenize", inputs, overwrite)
     folder = modelio.stage_model(tokenizer_uri, staging_dir, allow_pickle)
     # Loaded here for eos / vocab size; the cache also serves the encoder when it runs in this process.
     tokenizer = cached_tokenizer(folder, trust_remote_code)
@@ -91,7 +94,9 @@ def tokenize_corpus(
         "tokenizer_digest": modelio.tokenizer_fingerprint(str(folder)),
     }
     meta = {"seq_len": cfg.seq_len, "vocab_size": len(tokenizer), "artifacts": ["index.json"]}
-    with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta=meta, stage="tokenize", inputs=inputs, overwrite=overwrite
+    ) as out:
         jobs = (
             EncodeJob(str(folder), trust_remote_code, chunk)
             for chunk in _chunks((r["text"] for r in corpus_records(corpus_uri, staging_dir)), cfg.batch_docs)

@@ -102,7 +102,7 @@ def build_demo_base(
         "artifacts": ["loss.png"],
         "role": "base",
     }
-    with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
+    with storage.output_folder(out_uri, staging_dir, meta=meta, stage="demo_base") as out:
         _save(
             model,
             tokenizer,
@@ -152,7 +152,7 @@ def build_demo_instruct(
         "role": "instruct",
         "parent_digest": base_digest,
     }
-    with storage.output_folder(out_uri, staging_dir, meta=meta) as out:
+    with storage.output_folder(out_uri, staging_dir, meta=meta, stage="demo_instruct") as out:
         _save(
             model,
             tokenizer,
