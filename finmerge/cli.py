@@ -177,22 +177,12 @@ def cmd_pretrain_job(args) -> int:
 def _merge_inputs(args) -> tuple[PipelineConfig, object, dict]:
     """Config, merge section and input URIs: ``--config`` may be a pipeline config, a finmerge
     ``merge_recipe.yaml`` or a mergekit YAML; explicit flags override what the file says."""
-    import yaml
-
     from finmerge import mergekit_compat
     from finmerge.config import MergeConfig
 
-    doc = yaml.safe_load(args.config.read_text(encoding="utf-8")) if args.config else None
-    uris: dict = {}
-    if mergekit_compat.is_mergekit(doc):
-        m, uris = mergekit_compat.from_mergekit(doc)
-        cfg = load_config(None, args.set)
-    elif isinstance(doc, dict) and {"inputs", "merge"} <= set(doc):
-        m, uris = MergeConfig(**doc["merge"]), dict(doc["inputs"])
-        cfg = load_config(None, args.set)
-    else:
-        cfg = _config(args)
-        m = cfg.merge
+    path = args.config if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    cfg, m, uris = mergekit_compat.load_merge_file(path, args.set)  # strict; --set merge.* applies too
+    uris = dict(uris)
     updates = {k: v for k, v in {"method": args.method, "alpha": args.alpha, "beta": args.beta,
                "dtype": args.dtype}.items() if v is not None}  # fmt: skip
     m = MergeConfig.model_validate({**m.model_dump(), **updates})
@@ -540,7 +530,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _one_line(exc: BaseException) -> str:
     from finmerge import redact
 
-    text = redact.mask(str(exc)).strip() or type(exc).__name__
+    lines = [line.strip() for line in redact.mask(str(exc)).splitlines() if line.strip()]
+    text = " ".join(lines) or type(exc).__name__  # a listed message (- item, - item) on one line
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
     return text

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -679,18 +680,215 @@ def config_hash(cfg: PipelineConfig) -> str:
     return sha256_json(cfg.model_dump(mode="json"))[:16]
 
 
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose mapping constructor refuses a key repeated in one mapping (PyYAML keeps the
+    last silently). Keys brought in by a ``<<`` merge may be overridden, as YAML intends; only the keys
+    written in the mapping itself are checked.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._strict_root = node  # to name the dotted path of a duplicate (looked up only on error)
+        return super().construct_document(node)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Called first by construct_mapping (and for each merged mapping) before the node is rewritten,
+        # so the check sees the keys as written.
+        checked = self.__dict__.setdefault("_strict_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            self._check_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _check_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key: the base class reports it
+                continue
+            if first is not None:
+                where = _node_path(getattr(self, "_strict_root", None), node)
+                dotted = f"{where}.{key}" if where else str(key)
+                raise DuplicateKeyError(
+                    None,
+                    None,
+                    f"duplicate key {dotted!r} (first at line {first.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+def _node_path(root: yaml.Node | None, target: yaml.Node) -> str:
+    """Dotted path (``a.b[2].c``) of ``target`` under ``root``; '' for the root or when not found."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in seen:  # anchors / aliases share nodes
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                label = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                stack.append((v, f"{path}.{label}" if path else str(label)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node.value))
+    return ""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: 'line N, column M: problem' for a marked error."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if isinstance(exc, yaml.constructor.ConstructorError) and exc.context and exc.problem:
+            problem = f"{exc.context}: {exc.problem}"
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return " ".join(f"{where}{problem}".split())
+    return " ".join(str(exc).split())
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML text with :class:`StrictLoader`; errors are one-line ``ConfigError`` naming source and line."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML at {_yaml_problem(exc)}") from exc
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read one YAML file strictly: a repeated key or a syntax error is a ``ConfigError`` naming the file,
+    the line and (for duplicates) the key's dotted path. An empty file reads as None."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: cannot read config (not UTF-8: {exc.reason})") from exc
+    return parse_yaml(text, source)
+
+
+def _unwrap(ann: Any) -> tuple[list[Any], bool]:
+    """Members of a (possibly Optional / Annotated) annotation, and whether None is allowed."""
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    if get_origin(ann) in (Union, types.UnionType):
+        members = [a for a in get_args(ann) if a is not type(None)]
+        return members, len(members) != len(get_args(ann))
+    return [ann], ann is None or ann is type(None)
+
+
+def field_annotation(path: list[str], model: type[BaseModel] | None = None) -> Any:
+    """Annotation of the field a dotted ``--set`` path names in :class:`PipelineConfig` (None: no such field)."""
+    ann: Any = model or PipelineConfig
+    for part in path:
+        members, _ = _unwrap(ann)
+        if len(members) != 1:
+            return None
+        ann = members[0]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(part)
+            if field is None:
+                return None
+            ann = field.annotation
+        elif get_origin(ann) is dict:
+            ann = get_args(ann)[1]
+        else:
+            return None
+    return ann
+
+
+def _is_text(ann: Any) -> tuple[bool, bool]:
+    """(every non-None member is str or a Literal of strings, None allowed)."""
+    if ann is None:
+        return False, False
+    members, nullable = _unwrap(ann)
+    for m in members:
+        while get_origin(m) is Annotated:
+            m = get_args(m)[0]
+        if m is str:
+            continue
+        if get_origin(m) is Literal and all(isinstance(a, str) for a in get_args(m)):
+            continue
+        return False, nullable
+    return bool(members), nullable
+
+
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+class _TextLoader(StrictLoader):
+    """Every plain scalar stays a string (no dates, booleans, octal numbers): for lists / maps of strings."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
+def _holds_text(ann: Any) -> bool:
+    """A list / set / tuple of strings, or a dict whose values are strings."""
+    members, _ = _unwrap(ann)
+    if len(members) != 1 or get_origin(members[0]) not in (list, set, tuple, dict):
+        return False
+    args = [a for a in get_args(members[0]) if a is not Ellipsis]
+    return bool(args) and _is_text(args[-1])[0]
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value``, typed by the field it sets: a string field (str, str | None, Literal of
+    strings) takes the raw text, so ``start=2024-06-17`` or ``name=no`` stay strings (``null`` / ``~``
+    still unset an optional string); a list of strings is parsed as YAML with every item kept a string
+    (``doc_types=[030, 120]``); other fields take the value parsed as YAML (numbers, booleans, lists, maps).
+    """
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected section.key=value")
     key, raw = item.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {item!r}: empty key")
+    ann = field_annotation(path)
+    text, nullable = _is_text(ann)
+    if text:
+        if nullable and raw.strip() in YAML_NULLS:
+            return path, None
+        return path, _unquoted(raw)
+    loader = _TextLoader if _holds_text(ann) else StrictLoader
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = yaml.load(raw, Loader=loader) if raw.strip() else ""  # noqa: S506
+    except yaml.YAMLError as exc:
+        if isinstance(exc, DuplicateKeyError):
+            raise ConfigError(f"override {item!r}: {_yaml_problem(exc)}") from exc
         value = raw
+    if isinstance(value, bool) and _is_number(ann):  # pydantic would read no / off / false as 0
+        raise ConfigError(f"override {item!r}: {'.'.join(path)}: expected a number, got {raw.strip()!r}")
     return path, value
+
+
+def _unquoted(raw: str) -> str:
+    """A YAML-quoted scalar ('…' or "…", as shells and earlier docs pass them) loses its quotes; any
+    other text is kept exactly."""
+    stripped = raw.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+        try:
+            value = yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return raw
+        if isinstance(value, str):
+            return value
+    return raw
+
+
+def _is_number(ann: Any) -> bool:
+    members, _ = _unwrap(ann)
+    return bool(members) and all(m in (int, float) for m in members)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -698,7 +896,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, value = parse_override(item)
         node = data
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
@@ -706,30 +906,34 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read YAML, apply ``section.key=value`` overrides, validate. Errors name the file and the key."""
-    data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read config ({exc.strerror})") from exc
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: top level must be a mapping")
+def validation_problems(exc: ValidationError, prefix: str = "") -> str:
+    """pydantic errors as ``dotted.key: reason; …`` on one line."""
+    out = []
+    for err in exc.errors():
+        key = ".".join(([prefix] if prefix else []) + [str(p) for p in err["loc"]]) or "<root>"
+        out.append(f"{key}: {' '.join(err['msg'].split())}")
+    return "; ".join(out)
+
+
+def config_from_data(
+    data: Any, overrides: list[str] | None = None, source: str = "<defaults>"
+) -> PipelineConfig:
+    """Validate an already-read YAML document (None = empty) with ``--set`` overrides on top."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
     data = apply_overrides(data, list(overrides or []))
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from exc
+        raise ConfigError(f"{source}: {validation_problems(exc)}") from exc
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read YAML strictly, apply ``section.key=value`` overrides, validate. Errors name the file and the key."""
+    if path is None:
+        return config_from_data({}, overrides)
+    return config_from_data(read_yaml(path), overrides, str(path))
 
 
 def reference_markdown() -> str:

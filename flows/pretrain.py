@@ -55,10 +55,14 @@ def run_pretrain(
     import tasks.tokenize as tokenize
     from tasks.registry import register_model
 
+    # Before any work (the MLflow run, tokenizing): missing inputs, and an output location that may not
+    # be written, are refused.
+    for what, uri in (("model", model_uri), ("data", data_uri), ("held-out text", heldout_uri)):
+        if uri and not storage.exists(uri):
+            raise storage.StorageError(f"{uri}: no such {what} (file, folder or s3:// object)")
+    pretrain.check_targets(model_uri, data_uri, out_uri, heldout_uri, None, overwrite)
     ctx = RunContext.create(cfg)
     staging, trc = ctx.staging_dir, cfg.models.trust_remote_code
-    # before tokenizing: an output location that may not be written is refused before any work
-    pretrain.check_targets(model_uri, data_uri, out_uri, heldout_uri, None, overwrite)
     if is_tokens(data_uri):
         tokens = result_of(data_uri) or {"uri": data_uri, "digest": corpus_digest(data_uri)}
     else:

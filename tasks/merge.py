@@ -373,15 +373,16 @@ def merge_from_recipe(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> dict:
-    """Run the merge that a ``merge_recipe.yaml`` describes again."""
-    recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
-    inp = recipe["inputs"]
+    """Run the merge that a ``merge_recipe.yaml`` describes again (read strictly: a typo is an error)."""
+    from finmerge.mergekit_compat import load_recipe
+
+    merge_cfg, inp = load_recipe(recipe_path)
     return merge_models(
         inp["base"],
         inp["instruct"],
         inp["domain"],
         out_uri,
-        MergeConfig(**recipe["merge"]),
+        merge_cfg,
         staging_dir,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,

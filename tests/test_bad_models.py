@@ -113,13 +113,15 @@ def analyze(models: dict, out: Path, **kw) -> dict:
 
 
 def evaluate(model: Path, out: Path, **kw) -> dict:
+    heldout = out.parent / "heldout.jsonl"  # something to evaluate, so the model itself is what is refused
+    heldout.write_text('{"text": "当社の売上高は増加しました。"}\n', encoding="utf-8")
     return evaluate_model(
         str(model),
         str(out),
         EvaluateConfig(),
         label="bad",
         harness_dirs=[],
-        heldout_uri=None,
+        heldout_uri=str(heldout),
         chat_uri=None,
         staging_dir=str(out.parent / "stage"),
         progress=False,

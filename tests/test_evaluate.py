@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -331,14 +332,22 @@ def test_empty_continuation_detected(world, monkeypatch):
     assert all(s["ll"][0] == 0.0 and s["ll"][1] < 0 for s in res["samples"])
 
 
-def test_missing_harness_folder_is_skipped(world):
+def test_missing_harness_folder_or_task_is_an_error_before_the_model_loads(world):
     missing = str(world["root"] / "no-such-datasets")
-    res = _run(world, "missing", heldout=False, chat=False, harness_dirs=[missing], tasks=["cma_basics"])
-    assert res["skipped"][missing] == "harness folder not found"
-    assert res["skipped"]["cma_basics"] == "task folder not found in harness_dirs"
-    assert "harness/avg" not in res["metrics"] and res["counts"]["harness/tasks"] == 0
-    report = json.loads((storage.local_path(res["uri"]) / "results.json").read_text(encoding="utf-8"))
-    assert report["results"] == {} and set(report["finmerge"]["skipped"]) == {missing, "cma_basics"}
+    empty = world["root"] / "empty-datasets"
+    empty.mkdir(exist_ok=True)
+    cases = [
+        ({"harness_dirs": [missing]}, f"harness folder {missing}: harness folder not found"),
+        ({"harness_dirs": [str(empty)]}, f"harness folder {empty} holds no task"),
+        ({"harness_dirs": [world["harness"]], "tasks": ["cma_basic"]}, "task 'cma_basic': task folder not found"),
+        ({"harness_dirs": [f"{world['harness']}:fp22"]}, "task 'fp22'"),
+        ({"harness_dirs": []}, "nothing to evaluate"),
+    ]
+    for kw, message in cases:
+        out = world["root"] / "out" / "refused"
+        with pytest.raises(ev.NothingToEvaluate, match=re.escape(message)):
+            _run(world, "refused", heldout=False, chat=False, **kw)
+        assert not out.exists()
 
 
 def test_render_failure_skips_task(world, monkeypatch):
@@ -373,7 +382,7 @@ def test_everything_on_s3(world, s3_bucket):
         f"{base}/out/random",
         cfg,
         label="base",
-        harness_dirs=[f"{base}/datasets", f"{base}/missing"],
+        harness_dirs=[f"{base}/datasets"],
         heldout_uri=f"{base}/heldout.jsonl",
         chat_uri=f"{base}/chat.jsonl",
         staging_dir=str(root / "s3staging"),
@@ -383,7 +392,7 @@ def test_everything_on_s3(world, s3_bucket):
     manifest = storage.read_manifest(res["uri"])
     assert "results.json" in manifest["files"] and "samples_fp2-1.0-0.2.1.jsonl" in manifest["files"]
     # the empty local chabsa/ folder has no objects, so it does not exist on S3 at all
-    assert set(res["skipped"]) == {"broken", f"{base}/missing"}
+    assert set(res["skipped"]) == {"broken"}
     local = _run(world, "local-for-s3")
     for key in ("harness/demo_fin/acc", "harness/fp2/acc", "ppl", "chat/adherence"):
         assert res["metrics"][key] == pytest.approx(local["metrics"][key], rel=1e-6)

@@ -374,8 +374,16 @@ def test_integer_tensors_copied_when_equal_else_refused(tmp_path):
         g = torch.Generator().manual_seed(seed)
         sd = {"w": torch.randn(10, 4, generator=g), "idx": idx, "mask": torch.tensor([True, False, True])}
         save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        toy_tokenizer.save_pretrained(str(folder))  # the merged model takes the domain's tokenizer
         return str(folder)
 
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w: i for i, w in enumerate(["<unk>", "</s>", *"abcdefgh"])}  # 10 tokens = vocab_size
+    toy_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="<unk>")), eos_token="</s>"
+    )
     idx = torch.arange(6, dtype=torch.int64)
     m = {r: model(tmp_path / r, s, idx) for s, r in enumerate(("base", "instruct", "domain"))}
     res = run(m, tmp_path / "out")
