@@ -247,3 +247,25 @@ def test_s3_interrupted_upload_of_our_own_stage_can_be_replaced(s3_bucket, tmp_p
     assert set(_objects(s3_bucket, "ckpt")) == {
         f"{s3_bucket}/ckpt/step/{n}" for n in ("a", "b", "_manifest.json")
     }
+
+
+def test_checkpoint_folder_holding_other_files_is_refused_and_prune_spares_them(tmp_path):
+    from finmerge.checkpoint import CheckpointStore, step_name
+
+    root = tmp_path / "out.checkpoints"
+    for step in (1, 2, 3):
+        _write(str(root / step_name(step)), {"w": str(step)}, tmp_path / "st", stage="checkpoint")
+    (root / step_name(4)).mkdir()  # a half-written one a crash left: ignored, not refused
+    store = CheckpointStore(str(root), str(tmp_path / "st"), keep_last=1)
+    store.check_root([])
+    # a step-named folder that some other stage wrote is neither resumed from nor pruned
+    _write(str(root / step_name(0)), {"w": "0"}, tmp_path / "st", stage="merge")
+    with pytest.raises(storage.OutputRefused, match="step-00000000"):
+        store.check_root([])
+    assert store.steps() == [1, 2, 3] and store.prune() == [1, 2]
+    assert (root / step_name(0) / "w").read_text() == "0"
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(storage.OutputRefused, match="notes.txt"):
+        store.check_root([])
+    with pytest.raises(storage.OutputRefused, match="is the input"):
+        CheckpointStore(str(tmp_path / "m.checkpoints"), "").check_root([str(tmp_path / "m.checkpoints")])
