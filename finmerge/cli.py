@@ -116,15 +116,21 @@ def cmd_corpus(args) -> int:
             parallel=c.parallel,
             max_file_mb=c.ingest.max_file_mb,
             max_line_mb=c.ingest.max_line_mb,
+            overwrite=args.overwrite,
         )
     elif args.step == "clean":
         from tasks.clean import clean
 
-        result = clean(args.input[0], args.output, c.clean, staging, parallel=c.parallel)
+        result = clean(
+            args.input[0], args.output, c.clean, staging, parallel=c.parallel, overwrite=args.overwrite
+        )
     else:
         from tasks.dedup import dedup
 
-        result = dedup(args.input[0], args.output, c.dedup, staging, prev_uri=args.prev, parallel=c.parallel)
+        result = dedup(
+            args.input[0], args.output, c.dedup, staging, prev_uri=args.prev, parallel=c.parallel,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     summary = {"stage": args.step, "output": result["uri"], "digest": result["digest"], **result["counts"]}
     print(json.dumps(summary, ensure_ascii=False))
     return 0

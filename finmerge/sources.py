@@ -104,7 +104,7 @@ def _load_json_line(line: str) -> object:
         raise ValueError("invalid json: nested too deeply") from None
 
 
-def _unwritable(rec: dict) -> str | None:
+def unwritable(rec: dict) -> str | None:
     """Why ``rec`` cannot be written as a UTF-8 JSON line, or None. JSON string escapes can hold lone
     surrogates (\\ud800) that no UTF-8 file can, and nesting just under the parser's limit can pass json.loads
     yet overflow json.dumps once wrapped in the record."""
@@ -245,7 +245,7 @@ def _parse_jsonl(fh, job: FileJob, out: _Out, h) -> None:
             rec = make_record(text, job.uri, "jsonl", doc_id, ordinal, meta, meta["section"], extra)
         except UnicodeEncodeError:  # hashing the text: a lone surrogate from a JSON escape
             rec = None
-        if rec is None or (why := _unwritable(rec)):
+        if rec is None or (why := unwritable(rec)):
             out.bad(
                 lineno, why if rec else "invalid text: lone surrogate in a JSON string escape of the text"
             )
@@ -328,8 +328,8 @@ def parse_file(job: FileJob) -> FileResult:
     else:
         try:
             text, _ = decode(data)
-        except DecodeError as exc:
-            out.bad(None, str(exc))
+        except DecodeError as exc:  # the whole file is quarantined (line None); the reason names the line
+            out.bad(None, str(exc) if exc.line is None else f"{exc} (line {exc.line})")
         else:
             if job.fmt == "html":
                 text, title = html_to_text(text)

@@ -688,6 +688,8 @@ def clean_document(
     for rec, lines in zip(records, texts, strict=True):
         masked: Counter = Counter()
         section = rec.get("section")
+        if not isinstance(section, str):  # a user's own JSONL may hold anything there: no section name then
+            section = None
         if section and unicodedata.normalize("NFKC", section).strip() in rules.drop_sections:
             text = "\n".join(lines)
             yield rec, text, Failure("section", 0.0, f"section {section!r} is dropped"), masked

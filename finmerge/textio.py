@@ -5,8 +5,11 @@ Prefect-free, so parser code can run in spawned workers and fuzzers without the 
 
 from __future__ import annotations
 
+import gzip
 import unicodedata
+from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 
 # Valid multi-byte UTF-8 characters outnumber invalid bytes this many times: a corrupt UTF-8 file, not another
 # codec (Shift_JIS read as UTF-8 yields almost no valid multi-byte sequences).
@@ -18,7 +21,69 @@ BOM_UTF8, BOM_UTF16_LE, BOM_UTF16_BE = b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"
 
 
 class DecodeError(ValueError):
-    pass
+    """Bytes no codec fits; ``line``: the line holding the first bad byte, when one byte is to blame."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+def line_of(data: bytes, offset: int) -> int:
+    """The 1-based line of ``data`` holding byte ``offset``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+class EmptyInputError(ValueError):
+    """A corpus stage was given nothing to work on: sources that hold no input file, inputs that were all
+    quarantined, or a JSONL input without a single record. The message names the sources or the input."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSONL files of the corpus stages (clean, dedup): lines as bytes, UTF-8 checked line by line
+
+
+def input_name(uri: str) -> str:
+    """The JSONL file of a stage input (a ``.jsonl`` / ``.jsonl.gz`` file or a folder holding ``docs.jsonl``)
+    as errors name it: the URI the user gave, not the staged or unpacked local copy that is read."""
+    from finmerge import storage
+
+    return uri if uri.endswith((".jsonl", ".jsonl.gz")) else storage.join(uri, storage.DOCS)
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, line)`` of the non-blank lines of a local JSONL file (``.gz``: of the
+    unpacked stream); the line keeps its newline."""
+    offset = 0
+    with gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                yield lineno, offset, line
+            offset += len(line)
+
+
+def decode_utf8(data: bytes, source: str, line: int = 1) -> str:
+    """``data`` (UTF-8; a leading BOM is dropped) as text. An invalid byte is a DecodeError naming ``source``,
+    the line it is on (``data`` starts at line ``line``), its column and the byte, never a bare
+    UnicodeDecodeError."""
+    start = len(BOM_UTF8) if data.startswith(BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = start + exc.start
+        lineno = line + line_of(data, at) - 1
+        column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+        raise DecodeError(
+            f"{source}: line {lineno}: invalid UTF-8: byte 0x{data[at]:02x} at byte {column} of the line "
+            f"({exc.reason})",
+            lineno,
+        ) from None
+
+
+def check_utf8_lines(path: str | Path, source: str | None = None) -> None:
+    """Raise the DecodeError of the first line of ``path`` that is not UTF-8 (for a reader that met a bare
+    UnicodeDecodeError and needs the line to name); return when every line decodes."""
+    for lineno, _, line in iter_lines(path):
+        decode_utf8(line, source or str(path), lineno)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -72,7 +137,9 @@ def _decode_unmarked(data: bytes, utf8_name: str) -> tuple[str, str]:
         bad = loose.count("\ufffd")
         valid = sum(1 for ch in loose if ord(ch) > 127) - bad
         if utf8_name != "utf-8" or valid >= UTF8_VALID_PER_BAD * bad:
-            raise DecodeError(f"invalid utf-8: {bad} bad byte(s), first at offset {exc.start}") from exc
+            raise DecodeError(
+                f"invalid utf-8: {bad} bad byte(s), first at offset {exc.start}", line_of(data, exc.start)
+            ) from exc
     try:
         text = data.decode("cp932")
     except UnicodeDecodeError:
@@ -95,7 +162,8 @@ def _decode_bomless_utf16(data: bytes) -> tuple[str, str]:
         else:
             if _plausible(text):
                 return text, codec
-    raise DecodeError(f"undecodable: binary data (NUL byte at offset {data.index(0)})")
+    at = data.index(0)
+    raise DecodeError(f"undecodable: binary data (NUL byte at offset {at})", line_of(data, at))
 
 
 # ----------------------------------------------------------------------------------------------------------------

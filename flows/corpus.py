@@ -32,8 +32,8 @@ def stage_modules() -> dict[str, tuple]:
 
     return {
         "ingest": (tasks.ingest, tasks.edinet, finmerge.sources, finmerge.filings, finmerge.textio),
-        "clean": (tasks.clean, finmerge.textclean),
-        "dedup": (tasks.dedup, finmerge.minhash),
+        "clean": (tasks.clean, finmerge.textclean, finmerge.minhash, finmerge.textio, finmerge.sources),
+        "dedup": (tasks.dedup, finmerge.minhash, finmerge.textio),
     }
 
 

@@ -8,6 +8,10 @@ holds the shards in flight, never the corpus.
 
 Input: a ``.jsonl`` file or a folder holding ``docs.jsonl`` (``storage.docs_input``). Records of one document
 share a ``doc_id`` and are consecutive (page headers / footers are detected across a document's sections).
+Every record is checked as dedup checks it (``read_records``): a line that is not UTF-8, not JSON, not an object
+with a string ``id``, or whose ``text`` is not a string stops the stage with a ValueError naming the file, the
+line and the reason, before anything is written; so does an input without a single record
+(``textio.EmptyInputError``).
 
 Output folder: ``docs.jsonl`` (kept records, text cleaned, ``sha256`` recomputed), ``dropped.jsonl``
 (``{"id","reason","value","detail","text_head"}``), ``stats.json`` (per filter, in order,
@@ -18,15 +22,20 @@ artifact; ``meta["metrics"]`` the MLflow metrics.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from finmerge import storage
 from finmerge.config import CleanConfig, ParallelConfig
+from finmerge.minhash import parse_record
 from finmerge.orchestration import stage_task
 from finmerge.parallel import map_ordered
+from finmerge.sources import unwritable
 from finmerge.textclean import (
     FILTERS,
     MAX_EXAMPLES,
@@ -37,14 +46,32 @@ from finmerge.textclean import (
     read_word_list,
     threshold_text,
 )
+from finmerge.textio import EmptyInputError, decode_utf8, input_name, iter_lines
+
+# A JSON escape of a surrogate (``\ud800``): only lines holding one can carry a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def load_rules(cfg: CleanConfig) -> Rules:
     """The config plus the NG words of ``cfg.ng_words_uri`` (read once here, shipped with every shard)."""
     words = list(cfg.ng_words)
     if cfg.ng_words_uri:
-        words += read_word_list(storage.read_text(cfg.ng_words_uri))
+        words += read_word_list(decode_utf8(storage.read_bytes(cfg.ng_words_uri), cfg.ng_words_uri))
     return Rules(cfg, tuple(words))
+
+
+def read_records(path: str | Path, source: str | None = None) -> Iterator[dict]:
+    """The records of a local JSONL file, checked with dedup's own checks: ``textio.decode_utf8`` (UTF-8) and
+    ``minhash.parse_record`` (a JSON object with a string ``id``, ``text`` a string or absent). Clean writes each
+    record again, so a lone surrogate escape outside ``text`` is refused too (``text`` loses it in cleaning).
+    Every error is a ValueError ``<source>: line <n>: <reason>`` (``source``: the file as the user named it,
+    default ``path``)."""
+    source = source or str(path)
+    for lineno, _, line in iter_lines(path):
+        rec = parse_record(source, lineno, decode_utf8(line, source, lineno))
+        if _SURROGATE_ESCAPE.search(line) and (why := unwritable({**rec, "text": ""})):
+            raise ValueError(f"{source}: line {lineno}: {why}")
+        yield rec
 
 
 def shards(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -67,16 +94,29 @@ def _example_text(ex: dict) -> str:
 
 
 def clean(
-    in_uri: str, out_uri: str, cfg: CleanConfig, staging_dir: str, parallel: ParallelConfig | None = None
+    in_uri: str,
+    out_uri: str,
+    cfg: CleanConfig,
+    staging_dir: str,
+    parallel: ParallelConfig | None = None,
+    overwrite: bool = False,
 ) -> dict:
+    storage.check_output(out_uri, "clean", [in_uri], overwrite)
     """Clean and filter the documents of ``in_uri`` into ``out_uri`` (atomic folder); return the folder's result."""
     parallel = parallel or ParallelConfig(backend="serial")
     src = storage.docs_input(in_uri, staging_dir)
     rules = load_rules(cfg)
-    jobs = ((rules, shard) for shard in shards(storage.iter_jsonl(src), parallel.shard_docs))
+    records = read_records(src, input_name(in_uri))
+    first = next(records, None)
+    if first is None:
+        raise EmptyInputError(f"clean: {in_uri} holds no records: nothing to clean")
+    records = itertools.chain([first], records)
+    jobs = ((rules, shard) for shard in shards(records, parallel.shard_docs))
     total = ShardResult()
     started = time.perf_counter()
-    with storage.output_folder(out_uri, staging_dir, meta={}) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta={}, stage="clean", inputs=[in_uri], overwrite=overwrite
+    ) as out:
         with (
             open(out.path / "docs.jsonl", "w", encoding="utf-8") as kept_fh,
             open(out.path / "dropped.jsonl", "w", encoding="utf-8") as drop_fh,

@@ -62,6 +62,7 @@ from finmerge.config import DedupConfig, ParallelConfig
 from finmerge.minhash import Segment, SignatureParams
 from finmerge.orchestration import stage_task
 from finmerge.parallel import map_ordered
+from finmerge.textio import EmptyInputError, check_utf8_lines, input_name, iter_lines
 
 CHAIN = "chain.json"
 RETRACTED = "retracted.jsonl"
@@ -93,19 +94,12 @@ class Batch:
         return len(self.ids)
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
-    """``(line number, byte offset, line)`` of the non-blank lines of a JSONL file."""
-    offset = 0
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                yield lineno, offset, line
-            offset += len(line)
-
-
-def scan(path: Path, params: SignatureParams, parallel: ParallelConfig) -> Batch:
-    """Read ``path`` once; its lines are parsed and signed shard by shard on the configured backend."""
+def scan(path: Path, params: SignatureParams, parallel: ParallelConfig, source: str | None = None) -> Batch:
+    """Read ``path`` once; its lines are parsed and signed shard by shard on the configured backend. Errors
+    name ``source`` (default: ``path``), the line and the reason (``minhash.parse_record``); a line that is not
+    UTF-8 is a ``textio.DecodeError`` saying so."""
     offsets = array("q")  # compact while growing
+    source = source or str(path)
 
     def jobs() -> Iterator[tuple[str, list[tuple[int, bytes]], SignatureParams]]:
         lines: list[tuple[int, bytes]] = []
@@ -113,12 +107,16 @@ def scan(path: Path, params: SignatureParams, parallel: ParallelConfig) -> Batch
             offsets.append(at)
             lines.append((lineno, line))
             if len(lines) >= parallel.shard_docs:
-                yield str(path), lines, params
+                yield source, lines, params
                 lines = []
         if lines:
-            yield str(path), lines, params
+            yield source, lines, params
 
-    parts = list(map_ordered(minhash.sign_shard, jobs(), parallel))
+    try:
+        parts = list(map_ordered(minhash.sign_shard, jobs(), parallel))
+    except UnicodeDecodeError:  # json.loads met a byte that is not UTF-8; it does not know the line
+        check_utf8_lines(path, source)  # raises the DecodeError naming the line
+        raise
     return Batch(
         path,
         [i for p in parts for i in p.ids],
@@ -388,9 +386,12 @@ def dedup(
     staging_dir: str,
     prev_uri: str | None = None,
     parallel: ParallelConfig | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Deduplicate the documents of ``in_uri`` against themselves and the lineage ending at ``prev_uri``
     into ``out_uri`` (atomic folder); return the folder's result."""
+    inputs = [in_uri, *([prev_uri] if prev_uri else [])]
+    storage.check_output(out_uri, "dedup", inputs, overwrite)
     started = time.perf_counter()
     parallel = parallel or ParallelConfig(backend="serial")
     params = params_of(cfg)
@@ -399,7 +400,9 @@ def dedup(
         raise ValueError(f"{out_uri}: already part of the lineage it would extend")
     index = load_index(folders, params, parallel)
     src = _plain_jsonl(storage.docs_input(in_uri, staging_dir), staging_dir)
-    batch = scan(src, params, parallel)
+    batch = scan(src, params, parallel, source=input_name(in_uri))
+    if len(batch) == 0 and not prev_uri:  # with prev_uri: nothing new in this batch, the lineage goes on
+        raise EmptyInputError(f"dedup: {in_uri} holds no records: a corpus needs at least one document")
     t_scan = time.perf_counter() - started
     texts = TextSource(batch, index)
     try:
@@ -411,7 +414,9 @@ def dedup(
     def id_of(node: int) -> str:
         return batch.ids[node] if node < n else index.ids[node - n]
 
-    with storage.output_folder(out_uri, staging_dir, meta={}) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta={}, stage="dedup", inputs=inputs, overwrite=overwrite
+    ) as out:
         kept, out_offsets, by_section, near_j = [], [], Counter(), []
         with (
             open(out.path / storage.DOCS, "wb") as kept_fh,

@@ -20,6 +20,12 @@ package (filer, EDINET code, submit date, docTypeCode) goes into its manifest ro
 Output folder: ``docs.jsonl`` (this batch's records: ``id, text, source, format, doc_id, edinet_code, company,
 filing_date, section, sha256`` [+ ``meta``]), ``quarantine.jsonl`` (this batch's ``{"source","line","reason"}``),
 ``manifest.jsonl`` (cumulative, sorted by uri), ``state.json`` (``listed_through``), ``stats.json``.
+
+**Nothing to ingest is an error** (``textio.EmptyInputError``, naming the sources), never an empty corpus:
+sources that hold no input file (no sources at all, e.g. a forgotten ``--input`` with an empty
+``corpus.ingest.sources``; an empty folder or a glob matching nothing; only files of other formats), and, in a
+first batch (no ``prev_uri``), inputs that were all quarantined. An incremental run in which nothing is new (or
+every new file is quarantined) is not an error: it writes an empty batch and its manifest learns what it saw.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from finmerge.sources import (  # noqa: F401 - re-exported for callers and tests
     parse_files,
     split_sections,
 )
-from finmerge.textio import decode, html_to_text  # noqa: F401 - re-exported
+from finmerge.textio import EmptyInputError, decode, html_to_text  # noqa: F401 - re-exported
 
 log = logging.getLogger("finmerge.ingest")
 MANIFEST_ROWS = "manifest.jsonl"
@@ -101,6 +107,7 @@ class _Batch:
         self.reasons: Counter = Counter()
         self.sections: Counter = Counter()
         self.chars = 0
+        self.examples: list[dict] = []  # the first quarantine rows, for an error message
 
     def doc(self, rec: dict) -> None:
         base, n = rec["id"], 1
@@ -116,6 +123,8 @@ class _Batch:
 
     def bad(self, row: dict) -> None:
         self.quarantine.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if len(self.examples) < 3:
+            self.examples.append(row)
         self.counts["quarantined"] += 1
         self.reasons[row["reason"].split(":")[0]] += 1
 
@@ -142,6 +151,32 @@ def _printable(uri: str) -> str:
 def _shards(jobs: list[FileJob], size: int) -> Iterator[list[FileJob]]:
     for i in range(0, len(jobs), size):
         yield jobs[i : i + size]
+
+
+def _no_input(
+    sources: list[str], files: list[tuple[str, int, str]], edinet_dir: str | None
+) -> EmptyInputError:
+    """Sources that hold no input file: an error naming them, never an empty corpus."""
+    if sources:
+        what = f"no input files in sources {sources} (known formats: {', '.join(FORMATS)})"
+    else:
+        what = "no sources: give --input or set corpus.ingest.sources"
+    if files:
+        what += f"; {len(files)} file(s) of other formats skipped"
+    if edinet_dir is not None:
+        what += f"; EDINET fetched nothing into {edinet_dir}"
+    return EmptyInputError(f"ingest: {what}")
+
+
+def _all_quarantined(sources: list[str], batch: _Batch, files: int) -> EmptyInputError:
+    shown = "; ".join(
+        f"{r['source']}{'' if r['line'] is None else ' line ' + str(r['line'])}: {r['reason']}"
+        for r in batch.examples
+    )
+    return EmptyInputError(
+        f"ingest: 0 documents from sources {sources}: all {files} input file(s) quarantined "
+        f"({batch.counts['quarantined']} quarantine row(s), e.g. {shown})"
+    )
 
 
 def _fetch_edinet(cfg: EdinetConfig, download_uri: str, manifest: dict[str, dict], state: dict) -> dict:
@@ -177,8 +212,11 @@ def ingest(
     parallel: ParallelConfig | None = None,
     max_file_mb: int = 256,
     max_line_mb: int = 16,
+    overwrite: bool = False,
 ) -> dict:
     """Ingest what is new in ``sources`` (relative to ``prev_uri``'s manifest) into ``out_uri``."""
+    inputs = [*([sources] if isinstance(sources, str) else sources), *([prev_uri] if prev_uri else [])]
+    storage.check_output(out_uri, "ingest", inputs, overwrite)
     manifest, state = _previous(prev_uri, staging_dir)
     sources = list(sources)
     fetched: dict = {"by_uri": {}, "listed_through": state.get("listed_through"), "counts": {}}
@@ -221,8 +259,14 @@ def ingest(
             )
         )
     versions = {uri: (size, version) for uri, size, version in files}
+    if counts["files"] == 0:
+        raise _no_input(
+            sources, files, edinet_download_uri if edinet is not None and edinet.enabled else None
+        )
 
-    with storage.output_folder(out_uri, staging_dir, meta={}) as out:
+    with storage.output_folder(
+        out_uri, staging_dir, meta={}, stage="ingest", inputs=inputs, overwrite=overwrite
+    ) as out:
         batch = _Batch(out.path)
         try:
             for name, size, version in bad_names:
@@ -268,6 +312,8 @@ def ingest(
                     }
         finally:
             batch.close()
+        if batch.counts["docs"] == 0 and not prev_uri:  # a first batch: there would be no corpus at all
+            raise _all_quarantined(sources, batch, counts["files"])  # nothing is committed
         with open(out.path / MANIFEST_ROWS, "w", encoding="utf-8") as fh:
             for uri in sorted(manifest):
                 fh.write(json.dumps(manifest[uri], ensure_ascii=False) + "\n")

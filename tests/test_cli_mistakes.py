@@ -98,6 +98,15 @@ CASES = {
         ["tokenize", "--corpus", "corpus", "--model", "m/nope", "--out", "out/t"],
         "m/nope",
     ),
+    "clean on records without an id": (
+        ["corpus", "clean", "--input", "noid.jsonl", "--output", "out/c"],
+        "line 1",
+    ),
+    "a byte that is not UTF-8": (
+        ["corpus", "dedup", "--input", "badutf8.jsonl", "--output", "out/d"],
+        "line 2",
+    ),
+    "a forgotten --input": (["corpus", "ingest", "--output", "out/i"], "--input"),
     "pretrain on missing data": (
         ["pretrain", "--model", "m/base", "--data", "nope", "--out", "out/p"],
         "nope",
