@@ -250,7 +250,7 @@ def generalized_task_arithmetic(
             if len(deltas) == 2:
                 torch.add(deltas[0], deltas[1], out=mixed)
             else:
-                torch.stack(deltas).sum(0, out=mixed)
+                torch.sum(torch.stack(deltas), 0, out=mixed)  # Tensor.sum takes no out=
             # pos = 1 where the weighted sum is >= 0 (majority sign +), else 0
             pos = torch.sign(mixed, out=ws.get("c_pos", (c,))[:m]).add_(1).clamp_(max=1)
             divisor = tmp[:m].zero_()

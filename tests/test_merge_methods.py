@@ -4,6 +4,7 @@ against `mergekit` runs on the same tiny models, and the properties finmerge add
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mergekit  # noqa: F401  (a test dependency: the reference these tests compare with)
@@ -102,18 +103,229 @@ def test_dare_is_seeded_per_tensor_and_keeps_the_l1_norm():
     assert torch.isclose(one.abs().sum(), d.abs().sum(), rtol=1e-5)
 
 
+# -- dare below density 1, dare_linear and λ, against mergekit 0.1.5 ---------------------------------------
+# Random masks differ between implementations, so dare is compared by its properties (kept share, rescale,
+# sign consensus) and, with our masks handed to mergekit in place of its draws, value for value.
+DARE_SHAPES = ((600, 1000), (48, 64), (64,))  # several CHUNKs, one chunk, a norm vector
+SIGMAS = 5.0
+MK_ULPS = 16.0  # mergekit sums |τ| in float32 for its L1 rescale: a few ulps off the exact factor
+
+
+def _ulp(x: torch.Tensor) -> torch.Tensor:
+    """The float32 spacing at |x| (x nonzero; any float dtype, the result in x's dtype)."""
+    return torch.ldexp(torch.ones_like(x), torch.frexp(x).exponent - 24)
+
+
+def _check_dare_drop(
+    tau: torch.Tensor, kept: torch.Tensor, density: float, who: str, max_ulps: float = 1.0
+) -> torch.Tensor:
+    """``kept`` is a dare drop of task vector ``tau`` (no zero entries) at ``density``, as mergekit 0.1.5
+    defines it; returns the keep mask (the non-zero entries).
+
+    (a) the kept share is the density within SIGMAS binomial standard deviations (plus our 2⁻¹⁶ density
+    resolution); (b) every kept entry is fp32(τ·s) or its fp32 neighbour (1 ulp), s = ‖τ‖₁/‖kept τ‖₁
+    (mergekit 0.1.5's ``RescaleNorm.l1``: the L1 norm is restored, which is 1/density in expectation, not
+    exactly), every other entry is 0; and 1/s, the L1 share kept, is the density within SIGMAS standard
+    deviations. ``max_ulps``: more for mergekit, whose float32 L1 sums are a few ulps off."""
+    t, k = tau.reshape(-1).double(), kept.reshape(-1).double()
+    assert kept.dtype == torch.float32 and bool((t != 0).all())
+    n, mask = t.numel(), k != 0
+    share = float(mask.double().mean())
+    tol = SIGMAS * math.sqrt(density * (1 - density) / n) + 2**-16
+    assert abs(share - density) <= tol, (who, n, share, density, tol)
+    l1, l2 = float(t.abs().sum()), float(t.square().sum())
+    kept_l1 = float((t.abs() * mask).sum())
+    l1_tol = SIGMAS * math.sqrt(density * (1 - density) * l2) / l1 + 2**-16
+    assert abs(kept_l1 / l1 - density) <= l1_tol, (who, n, kept_l1 / l1, density, l1_tol)
+    want = (tau.reshape(-1)[mask.view(-1)].double() * (l1 / kept_l1)).float()  # τ·s correctly rounded
+    got = kept.reshape(-1)[mask.view(-1)]
+    ulps = (got - want).abs() / _ulp(torch.minimum(got.abs(), want.abs()))
+    assert float(ulps.max()) <= max_ulps, (who, n, float(ulps.max()))
+    return mask.view(kept.shape)
+
+
+def _mergekit_merge(
+    method: str, base, tuned, weights, densities, masks=None, monkeypatch=None, **shared
+) -> torch.Tensor:
+    """mergekit 0.1.5's own merge of one tensor (its ``GeneralizedTaskArithmeticMerge``); with ``masks``, its
+    ``torch.bernoulli`` draws are replaced by these, in model order (each call checked to ask for the
+    model's density)."""
+    from mergekit.merge_methods import registry
+    from mergekit.merge_methods.base import TensorGroup
+
+    ids = [f"m{i}" for i in range(len(tuned))]
+    if masks is not None:
+        queue = list(zip(masks, densities, strict=True))
+
+        def drawn(p: torch.Tensor) -> torch.Tensor:
+            mask, density = queue.pop(0)
+            assert p.shape == mask.shape and bool((p == torch.tensor(density, dtype=p.dtype)).all())
+            return mask.to(p.dtype)
+
+        monkeypatch.setattr(torch, "bernoulli", drawn)
+    torch.manual_seed(0)
+    group = TensorGroup.from_tensors([base, *tuned], ids=["base", *ids], base_index=0)
+    params = {
+        "weight": dict(zip(ids, weights, strict=True)),
+        "density": dict(zip(ids, densities, strict=True)),
+    }
+    (out,) = registry.get(method)([group], parameters={**params, **shared}, dtype=torch.float32)
+    if masks is not None:
+        assert not queue  # every mask was drawn: no density-1 shortcut or skipped model
+        monkeypatch.undo()
+    return out
+
+
+def _ours(method: str, base, tuned, weights, densities, seeds, lambda_scale=1.0, normalize=None):
+    sparsification, consensus, default_normalize, rescale = mm.METHODS[method]
+    return mm.generalized_task_arithmetic(
+        base, tuned, [mm.VectorSpec(w, d) for w, d in zip(weights, densities, strict=True)],
+        sparsification=sparsification, consensus=consensus, rescale=rescale,
+        normalize=default_normalize if normalize is None else normalize,
+        lambda_scale=lambda_scale, seeds=seeds,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("density", [0.3, 0.7])
+def test_dare_drop_keeps_the_density_share_and_rescales_like_mergekit(density):
+    """(a) + (b) on the merge's own path (one task vector, zero base: the output is the dropped vector), for
+    finmerge and, as the reference that the criteria fit, mergekit's ``bernoulli``; with finmerge's mask,
+    mergekit's L1 rescale gives the same values."""
+    from mergekit.sparsify import RescaleNorm, bernoulli, rescaled_masked_tensor
+
+    g = torch.Generator().manual_seed(10)
+    for shape in DARE_SHAPES:
+        tau = torch.randn(shape, generator=g)
+        zero = torch.zeros(shape)
+        seed = mm.tensor_seed(7, f"t{len(shape)}", "instruct")
+        for method in ("dare_ties", "dare_linear"):
+            ours = _ours(method, zero, [tau], [1.0], [density], [seed])
+            mask = _check_dare_drop(tau, ours, density, f"finmerge {method} {shape}")
+            assert torch.equal(ours, mm.sparsify(tau, density, "random", True, seed))
+        torch.manual_seed(0)
+        _check_dare_drop(tau, bernoulli(tau, density, RescaleNorm.l1), density, f"mergekit {shape}", MK_ULPS)
+        ref = rescaled_masked_tensor(tau, mask.float(), RescaleNorm.l1)  # finmerge's mask, mergekit's rescale
+        assert torch.equal(ref != 0, mask)
+        assert float(((ours - ref).abs() / _ulp(ref.abs().clamp_min(1e-30))).max()) <= MK_ULPS
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+def test_dare_below_density_1_elects_signs_like_ties(method):
+    """(c): with zero base the merge is Σ of the kept weighted deltas that agree with the elected sign (that
+    of their sum, + on 0): both kept and agreeing → the sum; disagreeing → only the larger one (the other is
+    excluded), one kept → it; none → 0. dare_linear keeps the sum everywhere. The two models' masks are
+    drawn independently (overlap ≈ d₁·d₂), as mergekit draws them."""
+    g = torch.Generator().manual_seed(11)
+    shape, densities, weights = (600, 1000), (0.3, 0.7), (1.0, 0.6)
+    a, b = (torch.randn(shape, generator=g) for _ in range(2))
+    seeds = [mm.tensor_seed(3, "w", r) for r in ("instruct", "domain")]
+    out = _ours(method, torch.zeros(shape), [a, b], weights, densities, seeds)
+    da, db = (
+        mm.sparsify(x, d, "random", True, s).mul_(w)
+        for x, d, s, w in zip((a, b), densities, seeds, weights, strict=True)
+    )
+    ka, kb = da != 0, db != 0
+    overlap, p = float((ka & kb).double().mean()), densities[0] * densities[1]
+    assert abs(overlap - p) <= SIGMAS * math.sqrt(p * (1 - p) / ka.numel()) + 2**-15
+    total = da + db
+    if method == "dare_linear":
+        assert torch.equal(out, total)
+        return
+    elected = torch.where(total >= 0, 1.0, -1.0)
+    assert bool((out.sign() * elected >= 0).all())  # never against the elected sign
+    agree = ka & kb & (da.sign() == db.sign())
+    disagree = ka & kb & (da.sign() != db.sign())
+    assert float(disagree.double().mean()) > 0.05  # the consensus has work to do
+    assert torch.equal(out[agree], total[agree])
+    winner = torch.where(da.abs() > db.abs(), da, db)
+    assert torch.equal(out[disagree], winner[disagree])
+    assert bool((out[disagree].sign() == elected[disagree]).all())
+    assert torch.equal(out[ka & ~kb], da[ka & ~kb]) and torch.equal(out[kb & ~ka], db[kb & ~ka])
+    assert bool((out[~ka & ~kb] == 0).all())
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, scale: float) -> None:
+    """fp32 agreement: the rescale factors (fp64 vs fp32 L1 sums) may differ by an ulp or two, so allow a
+    few ulps of the delta's size (``scale``) plus one of the result."""
+    tol = 4 * torch.finfo(torch.float32).eps * scale + _ulp(want.abs().clamp_min(1e-30))
+    assert bool(((got - want).abs() <= tol).all()), float((got - want).abs().max())
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+@pytest.mark.parametrize("shared", [{}, {"lambda": 0.6, "normalize": True}], ids=["defaults", "lambda_norm"])
+def test_dare_below_density_1_equals_mergekit_with_the_same_masks(method, shared, monkeypatch):
+    """(d): finmerge's masks (the non-zero entries of each dropped vector) handed to mergekit in place of its
+    draws: the merged tensor is mergekit's to fp32 tolerance, at densities 0.3 / 0.7 and different weights."""
+    g = torch.Generator().manual_seed(12)
+    for shape in DARE_SHAPES:
+        base, a, b = (torch.randn(shape, generator=g) for _ in range(3))
+        a, b = base + 0.02 * a, base + 0.02 * b  # deltas small against the base, as in a fine-tune
+        densities, weights = (0.3, 0.7), (1.0, 0.6)
+        seeds = [mm.tensor_seed(5, "w", r) for r in ("instruct", "domain")]
+        masks = [
+            (mm.sparsify(x - base, d, "random", True, s) != 0).float()
+            for x, d, s in zip((a, b), densities, seeds, strict=True)
+        ]
+        ref = _mergekit_merge(method, base, [a, b], weights, densities, masks, monkeypatch, **shared)
+        got = _ours(method, base, [a, b], weights, densities, seeds,
+                    lambda_scale=shared.get("lambda", 1.0), normalize=shared.get("normalize"))  # fmt: skip
+        _close(got, ref, scale=float((a - base).abs().max() + (b - base).abs().max()) / 0.3)
+        assert not torch.equal(got, base)
+
+
+@pytest.mark.parametrize(
+    "method,density", [("ties", 1.0), ("ties", 0.5), ("dare_ties", 1.0), ("dare_linear", 1.0)]
+)
+@pytest.mark.parametrize("lam", [0.5, 1.7])
+def test_lambda_scale_is_mergekits_lambda(method, density, lam):
+    """(e): λ (``lambda_scale``, mergekit's ``lambda``) multiplies the merged delta after the normalisation:
+    the same tensor as mergekit's at λ, and with zero base exactly λ times the λ=1 merge (as in mergekit)."""
+    g = torch.Generator().manual_seed(13)
+    base, a, b = (torch.randn(64, 48, generator=g) for _ in range(3))
+    weights, densities, seeds = (1.0, 0.6), (density, density), [1, 2]
+    got = _ours(method, base, [a, b], weights, densities, seeds, lambda_scale=lam)
+    ref = _mergekit_merge(method, base, [a, b], weights, densities, **{"lambda": lam})
+    _close(got, ref, scale=float((a - base).abs().max() + (b - base).abs().max()))
+    zero = torch.zeros_like(base)
+    one = _ours(method, zero, [a, b], weights, densities, seeds)
+    scaled = _ours(method, zero, [a, b], weights, densities, seeds, lambda_scale=lam)
+    assert torch.equal(scaled, one * lam) and not torch.equal(scaled, one)
+    mk_one = _mergekit_merge(method, zero, [a, b], weights, densities)
+    assert torch.equal(
+        _mergekit_merge(method, zero, [a, b], weights, densities, **{"lambda": lam}), mk_one * lam
+    )
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_a_zero_weighted_sum_elects_plus_like_mergekit(method):
+    """The sign election on exact cancellation (w₁·τ₁ = −w₂·τ₂): mergekit elects + (sum ≥ 0), so only the
+    positive entries are kept; continuous random data never hits this case."""
+    tau = torch.randn(64, 48, generator=torch.Generator().manual_seed(14))
+    zero = torch.zeros_like(tau)  # τ₁ = τ, τ₂ = −2τ, weights 1 and 0.5: the weighted deltas cancel exactly
+    got = _ours(method, zero, [tau, -2 * tau], (1.0, 0.5), (1.0, 1.0), [1, 2])
+    ref = _mergekit_merge(method, zero, [tau, -2 * tau], (1.0, 0.5), (1.0, 1.0))
+    divisor = torch.where(tau > 0, 1.0, 0.5) if method == "ties" else 1.0  # ties: ÷ the agreeing weight
+    assert torch.equal(ref, tau.abs() / divisor)  # the + one of τ and −τ kept
+    assert torch.equal(got, ref)
+
+
 # -- whole merges against mergekit ------------------------------------------------------------------------
 CASES = {
     "task_arithmetic": {"parameters": {}, "models": [{"weight": 1.0}, {"weight": 0.8}]},
     "ties": {"parameters": {"normalize": True}, "models": [{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}]},
     "dare_ties": {"parameters": {}, "models": [{"weight": 1.0, "density": 1.0}, {"weight": 0.5, "density": 1.0}]},
     "linear": {"parameters": {}, "models": [{"weight": 0.3}, {"weight": 0.7}]},
+    # λ (mergekit's `lambda`, finmerge's lambda_scale) through the mergekit YAML and the CLI; dare at density 1
+    "ties_lambda": {"method": "ties", "parameters": {"lambda": 1.5}, "models": [{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}]},
+    "dare_ties_lambda": {"method": "dare_ties", "parameters": {"lambda": 0.6, "normalize": True}, "models": [{"weight": 1.0, "density": 1.0}, {"weight": 0.5, "density": 1.0}]},
+    "dare_linear": {"parameters": {"lambda": 0.7}, "models": [{"weight": 1.0, "density": 1.0}, {"weight": 0.5, "density": 1.0}]},
     "slerp": {"parameters": {"t": [{"filter": "self_attn", "value": 0.2}, {"value": 0.6}]}, "models": [{}]},
 }  # fmt: skip
 
 
-def _mergekit_yaml(method: str, tri: dict, dtype: str) -> dict:
-    case = CASES[method]
+def _mergekit_yaml(case_name: str, tri: dict, dtype: str) -> dict:
+    case = CASES[case_name]
+    method = case.get("method", case_name)
     others = [tri["domain"]] if method == "slerp" else [tri["instruct"], tri["domain"]]
     models = [
         {"model": m, "parameters": p} if p else {"model": m}
@@ -129,12 +341,12 @@ def _mergekit_yaml(method: str, tri: dict, dtype: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", list(CASES))
-def test_same_tensors_as_mergekit(method, fp32, tmp_path):
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_tensors_as_mergekit(case, fp32, tmp_path):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    doc = _mergekit_yaml(method, fp32, "bfloat16")
+    doc = _mergekit_yaml(case, fp32, "bfloat16")
     (tmp_path / "mk.yaml").write_text(yaml.safe_dump(doc))
     run_merge(MergeConfiguration.model_validate(doc), str(tmp_path / "mk"), MergeOptions(random_seed=0))
     assert main(["merge", "--config", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "ours"),
@@ -199,6 +411,31 @@ def test_ties_dare_and_rules_in_a_streamed_merge(fp32, tmp_path):
     c = merge_models(fp32["base"], fp32["instruct"], fp32["domain"], str(tmp_path / "c"),
                      cfg.model_copy(update={"seed": 4}), st)  # fmt: skip
     assert not torch.equal(_weights(c["uri"])["lm_head.weight"], wa["lm_head.weight"])
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+def test_streamed_dare_merge_below_density_1_equals_mergekit_with_the_same_masks(
+    method, fp32, tmp_path, monkeypatch
+):
+    """A whole streamed merge at densities 0.3 / 0.7: every tensor's drops pass (a) + (b) (masks re-drawn
+    from ``tensor_seed(seed, name, role)``, so the config's per-model densities and seed reach each tensor),
+    and mergekit given those masks, the weights and λ merges every tensor to the same values (d)."""
+    cfg = MergeConfig(method=method, alpha=1.0, beta=0.6, density_instruct=0.3, density_domain=0.7,
+                      lambda_scale=0.8, seed=5, dtype="float32")  # fmt: skip
+    merge_models(
+        fp32["base"], fp32["instruct"], fp32["domain"], str(tmp_path / "out"), cfg, str(tmp_path / "st")
+    )
+    got = _weights(tmp_path / "out")
+    base, inst, dom = (_weights(fp32[r]) for r in ("base", "instruct", "domain"))
+    assert got.keys() == base.keys()
+    for name, merged in got.items():
+        b, xs, masks = base[name], [inst[name], dom[name]], []
+        for x, role, density in zip(xs, ("instruct", "domain"), (0.3, 0.7), strict=True):
+            kept = mm.sparsify(x - b, density, "random", True, mm.tensor_seed(5, name, role))
+            masks.append(_check_dare_drop(x - b, kept, density, f"{name} {role}").float())
+        ref = _mergekit_merge(method, b, xs, (1.0, 0.6), (0.3, 0.7), masks, monkeypatch, **{"lambda": 0.8})
+        _close(merged, ref, scale=float((xs[0] - b).abs().max() + (xs[1] - b).abs().max()) / 0.3)
+        assert not torch.equal(merged, b), name
 
 
 def test_merge_from_and_to_s3_equals_the_local_merge(fp32, tmp_path, s3_bucket):
