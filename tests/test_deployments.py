@@ -15,9 +15,12 @@ import pytest
 
 from finmerge import stack, tracking
 from finmerge.config import PipelineConfig, TrackingConfig
+from finmerge.demo.edinet import write_fixture_filings
 from finmerge.stack import stop
 from tasks.registry import register_model
 from tests.helpers import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # deployment name -> flow name suffix (finmerge-<flow>/<deployment>)
 DEPLOYMENTS = {
@@ -45,6 +48,8 @@ def prefect_server(tmp_path):
 
 
 @pytest.mark.slow
+# generous: the event-triggered retrain runs the whole (test-sized) pipeline, on a machine that may be busy
+@pytest.mark.timeout(1800)
 def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -74,10 +79,27 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
 
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "serve-home")}
     exe = str(Path(sys.executable).parent / "finmerge")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    # The served deployments' default config (what a triggered run gets): the test-sized pipeline, new filings
+    # ingested from `landing`, everything written under tmp_path, a model line of its own.
+    line = ["--set", "registry.merged_name=fm-event-merged"]
+    store = ["--set", f"storage.uri={tmp_path / 'store'}"]
+    serve_cfg = ["--config", str(ROOT / "configs" / "test.yaml"), *line, *store]
+    for kv in (
+        f"storage.staging_dir={tmp_path / 'staging'}",
+        f"tracking.uri={tcfg.uri}",
+        f"tracking.artifact_location={tcfg.artifact_location}",
+        f"corpus.ingest.sources=['{landing}']",
+        "registry.cpt_name=fm-event-cpt",
+        "retrain.watch_cron='0 0 1 1 *'",  # the served watcher stays out of the way; the test runs its own
+    ):
+        serve_cfg += ["--set", kv]
+    triggered = None
     serve = subprocess.Popen(
-        [exe, "serve", "--set", f"tracking.uri={tcfg.uri}"],
+        [exe, "serve", *serve_cfg],
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
         stdout=open(tmp_path / "serve.log", "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -124,12 +146,9 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
             assert found["retrain"].parameters["trigger"] == "schedule"
 
             # new objects under the watched prefix → the watcher's event → the trigger starts retrain-on-event
-            landing = tmp_path / "landing"
-            landing.mkdir()
-            (landing / "S100ZZZ1.zip").write_bytes(b"a new filing")
+            write_fixture_filings(str(landing), 0, 1)  # one real EDINET package
             # the watcher runs as its own process (`finmerge watch`), as the watch-filings deployment would
-            watch = [exe, "watch", "--set", f"storage.uri={tmp_path / 'store'}"]
-            watch += ["--set", f"retrain.watch_uris=['{landing}']"]
+            watch = [exe, "watch", *store, *line, "--set", f"retrain.watch_uris=['{landing}']"]
 
             def run_watch() -> dict:
                 done = subprocess.run(watch, env=env, capture_output=True, text=True, timeout=300)
@@ -141,10 +160,30 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
             triggered = anyio.run(_wait_for_run, found["retrain-on-event"].id, 120)
             assert triggered is not None, (tmp_path / "serve.log").read_text()[-3000:]
             assert triggered.parameters["trigger"] == "event" and "config" in triggered.parameters
-            anyio.run(_cancel, triggered.id)  # the retrain itself is shown in tests/test_retrain.py
+            # ... and the served process runs it to the end: a new line retrains at once (no threshold)
+            final = anyio.run(_wait_until_final, triggered.id, 1200)
+            assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-5000:])
+            report = anyio.run(_artifact_markdown, triggered.id, "finmerge-retrain")
+            assert report.startswith("# finmerge retrain of fm-event-merged: retrained\n"), report
+            assert "- trigger: event\n" in report and "- merged: `fm-event-merged` v1;" in report, report
     finally:
+        if triggered is not None:  # a failed assertion leaves no flow process running
+            with temporary_settings({PREFECT_API_URL: prefect_server}):
+                if not anyio.run(_is_final, triggered.id):
+                    anyio.run(_cancel, triggered.id)
         stop(serve)
+    # the triggered run's effects in MLflow: its retrain run, finished, tagged with the event trigger, and
+    # version 1 of the new line registered (cpt and merged, with lineage) and bootstrapped champion
     client = tracking.client(uri)
+    (rt,) = client.search_runs(
+        [exp], "tags.`finmerge.stage` = 'retrain' and tags.`finmerge.trigger` = 'event'"
+    )
+    assert rt.info.status == "FINISHED" and rt.data.tags["finmerge.retrain.decision"] == "retrain"
+    assert rt.data.metrics["new_docs"] > 0 and rt.data.metrics["new_tokens"] > 0
+    merged = client.get_model_version("fm-event-merged", "1")
+    assert str(client.get_registered_model("fm-event-merged").aliases["champion"]) == "1"
+    cpt = client.get_model_version("fm-event-cpt", "1")
+    assert merged.tags["finmerge.parent.cpt"] == "fm-event-cpt/1" and cpt.tags["finmerge.corpus_digest"]
     aliases = client.get_registered_model("fm-deploy").aliases
     assert str(aliases["champion"]) == "2" and str(aliases["previous"]) == "1"
     assert client.get_model_version("fm-deploy", "2").tags["finmerge.promotion.decision"] == "promoted"
@@ -166,6 +205,41 @@ async def _wait_for_run(deployment_id, timeout: float):
                 return runs[0]
             await anyio.sleep(1)
     return None
+
+
+async def _wait_until_final(flow_run_id, timeout: float):
+    """The flow run once its state is final (COMPLETED, FAILED, CRASHED, CANCELLED), or as it is at the end."""
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state.is_final() or time.monotonic() > deadline:
+                return run
+            await anyio.sleep(2)
+
+
+async def _is_final(flow_run_id) -> bool:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return (await client.read_flow_run(flow_run_id)).state.is_final()
+
+
+async def _artifact_markdown(flow_run_id, key: str) -> str:
+    """The markdown artifact ``key`` that the flow run created (Prefect API, as the UI shows it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    async with get_client() as client:
+        (art,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])
+            )
+        )
+        return art.data
 
 
 async def _cancel(flow_run_id, timeout: float = 60) -> None:

@@ -191,6 +191,7 @@ def test_html_paragraphs_come_back_exactly(lines):
     )
 
 
+@pytest.mark.timeout(30)  # ~0.15 s each; the quadratic versions took minutes to hours
 @pytest.mark.parametrize(
     "markup",
     ["<a" * 250_000, "</" * 250_000, "<?" * 250_000, "<![CDATA[" * 60_000, "<p>x</p>" + "<b" * 250_000],
@@ -201,6 +202,7 @@ def test_unterminated_markup_is_read_as_text_in_linear_time(markup):
     assert "".join(text.split()).endswith(markup[-20:].replace(" ", ""))
 
 
+@pytest.mark.timeout(30)  # ~0.15 s each; the quadratic versions took minutes to hours
 @pytest.mark.parametrize(
     "line",
     [" " * 500_000 + "x", "\u3000" * 500_000 + "【", "\t" * 300_000 + "第1" + " " * 300_000 + "x"],

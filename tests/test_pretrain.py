@@ -266,6 +266,16 @@ def _cli(tmp_path: Path, *args: str) -> list[str]:
             "--set", f"storage.uri={tmp_path / 'store'}"]  # fmt: skip
 
 
+def _killed_and_resumed(history, resumed_from: int) -> tuple[list, list]:
+    """A metric's MLflow rows split into those logged by a killed attempt and those of the attempt that resumed
+    from checkpoint ``resumed_from``, by the order they were logged in: the resumed attempt goes back to its
+    checkpoint's step (if the killed one logged nothing past that checkpoint, the steps just go on)."""
+    rows = sorted(history, key=lambda m: (m.timestamp, m.step))
+    back = [i for i in range(1, len(rows)) if rows[i].step <= rows[i - 1].step]
+    cut = back[0] if back else next(i for i, m in enumerate(rows) if m.step >= resumed_from)
+    return rows[:cut], rows[cut:]
+
+
 def _wait_for(predicate, proc, timeout: float = 120.0) -> None:
     t0 = time.monotonic()
     while not predicate():
@@ -279,7 +289,8 @@ def test_sigkill_then_rerun_resumes_bitwise_and_reattaches_to_the_mlflow_run(
     base, tmp_path, mlflow_server, s3_bucket
 ):
     """The CLI job writing to S3 is SIGKILLed part-way; the same command resumes from the latest complete
-    checkpoint, logs into the same MLflow run, and ends with weights bitwise equal to an uninterrupted run."""
+    checkpoint, logs into the same MLflow run, and ends with weights bitwise equal to an uninterrupted run;
+    every logged loss, lr and grad-norm value is the uninterrupted run's value at that step."""
     corpus = write_corpus(tmp_path / "corpus", TEXTS * 4)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(ROOT)}
     common = [
@@ -300,32 +311,65 @@ def test_sigkill_then_rerun_resumes_bitwise_and_reattaches_to_the_mlflow_run(
 
     out = f"s3://{s3_bucket}/cpt"
     ckpts = CheckpointStore(checkpoint_root(out), str(tmp_path / "st"))
+    client = tracking.client(mlflow_server)
+
+    def runs_of(output: str) -> list:
+        return client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`finmerge.output` = '{storage.normalize(output)}'",
+        )
+
+    def logged(key: str) -> list:
+        runs = runs_of(out)
+        return client.get_metric_history(runs[0].info.run_id, key) if runs else []
+
+    def past_a_checkpoint() -> bool:
+        """Checkpoint 12 or later is complete and the job has logged a step after its newest checkpoint."""
+        latest = ckpts.latest() or 0
+        return latest >= 12 and max((m.step for m in logged("loss")), default=-1) >= latest
+
     proc = subprocess.Popen(cmd(out), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: (ckpts.latest() or 0) >= 12, proc)
+        _wait_for(past_a_checkpoint, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert storage.read_manifest(out) is None  # nothing half-written at the output
     killed_at = ckpts.latest()
+    keys = ("loss", "lr", "grad_norm")
+    before = {key: logged(key) for key in keys}  # what the killed attempt logged
+    last = max(m.step for m in before["loss"])
 
     again = subprocess.run(cmd(out, "--register"), env=env, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["resumed_from"] == killed_at >= 12
+
+    [run], [ref_run] = runs_of(out), runs_of(str(tmp_path / "ref"))
+    assert run.info.status == "FINISHED"  # the killed attempt's run, re-attached and finished
+    for key in keys:
+        want = client.get_metric_history(ref_run.info.run_id, key)
+        assert sorted(m.step for m in want) == list(range(40))  # the uninterrupted run: each step once
+        ref = {m.step: m.value for m in want}
+        rows = client.get_metric_history(run.info.run_id, key)
+        first = [(m.step, m.value, m.timestamp) for m in before[key]]
+        assert sorted(s for s, _, _ in first) == list(range(last + 1))  # killed attempt: each step once
+        resumed = [
+            (m.step, m.value, m.timestamp) for m in rows if (m.step, m.value, m.timestamp) not in first
+        ]
+        assert sorted(s for s, _, _ in resumed) == list(range(killed_at, 40))  # resumed: from its checkpoint
+        assert sorted(first + resumed) == sorted((m.step, m.value, m.timestamp) for m in rows)
+        # Every step is in the run, and every value logged, before the kill or after it, is the uninterrupted
+        # run's value at that step. The steps the killed attempt logged after its newest checkpoint are
+        # logged again by the resumed one: MLflow keeps one row per (key, timestamp, step, value), so they
+        # are in the run twice (same value, later timestamp), not once.
+        assert sorted(m.step for m in rows) == sorted([*range(40), *range(killed_at, last + 1)]), key
+        assert [(m.step, m.value) for m in rows] == [(m.step, ref[m.step]) for m in rows], key
+
     want = load_file(Path(tmp_path / "ref" / "model.safetensors"))
     got = load_file(storage.stage_folder(out, str(tmp_path / "st2")) / "model.safetensors")
     assert not _same_weights(got, want)
     assert set(summary["checkpoints"]) >= {"8", "36"}  # marked step kept beside the newest
-
-    client = tracking.client(mlflow_server)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`finmerge.output` = '{storage.normalize(out)}'",
-    )
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
-    assert set(steps) == set(range(40))  # nothing lost across the kill; re-run steps logged again
 
     versions = {v.version: v for v in client.search_model_versions("name = 'cpt-sigkill'")}
     assert len(versions) == 2  # the final model and the marked checkpoint at step 8
@@ -363,7 +407,8 @@ def test_flow_retry_resumes_a_killed_training_job_in_the_same_mlflow_run(
     base, tokens, tmp_path, prefect_harness
 ):
     """A worker of the launched (torchrun) job is SIGKILLed; the job fails, Prefect retries the task, the
-    retry resumes from the latest checkpoint and logs into the same MLflow run."""
+    retry resumes from the latest checkpoint and logs into the same MLflow run, every loss value equal to an
+    uninterrupted run's."""
     import threading
 
     import psutil
@@ -409,6 +454,19 @@ def test_flow_retry_resumes_a_killed_training_job_in_the_same_mlflow_run(
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`finmerge.stage` = 'pretrain'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}
-    assert steps == set(range(60))
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    killed, resumed = _killed_and_resumed(history, res["resumed_from"])
+    assert [m.step for m in killed] == list(range(len(killed)))  # from step 0, each once, in order
+    assert [m.step for m in resumed] == list(range(res["resumed_from"], 60))  # from its checkpoint on
+    assert len(killed) >= res["resumed_from"]  # nothing lost in between
+    # The steps the killed attempt logged after its newest checkpoint are logged again by the retry: MLflow
+    # keeps one row per (key, timestamp, step, value), so they are in the run twice, with the same value.
+    again = list(range(res["resumed_from"], len(killed)))
+    assert sorted(m.step for m in history) == sorted([*range(60), *again])
+    # Every value logged, before the kill or after it, is an uninterrupted run's loss at that step.
+    train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})  # as the flow trains
+    ref = pretrain(str(base), tokens["uri"], str(tmp_path / "ref"), train_cfg, str(tmp_path / "st"))
+    want = {h["step"]: h["loss"] for h in json.loads((Path(ref["uri"]) / "history.json").read_text())}
+    assert sorted(want) == list(range(60))
+    assert [(m.step, m.value) for m in history] == [(m.step, want[m.step]) for m in history]
     assert res["registered"][0]["name"] == "cpt-retry"

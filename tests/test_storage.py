@@ -1,4 +1,7 @@
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -65,21 +68,81 @@ def test_json_errors_name_the_file(tmp_path):
     assert json.loads((tmp_path / "ok.json").read_text()) == {"a": 1}
 
 
+def _identity(path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _stage_and_keep_reading(uri, staging, endpoint, expected, callers, start, returned, report):
+    """One caller (a separate process, as a rank of a training job is): stage ``uri``, then read and verify
+    every file of the returned copy, pass after pass, until every other caller has returned too (and once
+    more after that). Anything missing, changed, or deleted and put back (another inode) is recorded."""
+    storage.configure(endpoint)
+    assert storage.read_manifest(uri) is not None  # the S3 client is made (slow) before the start line
+    start.wait(120)  # all callers begin staging together
+    path = storage.stage_folder(uri, staging)
+    seen = {rel: _identity(path / rel) for rel in expected}  # the copy this caller was given
+    with returned.get_lock():
+        returned.value += 1
+    problems: list[str] = []
+    passes_while_others_staged = 0
+    while True:
+        others_done = returned.value >= callers  # read before the pass: did it overlap anyone's staging?
+        for rel, sha in expected.items():
+            try:
+                with open(path / rel, "rb") as fh:
+                    got = hashlib.sha256(fh.read()).hexdigest()
+            except FileNotFoundError:
+                problems.append(f"{rel}: missing")
+                continue
+            if got != sha:
+                problems.append(f"{rel}: sha256 {got[:12]} != {sha[:12]}")
+            if _identity(path / rel) != seen[rel]:
+                problems.append(f"{rel}: deleted and replaced by another copy")
+        if others_done:
+            break
+        passes_while_others_staged += 1
+    Path(report).write_text(json.dumps({"path": str(path), "problems": problems[:50],
+                                        "overlapping_passes": passes_while_others_staged}))  # fmt: skip
+
+
 def test_concurrent_staging_of_one_folder_gives_every_caller_a_complete_copy(s3_bucket, tmp_path):
-    """The ranks of a training job stage the same S3 inputs at once; none may see a half-moved folder."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The ranks of a training job stage the same S3 inputs at once. Each caller (its own process) keeps
+    verifying the copy it was given while the others are still staging: no file may go missing, change,
+    or be deleted and replaced under it, and all end with the same single copy."""
+    import multiprocessing
 
     uri = f"s3://{s3_bucket}/inputs/tokens"
     with storage.output_folder(uri, str(tmp_path / "w")) as out:
-        for i in range(8):
-            (out.path / f"shard-{i}.npy").write_bytes(bytes([i]) * 200_000)
-    staging = str(tmp_path / "staging")
-    with ThreadPoolExecutor(4) as pool:
-        folders = list(pool.map(lambda _: storage.stage_folder(uri, staging), range(8)))
-    assert len(set(folders)) == 1
-    for i in range(8):
-        assert (folders[0] / f"shard-{i}.npy").read_bytes() == bytes([i]) * 200_000
-    assert not [p for p in folders[0].parent.iterdir() if p.name.startswith(".partial-")]
+        for i in range(12):
+            (out.path / f"shard-{i}.npy").write_bytes(os.urandom(256 * 1024))
+    expected = {rel: info["sha256"] for rel, info in storage.read_manifest(uri)["files"].items()}
+    staging, callers = str(tmp_path / "staging"), 6
+    spawn = multiprocessing.get_context("spawn")
+    start, returned = spawn.Barrier(callers), spawn.Value("i", 0)
+    reports = [tmp_path / f"caller-{i}.json" for i in range(callers)]
+    procs = [
+        spawn.Process(
+            target=_stage_and_keep_reading,
+            args=(uri, staging, storage.endpoint_url(), expected, callers, start, returned, str(report)),
+        )
+        for report in reports
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0] * callers
+    results = [json.loads(r.read_text()) for r in reports]
+    assert [r["problems"] for r in results] == [[]] * callers
+    # the windows overlapped: some caller verified its copy while another was still staging
+    assert max(r["overlapping_passes"] for r in results) > 0
+    [path] = {r["path"] for r in results}
+    assert {p.name for p in Path(path).iterdir()} == {*expected, storage.MANIFEST}
+    assert not [p for p in Path(path).parent.iterdir() if p.name.startswith(".partial-")]
 
 
 def test_retry_budget_comes_from_the_config_and_reaches_stage_processes(tmp_path):
