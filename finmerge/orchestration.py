@@ -97,8 +97,8 @@ def retry_when(errors: tuple[type[BaseException], ...]):
             state.result()
         except storage.NoSpaceError:
             return False  # a full disk does not empty itself: fail now, with the message that says so
-        except errors:
-            return True
+        except errors as exc:
+            return not storage.disk_full(exc)  # a bare ENOSPC raised outside output_folder too
         except BaseException:
             return False
         return False

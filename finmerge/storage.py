@@ -308,7 +308,7 @@ def _mark_incomplete(uri: str) -> None:
         fs.rm_file(f"{root}/{MANIFEST}")
 
 
-def _disk_full(exc: BaseException | None) -> bool:
+def disk_full(exc: BaseException | None) -> bool:
     """ENOSPC anywhere in the chain; safetensors reports it as a plain message ("os error 28")."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -379,7 +379,7 @@ def output_folder(
         check_output(uri, stage, inputs, overwrite)  # something may have appeared there meanwhile
         pending.manifest = _commit(tmp, uri, pending, stage)
     except Exception as exc:
-        if _disk_full(exc) and not isinstance(exc, NoSpaceError):
+        if disk_full(exc) and not isinstance(exc, NoSpaceError):
             raise _no_space(tmp, uri, exc) from exc
         raise
     finally:
@@ -481,16 +481,18 @@ def _restore_remote(fs, root: str, backup: str, existing: list[str], added: list
 
 def _publish_staged(tmp: Path, dest: Path) -> None:
     """Move a verified download into place. Several processes (the ranks of one training job) may stage
-    the same folder at once: whoever finishes second keeps the first copy and drops its own."""
-    if (dest / MANIFEST).exists():
-        return
-    if dest.exists():
-        shutil.rmtree(dest, ignore_errors=True)  # a stale copy without its manifest
-    try:
+    the same folder at once: whoever finishes second keeps the first copy and drops its own. The check,
+    the removal of a stale copy and the rename happen under one file lock, so no caller can delete a
+    complete copy another has just published and is reading."""
+    import fcntl
+
+    with open(dest.parent / f".{dest.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / MANIFEST).exists():
+            return
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)  # a stale copy without its manifest
         os.replace(tmp, dest)
-    except OSError:
-        if not (dest / MANIFEST).exists():
-            raise
 
 
 def stage_folder(uri: str, staging_dir: str) -> Path:
@@ -520,7 +522,7 @@ def stage_folder(uri: str, staging_dir: str) -> Path:
         _honour_umask(tmp)
         _publish_staged(tmp, dest)
     except Exception as exc:
-        if _disk_full(exc):
+        if disk_full(exc):
             raise _no_space(tmp, f"the staged copy of {uri}", exc) from exc
         raise
     finally:

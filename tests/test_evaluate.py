@@ -339,7 +339,10 @@ def test_missing_harness_folder_or_task_is_an_error_before_the_model_loads(world
     cases = [
         ({"harness_dirs": [missing]}, f"harness folder {missing}: harness folder not found"),
         ({"harness_dirs": [str(empty)]}, f"harness folder {empty} holds no task"),
-        ({"harness_dirs": [world["harness"]], "tasks": ["cma_basic"]}, "task 'cma_basic': task folder not found"),
+        (
+            {"harness_dirs": [world["harness"]], "tasks": ["cma_basic"]},
+            "task 'cma_basic': task folder not found",
+        ),
         ({"harness_dirs": [f"{world['harness']}:fp22"]}, "task 'fp22'"),
         ({"harness_dirs": []}, "nothing to evaluate"),
     ]
