@@ -77,9 +77,20 @@ def make_models(root: Path, args) -> tuple[list[Path], int]:
         "eos_token_id": 2,
     }  # fmt: skip
     folders = [root / n for n in ("base", "instruct", "cpt")]
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    # a small word-level tokenizer (ids below vocab): the merged model takes the domain model's tokenizer
+    words = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(61))])}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="<unk>")),
+        bos_token="<s>",
+        eos_token="</s>",
+    )
     for f in folders:
         f.mkdir(parents=True)
         (f / "config.json").write_text(json.dumps(config))
+        tokenizer.save_pretrained(str(f))
     g = torch.Generator().manual_seed(0)
     shards: list[list[dict]] = [[{}] for _ in folders]
     weight_map: dict[str, str] = {}

@@ -170,7 +170,8 @@ class CheckpointStore:
         if accelerator.is_main_process:
             tensors, optim_meta = flatten_optimizer(optim_sd)
             meta = {"step": step, "kind": "checkpoint"}
-            with storage.output_folder(uri, self.staging_dir, meta=meta, stage=STAGE) as out:
+            # overwrite: check_root vouched for the folder; a step folder a crash left half-written is ours
+            with storage.output_folder(uri, self.staging_dir, meta=meta, stage=STAGE, overwrite=True) as out:
                 write_model(out.path, model_sd)
                 save_file(tensors, str(out.path / "optimizer.safetensors"))
                 (out.path / "optimizer.json").write_text(json.dumps(optim_meta, indent=1))
