@@ -18,9 +18,9 @@ positive); ``detected_by_rate``: the same recall for each edit rate (any J).
 
 Measured, each single-process (so per core), on the same documents:
 
-* **clean**: ``tasks.clean.clean`` (serial backend; reads and writes JSONL) vs HojiChar's 12-filter Japanese
+* **clean**: ``finmerge.corpus.clean.clean`` (serial backend; reads and writes JSONL) vs HojiChar's 12-filter Japanese
   chain (corpus.md §2.4) applied to the texts in memory.
-* **dedup**: ``tasks.dedup.dedup`` (serial; end to end: reads the JSONL, writes the output folder, exact
+* **dedup**: ``finmerge.corpus.dedup.dedup`` (serial; end to end: reads the JSONL, writes the output folder, exact
   Jaccard verification on) vs HojiChar ``GenerateDedupLSH`` + ``InlineDeduplicator`` (rensa MinHash) and
   datasketch ``MinHash`` + ``MinHashLSH`` on the texts in memory (no I/O), both with our bands × rows (and
   HojiChar also with its defaults: 500 permutations, threshold 0.8). The reference tools keep the first
@@ -361,7 +361,7 @@ def _mchars(chars: int, seconds: float) -> float:
 
 
 def run_clean_ours(folder: Path, work: Path, staging: str) -> dict:
-    from tasks.clean import clean
+    from finmerge.corpus.clean import clean
 
     t = time.perf_counter()
     res = clean(
@@ -402,7 +402,7 @@ def run_clean_hojichar(texts: list[str]) -> dict:
 
 
 def run_dedup_ours(folder: Path, work: Path, staging: str, cfg: DedupConfig) -> dict:
-    from tasks.dedup import dedup
+    from finmerge.corpus.dedup import dedup
 
     t = time.perf_counter()
     res = dedup(str(folder), str(work / "dedup"), cfg, staging, parallel=ParallelConfig(backend="serial"))

@@ -5,11 +5,11 @@ security_sales_1 as data.json, cpa/CPA_AUDIT.xlsx, chabsa/e*_ann.json; no benchm
 BPE tokenizer on its prompts and builds a random Llama-style model (nothing is downloaded). Then, for
 each prompt version, every task is scored
 
-- by finmerge (`tasks.evaluate.score_task`, KV path: shared prompt prefix once, each item's context
+- by finmerge (`finmerge.evaluate.run.score_task`, KV path: shared prompt prefix once, each item's context
   once, every choice from the item's cache), and by its row path (lm-eval's algorithm, our code);
 - by lm-eval 0.4.13 (`simple_evaluate` on an `HFLM` wrapping the same in-memory model, float32
   log-softmax, its logits cache on). lm-eval gets the items as its own JSON dataset and renders each
-  prompt with `finmerge.fin_harness.render` (tests check those strings against the reference tables),
+  prompt with `finmerge.evaluate.harness.render` (tests check those strings against the reference tables),
   so request construction (whitespace move, joint encoding and split), batching, scoring and metrics
   are lm-eval's own. chabsa's F1 uses the harness's aggregation (macro F1 x 1.5).
 
@@ -48,9 +48,9 @@ def log(msg: str) -> None:
 
 # -- inputs ------------------------------------------------------------------------------------------------
 def build_inputs(root: Path, args) -> tuple[list, Path]:
-    from finmerge import fin_harness
     from finmerge.config import TinyModelConfig
     from finmerge.demo.models import init_llama, save_model, train_tokenizer
+    from finmerge.evaluate import harness as fin_harness
     from tests.harness_fixtures import write_harness
 
     sizes = {k: max(2, round(v * args.scale)) for k, v in SIZES.items()}
@@ -77,7 +77,7 @@ def build_inputs(root: Path, args) -> tuple[list, Path]:
 
 
 def load(folder: Path, device: str):
-    from finmerge import modelio
+    from finmerge.models import loading as modelio
 
     model = modelio.load_causal_lm(folder, dtype=torch.float32).to(device).eval()
     return model, modelio.load_tokenizer(folder)
@@ -85,7 +85,7 @@ def load(folder: Path, device: str):
 
 # -- finmerge ------------------------------------------------------------------------------------------------
 def run_ours(model, tok, tasks, version: str, args, kv_reuse: bool) -> tuple[float, dict]:
-    from finmerge.mc_eval import score_task
+    from finmerge.evaluate.mc_eval import score_task
 
     out = {}
     t = time.perf_counter()
@@ -106,7 +106,7 @@ def run_ours(model, tok, tasks, version: str, args, kv_reuse: bool) -> tuple[flo
 
 # -- lm-eval -------------------------------------------------------------------------------------------------
 def _chabsa_f1(items) -> float:
-    from finmerge import fin_harness
+    from finmerge.evaluate import harness as fin_harness
 
     golds, preds = zip(*items, strict=True)
     return fin_harness.chabsa_f1(list(golds), list(preds))
@@ -114,7 +114,7 @@ def _chabsa_f1(items) -> float:
 
 def lmeval_task(task, version: str, data_file: Path) -> dict:
     """An lm-eval task config for one harness task: lm-eval's own multiple-choice pipeline end to end."""
-    from finmerge import fin_harness
+    from finmerge.evaluate import harness as fin_harness
 
     def item(doc) -> fin_harness.Item:
         return fin_harness.Item(
@@ -255,7 +255,7 @@ def main() -> None:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from finmerge.mc_eval import prompt_versions
+    from finmerge.evaluate.mc_eval import prompt_versions
 
     versions = prompt_versions(args.versions)
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:

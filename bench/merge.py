@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 CHILD_OURS = """
 import sys, time
 from finmerge.config import MergeConfig
-from tasks.merge import merge_models
+from finmerge.merge.execute import merge_models
 base, inst, cpt, out, staging, method = sys.argv[1:7]
 t = time.perf_counter()
 merge_models(base, inst, cpt, out, MergeConfig(method=method, density=0.5, dtype="bfloat16", shard_size_mb=500),

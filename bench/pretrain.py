@@ -6,7 +6,7 @@ Everything is built locally, in one process, from a seed (nothing downloaded):
   companies (``finmerge.demo.world``), half general-Japanese documents (``finmerge.demo.general``: towns,
   everyday topics), shuffled.
 * **tokenizer**: a byte-level BPE (``finmerge.demo.models.train_tokenizer``) trained on that corpus.
-* **packing**: ``tasks.tokenize.pack_documents`` (EOS after each document, the stream cut into ``seq_len``
+* **packing**: ``finmerge.train.tokenize.pack_documents`` (EOS after each document, the stream cut into ``seq_len``
   blocks). ``packing_efficiency`` = tokens in blocks / tokens (the rest is the dropped partial tail: packed
   blocks have no padding); ``naive_padding_efficiency`` is what padding each document on its own to a
   multiple of ``seq_len`` (nothing truncated) would keep as real tokens. The last ``--eval-blocks`` blocks
@@ -16,7 +16,7 @@ Everything is built locally, in one process, from a seed (nothing downloaded):
   weights, linear warm-up then cosine to ``lr × min_lr_ratio``, clipping, fp32 on CPU, ``--threads``
   threads) through
 
-  - **ours**: ``tasks.pretrain.train_loop`` with a ``TrainConfig``;
+  - **ours**: ``finmerge.train.pretrain.train_loop`` with a ``TrainConfig``;
   - **trainer**: ``transformers.Trainer`` + ``TrainingArguments`` configured the same (``use_cpu``, no
     saving, no eval, no reporting, no tqdm, ``dataloader_num_workers=0``) on a ``torch.utils.data.Dataset``
     of the blocks with labels = input_ids; everything else left at its defaults (e.g. its optimizer,
@@ -102,7 +102,7 @@ def corpus_texts(n_docs: int, seed: int) -> list[str]:
 
 def packing_figures(texts: list[str], tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
     """Packed blocks, and packing vs naive per-document padding figures."""
-    from tasks.tokenize import pack_documents
+    from finmerge.train.tokenize import pack_documents
 
     t = time.perf_counter()
     blocks, counts = pack_documents(iter(texts), tokenizer, seq_len)
@@ -263,7 +263,7 @@ def step_summary(runs: list[dict]) -> dict:
 
 
 def run_ours(template, blocks: torch.Tensor, args, steps: int) -> dict:
-    from tasks.pretrain import TrainData, train_loop
+    from finmerge.train.pretrain import TrainData, train_loop
 
     model, cfg = copy.deepcopy(template), train_cfg(args, steps)
     with StepClock(model) as clock:

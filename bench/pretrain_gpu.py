@@ -3,13 +3,13 @@
 A Llama-style model (default ~1.1B: hidden 2048, 16 layers, 32k vocab; random init, nothing downloaded)
 trains on random token blocks of ``--seq-len`` through
 
-- **ours**: ``finmerge.trainer.train_loop`` (accelerate, bf16 mixed precision, fused AdamW, the same
+- **ours**: ``finmerge.train.loop.train_loop`` (accelerate, bf16 mixed precision, fused AdamW, the same
   code the pretrain stage runs);
 - **plain**: a minimal hand-written PyTorch loop on the same model copy and batches (bf16 autocast,
   fused AdamW, clipping) — the reference for the ratio, in the same process.
 
 Each runs ``--steps`` optimizer steps after ``--warmup`` untimed ones; tokens/s from wall time with CUDA
-synchronised. MFU = tokens/s × (6·N + 12·L·d·T) / peak bf16 FLOP/s (``finmerge.flops``; the peak is
+synchronised. MFU = tokens/s × (6·N + 12·L·d·T) / peak bf16 FLOP/s (``finmerge.train.flops``; the peak is
 the GPU table's dense figure). Prints one JSON line.
 """
 
@@ -75,7 +75,7 @@ def plain_loop(model, data, args) -> float:
 
 def our_loop(model, data, args) -> tuple[float, list[dict]]:
     from finmerge.config import TrainConfig
-    from finmerge.trainer import TrainData, train_loop
+    from finmerge.train.loop import TrainData, train_loop
 
     def run(steps):
         cfg = TrainConfig(
@@ -121,7 +121,7 @@ def main() -> None:
     if not torch.cuda.is_available():  # `make bench` on a CPU machine: say so, do not fail
         print(json.dumps({"bench": "pretrain_gpu", "skipped": "no CUDA GPU"}))
         return
-    from finmerge import flops
+    from finmerge.train import flops
 
     torch.backends.cuda.matmul.allow_tf32 = True
     base = build(args)

@@ -1,6 +1,7 @@
 """The ``finmerge`` command line: the whole pipeline, each stage, and config tools.
 
-Stage subcommands call the same plain functions the Prefect tasks wrap and print a one-line JSON summary.
+Stage subcommands run the stages declared in ``tasks/`` through the same runner as the flows (same output
+folder, cache, MLflow run and retry rule) and print a one-line JSON summary.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from finmerge import storage
 from finmerge.config import ConfigError, PipelineConfig, config_hash, load_config, reference_markdown
+from finmerge.core import storage
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
+OUT_HELP = "output folder URI (default: the stage's folder under storage.uri, reused when complete)"
 DEBUG_HELP = "show the Python traceback of an error (also FINMERGE_DEBUG=1)"
 
 
@@ -29,7 +31,7 @@ def _print(obj) -> None:
 
 def _staging(args) -> str:
     cfg = _config(args)
-    from finmerge import storage
+    from finmerge.core import storage
 
     storage.configure_from(cfg.storage)
     return str(Path(cfg.storage.staging_dir).expanduser().resolve())
@@ -96,62 +98,49 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _runner(cfg: PipelineConfig):
+    """Stage commands run through the same runner as the flows (folder, cache, MLflow run, retries),
+    without starting Prefect."""
+    from finmerge.runner.stage import LocalRunner, RunContext
+
+    return LocalRunner(RunContext.create(cfg), cfg)
+
+
+def _stage_summary(res: dict, *keys: str) -> dict:
+    return {k: res.get(k) for k in ("uri", "digest", *keys, "cache", "mlflow_run_id")}
+
+
 def cmd_corpus(args) -> int:
-    """One corpus stage on explicit folders; prints a one-line JSON summary of counts."""
+    """One corpus stage; prints a one-line JSON summary of counts."""
     cfg = _config(args)
-    staging = _staging(args)
-    c = cfg.corpus
+    runner = _runner(cfg)
     if args.step == "ingest":
-        from tasks.ingest import ingest
+        from finmerge.runner.stage import sources_fingerprint
+        from tasks.ingest import INGEST, source_listing
 
-        e = c.ingest.edinet
-        result = ingest(
-            args.input or c.ingest.sources,
-            args.output,
-            staging,
-            text_field=c.ingest.text_field,
-            prev_uri=args.prev,
-            edinet=e,
-            edinet_download_uri=e.download_uri or storage.join(cfg.storage.uri, "edinet"),
-            parallel=c.parallel,
-            max_file_mb=c.ingest.max_file_mb,
-            max_line_mb=c.ingest.max_line_mb,
-            overwrite=args.overwrite,
-        )
+        sources = list(args.input or cfg.corpus.ingest.sources)
+        listing = source_listing(cfg, sources_fingerprint(sources)) if sources else None
+        stage, inputs = INGEST, {"sources": sources, "prev": args.prev, "listing": listing}
     elif args.step == "clean":
-        from tasks.clean import clean
+        from tasks.clean import CLEAN
 
-        result = clean(
-            args.input[0], args.output, c.clean, staging, parallel=c.parallel, overwrite=args.overwrite
-        )
+        stage, inputs = CLEAN, {"corpus": args.input[0]}
     else:
-        from tasks.dedup import dedup
+        from tasks.dedup import DEDUP
 
-        result = dedup(
-            args.input[0], args.output, c.dedup, staging, prev_uri=args.prev, parallel=c.parallel,
-            overwrite=args.overwrite,
-        )  # fmt: skip
+        stage, inputs = DEDUP, {"corpus": args.input[0], "prev": args.prev}
+    result = runner.run(stage, inputs, out=args.output, overwrite=args.overwrite)
     summary = {"stage": args.step, "output": result["uri"], "digest": result["digest"], **result["counts"]}
-    print(json.dumps(summary, ensure_ascii=False))
+    print(json.dumps({**summary, "cache": result.get("cache")}, ensure_ascii=False))
     return 0
 
 
 def cmd_tokenize(args) -> int:
-    from tasks.tokenize import tokenize_corpus
+    from tasks.tokenize import TOKENIZE
 
     cfg = _config(args)
-    _print(
-        tokenize_corpus(
-            args.corpus,
-            args.model,
-            args.out,
-            cfg.tokenize,
-            _staging(args),
-            cfg.models.trust_remote_code,
-            allow_pickle=cfg.models.allow_pickle,
-            overwrite=args.overwrite,
-        )
-    )
+    inputs = {"corpus": args.corpus, "tokenizer": args.model}
+    _print(_runner(cfg).run(TOKENIZE, inputs, out=args.out, overwrite=args.overwrite))
     return 0
 
 
@@ -159,7 +148,6 @@ def cmd_pretrain(args) -> int:
     from flows.pretrain import run_pretrain
 
     cfg = _config(args)
-    _staging(args)
     res = run_pretrain(
         cfg,
         args.model,
@@ -169,12 +157,17 @@ def cmd_pretrain(args) -> int:
         register=args.register,
         overwrite=args.overwrite,
     )
-    _print({k: res.get(k) for k in ("uri", "digest", "metrics", "resumed_from", "checkpoints", "registered")})
+    _print(
+        {
+            k: res.get(k)
+            for k in ("uri", "digest", "metrics", "resumed_from", "checkpoints", "registered", "cache")
+        }
+    )
     return 0
 
 
 def cmd_pretrain_job(args) -> int:
-    from tasks.pretrain import run_job_file
+    from finmerge.train.pretrain import run_job_file
 
     run_job_file(args.spec)
     return 0
@@ -183,8 +176,8 @@ def cmd_pretrain_job(args) -> int:
 def _merge_inputs(args) -> tuple[PipelineConfig, object, dict]:
     """Config, merge section and input URIs: ``--config`` may be a pipeline config, a finmerge
     ``merge_recipe.yaml`` or a mergekit YAML; explicit flags override what the file says."""
-    from finmerge import mergekit_compat
     from finmerge.config import MergeConfig
+    from finmerge.merge import mergekit as mergekit_compat
 
     path = args.config if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     cfg, m, uris = mergekit_compat.load_merge_file(path, args.set)  # strict; --set merge.* applies too
@@ -202,42 +195,27 @@ def _merge_inputs(args) -> tuple[PipelineConfig, object, dict]:
 
 
 def cmd_merge(args) -> int:
-    from tasks.merge import merge_models
+    from tasks.merge import MERGE
 
     cfg, m, uris = _merge_inputs(args)
-    from finmerge import storage
-
-    storage.configure_from(cfg.storage)
-    staging = str(Path(cfg.storage.staging_dir).expanduser().resolve())
-    res = merge_models(uris["base"], uris["instruct"], uris["domain"], args.out, m, staging,
-                       trust_remote_code=cfg.models.trust_remote_code,
-                       allow_pickle=cfg.models.allow_pickle, overwrite=args.overwrite)  # fmt: skip
-    _print(
-        {k: res.get(k) for k in ("uri", "digest", "counts", "metrics", "output_dtype")} | {"method": m.method}
-    )
+    cfg = cfg.model_copy(update={"merge": m})
+    res = _runner(cfg).run(MERGE, uris, out=args.out, overwrite=args.overwrite)
+    _print(_stage_summary(res, "counts", "metrics", "output_dtype") | {"method": m.method})
     return 0
 
 
 def cmd_analyze(args) -> int:
-    from tasks.analyze import analyze_vectors
+    from tasks.analyze import ANALYZE
 
     cfg = _config(args)
-    _print(
-        analyze_vectors(
-            args.base,
-            args.instruct,
-            args.domain,
-            args.out,
-            _staging(args),
-            allow_pickle=cfg.models.allow_pickle,
-            overwrite=args.overwrite,
-        )
-    )
+    inputs = {"base": args.base, "instruct": args.instruct, "domain": args.domain}
+    _print(_runner(cfg).run(ANALYZE, inputs, out=args.out, overwrite=args.overwrite))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from tasks.evaluate import evaluate_model, leaderboard_summary
+    from finmerge.evaluate.run import leaderboard_summary
+    from tasks.evaluate import EVALUATE
 
     cfg = _config(args)
     e = cfg.evaluate
@@ -245,24 +223,25 @@ def cmd_evaluate(args) -> int:
     e = e.model_copy(update={k: v for k, v in update.items() if v is not None})
     e = type(e).model_validate(e.model_dump())  # re-validate the overrides
     # --out results.json (lm-eval's --output_path style) keeps the sample files in the folder "results"
-    as_file = args.out.endswith(".json")
+    as_file = bool(args.out) and args.out.endswith(".json")
     folder = args.out[: -len(".json")] if as_file else args.out
     if as_file:
         _check_results_file(args.out, folder, args.overwrite)
-    result = evaluate_model(
-        args.model,
-        folder,
-        e,
-        label=args.label,
-        harness_dirs=list(args.tasks or e.harness_data),
-        heldout_uri=args.heldout or e.heldout,
-        chat_uri=args.chat or e.chat_questions,
-        staging_dir=_staging(args),
-        trust_remote_code=cfg.models.trust_remote_code,
-        allow_pickle=cfg.models.allow_pickle,
-        dtype=args.dtype,
-        device=args.device,
+    cfg = cfg.model_copy(update={"evaluate": e})
+    inputs = {
+        "model": args.model,
+        "harness": list(args.tasks or e.harness_data),
+        "heldout": args.heldout or e.heldout,
+        "chat": args.chat or e.chat_questions,
+    }
+    options = {"label": args.label, "dtype": args.dtype, "device": args.device}
+    result = _runner(cfg).run(
+        EVALUATE,
+        inputs,
+        out=folder,
         overwrite=args.overwrite,
+        label=f"evaluate-{args.label}",
+        options=options,
     )
     results_uri = storage.join(result["uri"], "results.json")
     if as_file:
@@ -290,8 +269,8 @@ def _check_results_file(out: str, folder: str, overwrite: bool) -> None:
 
 
 def cmd_promote(args) -> int:
-    from finmerge import tracking
-    from tasks.promote import promote
+    from finmerge.core import tracking
+    from finmerge.registry.promote import promote
 
     cfg = _config(args)
     uri, exp = tracking.ensure_experiment(cfg.tracking)
@@ -309,8 +288,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from finmerge import tracking
-    from tasks.promote import rollback
+    from finmerge.core import tracking
+    from finmerge.registry.promote import rollback
 
     cfg = _config(args)
     uri = tracking.resolve_uri(cfg.tracking)
@@ -415,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
             if step == "ingest"
             else "a .jsonl file or a folder holding docs.jsonl",
         )
-        s.add_argument("--output", "--out", dest="output", required=True, help="output folder URI")
+        s.add_argument("--output", "--out", dest="output", help=OUT_HELP)
         if step in ("ingest", "dedup"):
             s.add_argument("--prev", help=f"previous {step} output of the same corpus (incremental run)")
         s.set_defaults(fn=cmd_corpus)
@@ -423,13 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenize", parents=[common, writes], help="tokenize and pack a clean corpus")
     t.add_argument("--corpus", required=True)
     t.add_argument("--model", required=True, help="model folder whose tokenizer to use")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", help=OUT_HELP)
     t.set_defaults(fn=cmd_tokenize)
 
     pt = sub.add_parser("pretrain", parents=[common, writes], help="continual pretraining on packed tokens")
     pt.add_argument("--model", required=True, help="base HF causal LM (local path or s3:// URI)")
     pt.add_argument("--data", required=True, help="tokenize output, or a corpus (tokenized first)")
-    pt.add_argument("--out", required=True, help="output model folder; checkpoints go to OUT.checkpoints")
+    pt.add_argument("--out", help=OUT_HELP + "; checkpoints go to OUT.checkpoints")
     pt.add_argument("--heldout", help="JSONL of held-out finance text: eval loss / perplexity as it trains")
     pt.add_argument("--register", action="store_true", help="register the result in registry.cpt_name")
     pt.set_defaults(fn=cmd_pretrain)
@@ -444,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag in ("--base", "--instruct", "--domain"):
         m.add_argument(flag, help="model folder or s3:// URI (default: from a mergekit YAML / recipe)")
-    m.add_argument("--out", required=True)
+    m.add_argument("--out", help=OUT_HELP)
     m.add_argument(
         "--method", choices=["task_arithmetic", "linear", "ties", "dare_ties", "dare_linear", "slerp"]
     )
@@ -454,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_merge)
 
     a = sub.add_parser("analyze", parents=[common, writes], help="cosine / norms of τ_inst and τ_fin")
-    for flag in ("--base", "--instruct", "--domain", "--out"):
+    for flag in ("--base", "--instruct", "--domain"):
         a.add_argument(flag, required=True)
+    a.add_argument("--out", help=OUT_HELP)
     a.set_defaults(fn=cmd_analyze)
 
     e = sub.add_parser(
@@ -477,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--heldout", help="JSONL of held-out finance text for perplexity")
     e.add_argument("--chat", help="JSONL of chat questions for the instruction-following probe")
     e.add_argument("--label", default="model")
-    e.add_argument("--out", required=True, help="output folder, or results.json (samples go beside it)")
+    e.add_argument("--out", help=OUT_HELP + ", or results.json (samples go in the folder of that name)")
     e.set_defaults(fn=cmd_evaluate)
 
     pr = sub.add_parser(
@@ -534,7 +514,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _one_line(exc: BaseException) -> str:
-    from finmerge import redact
+    from finmerge.core import redact
 
     lines = [line.strip() for line in redact.mask(str(exc)).splitlines() if line.strip()]
     text = " ".join(lines) or type(exc).__name__  # a listed message (- item, - item) on one line

@@ -76,7 +76,7 @@ class TinyModelConfig(Section):
 
 
 class TrainConfig(Section):
-    """Hyper-parameters of one causal-LM training run (nanoGPT-style loop, see tasks/pretrain.py)."""
+    """Hyper-parameters of one causal-LM training run (nanoGPT-style loop, see finmerge/train/pretrain.py)."""
 
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -247,7 +247,7 @@ class ParallelConfig(Section):
 
 
 class CleanConfig(Section):
-    """Quality filters and text modification for Japanese filings (see ``finmerge/textclean.py``).
+    """Quality filters and text modification for Japanese filings (see ``finmerge/corpus/textclean.py``).
 
     Defaults start from Swallow corpus v1 (Okazaki et al. 2024) and llm-jp / HojiChar, adapted to filing
     sections: shorter units than web pages, kanji- and number-heavy, long legal sentences, formulaic phrasing.
@@ -340,7 +340,7 @@ class CleanConfig(Section):
 
 
 class DedupConfig(Section):
-    """Exact + MinHash-LSH near-duplicate removal (see ``tasks/dedup.py``, ``finmerge/minhash.py``).
+    """Exact + MinHash-LSH near-duplicate removal (see ``finmerge/corpus/dedup.py``, ``finmerge/corpus/minhash.py``).
 
     Two texts of character-n-gram Jaccard J share a band with probability P(J) = 1 - (1 - J^rows)^bands; the
     curve's midpoint is about (1/bands)^(1/rows). Defaults 24 × 10: P(0.85) = 0.995, P(0.8) = 0.93,
@@ -449,7 +449,7 @@ class TensorRule(Section):
 
 
 class MergeConfig(Section):
-    """How θ_base, θ_inst and θ_cpt become one model (tasks/merge.py, finmerge/merge_methods.py).
+    """How θ_base, θ_inst and θ_cpt become one model (finmerge/merge/execute.py, finmerge/merge/methods.py).
 
     Methods follow mergekit 0.1.5 semantics (a mergekit YAML can be given instead of this section):
     task_arithmetic = base + α·τ_inst + β·τ_fin; linear = (α·θ_inst + β·θ_cpt)/(α+β); ties = magnitude

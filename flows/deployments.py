@@ -35,7 +35,7 @@ def _extras(name: str, config: PipelineConfig) -> dict:
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
-    from tasks.retrain import ARRIVED_EVENT, line_resource
+    from finmerge.registry.retrain import ARRIVED_EVENT, line_resource
 
     r = config.retrain
     # a second run of the same deployment is cancelled at once; across deployments the line lock decides

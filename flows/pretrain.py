@@ -8,29 +8,24 @@ from __future__ import annotations
 
 from prefect import flow
 
-from finmerge import __version__, modelio, storage
+from finmerge import __version__
 from finmerge.config import PipelineConfig, config_hash
-from finmerge.orchestration import RunContext, code_version, result_of, retry_when, run_tracked, stage_key
+from finmerge.core import storage
+from finmerge.models.loading import fingerprint
+from finmerge.runner.stage import LocalRunner, RunContext, code_version
+from tasks.pretrain import PRETRAIN
+from tasks.tokenize import TOKENIZE
 
 
 def is_tokens(uri: str) -> bool:
     return storage.exists(storage.join(uri, "index.json"))
 
 
-def corpus_digest(uri: str) -> str:
-    manifest = storage.read_manifest(uri)
-    if manifest is not None:
-        return manifest["digest"]
-    from flows.common import sources_fingerprint
-
-    return sources_fingerprint([uri])
-
-
 def lineage_tags(cfg: PipelineConfig, model_uri: str, tokens: dict, code: str) -> dict[str, str]:
     return {
         "finmerge.role": "cpt",
         "finmerge.base": storage.normalize(model_uri),
-        "finmerge.base_digest": modelio.fingerprint(model_uri),
+        "finmerge.base_digest": fingerprint(model_uri),
         "finmerge.tokens_digest": tokens["digest"],
         "finmerge.corpus_digest": tokens.get("corpus_digest") or tokens["digest"],
         "finmerge.config_hash": config_hash(cfg),
@@ -43,61 +38,37 @@ def run_pretrain(
     cfg: PipelineConfig,
     model_uri: str,
     data_uri: str,
-    out_uri: str,
+    out_uri: str | None = None,
     *,
     heldout_uri: str | None = None,
     register: bool = False,
     overwrite: bool = False,
+    runner=None,
 ) -> dict:
-    """Tokenize ``data_uri`` when it is a corpus, pretrain into ``out_uri`` (resuming from its checkpoints),
-    log to MLflow and optionally register the result (and marked checkpoints) in ``registry.cpt_name``."""
-    import tasks.pretrain as pretrain
-    import tasks.tokenize as tokenize
-    from tasks.registry import register_model
+    """Tokenize ``data_uri`` when it is a corpus, pretrain (into ``out_uri``, else the stage's folder; a
+    stopped run resumes from its checkpoints), and optionally register the result (and marked checkpoints)
+    in ``registry.cpt_name``. ``runner``: the flow's StageRunner, else the CLI's LocalRunner."""
+    from finmerge.registry.register import register_model
+    from finmerge.train.pretrain import check_targets
 
     # Before any work (the MLflow run, tokenizing): missing inputs, and an output location that may not
     # be written, are refused.
     for what, uri in (("model", model_uri), ("data", data_uri), ("held-out text", heldout_uri)):
         if uri and not storage.exists(uri):
             raise storage.StorageError(f"{uri}: no such {what} (file, folder or s3:// object)")
-    pretrain.check_targets(model_uri, data_uri, out_uri, heldout_uri, None, overwrite)
-    ctx = RunContext.create(cfg)
-    staging, trc = ctx.staging_dir, cfg.models.trust_remote_code
+    if out_uri:
+        check_targets(model_uri, data_uri, out_uri, heldout_uri, None, overwrite)
+    runner = runner or LocalRunner(RunContext.create(cfg), cfg)
+    ctx = runner.ctx
     if is_tokens(data_uri):
-        tokens = result_of(data_uri) or {"uri": data_uri, "digest": corpus_digest(data_uri)}
+        tokens = storage.result_of(data_uri) or {"uri": data_uri, "digest": fingerprint(data_uri)}
     else:
-        digest = corpus_digest(data_uri)
-        key = stage_key(
-            "tokenize",
-            code_version(*tokenize.code_modules()),
-            cfg.tokenize,
-            digest,
-            modelio.tokenizer_fingerprint(model_uri),
-        )
-        tokens = run_tracked(
-            "tokenize",
-            tokenize.tokenize_corpus,
-            ctx.out_uri("tokenize", key),
-            ctx,
-            {"corpus_uri": data_uri, "tokenizer_uri": model_uri, "cfg": cfg.tokenize, "staging_dir": staging,
-             "trust_remote_code": trc, "allow_pickle": cfg.models.allow_pickle},
-            log_params=cfg.tokenize.model_dump(),
-        )  # fmt: skip
-        tokens["corpus_digest"] = digest
-    train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})
-    result = run_tracked(
-        "pretrain",
-        pretrain.pretrain,
-        storage.normalize(out_uri),
-        ctx,
-        {"base_uri": model_uri, "tokens_uri": tokens["uri"], "cfg": train_cfg, "staging_dir": staging,
-         "heldout_uri": heldout_uri, "trust_remote_code": trc, "allow_pickle": cfg.models.allow_pickle,
-         "overwrite": overwrite},
-        log_params=train_cfg.model_dump(),
-    )  # fmt: skip
+        tokens = runner.run(TOKENIZE, {"corpus": data_uri, "tokenizer": model_uri})
+        tokens["corpus_digest"] = fingerprint(data_uri)
+    inputs = {"base": model_uri, "tokens": tokens["uri"], "heldout": heldout_uri}
+    result = runner.run(PRETRAIN, inputs, out=out_uri, overwrite=overwrite)
     if register:
-        code = code_version(*pretrain.code_modules())
-        tags = lineage_tags(cfg, model_uri, tokens, code)
+        tags = lineage_tags(cfg, model_uri, tokens, code_version(*PRETRAIN.code))
         common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id}
         result["registered"] = [
             register_model(
@@ -127,20 +98,13 @@ def pretrain_flow(
     config: PipelineConfig,
     model: str,
     data: str,
-    out: str,
+    out: str | None = None,
     heldout: str | None = None,
     register_cpt: bool = True,
 ) -> dict:
-    """Continual pretraining of ``model`` on ``data`` (a corpus or a tokenize output) into ``out``."""
-    from prefect import task
+    """Continual pretraining of ``model`` on ``data`` (a corpus or a tokenize output); ``out`` defaults to
+    the stage's content-derived folder under ``storage.uri``."""
+    from finmerge.runner.flow_runner import StageRunner
 
-    from tasks.pretrain import TrainingInterrupted
-
-    step = task(
-        run_pretrain,
-        name="pretrain",
-        retries=2,
-        retry_delay_seconds=[2, 10],
-        retry_condition_fn=retry_when((TrainingInterrupted, OSError)),
-    )
-    return step(config, model, data, out, heldout_uri=heldout, register=register_cpt)
+    runner = StageRunner(RunContext.create(config), config)
+    return run_pretrain(config, model, data, out, heldout_uri=heldout, register=register_cpt, runner=runner)

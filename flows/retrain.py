@@ -13,11 +13,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from finmerge import storage, tracking
 from finmerge.config import PipelineConfig, config_hash
-from finmerge.locks import LineBusy, line_lock
-from finmerge.orchestration import RunContext
-from flows.common import StageRunner
+from finmerge.core import storage, tracking
+from finmerge.runner.flow_runner import StageRunner
+from finmerge.runner.locks import LineBusy, line_lock
+from finmerge.runner.stage import RunContext
 from flows.corpus import run_corpus
 
 
@@ -39,8 +39,8 @@ def retrain(config: PipelineConfig, trigger: str = "manual", force: bool = False
 
 
 def _retrain_locked(cfg: PipelineConfig, trigger: str, force: bool) -> dict:
+    from finmerge.registry.retrain import decide, pending_tokens
     from flows.pipeline import pipeline, resolve_inputs
-    from tasks.retrain import decide, pending_tokens
 
     log = get_run_logger()
     storage.configure_from(cfg.storage)
@@ -57,7 +57,7 @@ def _retrain_locked(cfg: PipelineConfig, trigger: str, force: bool) -> dict:
     )
     try:
         ctx = RunContext.create(cfg, run.run_id)
-        runner = StageRunner(ctx)
+        runner = StageRunner(ctx, cfg)
         inputs = resolve_inputs(runner, cfg)
         corpus = run_corpus(cfg, ctx, inputs["sources"], inputs["sources_digest"])
         count = task(pending_tokens, name="pending-tokens", retries=2, retry_delay_seconds=[5, 30])
@@ -125,7 +125,13 @@ def watch_filings(config: PipelineConfig) -> dict:
     """List the watched prefixes; emit ``finmerge.filings.arrived`` for the model line when objects are new."""
     from prefect.events import emit_event
 
-    from tasks.retrain import ARRIVED_EVENT, commit_scan, line_resource, scan_new_objects, watch_state_uri
+    from finmerge.registry.retrain import (
+        ARRIVED_EVENT,
+        commit_scan,
+        line_resource,
+        scan_new_objects,
+        watch_state_uri,
+    )
 
     log = get_run_logger()
     storage.configure_from(config.storage)

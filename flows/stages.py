@@ -1,68 +1,47 @@
 """Single-stage flows for deployments: merge, evaluate, promote, rollback (pretrain and corpus have their
 own modules). Each takes the one pipeline config, so the Prefect UI shows the same typed form everywhere,
-plus the stage's inputs; each only composes the plain stage functions as tasks.
+plus the stage's inputs; each runs the declared stage through the same runner as the pipeline (same
+output folder and cache, an MLflow run, the same retry rule). ``out`` defaults to the stage's
+content-derived folder under ``storage.uri``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from prefect import flow
 
-from prefect import flow, task
-
-from finmerge import storage, tracking
 from finmerge.config import PipelineConfig
+from finmerge.core import tracking
+from finmerge.runner.flow_runner import StageRunner
+from finmerge.runner.stage import RunContext
 
 
-def _staging(config: PipelineConfig) -> str:
-    storage.configure_from(config.storage)
-    return str(Path(config.storage.staging_dir).expanduser().resolve())
+def _runner(config: PipelineConfig) -> StageRunner:
+    return StageRunner(RunContext.create(config), config)
 
 
 @flow(name="finmerge-merge", log_prints=True)
-def merge_flow(config: PipelineConfig, base: str, instruct: str, domain: str, out: str) -> dict:
-    """θ = θ_base + α·τ_inst + β·τ_fin (or the configured method) into the folder ``out``."""
-    from tasks.merge import merge_models
+def merge_flow(config: PipelineConfig, base: str, instruct: str, domain: str, out: str | None = None) -> dict:
+    """θ = θ_base + α·τ_inst + β·τ_fin (or the configured method)."""
+    from tasks.merge import MERGE
 
-    step = task(merge_models, name="merge", retries=2, retry_delay_seconds=[2, 10])
-    m = config.models
-    return step(
-        base,
-        instruct,
-        domain,
-        out,
-        config.merge,
-        _staging(config),
-        trust_remote_code=m.trust_remote_code,
-        allow_pickle=m.allow_pickle,
-    )
+    return _runner(config).run(MERGE, {"base": base, "instruct": instruct, "domain": domain}, out=out)
 
 
 @flow(name="finmerge-evaluate", log_prints=True)
-def evaluate_flow(config: PipelineConfig, model: str, out: str, label: str = "model") -> dict:
+def evaluate_flow(config: PipelineConfig, model: str, out: str | None = None, label: str = "model") -> dict:
     """The evaluation stage on one model with ``config.evaluate`` (harness, ppl, chat probe, judge)."""
-    from tasks.evaluate import evaluate_model
+    from tasks.evaluate import EVALUATE
 
     e = config.evaluate
-    step = task(evaluate_model, name="evaluate", retries=1, retry_delay_seconds=[5])
-    return step(
-        model,
-        out,
-        e,
-        label=label,
-        harness_dirs=list(e.harness_data),
-        heldout_uri=e.heldout,
-        chat_uri=e.chat_questions,
-        staging_dir=_staging(config),
-        trust_remote_code=config.models.trust_remote_code,
-        allow_pickle=config.models.allow_pickle,
-    )
+    inputs = {"model": model, "harness": list(e.harness_data), "heldout": e.heldout, "chat": e.chat_questions}
+    return _runner(config).run(EVALUATE, inputs, out=out, label=f"evaluate-{label}", options={"label": label})
 
 
 @flow(name="finmerge-promote", log_prints=True)
 def promote_flow(
     config: PipelineConfig, name: str | None = None, version: str | None = None, force: bool = False
 ) -> dict:
-    """Gate a version (default: the challenger) against the champion; see ``tasks/promote.py``."""
+    """Gate a version (default: the challenger) against the champion; see ``finmerge/registry/promote.py``."""
     from prefect.artifacts import create_markdown_artifact
 
     from tasks.promote import promote_task
@@ -85,9 +64,7 @@ def promote_flow(
 @flow(name="finmerge-rollback", log_prints=True)
 def rollback_flow(config: PipelineConfig, name: str | None = None) -> dict:
     """Champion back to the previous champion."""
-    from tasks.promote import rollback
+    from tasks.promote import rollback_task
 
     uri = tracking.resolve_uri(config.tracking)
-    return task(rollback, name="rollback")(
-        name or config.registry.merged_name, tracking_uri=uri, registry=config.registry
-    )
+    return rollback_task(name or config.registry.merged_name, tracking_uri=uri, registry=config.registry)

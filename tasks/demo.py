@@ -1,29 +1,45 @@
 """The embedded demo: a generated world (filings, general corpus, chat pairs, eval sets) and demo models."""
 
-from __future__ import annotations
+from finmerge.demo.build import build_demo_base, build_demo_instruct, make_world
+from finmerge.runner.stage import Stage, StageCall
 
-from finmerge import storage
-from finmerge.config import DemoConfig
-from finmerge.demo.build import build_demo_base, build_demo_instruct
-from finmerge.orchestration import stage_task
-
-# Fields of DemoConfig that shape the world; the model and training fields only shape the models.
-WORLD_FIELDS = {"model", "base_train", "instruct_train", "enabled"}
+_MODEL_FIELDS = ("model", "base_train", "instruct_train", "enabled")
 
 
-def world_section(cfg: DemoConfig) -> dict:
-    return cfg.model_dump(mode="json", exclude=WORLD_FIELDS)
+def _world(c: StageCall) -> dict:
+    return make_world(c.out_uri, c.section, c.staging_dir)
 
 
-def make_world(out_uri: str, cfg: DemoConfig, staging_dir: str) -> dict:
-    from finmerge.demo.world import generate_world
-
-    with storage.output_folder(out_uri, staging_dir, meta={}, stage="demo_world") as out:
-        summary = generate_world(cfg, out.path)
-        out.meta["counts"] = {k: v for k, v in summary.items() if isinstance(v, int | float)}
-    return out.result()
+def _base(c: StageCall) -> dict:
+    return build_demo_base(c.inputs["world"], c.out_uri, c.section, c.staging_dir, on_log=c.on_log)
 
 
-world_task = stage_task("demo_world", make_world)
-demo_base_task = stage_task("demo_base", build_demo_base)
-demo_instruct_task = stage_task("demo_instruct", build_demo_instruct)
+def _instruct(c: StageCall) -> dict:
+    return build_demo_instruct(c.inputs["world"], c.inputs["base"], c.out_uri, c.section, c.staging_dir,
+                               on_log=c.on_log)  # fmt: skip
+
+
+DEMO_WORLD = Stage(
+    name="demo_world",
+    section="demo",
+    inputs={},
+    key_exclude=_MODEL_FIELDS,  # the world does not depend on the models trained on it
+    code=("finmerge.demo.world", "finmerge.demo.general", "finmerge.demo.vocab", "finmerge.demo.build"),
+    work=_world,
+)
+DEMO_BASE = Stage(
+    name="demo_base",
+    section="demo",
+    inputs={"world": "model"},
+    key_fields=("model", "base_train", "seed"),
+    code=("finmerge.demo.build", "finmerge.demo.models"),
+    work=_base,
+)
+DEMO_INSTRUCT = Stage(
+    name="demo_instruct",
+    section="demo",
+    inputs={"world": "model", "base": "model"},
+    key_fields=("instruct_train",),
+    code=("finmerge.demo.build", "finmerge.demo.chat"),
+    work=_instruct,
+)

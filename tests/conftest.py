@@ -74,7 +74,7 @@ def s3_bucket(s3_endpoint):
 
     import boto3
 
-    from finmerge import storage
+    from finmerge.core import storage
 
     name = f"fm-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finmerge import storage
 from finmerge.config import TinyModelConfig
+from finmerge.core import storage
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from finmerge import storage
 from finmerge.config import TinyModelConfig
+from finmerge.core import storage
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
-from tasks.analyze import analyze_vectors, group_of
+from finmerge.merge.analyze import analyze_vectors, group_of
 
 V, H = 10, 8  # vocab rows, hidden size of the constructed models
 

@@ -20,14 +20,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finmerge import modelio
 from finmerge.config import EvaluateConfig, MergeConfig, PretrainConfig, TinyModelConfig
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
-from finmerge.triplet import PreflightError
-from tasks.analyze import analyze_vectors
-from tasks.evaluate import evaluate_model
-from tasks.merge import MergeError, merge_models
-from tasks.pretrain import pretrain
+from finmerge.evaluate.run import evaluate_model
+from finmerge.merge.analyze import analyze_vectors
+from finmerge.merge.execute import MergeError, merge_models
+from finmerge.merge.triplet import PreflightError
+from finmerge.models import loading as modelio
+from finmerge.train.pretrain import pretrain
 from tests.helpers import TEXTS, TINY, tiny_model
 
 ROLES = ("base", "instruct", "domain")
@@ -531,7 +531,7 @@ def test_malicious_pickle_refused_by_weights_only_when_allowed(good, tmp_path):
 
 
 def test_pickle_on_s3_refused_before_download_and_s3_output_untouched(good, tmp_path, s3_bucket):
-    from finmerge import storage
+    from finmerge.core import storage
 
     marker = tmp_path / "unpickled"
     pk = pickle_model(good["domain"], tmp_path / "pk", payload_marker=marker)

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finmerge import storage
-from finmerge import textclean as T
 from finmerge.config import CleanConfig, DemoConfig, ParallelConfig
+from finmerge.core import storage
+from finmerge.corpus import textclean as T
+from finmerge.corpus.clean import clean, shards
+from finmerge.corpus.ingest import ingest
 from finmerge.demo import world as W
-from tasks.clean import clean, shards
-from tasks.ingest import ingest
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -58,7 +58,7 @@ def test_demo_disabled_needs_models_and_sources():
 
 
 def test_tracking_uri_honours_environment(monkeypatch):
-    from finmerge import tracking
+    from finmerge.core import tracking
 
     cfg = load_config(None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -68,7 +68,7 @@ def test_tracking_uri_honours_environment(monkeypatch):
 
 
 def test_storage_endpoint_honours_environment(monkeypatch):
-    from finmerge import storage
+    from finmerge.core import storage
 
     storage.configure(None)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
@@ -77,7 +77,7 @@ def test_storage_endpoint_honours_environment(monkeypatch):
 
 
 def test_scrub_removes_secrets():
-    from finmerge.tracking import flatten, scrub
+    from finmerge.core.tracking import flatten, scrub
 
     out = flatten(
         scrub(

@@ -9,14 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from finmerge.runner.orchestration import RunContext
 
-from finmerge import lineage
 from finmerge.config import DemoConfig, PipelineConfig
+from finmerge.corpus import lineage
 from finmerge.demo import world as W
-from finmerge.orchestration import RunContext
-from flows.common import sources_fingerprint
+from finmerge.runner.flow_runner import sources_fingerprint
+from finmerge.train.tokenize import corpus_records
 from flows.corpus import run_corpus
-from tasks.tokenize import corpus_records
 
 pytestmark = pytest.mark.slow
 

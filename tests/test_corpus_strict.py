@@ -12,10 +12,10 @@ import pytest
 
 from finmerge.cli import main
 from finmerge.config import CleanConfig, DedupConfig, ParallelConfig
-from finmerge.textio import DecodeError, EmptyInputError, decode_utf8
-from tasks.clean import clean
-from tasks.dedup import dedup
-from tasks.ingest import ingest
+from finmerge.corpus.clean import clean
+from finmerge.corpus.dedup import dedup
+from finmerge.corpus.ingest import ingest
+from finmerge.corpus.textio import DecodeError, EmptyInputError, decode_utf8
 
 # Passes every clean filter (the REAL example of tests/test_clean.py).
 REAL = (

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finmerge import minhash, storage
 from finmerge.config import CleanConfig, DedupConfig, DemoConfig, ParallelConfig
+from finmerge.core import storage
+from finmerge.corpus import minhash
+from finmerge.corpus.clean import clean
+from finmerge.corpus.dedup import dedup, iter_kept
+from finmerge.corpus.ingest import ingest
 from finmerge.demo import world as W
-from tasks.clean import clean
-from tasks.dedup import dedup, iter_kept
-from tasks.ingest import ingest
 
 
 def _jsonl(path: Path) -> list[dict]:

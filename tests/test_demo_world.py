@@ -154,7 +154,7 @@ def test_facts_agree_across_outputs(world):
     by_name = {c["name"]: c for c in companies}
     harness = json.loads((world / "eval/harness/demo_fin/data.json").read_text())
     assert harness["data-type"] == "multiple-choice-question" and harness["data-name"] == "demo_fin"
-    from finmerge.fin_harness import parse_task
+    from finmerge.evaluate.harness import parse_task
 
     assert len(parse_task("demo_fin", harness).items) == 2 * len(companies)  # the evaluator's own validation
     data = harness["data"]

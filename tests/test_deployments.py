@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import stack, tracking
+from finmerge import stack
 from finmerge.config import PipelineConfig, TrackingConfig
+from finmerge.core import tracking
 from finmerge.demo.edinet import write_fixture_filings
+from finmerge.registry.register import register_model
 from finmerge.stack import stop
-from tasks.registry import register_model
 from tests.helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

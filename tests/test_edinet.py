@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import storage
 from finmerge.config import EdinetConfig
-from finmerge.filings import read_package
-from tasks import edinet
+from finmerge.core import storage
+from finmerge.corpus import edinet
+from finmerge.corpus.filings import read_package
 from tests.edinet_fake import FakeEdinet
 
 KEY = "k3y-9f8e7d6c5b4a39281706f5e4d3c2b1a0"

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from finmerge import fin_harness, storage
 from finmerge.config import EvaluateConfig, TinyModelConfig
+from finmerge.core import storage
 from finmerge.demo.chat import ADHERENCE_REGEX, CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
-from tasks import evaluate as ev
+from finmerge.evaluate import harness as fin_harness
+from finmerge.evaluate import run as ev
 
 WORDS = [
     "売上高",

@@ -25,14 +25,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finmerge import modelio, storage, tracking
-from finmerge.checkpoint import CheckpointStore
 from finmerge.config import PretrainConfig, TokenizeConfig, TrackingConfig
+from finmerge.core import storage, tracking
 from finmerge.demo.models import init_llama, train_tokenizer
+from finmerge.models import loading as modelio
+from finmerge.registry.register import register_model
 from finmerge.stack import free_port, stop, wait_http
-from tasks.pretrain import checkpoint_root, pretrain
-from tasks.registry import register_model
-from tasks.tokenize import tokenize_corpus
+from finmerge.train.checkpoint import CheckpointStore
+from finmerge.train.pretrain import checkpoint_root, pretrain
+from finmerge.train.tokenize import tokenize_corpus
 from tests.helpers import TEXTS, TINY, tiny_model, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,7 +262,7 @@ def test_s3_down_30s_mid_upload_retries_and_the_model_is_complete(moto, tmp_path
     done = threading.Event()
     outage = Outage(moto, done, down_s=30)
     outage.start()
-    with caplog.at_level(logging.WARNING, logger="finmerge.storage"):
+    with caplog.at_level(logging.WARNING, logger="finmerge.core.storage"):
         result = _upload(src, uri, tmp_path / "staging")
     done.set()
     outage.join(60)
@@ -350,7 +351,7 @@ class MlflowServer:
 @pytest.fixture()
 def mlflow_restartable(tmp_path, monkeypatch):
     # MLflow's own HTTP retries would hide the outage for ~2 minutes inside one call; with none left the
-    # buffer in finmerge.tracking has to carry every value across the restart.
+    # buffer in finmerge.core.tracking has to carry every value across the restart.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     server = MlflowServer(free_port(), tmp_path)

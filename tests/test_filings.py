@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from finmerge.corpus.filings import _CHUNK, PackageError, ZipLimits, iso_date, read_package
 from finmerge.demo.edinet import DemoFiling, build_csv_zip, build_xbrl_zip, package_stem
-from finmerge.filings import _CHUNK, PackageError, ZipLimits, iso_date, read_package
 
 NARRATIVE = {
     "沿革": "1950年4月\t東京都で創業\n1970年6月\t株式を上場",

@@ -18,7 +18,7 @@ from harness_fixtures import (  # tests/ is on sys.path (rootdir conftest)
     write_harness,
 )
 
-from finmerge import fin_harness as fh
+from finmerge.evaluate import harness as fh
 
 Q = "架空の株式会社サンプルの説明として正しいものはどれか。"
 C = "資料：架空の数値表"
@@ -304,7 +304,7 @@ def test_discover_single_task_folder_and_only(tmp_path):
 
 
 def test_discover_on_s3(s3_bucket):
-    from finmerge import storage
+    from finmerge.core import storage
 
     base = f"s3://{s3_bucket}/datasets"
     doc = {"data-type": "multiple-choice-question", "data-name": "demo_fin", "data": _items(2)}
@@ -870,7 +870,7 @@ def test_fixture_harness_only_filters(tmp_path):
 
 
 def test_fixture_harness_on_s3(tmp_path, s3_bucket):
-    from finmerge import storage
+    from finmerge.core import storage
 
     local = tmp_path / "harness"
     counts = write_harness(local, seed=2)

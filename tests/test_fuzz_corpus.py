@@ -3,7 +3,7 @@ quarantined with a reason that names them, the counts add up, and valid document
 
 Entry points: ``textio.decode`` / ``html_to_text``, ``sources.split_sections`` / ``filing_metadata`` /
 ``parse_file`` (jsonl, text, html, edinet), ``filings.read_package`` on generated packages, the EDINET list API
-client (``tasks/edinet.py``) against a loopback server, and ``tasks.ingest.ingest`` end to end.
+client (``finmerge/corpus/edinet.py``) against a loopback server, and ``finmerge.corpus.ingest.ingest`` end to end.
 Fixed profile (derandomized), so every run sees the same cases; tests/test_filings.py fuzzes raw package bytes.
 """
 
@@ -26,13 +26,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finmerge.config import EdinetConfig
+from finmerge.config import EdinetConfig, IngestConfig
+from finmerge.corpus import edinet
+from finmerge.corpus.filings import PackageError, read_package
+from finmerge.corpus.ingest import ingest
+from finmerge.corpus.sources import HEADING, FileJob, filing_metadata, parse_file, sha256_text, split_sections
+from finmerge.corpus.textio import DecodeError, decode, html_to_text
 from finmerge.demo.edinet import DemoFiling, build_csv_zip, build_xbrl_zip
-from finmerge.filings import PackageError, read_package
-from finmerge.sources import HEADING, FileJob, filing_metadata, parse_file, sha256_text, split_sections
-from finmerge.textio import DecodeError, decode, html_to_text
-from tasks import edinet
-from tasks.ingest import ingest
 
 FUZZ = settings(
     derandomize=True,
@@ -91,7 +91,7 @@ HOSTILE_BYTES = st.one_of(
 
 
 def writable(obj: object) -> bool:
-    json.dumps(obj, ensure_ascii=False).encode("utf-8")  # what tasks/ingest.py does with every row
+    json.dumps(obj, ensure_ascii=False).encode("utf-8")  # what finmerge/corpus/ingest.py does with every row
     return True
 
 
@@ -626,7 +626,7 @@ def test_ingest_explicit_worst_cases(tmp_path):
     with open(bad_name, "wb") as fh:
         fh.write(FILING_TEXT.format(body="本文").encode())
     write(src / "valid.txt", FILING_TEXT.format(body=JAPANESE).encode())
-    counts, docs, quarantine, rows = run_ingest(tmp_path, max_file_mb=1, max_line_mb=1)
+    counts, docs, quarantine, rows = run_ingest(tmp_path, cfg=IngestConfig(max_file_mb=1, max_line_mb=1))
     reasons = {(Path(q["source"]).name, q["line"]): q["reason"] for q in quarantine}
     assert reasons[("lines.jsonl", 1)].startswith("line too long") and reasons[("lines.jsonl", 2)]
     assert reasons[("ok.jsonl", 2)].startswith("line too long")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import storage
-from finmerge.config import DemoConfig, ParallelConfig
+from finmerge.config import DemoConfig, IngestConfig, ParallelConfig
+from finmerge.core import storage
+from finmerge.corpus.ingest import decode, filing_metadata, html_to_text, ingest, split_sections
 from finmerge.demo import world as W
-from tasks.ingest import decode, filing_metadata, html_to_text, ingest, split_sections
 
 SCHEMA = {
     "id",
@@ -279,7 +279,12 @@ def test_oversized_input_quarantined_without_loading_it(tmp_path):
     _write(src / "mixed.jsonl", good + b"\n" + long_line + b"\n" + good + b"\n")
     _write(src / "big.txt", FILING.encode() * 4000)
     _write(src / "ok.txt", FILING.encode())
-    r = ingest([str(src)], str(tmp_path / "out"), str(tmp_path / "st"), max_line_mb=1, max_file_mb=1)
+    r = ingest(
+        [str(src)],
+        str(tmp_path / "out"),
+        str(tmp_path / "st"),
+        cfg=IngestConfig(max_line_mb=1, max_file_mb=1),
+    )
     reasons = {
         (Path(q["source"]).name, q["line"]): q["reason"]
         for q in _jsonl(tmp_path / "out" / "quarantine.jsonl")
@@ -340,7 +345,9 @@ def test_edinet_packages_and_connector_feed_the_manifest(tmp_path, monkeypatch):
         _write(manual / "S100C001.zip", build_csv_zip(filing))
         _write(manual / "S100C002.zip", build_csv_zip(filing)[:300])  # truncated download
         dl, st = str(tmp_path / "edinet"), str(tmp_path / "st")
-        r = ingest([str(manual)], str(tmp_path / "b1"), st, edinet=cfg, edinet_download_uri=dl)
+        r = ingest(
+            [str(manual)], str(tmp_path / "b1"), st, cfg=IngestConfig(edinet=cfg), edinet_download_uri=dl
+        )
         assert r["counts"]["edinet/fetched"] == 2 and r["counts"]["files/edinet"] == 4
         docs = _jsonl(tmp_path / "b1" / "docs.jsonl")
         by_doc = defaultdict(list)
@@ -370,7 +377,7 @@ def test_edinet_packages_and_connector_feed_the_manifest(tmp_path, monkeypatch):
             [str(manual)],
             str(tmp_path / "b2"),
             st,
-            edinet=cfg,
+            cfg=IngestConfig(edinet=cfg),
             edinet_download_uri=dl,
             prev_uri=str(tmp_path / "b1"),
         )

@@ -17,10 +17,10 @@ import pytest
 import torch
 from openai_fake import FakeOpenAI  # tests/ is on sys.path (rootdir conftest)
 
-from finmerge import judge
 from finmerge.config import JudgeConfig, TinyModelConfig
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, train_tokenizer
+from finmerge.evaluate import judge
 
 PLANTED = "sk-PLANTED-9f8e7d6c5b4a39281706"
 TEXTS = [

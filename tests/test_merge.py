@@ -11,13 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finmerge import modelio, storage
 from finmerge.config import MergeConfig, TinyModelConfig
+from finmerge.core import storage
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
-from finmerge.safetensors_stream import INDEX_NAME
-from finmerge.triplet import PreflightError
-from tasks.merge import MergeError, merge_from_recipe, merge_models
+from finmerge.merge.execute import MergeError, merge_from_recipe, merge_models
+from finmerge.merge.triplet import PreflightError
+from finmerge.models import loading as modelio
+from finmerge.models.safetensors_stream import INDEX_NAME
 
 SHAPE = TinyModelConfig(
     vocab_size=300,

@@ -13,11 +13,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from finmerge import merge_methods as mm
 from finmerge.cli import main
 from finmerge.config import MergeConfig
-from finmerge.mergekit_compat import MergekitConfigError, from_mergekit
-from tasks.merge import merge_models
+from finmerge.merge import methods as mm
+from finmerge.merge.execute import merge_models
+from finmerge.merge.mergekit import MergekitConfigError, from_mergekit
 from tests.test_merge import _triplet
 
 
@@ -440,7 +440,7 @@ def test_streamed_dare_merge_below_density_1_equals_mergekit_with_the_same_masks
 
 def test_merge_from_and_to_s3_equals_the_local_merge(fp32, tmp_path, s3_bucket):
     """Inputs as plain HF folders on S3 (staged and verified), output uploaded and verified: same tensors."""
-    from finmerge import storage
+    from finmerge.core import storage
 
     fs, _ = storage.filesystem(f"s3://{s3_bucket}")
     uris = {}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import storage
 from finmerge.cli import main
+from finmerge.core import storage
 from tests.helpers import tiny_model, write_corpus
 
 
@@ -250,7 +250,7 @@ def test_s3_interrupted_upload_of_our_own_stage_can_be_replaced(s3_bucket, tmp_p
 
 
 def test_checkpoint_folder_holding_other_files_is_refused_and_prune_spares_them(tmp_path):
-    from finmerge.checkpoint import CheckpointStore, step_name
+    from finmerge.train.checkpoint import CheckpointStore, step_name
 
     root = tmp_path / "out.checkpoints"
     for step in (1, 2, 3):

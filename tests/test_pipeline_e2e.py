@@ -6,8 +6,9 @@ import mlflow
 import pytest
 import torch
 
-from finmerge import modelio, storage
 from finmerge.config import load_config
+from finmerge.core import storage
+from finmerge.models import loading as modelio
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPENSIVE = {

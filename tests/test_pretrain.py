@@ -13,11 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finmerge import flops, modelio, storage, tracking
-from finmerge.checkpoint import CheckpointStore, flatten_optimizer, unflatten_optimizer
 from finmerge.config import PretrainConfig, TokenizeConfig, TrainConfig
-from tasks.pretrain import TrainData, checkpoint_root, lr_at, pretrain, total_steps, train_loop
-from tasks.tokenize import pack_documents, tokenize_corpus
+from finmerge.core import storage, tracking
+from finmerge.models import loading as modelio
+from finmerge.train import flops
+from finmerge.train.checkpoint import CheckpointStore, flatten_optimizer, unflatten_optimizer
+from finmerge.train.pretrain import TrainData, checkpoint_root, lr_at, pretrain, total_steps, train_loop
+from finmerge.train.tokenize import pack_documents, tokenize_corpus
 from tests.helpers import TEXTS, tiny_model, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

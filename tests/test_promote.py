@@ -8,11 +8,12 @@ import json
 import mlflow
 import pytest
 
-from finmerge import modelio, storage, tracking
 from finmerge.cli import main
 from finmerge.config import PromotionGates, RegistryConfig, TrackingConfig
-from tasks.promote import check_gates, promote, rollback, task_scores
-from tasks.registry import register_model
+from finmerge.core import storage, tracking
+from finmerge.models import loading as modelio
+from finmerge.registry.promote import check_gates, promote, rollback, task_scores
+from finmerge.registry.register import register_model
 from tests.helpers import tiny_model
 
 GOOD = {

@@ -2,9 +2,10 @@ import mlflow
 import pytest
 import torch
 
-from finmerge import modelio, storage, tracking
 from finmerge.config import TrackingConfig
-from tasks.registry import register_model
+from finmerge.core import storage, tracking
+from finmerge.models import loading as modelio
+from finmerge.registry.register import register_model
 from tests.helpers import tiny_model
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import storage
 from finmerge.config import load_config
+from finmerge.core import storage
 from finmerge.demo.edinet import write_fixture_filings
-from finmerge.locks import LineBusy, line_lock
-from tasks.retrain import commit_scan, count_tokens, decide, new_batches, scan_new_objects
+from finmerge.registry.retrain import commit_scan, count_tokens, decide, new_batches, scan_new_objects
+from finmerge.runner.locks import LineBusy, line_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,8 +116,8 @@ def test_line_lock_admits_one_holder_per_line(prefect_harness):
 
 @pytest.mark.slow
 def test_new_filings_retrain_to_a_promoted_champion(s3_bucket, mlflow_server, prefect_harness, tmp_path):
+    from finmerge.registry.retrain import trained_corpus
     from flows.retrain import retrain
-    from tasks.retrain import trained_corpus
 
     landing = f"s3://{s3_bucket}/landing/edinet"
     cfg = load_config(

@@ -1,4 +1,4 @@
-"""The retry rule of the stage tasks (``finmerge.orchestration.retry_when``), in real Prefect tasks.
+"""The retry rule of the stage tasks (``finmerge.runner.orchestration.retry_when``), in real Prefect tasks.
 
 I/O errors (OSError, connection errors, botocore errors, StorageError) are retried; logic errors are not;
 a full disk (``NoSpaceError``, a StorageError) is not either, because waiting does not free space. The tasks
@@ -13,12 +13,12 @@ import errno
 from pathlib import Path
 
 import pytest
+from finmerge.runner.orchestration import RunContext, retry_when, stage_task
 from prefect import task
 
-from finmerge import storage, tracking
 from finmerge.config import TrackingConfig
-from finmerge.orchestration import RunContext, retry_when, stage_task
-from tasks.pretrain import TrainingInterrupted
+from finmerge.core import storage, tracking
+from finmerge.train.pretrain import TrainingInterrupted
 
 # the tasks run outside a flow (as a retried task does its work); Prefect warns that those logs stay local
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs")

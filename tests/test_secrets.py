@@ -26,11 +26,11 @@ from edinet_fake import FakeEdinet  # tests/ is on sys.path (rootdir conftest)
 from openai_fake import FakeOpenAI
 from prefect import flow, task  # imported here: Prefect's first import replaces the root log handlers
 
-from finmerge import redact, storage
 from finmerge.config import load_config
-from finmerge.secrets import resolve_secret
+from finmerge.core import redact, storage
+from finmerge.core.secrets import resolve_secret
+from finmerge.corpus.edinet import EdinetAuthError
 from flows.pipeline import pipeline
-from tasks.edinet import EdinetAuthError
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = {
@@ -129,7 +129,7 @@ def test_scanner_finds_every_form_of_a_planted_value():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The log redaction (finmerge/redact.py)
+# The log redaction (finmerge/core/redact.py)
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import storage
+from finmerge.core import storage
 
 
 def _commit(uri, staging, files, meta=None):
@@ -146,8 +146,9 @@ def test_concurrent_staging_of_one_folder_gives_every_caller_a_complete_copy(s3_
 
 
 def test_retry_budget_comes_from_the_config_and_reaches_stage_processes(tmp_path):
+    from finmerge.runner.orchestration import RunContext
+
     from finmerge.config import load_config
-    from finmerge.orchestration import RunContext
 
     cfg = load_config(
         None,

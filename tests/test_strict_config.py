@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from finmerge import mergekit_compat, storage
 from finmerge.config import ConfigError, MergeConfig, load_config, read_yaml
-from finmerge.mergekit_compat import from_mergekit, load_merge_file
+from finmerge.core import storage
+from finmerge.merge import mergekit as mergekit_compat
+from finmerge.merge.mergekit import from_mergekit, load_merge_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,8 +216,8 @@ def test_recipe_typos_are_errors_naming_the_dotted_key(tmp_path, old, new, why):
 
 
 def test_the_recipe_tasks_merge_writes_is_read_back(tmp_path):
-    """The recipe schema checked here is the one tasks.merge writes (keeps the two in step)."""
-    from tasks.merge import _recipe
+    """The recipe schema checked here is the one finmerge.merge.execute writes (keeps the two in step)."""
+    from finmerge.merge.execute import _recipe
 
     cfg = MergeConfig(method="ties", alpha=0.8, density=0.4, rules=[{"pattern": "norm", "source": "base"}])
     uris = {"base": str(tmp_path / "b"), "instruct": str(tmp_path / "i"), "domain": str(tmp_path / "d")}

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finmerge import modelio, storage
 from finmerge.config import ParallelConfig, TokenizeConfig
+from finmerge.core import storage
 from finmerge.demo.models import train_tokenizer
-from tasks.tokenize import load_blocks, pack_documents, tokenize_corpus
+from finmerge.models import loading as modelio
+from finmerge.train.tokenize import load_blocks, pack_documents, tokenize_corpus
 from tests.helpers import TEXTS, tiny_model, write_corpus
 
 SEQ = 16

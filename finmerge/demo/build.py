@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finmerge import __version__, storage
+from finmerge import __version__
 from finmerge.config import DemoConfig
+from finmerge.core import storage
+from finmerge.core.plots import plot_curves
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, train_tokenizer
-from finmerge.plots import plot_curves
-from tasks.pretrain import LogFn, TrainData, model_card, train_loop
-from tasks.tokenize import pack_documents
+from finmerge.train.pretrain import LogFn, TrainData, model_card, train_loop
+from finmerge.train.tokenize import pack_documents
 
 
 def general_texts(world: Path) -> list[str]:
@@ -132,7 +133,7 @@ def build_demo_instruct(
     on_log: LogFn | None = None,
 ) -> dict:
     """Instruction-tune the demo base on the chat pairs (replies only in the loss); commit to ``out_uri``."""
-    from finmerge import modelio
+    from finmerge.models import loading as modelio
 
     world = storage.stage_folder(world_uri, staging_dir)
     world_digest = storage.read_manifest(world_uri)["digest"]
@@ -170,4 +171,14 @@ def build_demo_instruct(
             ),
             "Demo instruction tuning",
         )
+    return out.result()
+
+
+def make_world(out_uri: str, cfg: DemoConfig, staging_dir: str) -> dict:
+    """The demo world (filings, general corpus, chat pairs, evaluation sets) as one output folder."""
+    from finmerge.demo.world import generate_world
+
+    with storage.output_folder(out_uri, staging_dir, meta={}, stage="demo_world") as out:
+        summary = generate_world(cfg, out.path)
+        out.meta["counts"] = {k: v for k, v in summary.items() if isinstance(v, int | float)}
     return out.result()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import date
 from html import escape
 
-from finmerge.filings import NARRATIVE_SECTIONS, REPORT_DOC_TYPES
+from finmerge.corpus.filings import NARRATIVE_SECTIONS, REPORT_DOC_TYPES
 
 
 @dataclass
@@ -355,8 +355,8 @@ def write_fixture_filings(prefix: str, first: int, n: int, only: str | None = No
     the demo world's report text for companies ``first`` … ``first + n - 1`` of a world no demo config
     builds (seed 777), so they are new to any demo corpus. ``only`` keeps the cover and that one section.
     Returns the URIs written (``new filings arriving`` in tests and the screenshots)."""
-    from finmerge import storage
     from finmerge.config import DemoConfig
+    from finmerge.core import storage
     from finmerge.demo.world import filing_content, make_companies, section_text
 
     companies = make_companies(DemoConfig(seed=777, n_companies=first + n))

@@ -704,7 +704,7 @@ def section_text(sec: dict) -> str:
 
 
 def clean_view(text: str, c: dict | None = None) -> str:
-    """What the cleaning stage makes of canonical text: NFKC, PII masked (as ``tasks/clean.py`` does)."""
+    """What the cleaning stage makes of canonical text: NFKC, PII masked (as ``finmerge/corpus/clean.py`` does)."""
     text = unicodedata.normalize("NFKC", text)
     if c is not None:
         text = text.replace(c["email"], "<EMAIL>").replace(c["phone"], "<PHONE>")
@@ -712,7 +712,7 @@ def clean_view(text: str, c: dict | None = None) -> str:
 
 
 def shingles(text: str, n: int = SHINGLE) -> set[str]:
-    """Character n-grams of the text normalised as ``tasks/dedup.py`` does (no whitespace next to Japanese)."""
+    """Character n-grams of the text normalised as ``finmerge/corpus/dedup.py`` does (no whitespace next to Japanese)."""
     t = re.sub(r" (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) ", "", re.sub(r"\s+", " ", text).strip())
     if len(t) <= n:
         return {t}
@@ -816,7 +816,7 @@ def amend_section(lines: list[str], c: dict, rng: random.Random) -> tuple[list[s
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Dirt (all of it undone by NFKC + punctuation normalisation in tasks/clean.py)
+# Dirt (all of it undone by NFKC + punctuation normalisation in finmerge/corpus/clean.py)
 
 
 def _halfwidth_map() -> dict[str, str]:

@@ -1,0 +1,473 @@
+"""Streaming safetensors I/O: header-only inspection, row-chunked reads, and a sharded writer.
+
+Nothing here holds a whole model, or even a whole tensor, in memory:
+
+- :class:`SafetensorsModel` reads the headers of a model folder's weight files (names, dtypes, shapes) without
+  touching the data, and reads a tensor in row blocks through ``safe_open(...).get_slice`` (memory-mapped).
+  Each header is checked against its file first (:func:`inspect_file`): a truncated download, offsets that
+  do not match the shape, overlapping or out-of-file tensors fail there, naming the file and the tensor.
+- :class:`ShardedWriter` plans the output shards from the tensor specs up front (so every shard header is known
+  before its data), then streams each tensor's bytes straight to disk, block by block, hashing as it goes.
+  Shards are written to a temp name and renamed when complete; the HF layout is ``model.safetensors`` for one
+  shard, else ``model-0000k-of-0000N.safetensors`` plus ``model.safetensors.index.json``.
+
+The safetensors format is: 8-byte little-endian header length, a JSON header (``name -> {dtype, shape,
+data_offsets}`` plus ``__metadata__``), padded with spaces to a multiple of 8, then the raw little-endian bytes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from finmerge.models import loading as modelio
+
+ST_TO_TORCH: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _st, _attr in [
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+]:
+    if hasattr(torch, _attr):
+        ST_TO_TORCH[_st] = getattr(torch, _attr)
+TORCH_TO_ST = {v: k for k, v in ST_TO_TORCH.items()}
+
+NAME_TO_TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``layers.2`` before ``layers.10``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+def _read_header_bytes(path: str | Path) -> tuple[dict, int, int]:
+    """``(header, header length, file size)``; a file cut inside its header is a clear error."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise modelio.ModelFormatError(
+                f"{path}: truncated safetensors file ({size} bytes, shorter than the 8-byte header length)"
+            )
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER_BYTES:
+            raise modelio.ModelFormatError(f"{path}: not a safetensors file (header length {n})")
+        if n > size - 8:
+            raise modelio.ModelFormatError(
+                f"{path}: truncated safetensors file: the header says it is {n} bytes long but only "
+                f"{size - 8} byte(s) follow (file cut short?)"
+            )
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise modelio.ModelFormatError(f"{path}: unreadable safetensors header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise modelio.ModelFormatError(f"{path}: safetensors header is not a JSON object")
+    return header, n, size
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON header of one safetensors file (no tensor data is read)."""
+    return _read_header_bytes(path)[0]
+
+
+def _entry(path: Path, name: str, entry) -> tuple[str, tuple[int, ...], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, checked for form and for size."""
+    ok = (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("shape"), list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
+        and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in entry["data_offsets"])
+    )
+    if not ok:
+        raise modelio.ModelFormatError(f"{path}: tensor {name}: malformed header entry {str(entry)[:200]}")
+    dtype, shape = entry["dtype"], tuple(entry["shape"])
+    begin, end = entry["data_offsets"]
+    if not 0 <= begin <= end:
+        raise modelio.ModelFormatError(f"{path}: tensor {name}: invalid data_offsets [{begin}, {end}]")
+    torch_dtype = ST_TO_TORCH.get(dtype)
+    if torch_dtype is not None and end - begin != tensor_bytes(torch_dtype, shape):
+        raise modelio.ModelFormatError(
+            f"{path}: tensor {name}: the header gives shape {list(shape)} {dtype} "
+            f"({tensor_bytes(torch_dtype, shape)} bytes) but data_offsets span {end - begin} bytes"
+        )
+    return dtype, shape, begin, end
+
+
+def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The tensors tile the data section exactly, as the safetensors format requires: no byte beyond the
+    end of the file (a truncated download), no overlap, no gap, nothing after the last tensor."""
+    beyond = [(b, e, n) for b, e, n in spans if e > data_size]
+    if beyond:
+        b, e, n = min(beyond)
+        raise modelio.ModelFormatError(
+            f"{path}: truncated safetensors file: tensor {n} needs data bytes [{b}, {e}) but the file holds "
+            f"only {data_size} ({len(beyond)} tensor(s) affected; file cut short?)"
+        )
+    spans = sorted(spans)
+    for (_, e0, n0), (b, e, n) in zip(spans, spans[1:], strict=False):
+        if b < e0:
+            raise modelio.ModelFormatError(f"{path}: tensor {n}: data_offsets [{b}, {e}) overlap tensor {n0}")
+    pos = 0
+    for b, e, n in spans:
+        if b != pos:
+            raise modelio.ModelFormatError(
+                f"{path}: tensor {n}: data_offsets [{b}, {e}) leave a gap of {b - pos} bytes before it"
+            )
+        pos = e
+    if pos != data_size:
+        raise modelio.ModelFormatError(
+            f"{path}: {data_size - pos} unexplained byte(s) after the last tensor (not a valid safetensors file)"
+        )
+
+
+def inspect_file(path: str | Path) -> dict[str, TensorInfo]:
+    """Every tensor of one safetensors file from its header, with the header checked against the file size,
+    so a truncated or lying file fails here, naming the file and the tensor, before any data is read."""
+    path = Path(path)
+    header, n, size = _read_header_bytes(path)
+    data_start, out, spans = 8 + n, {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, begin, end = _entry(path, name, entry)
+        spans.append((begin, end, name))
+        out[name] = TensorInfo(name, dtype, shape, path, data_start + begin)
+    _check_coverage(path, spans, size - data_start)
+    return out
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors code: F32, BF16, ...
+    shape: tuple[int, ...]
+    file: Path
+    offset: int = -1  # absolute byte offset of the data in ``file`` (-1: unknown)
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return ST_TO_TORCH.get(self.dtype)
+
+    @property
+    def is_float(self) -> bool:
+        dt = self.torch_dtype
+        return dt is not None and dt.is_floating_point
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class SafetensorsModel:
+    """The weights of one HF model folder, inspected from headers and read in row blocks.
+
+    Use as a context manager (``with SafetensorsModel(folder) as m:``) around reads so file handles are shared.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.files = modelio.weight_files(self.folder)  # refuses pickle-only folders
+        self.tensors: dict[str, TensorInfo] = {}
+        for path in self.files:
+            for name, info in inspect_file(path).items():
+                if name in self.tensors:
+                    raise modelio.ModelFormatError(
+                        f"{self.folder}: tensor {name} appears in two shards "
+                        f"({self.tensors[name].file.name}, {path.name})"
+                    )
+                self.tensors[name] = info
+        self._check_index()
+        self._stack: contextlib.ExitStack | None = None
+        self._handles: dict[Path, object] = {}
+        self._fds: dict[Path, int] = {}
+
+    def _check_index(self) -> None:
+        """Each tensor the index names is in the shard it names (else loaders fail later, less clearly)."""
+        index = self.folder / INDEX_NAME
+        if not index.exists():
+            return
+        for name, file in modelio.read_index(index).items():
+            info = self.tensors.get(name)
+            if info is None or info.file.name != file:
+                where = "in no shard" if info is None else f"in {info.file.name}"
+                raise modelio.ModelFormatError(f"{index}: tensor {name} is listed in {file} but is {where}")
+
+    def __enter__(self) -> SafetensorsModel:
+        self._stack = contextlib.ExitStack()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._handles.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _handle(self, path: Path):
+        from safetensors import safe_open
+
+        h = self._handles.get(path)
+        if h is None:
+            h = safe_open(str(path), framework="pt")
+            if self._stack is not None:
+                h = self._stack.enter_context(h)
+            self._handles[path] = h
+        return h
+
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows ``[start, stop)`` of ``name`` read with ``pread`` straight into ``out`` (a reusable buffer of
+        the tensor's dtype and the rows' shape): no per-block allocation and no page faults on a memory map,
+        which cost more than the merge arithmetic on big models."""
+        info = self.tensors[name]
+        row_bytes = math.prod(info.shape[1:]) * out.element_size()
+        view = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        pos, done = info.offset + start * row_bytes, 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], pos + done)
+            if n <= 0:
+                raise modelio.ModelFormatError(f"{info.file}: truncated data for tensor {name}")
+            done += n
+        return out
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """Rows ``[start, stop)`` of tensor ``name`` (the whole tensor when both are None), in its own dtype."""
+        info = self.tensors[name]
+        h = self._handle(info.file)
+        if start is None and stop is None:
+            return h.get_tensor(name)
+        if not info.shape:
+            raise ValueError(f"{name}: cannot slice rows of a 0-d tensor")
+        return h.get_slice(name)[start:stop].contiguous()
+
+
+def row_blocks(
+    shape: tuple[int, ...], target_elems: int, start: int = 0, stop: int | None = None
+) -> Iterator:
+    """``(a, b)`` row ranges over ``[start, stop)`` of axis 0 holding about ``target_elems`` elements each.
+
+    A 0-d tensor yields a single ``(None, None)`` (read it whole)."""
+    if not shape:
+        yield None, None
+        return
+    stop = shape[0] if stop is None else stop
+    row = max(1, math.prod(shape[1:]))
+    step = max(1, target_elems // row)
+    for a in range(start, stop, step):
+        yield a, min(stop, a + step)
+
+
+def tensor_bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class _Shard:
+    file: str
+    names: list[str] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class ShardedWriter:
+    """Writes tensors to HF-layout safetensors shards without buffering them.
+
+    ``specs`` is ``[(name, torch dtype, shape), ...]``. Shards are packed greedily (in natural name order) up to
+    ``max_shard_bytes`` of tensor data; a tensor larger than that gets a shard of its own. Feed data with
+    :meth:`write` in the order given by :attr:`order` (row blocks of the current tensor, in order), then call
+    :meth:`close`, which returns ``{file: sha256}`` and writes the index when there is more than one shard.
+
+    With ``background=True`` file writes and hashing run in one worker thread, overlapping the caller's compute;
+    at most one write is in flight, so a block passed to :meth:`write` must stay unmodified only until the
+    next :meth:`write` (or :meth:`close`) returns: two alternating buffers are enough.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        max_shard_bytes: int,
+        background: bool = False,
+    ):
+        self.folder = Path(folder)
+        self.specs = {name: (dtype, tuple(shape)) for name, dtype, shape in specs}
+        if len(self.specs) != len(specs):
+            raise ValueError("duplicate tensor names")
+        for name, (dtype, _) in self.specs.items():
+            if dtype not in TORCH_TO_ST:
+                raise ValueError(f"{name}: dtype {dtype} cannot be written to safetensors")
+        shards: list[_Shard] = []
+        for name in sorted(self.specs, key=natural_key):
+            nb = tensor_bytes(*self.specs[name])
+            if not shards or (shards[-1].names and shards[-1].nbytes + nb > max_shard_bytes):
+                shards.append(_Shard(file=""))
+            shards[-1].names.append(name)
+            shards[-1].nbytes += nb
+        n = len(shards)
+        for k, sh in enumerate(shards, 1):
+            sh.file = SINGLE_NAME if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+            # Within a shard, widest dtypes first so every tensor's data stays aligned to its element size.
+            sh.names.sort(
+                key=lambda nm: (-torch.empty((), dtype=self.specs[nm][0]).element_size(), natural_key(nm))
+            )
+        self.shards = shards
+        self.order = [nm for sh in shards for nm in sh.names]
+        self.sha256: dict[str, str] = {}
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="safetensors-writer") if background else None
+        self._pending: cf.Future | None = None
+        self._shard_i = -1
+        self._name_i = -1
+        self._fh = None  # owned by the I/O side (_io_*), which may run in the worker thread
+        self._hash = None
+        self._left = 0  # bytes still expected for the current tensor
+        self._next_tensor()
+
+    # -- I/O side: runs inline, or in the worker thread, strictly in submission order -------------------
+    def _io_open(self, file: str, header: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.folder / f".{file}.tmp", "wb")  # noqa: SIM115 - closed in _io_close
+        self._hash = hashlib.sha256()
+        self._io_write(header)
+
+    def _io_write(self, data, keepalive=None) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+
+    def _io_close(self, file: str) -> None:
+        self._fh.close()
+        self._fh = None
+        os.replace(self.folder / f".{file}.tmp", self.folder / file)
+        self.sha256[file] = self._hash.hexdigest()
+
+    def _do(self, fn, *args) -> None:
+        if self._pool is None:
+            fn(*args)
+            return
+        self._wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises a write error here
+
+    # -- planning side ---------------------------------------------------------------------------------
+    def _open_shard(self, sh: _Shard) -> None:
+        header: dict = {"__metadata__": {"format": "pt"}}
+        off = 0
+        for nm in sh.names:
+            dtype, shape = self.specs[nm]
+            nb = tensor_bytes(dtype, shape)
+            header[nm] = {"dtype": TORCH_TO_ST[dtype], "shape": list(shape), "data_offsets": [off, off + nb]}
+            off += nb
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self._do(self._io_open, sh.file, struct.pack("<Q", len(raw)) + raw)
+
+    def _next_tensor(self) -> None:
+        while True:
+            if self._shard_i >= 0 and self._name_i + 1 < len(self.shards[self._shard_i].names):
+                self._name_i += 1
+            else:
+                if self._shard_i >= 0:
+                    self._do(self._io_close, self.shards[self._shard_i].file)
+                self._shard_i += 1
+                self._name_i = 0
+                if self._shard_i >= len(self.shards):
+                    self._left = 0
+                    return
+                self._open_shard(self.shards[self._shard_i])
+            self._left = tensor_bytes(*self.specs[self.current])
+            if self._left:
+                return
+
+    @property
+    def current(self) -> str | None:
+        if self._shard_i >= len(self.shards):
+            return None
+        return self.shards[self._shard_i].names[self._name_i]
+
+    # -- API -------------------------------------------------------------------------------------------
+    def write(self, name: str, block: torch.Tensor) -> None:
+        """Append the next row block of tensor ``name`` (must be the current tensor, in its planned dtype)."""
+        if block.numel() == 0 and name in self.specs:
+            return  # zero-size tensors are all header
+        if name != self.current:
+            raise RuntimeError(f"writer expected tensor {self.current!r}, got {name!r}")
+        dtype, _ = self.specs[name]
+        if block.dtype != dtype:
+            raise RuntimeError(f"{name}: block dtype {block.dtype}, planned {dtype}")
+        flat = block.detach().to("cpu").contiguous().reshape(-1)
+        data = memoryview(flat.view(torch.uint8).numpy())
+        if data.nbytes > self._left:
+            raise RuntimeError(f"{name}: more data than its shape {self.specs[name][1]}")
+        self._do(self._io_write, data, flat)
+        self._left -= data.nbytes
+        if self._left == 0:
+            self._next_tensor()
+
+    def close(self) -> dict[str, str]:
+        """Finish the last shard, write the index (several shards); returns ``{shard file: sha256}``."""
+        if self.current is not None:
+            raise RuntimeError(f"writer closed before tensor {self.current!r} was complete")
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(sh.nbytes for sh in self.shards)},
+                "weight_map": {nm: sh.file for sh in self.shards for nm in sorted(sh.names, key=natural_key)},
+            }
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return dict(self.sha256)
+
+    def abort(self) -> None:
+        """Release the file and the worker after an error (a no-op after :meth:`close`)."""
+        if self._pool is not None:
+            try:
+                self._wait()
+            except Exception:  # noqa: BLE001 - the caller is already handling the first error
+                pass
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,92 @@
+"""Register the pipeline's cpt model (and its marked checkpoints) and merged model, then gate the merged one."""
+
+from __future__ import annotations
+
+from finmerge import __version__
+from finmerge.config import config_hash
+from finmerge.models.loading import fingerprint
+from finmerge.runner.flow_runner import StageRunner
+from finmerge.runner.stage import code_version
+from tasks.pretrain import PRETRAIN
+from tasks.promote import promote_task
+from tasks.registry import register_task
+
+
+def lineage_tags(runner: StageRunner, inputs: dict, corpus: dict, tok: dict) -> dict:
+    return {
+        "finmerge.base": inputs["base"],
+        "finmerge.base_digest": fingerprint(inputs["base"]),
+        "finmerge.instruct": inputs["instruct"],
+        "finmerge.instruct_digest": fingerprint(inputs["instruct"]),
+        "finmerge.corpus_digest": corpus["digest"],
+        "finmerge.corpus_lineage": corpus["lineage"],
+        "finmerge.tokens_digest": tok["digest"],
+        "finmerge.config_hash": config_hash(runner.cfg),
+        "finmerge.code_version": code_version(*PRETRAIN.code),
+        "finmerge.version": __version__,
+    }
+
+
+def register_models(runner: StageRunner, parent_id: str, inputs, corpus, tok, cpt, mrg, evals, vec):
+    """cpt → ``registry.cpt_name``; merged → ``registry.merged_name`` as challenger, then the gates."""
+    ctx, r, cfg = runner.ctx, runner.cfg.registry, runner.cfg
+    lineage = lineage_tags(runner, inputs, corpus, tok)
+    common = {
+        "tracking_uri": ctx.tracking_uri,
+        "experiment_id": ctx.experiment_id,
+        "parent_run_id": parent_id,
+    }
+    cpt_reg = runner.call(
+        register_task,
+        "register-cpt",
+        r.cpt_name,
+        cpt["uri"],
+        tags={**lineage, "finmerge.role": "cpt"},
+        metrics={f"eval.{k}": v for k, v in evals["cpt"]["metrics"].items()},
+        description="Continually pretrained finance model (θ_cpt)",
+        **common,
+    )
+    for step, ckpt_uri in cpt.get("marked_checkpoints", {}).items():
+        runner.call(
+            register_task,
+            f"register-cpt-step-{step}",
+            r.cpt_name,
+            ckpt_uri,
+            tags={**lineage, "finmerge.role": "cpt-checkpoint", "finmerge.checkpoint_step": step},
+            description=f"θ_cpt checkpoint at step {step}",
+            **common,
+        )
+    merged_metrics = {f"eval.{k}": v for k, v in evals["merged"]["metrics"].items()}
+    if vec:
+        merged_metrics.update(vec["metrics"])
+    m = cfg.merge
+    mrg_reg = runner.call(
+        register_task,
+        "register-merged",
+        r.merged_name,
+        mrg["uri"],
+        tags={
+            **lineage,
+            "finmerge.role": "merged",
+            "finmerge.cpt_digest": cpt["digest"],
+            "finmerge.parent.cpt": f"{r.cpt_name}/{cpt_reg['version']}",
+            "finmerge.merge.method": m.method,
+            "finmerge.merge.alpha": m.alpha,
+            "finmerge.merge.beta": m.beta,
+        },
+        metrics=merged_metrics,
+        aliases=(r.new_alias,),
+        bootstrap_alias=r.champion_alias if r.bootstrap_champion else None,
+        description="θ_cpt + τ_inst: finance knowledge with instruction following",
+        **common,
+    )
+    # the new version is challenger; it becomes champion only through the gates (not a cached stage:
+    # the decision depends on the registry's current champion)
+    promotion = promote_task.with_options(task_run_name="promote-merged")(
+        r.merged_name,
+        tracking_uri=ctx.tracking_uri,
+        registry=r,
+        version=mrg_reg["version"],
+        experiment_id=ctx.experiment_id,
+    )
+    return {"cpt": cpt_reg, "merged": mrg_reg}, promotion
