@@ -103,7 +103,7 @@ def _runner(cfg: PipelineConfig):
     without starting Prefect."""
     from finmerge.runner.stage import LocalRunner, RunContext
 
-    return LocalRunner(RunContext.create(cfg), cfg)
+    return LocalRunner(RunContext.create(cfg, lazy=True), cfg)
 
 
 def _stage_summary(res: dict, *keys: str) -> dict:
@@ -424,9 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--base", "--instruct", "--domain"):
         m.add_argument(flag, help="model folder or s3:// URI (default: from a mergekit YAML / recipe)")
     m.add_argument("--out", help=OUT_HELP)
-    m.add_argument(
-        "--method", choices=["task_arithmetic", "linear", "ties", "dare_ties", "dare_linear", "slerp"]
-    )
+    from finmerge.merge.method_registry import METHOD_NAMES  # torch-free: the one list of merge methods
+
+    m.add_argument("--method", choices=METHOD_NAMES)
     m.add_argument("--alpha", type=float)
     m.add_argument("--beta", type=float)
     m.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])

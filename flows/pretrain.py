@@ -69,7 +69,7 @@ def run_pretrain(
     result = runner.run(PRETRAIN, inputs, out=out_uri, overwrite=overwrite)
     if register:
         tags = lineage_tags(cfg, model_uri, tokens, code_version(*PRETRAIN.code))
-        common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id}
+        common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id_()}
         result["registered"] = [
             register_model(
                 cfg.registry.cpt_name,

@@ -43,7 +43,7 @@ INGEST = Stage(
     name="ingest",
     section="corpus.ingest",
     # the caller fingerprints the sources (and the EDINET listing) into "listing"; "prev" is the batch before
-    inputs={"sources": "value", "prev": "value", "listing": "value"},
+    inputs={"sources": "uri", "prev": "uri", "listing": "value"},
     key_exclude=("sources", "edinet"),
     code=CODE,
     work=_work,

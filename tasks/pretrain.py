@@ -6,10 +6,9 @@ from finmerge.train.pretrain import TrainingInterrupted, pretrain
 
 def _work(c: StageCall) -> dict:
     m = c.cfg.models
-    train = c.section.model_copy(update={"seq_len": c.cfg.tokenize.seq_len})  # FIXME(seq_len owner)
-    return pretrain(c.inputs["base"], c.inputs["tokens"], c.out_uri, train, c.staging_dir,
+    return pretrain(c.inputs["base"], c.inputs["tokens"], c.out_uri, c.section, c.staging_dir,
                     heldout_uri=c.inputs.get("heldout"), trust_remote_code=m.trust_remote_code,
-                    allow_pickle=m.allow_pickle, on_log=c.on_log, tracking=c.tracking,
+                    allow_pickle=m.allow_pickle, on_log=c.on_log, tracking=c.tracking(),
                     overwrite=c.overwrite)  # fmt: skip
 
 

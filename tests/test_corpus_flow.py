@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from finmerge.runner.orchestration import RunContext
+from finmerge.runner.stage import RunContext
 
 from finmerge.config import DemoConfig, PipelineConfig
 from finmerge.corpus import lineage

@@ -1,10 +1,13 @@
-"""The retry rule of the stage tasks (``finmerge.runner.orchestration.retry_when``), in real Prefect tasks.
+"""The one retry rule of every stage (``finmerge.runner.stage.retryable``), in real Prefect tasks and in the
+CLI's driver.
 
-I/O errors (OSError, connection errors, botocore errors, StorageError) are retried; logic errors are not;
-a full disk (``NoSpaceError``, a StorageError) is not either, because waiting does not free space. The tasks
-are the project's own: ``stage_task`` (every pipeline stage) and the pretrain flow's task, built as
-``flows/pretrain.py`` builds it, with only the retry delay set to 0. Each attempt appends a line to a file,
-so the tests count the attempts the stage function really made.
+I/O errors (OSError, connection errors, botocore errors) are retried; logic errors are not; a full disk is
+not either, because waiting does not free space, nor a missing file or a refused output (they do not fix
+themselves), nor a StorageError (remote storage calls are retried under their own budget, so one that
+reaches the stage is a spent budget or a wrong input). The stage is declared as ``tasks/`` declare
+theirs and run by the project's own drivers: the Prefect task the flows run (``prefect_task``) and
+``run_stage`` (the CLI), with only the retry delay set to 0. Each attempt appends a line to a file, so the
+tests count the attempts the stage really made.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import errno
 from pathlib import Path
 
 import pytest
-from finmerge.runner.orchestration import RunContext, retry_when, stage_task
-from prefect import task
 
-from finmerge.config import TrackingConfig
+from finmerge.config import PipelineConfig, TrackingConfig
 from finmerge.core import storage, tracking
+from finmerge.runner import stage as stages
+from finmerge.runner.flow_runner import prefect_task
+from finmerge.runner.stage import RunContext, Stage, StageCall
 from finmerge.train.pretrain import TrainingInterrupted
 
 # the tasks run outside a flow (as a retried task does its work); Prefect warns that those logs stay local
@@ -41,6 +45,10 @@ def _error(name: str) -> BaseException:
         exc = storage.NoSpaceError("/staging/outputs: No space left on device while writing s3://b/k")
         exc.__cause__ = OSError(errno.ENOSPC, "No space left on device")  # as storage raises it
         return exc
+    if name == "missing":
+        return FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/corpus.jsonl")
+    if name == "refused":
+        return storage.OutputRefused("/data/out: it holds 1 entry (notes.txt) that finmerge did not write")
     if name == "interrupted":
         return TrainingInterrupted("the training job died (exit -9); resume from its latest checkpoint")
     raise AssertionError(name)
@@ -57,14 +65,21 @@ def _attempt(counter: str, fail: list[str]) -> int:
     return n + 1
 
 
-def flaky_stage(out_uri: str, counter: str, fail: list[str]) -> dict:
-    """A plain stage function (as ``run_tracked`` calls them)."""
-    attempts = _attempt(counter, fail)
-    return {"uri": out_uri, "digest": f"done-after-{attempts}"}
+def flaky_work(c: StageCall) -> dict:
+    """A stage's work (as ``tasks/`` declare them): fails as told, else returns a result."""
+    attempts = _attempt(c.inputs["counter"], c.inputs["fail"])
+    return {"uri": c.out_uri, "digest": f"done-after-{attempts}"}
 
 
-def flaky_pretrain(counter: str, fail: list[str]) -> dict:
-    return {"attempts": _attempt(counter, fail)}
+def _stage(retry_on=()) -> Stage:
+    return Stage(
+        name="retry-probe",
+        section="storage",
+        inputs={"counter": "value", "fail": "value"},
+        code=(__name__,),
+        work=flaky_work,
+        retry_on=retry_on,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,51 +100,79 @@ def ctx(tmp_path_factory):
         storage.configure(None)  # run_tracked sets the process's storage policy from the context
 
 
-def _run_stage(ctx: RunContext, tmp_path: Path, fail: list[str], retry_on=()):
-    """The stage task exactly as the pipeline builds it (retries=2), with the retry delay set to 0."""
-    stage = stage_task("retry-probe", flaky_stage, retry_on=retry_on).with_options(
-        retry_delay_seconds=0, retry_jitter_factor=None
-    )
+def _run_stage(ctx: RunContext, tmp_path: Path, fail: list[str], retry_on=(), driver="prefect"):
+    """The stage as a flow runs it (its Prefect task, retries=2) or as the CLI does, with no retry delay."""
+    stage, cfg = _stage(retry_on), PipelineConfig()
     counter = tmp_path / "attempts.txt"
-    out_uri = ctx.out_uri("retry-probe", tmp_path.name)  # a fresh cache key per test
-    state = stage(out_uri, ctx, {"counter": str(counter), "fail": fail}, return_state=True)
-    return state, len(counter.read_text().splitlines()), out_uri
+    inputs = {"counter": str(counter), "fail": fail}
+    # a fresh folder per test (the key covers the inputs: the counter path is per test)
+    p = stages.plan(stage, cfg, inputs, ctx)
+    if driver == "prefect":
+        task = prefect_task(stage).with_options(retry_delay_seconds=0, retry_jitter_factor=None)
+        state = task(planned=p, ctx=ctx, return_state=True)
+    else:
+        try:
+            result = stages.run_stage(stage, cfg, inputs, ctx=ctx, delays_s=(0.0,))
+            state = ("completed", result)
+        except Exception as exc:  # noqa: BLE001 - the test inspects what the driver raised
+            state = ("failed", exc)
+    return state, len(counter.read_text().splitlines()), p.out_uri
 
 
-@pytest.mark.parametrize("error", ["oserror", "connection", "botocore", "storage"])
-def test_stage_task_retries_io_errors_until_its_retries_run_out(error, ctx, tmp_path, prefect_harness):
-    state, attempts, _ = _run_stage(ctx, tmp_path, [error] * 5)
-    assert state.is_failed()
+def _outcome(state):
+    """(completed?, result or exception) for both drivers."""
+    if isinstance(state, tuple):
+        return state[0] == "completed", state[1]
+    return state.is_completed(), state.result(raise_on_failure=False)
+
+
+DRIVERS = pytest.mark.parametrize("driver", ["prefect", "cli"])
+
+
+@DRIVERS
+@pytest.mark.parametrize("error", ["oserror", "connection", "botocore"])
+def test_io_errors_are_retried_until_the_retries_run_out(error, driver, ctx, tmp_path, prefect_harness):
+    state, attempts, _ = _run_stage(ctx, tmp_path, [error] * 5, driver=driver)
+    done, result = _outcome(state)
+    assert not done
     assert attempts == 3  # the first attempt and its 2 retries
-    assert type(state.result(raise_on_failure=False)) is type(_error(error))
+    assert type(result) is type(_error(error))
 
 
-@pytest.mark.parametrize("error", ["value", "nospace", "interrupted"])
-def test_stage_task_does_not_retry_logic_errors_or_a_full_disk(error, ctx, tmp_path, prefect_harness):
-    """NoSpaceError is a StorageError (an I/O error, retried), and is still not retried: a full disk stays
-    full. A dead training job is not retried by a stage that did not ask for it (``retry_on``)."""
-    state, attempts, _ = _run_stage(ctx, tmp_path, [error] * 5)
-    assert state.is_failed()
+@DRIVERS
+@pytest.mark.parametrize("error", ["value", "nospace", "interrupted", "missing", "refused", "storage"])
+def test_logic_errors_a_full_disk_and_user_mistakes_are_not_retried(
+    error, driver, ctx, tmp_path, prefect_harness
+):
+    """FileNotFoundError is an OSError, and is still not retried: a missing file stays missing; nor are
+    StorageErrors (NoSpaceError, OutputRefused, a spent storage retry budget). A dead training job is
+    not retried by a stage that did not ask for it (``retry_on``)."""
+    state, attempts, _ = _run_stage(ctx, tmp_path, [error] * 5, driver=driver)
+    done, result = _outcome(state)
+    assert not done
     assert attempts == 1
-    assert type(state.result(raise_on_failure=False)) is type(_error(error))
+    assert type(result) is type(_error(error))
 
 
-def test_stage_task_retry_on_adds_an_error_to_retry(ctx, tmp_path, prefect_harness):
-    state, attempts, _ = _run_stage(ctx, tmp_path, ["interrupted"] * 5, retry_on=(TrainingInterrupted,))
-    assert state.is_failed() and attempts == 3
+@DRIVERS
+def test_retry_on_adds_an_error_to_retry(driver, ctx, tmp_path, prefect_harness):
+    state, attempts, _ = _run_stage(ctx, tmp_path, ["interrupted"] * 5, (TrainingInterrupted,), driver)
+    assert not _outcome(state)[0] and attempts == 3
     (tmp_path / "nospace").mkdir()
     state, attempts, _ = _run_stage(
-        ctx, tmp_path / "nospace", ["nospace"] * 5, retry_on=(TrainingInterrupted,)
+        ctx, tmp_path / "nospace", ["nospace"] * 5, (TrainingInterrupted,), driver
     )
-    assert state.is_failed() and attempts == 1
+    assert not _outcome(state)[0] and attempts == 1
 
 
-def test_a_retried_io_error_then_success_completes_in_one_mlflow_run(ctx, tmp_path, prefect_harness):
-    """Two I/O errors, then success: 3 attempts, the task Completed with the third attempt's result, and the
+@DRIVERS
+def test_a_retried_io_error_then_success_completes_in_one_mlflow_run(driver, ctx, tmp_path, prefect_harness):
+    """Two I/O errors, then success: 3 attempts, the stage completed with the third attempt's result, and the
     retries re-attached to the MLflow run the failed attempts left, which ends FINISHED."""
-    state, attempts, out_uri = _run_stage(ctx, tmp_path, ["oserror", "botocore"])
-    assert state.is_completed() and attempts == 3
-    assert state.result()["digest"] == "done-after-3"
+    state, attempts, out_uri = _run_stage(ctx, tmp_path, ["oserror", "botocore"], driver=driver)
+    done, result = _outcome(state)
+    assert done and attempts == 3
+    assert result["digest"] == "done-after-3"
     runs = tracking.client(ctx.tracking_uri).search_runs(
         [ctx.experiment_id], filter_string=f"tags.`finmerge.output` = '{out_uri}'"
     )
@@ -141,22 +184,16 @@ def test_a_retried_io_error_then_success_completes_in_one_mlflow_run(ctx, tmp_pa
     [(["interrupted"] * 5, 3), (["oserror"] * 5, 3), (["interrupted", "oserror"], 3), (["nospace"] * 5, 1),
      (["value"] * 5, 1), (["interrupted", "nospace"], 2)],
 )  # fmt: skip
-def test_pretrain_flow_task_retries_a_dead_job_and_io_errors_not_a_full_disk(
-    fail, attempts, tmp_path, prefect_harness
+def test_the_pretrain_declaration_retries_a_dead_job_and_io_errors_not_a_full_disk(
+    fail, attempts, ctx, tmp_path, prefect_harness
 ):
-    """The task of ``flows/pretrain.py`` (retries=2, retry_when((TrainingInterrupted, OSError)))."""
-    step = task(
-        flaky_pretrain,
-        name="pretrain",
-        retries=2,
-        retry_delay_seconds=0,
-        retry_condition_fn=retry_when((TrainingInterrupted, OSError)),
-    )
-    counter = tmp_path / "attempts.txt"
-    state = step(str(counter), fail, return_state=True)
-    assert len(counter.read_text().splitlines()) == attempts
+    """``tasks/pretrain.py`` declares ``retry_on=(TrainingInterrupted,)`` on top of the I/O errors."""
+    from tasks.pretrain import PRETRAIN
+
+    state, n, _ = _run_stage(ctx, tmp_path, fail, retry_on=PRETRAIN.retry_on)
+    assert n == attempts and PRETRAIN.retries == 2
+    done, result = _outcome(state)
     if len(fail) < attempts:  # the last attempt raised nothing
-        assert state.is_completed() and state.result() == {"attempts": attempts}
+        assert done and result["digest"] == f"done-after-{attempts}"
     else:
-        assert state.is_failed()
-        assert type(state.result(raise_on_failure=False)) is type(_error(fail[attempts - 1]))
+        assert not done and type(result) is type(_error(fail[attempts - 1]))

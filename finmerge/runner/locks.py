@@ -6,6 +6,8 @@ concurrency limit of 1 named after the line, so the lock holds across processes,
 share a Prefect API. The slot is held under a lease that the holder renews; a holder that dies frees the line
 when its lease runs out. (Without a Prefect server, processes on one host share the ephemeral API's database,
 so the lock still holds there; a crashed holder's lease is then only reclaimed by a server.)
+
+The library reaches these locks through :func:`finmerge.core.services.line_lock`, never by importing this module.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+from finmerge.core.services import LineBusy
+
+__all__ = ["LineBusy", "ensure_limit", "line_lock", "lock_name"]
 log = logging.getLogger(__name__)
-
-
-class LineBusy(RuntimeError):
-    """Another holder has the line's lock (e.g. a retrain of the same model line is running)."""
 
 
 def lock_name(purpose: str, line: str) -> str:

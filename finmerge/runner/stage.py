@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 # How an input enters the cache key: a model or finmerge folder by its fingerprint (the manifest digest when
 # finmerge wrote it), a tokenizer by its files, a file by its bytes, a list of sources by their listing
-# (path, size, mtime/ETag), a value as itself.
-InputKind = Literal["model", "tokenizer", "file", "files", "value"]
+# (path, size, mtime/ETag), a "uri" (a location the caller fingerprints in another input) and a value as
+# themselves. Every kind but "value" names a location: the output may not be, contain or lie inside it.
+InputKind = Literal["model", "tokenizer", "file", "files", "uri", "value"]
 
 
 @dataclasses.dataclass
@@ -54,10 +55,12 @@ class StageCall:
     overwrite: bool = False
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     on_log: Callable[[int, dict], None] | None = None
-    tracking: dict | None = None
+    # {"uri", "run_id"} of the stage's MLflow run, for work that logs from another process (training);
+    # calling it starts the run (otherwise it starts when the work first logs, or when it returns)
+    tracking: Callable[[], dict] | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: one Prefect task per declaration
 class Stage:
     """A pipeline stage, declared once (see ``tasks/``)."""
 
@@ -145,25 +148,43 @@ class RunContext(BaseModel):
     retry_attempts: int = storage.UPLOAD_RETRY.attempts
     retry_budget_s: float = storage.UPLOAD_RETRY.budget_s
     tracking_uri: str
-    experiment_id: str
+    experiment: str = "finmerge"
+    artifact_location: str | None = None
+    experiment_id: str | None = None  # resolved (the experiment created) on first use
     parent_run_id: str | None = None
     config_hash: str
 
     @classmethod
-    def create(cls, cfg: PipelineConfig, parent_run_id: str | None = None) -> RunContext:
+    def create(cls, cfg: PipelineConfig, parent_run_id: str | None = None, lazy: bool = False) -> RunContext:
+        """``lazy``: touch the tracking store only when a run is recorded (a command refused at its
+        preflight leaves no trace there)."""
         storage.configure_from(cfg.storage)
-        uri, exp = tracking.ensure_experiment(cfg.tracking)
-        return cls(
+        t = cfg.tracking
+        ctx = cls(
             storage_uri=storage.normalize(cfg.storage.uri),
             staging_dir=str(Path(cfg.storage.staging_dir).expanduser().resolve()),
             endpoint_url=cfg.storage.endpoint_url,
             retry_attempts=cfg.storage.retry_attempts,
             retry_budget_s=cfg.storage.retry_budget_s,
-            tracking_uri=uri,
-            experiment_id=exp,
+            tracking_uri=tracking.resolve_uri(t),
+            experiment=t.experiment,
+            artifact_location=t.artifact_location,
             parent_run_id=parent_run_id,
             config_hash=config_hash(cfg),
         )
+        if not lazy:
+            ctx.experiment_id_()
+        return ctx
+
+    def experiment_id_(self) -> str:
+        if self.experiment_id is None:
+            from finmerge.config import TrackingConfig
+
+            t = TrackingConfig(
+                uri=self.tracking_uri, experiment=self.experiment, artifact_location=self.artifact_location
+            )
+            self.tracking_uri, self.experiment_id = tracking.ensure_experiment(t)
+        return self.experiment_id
 
     def out_uri(self, stage: str, key: str) -> str:
         return storage.join(self.storage_uri, stage, key)
@@ -186,6 +207,7 @@ class Planned:
     call: StageCall
     key: str
     label: str
+    explicit_out: bool = False  # the caller chose the folder: it is written, never taken as a cache hit
 
     @property
     def out_uri(self) -> str:
@@ -224,7 +246,7 @@ def plan(
         overwrite=overwrite,
         options=options,
     )
-    return Planned(stage, call, key, label or stage.name)
+    return Planned(stage, call, key, label or stage.name, explicit_out=bool(out))
 
 
 def _field(cfg: PipelineConfig, dotted: str) -> Any:
@@ -253,15 +275,39 @@ def _tags(p: Planned, ctx: RunContext) -> dict:
 
 
 def cached(p: Planned) -> dict | None:
-    """The stage's earlier result when its folder is complete (never with ``overwrite``)."""
-    return None if p.call.overwrite else storage.result_of(p.out_uri)
+    """The stage's earlier result when its content-derived folder is complete (never with ``overwrite``
+    or a folder the caller chose: that one is written, under the output rules)."""
+    if p.call.overwrite or p.explicit_out:
+        return None
+    manifest = storage.read_manifest(p.out_uri)
+    if manifest is None or storage.stage_of(manifest) not in (p.stage.name, None):
+        return None
+    return storage.result_of(p.out_uri)
+
+
+def preflight(p: Planned) -> None:
+    """Before any tracking or work: the inputs exist, and the output location may be written."""
+    for name, kind in p.stage.inputs.items():
+        value = p.call.inputs.get(name)
+        if kind in ("model", "tokenizer", "file") and value is not None and not storage.exists(value):
+            raise FileNotFoundError(
+                f"{value}: no such {name} for stage {p.stage.name} (file, folder or s3:// object)"
+            )
+    uris = [v for n, k in p.stage.inputs.items() if k != "value" for v in _uris(p.call.inputs.get(n))]
+    storage.check_output(p.out_uri, p.stage.name, uris, p.call.overwrite)
+
+
+def _uris(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
 def record_cache_hit(p: Planned, ctx: RunContext, result: dict) -> dict:
     """A cache hit is still a run of the stage: one finished MLflow run with the same params and metrics."""
     run = tracking.Run.start(
         ctx.tracking_uri,
-        ctx.experiment_id,
+        ctx.experiment_id_(),
         p.label,
         parent_id=ctx.parent_run_id,
         tags={**_tags(p, ctx), "finmerge.cache": "hit", "finmerge.digest": result["digest"]},
@@ -272,6 +318,28 @@ def record_cache_hit(p: Planned, ctx: RunContext, result: dict) -> dict:
     return {**result, "mlflow_run_id": run.run_id, "cache": "hit"}
 
 
+class _StageRun:
+    """The stage's MLflow run, started on first use: a retry re-attaches to the run a failed attempt left."""
+
+    def __init__(self, p: Planned, ctx: RunContext):
+        self.p, self.ctx, self.run = p, ctx, None
+
+    def get(self) -> tracking.Run:
+        if self.run is None:
+            ctx, exp = self.ctx, self.ctx.experiment_id_()
+            self.run = tracking.Run.resume(ctx.tracking_uri, exp, "finmerge.output", self.p.out_uri)
+            if self.run is None:
+                tags = {**_tags(self.p, ctx), "finmerge.cache": "miss"}
+                self.run = tracking.Run.start(
+                    ctx.tracking_uri, exp, self.p.label, parent_id=ctx.parent_run_id, tags=tags
+                )
+                self.run.params(_params(self.p))
+        return self.run
+
+    def info(self) -> dict:
+        return {"uri": self.ctx.tracking_uri, "run_id": self.get().run_id}
+
+
 def execute(p: Planned, ctx: RunContext, on_tables: Callable[[str, dict], None] | None = None) -> dict:
     """Run the stage's work inside its own MLflow run; a complete folder is a cache hit instead."""
     ctx.apply()
@@ -280,24 +348,20 @@ def execute(p: Planned, ctx: RunContext, on_tables: Callable[[str, dict], None] 
         done is not None
     ):  # committed earlier (by any entry point), or by an attempt whose cache record was lost
         return record_cache_hit(p, ctx, done)
-    # A retry (or a re-run after a crash) re-attaches to the run the failed attempt left unfinished.
-    run = tracking.Run.resume(ctx.tracking_uri, ctx.experiment_id, "finmerge.output", p.out_uri)
-    if run is None:
-        tags = {**_tags(p, ctx), "finmerge.cache": "miss"}
-        run = tracking.Run.start(
-            ctx.tracking_uri, ctx.experiment_id, p.label, parent_id=ctx.parent_run_id, tags=tags
-        )
-        run.params(_params(p))
+    preflight(p)
+    stage_run = _StageRun(p, ctx)
     call = dataclasses.replace(
         p.call,
-        on_log=lambda step, metrics: run.metrics(metrics, step=step),
-        tracking={"uri": ctx.tracking_uri, "run_id": run.run_id},
+        on_log=lambda step, metrics: stage_run.get().metrics(metrics, step=step),
+        tracking=stage_run.info,
     )
     try:
         result = p.stage.work(call)
     except BaseException:
-        run.fail()
+        if stage_run.run is not None:
+            stage_run.run.fail()
         raise
+    run = stage_run.get()
     run.metrics(result.get("metrics", {}))
     run.artifact_files(p.out_uri, result.get("artifacts", []))
     if on_tables is not None:
@@ -308,8 +372,10 @@ def execute(p: Planned, ctx: RunContext, on_tables: Callable[[str, dict], None] 
 
 
 # Errors worth another attempt: the storage or a server was briefly unreachable. A missing file, a refused
-# output, a permission or a full disk does not fix itself, and a logic error would only fail again.
-TRANSIENT: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError, storage.StorageError)
+# output, a permission or a full disk does not fix itself, and a logic error would only fail again. A
+# StorageError is not retried either: remote storage calls are retried under their own budget
+# (storage.with_retries), so one that reaches the stage is a spent budget or a wrong input.
+TRANSIENT: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
 try:  # botocore's connection errors (an S3 endpoint down) are not OSErrors
     from botocore.exceptions import BotoCoreError
 
@@ -322,8 +388,7 @@ PERMANENT: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
-    storage.NoSpaceError,
-    storage.OutputRefused,
+    storage.StorageError,
 )
 RETRY_DELAYS_S = (2.0, 10.0, 30.0)
 
@@ -352,7 +417,7 @@ def run_stage(
     delays_s: tuple[float, ...] = RETRY_DELAYS_S,
 ) -> dict:
     """Run one stage outside Prefect (the CLI): same folder, cache, MLflow run and retry rule as in a flow."""
-    ctx = ctx or RunContext.create(cfg)
+    ctx = ctx or RunContext.create(cfg, lazy=True)
     p = plan(stage, cfg, inputs, ctx, out=out, overwrite=overwrite, label=label, options=options)
     attempt = 0
     while True:
