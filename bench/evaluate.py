@@ -5,7 +5,7 @@ security_sales_1 as data.json, cpa/CPA_AUDIT.xlsx, chabsa/e*_ann.json; no benchm
 BPE tokenizer on its prompts and builds a random Llama-style model (nothing is downloaded). Then, for
 each prompt version, every task is scored
 
-- by finmerge (`finmerge.evaluate.run.score_task`, KV path: shared prompt prefix once, each item's context
+- by finmerge (`finmerge.evaluate.mc_eval.score_task`, KV path: shared prompt prefix once, each item's context
   once, every choice from the item's cache), and by its row path (lm-eval's algorithm, our code);
 - by lm-eval 0.4.13 (`simple_evaluate` on an `HFLM` wrapping the same in-memory model, float32
   log-softmax, its logits cache on). lm-eval gets the items as its own JSON dataset and renders each
@@ -87,20 +87,11 @@ def load(folder: Path, device: str):
 def run_ours(model, tok, tasks, version: str, args, kv_reuse: bool) -> tuple[float, dict]:
     from finmerge.evaluate.mc_eval import score_task
 
+    opts = {"batch_size": args.batch_size, "max_length": args.max_length, "device": args.device}
     out = {}
     t = time.perf_counter()
     for task in tasks:
-        out[task.name] = score_task(
-            model,
-            tok,
-            task,
-            version,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            device=args.device,
-            kv_reuse=kv_reuse,
-            progress=False,
-        )
+        out[task.name] = score_task(model, tok, task, version, kv_reuse=kv_reuse, progress=False, **opts)
     return time.perf_counter() - t, out
 
 

@@ -32,6 +32,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from finmerge.merge.method_registry import METHODS  # noqa: E402 (after the path setup; torch-free)
+
 CHILD_OURS = """
 import sys, time
 from finmerge.config import MergeConfig
@@ -42,6 +44,10 @@ merge_models(base, inst, cpt, out, MergeConfig(method=method, density=0.5, dtype
              staging)
 print(time.perf_counter() - t)
 """
+
+
+# the ~0.95B shape of ../shared/reference/anchors.md (one --flag each)
+ANCHOR_SHAPE = {"hidden": 2048, "intermediate": 5632, "layers": 16, "heads": 16, "vocab": 32000}
 
 
 def log(msg: str) -> None:
@@ -182,7 +188,7 @@ def ours(folders: list[Path], out: Path, staging: Path, method: str) -> dict:
 
 def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
     base, inst, cpt = (str(f) for f in folders)
-    params = {} if method == "task_arithmetic" else {"density": 0.5}
+    params = {"density": 0.5} if METHODS[method].takes_density else {}
     doc = {
         "merge_method": method,
         "base_model": base,
@@ -234,11 +240,8 @@ def kept_share(merged: Path, folders: list[Path]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--intermediate", type=int, default=5632)
-    ap.add_argument("--layers", type=int, default=16)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--vocab", type=int, default=32000)
+    for key, default in ANCHOR_SHAPE.items():
+        ap.add_argument(f"--{key}", type=int, default=default)
     ap.add_argument("--shard-mb", type=int, default=1000, help="input shard size")
     ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare_ties"])
     ap.add_argument("--workdir", help="where to put the models (default: a temp dir; needs ~5 GB per 1B)")
@@ -266,9 +269,9 @@ def main() -> None:
                     row[tool] = mergekit(folders, out, method, root)
                 row[tool]["input_gb_per_s"] = round(input_bytes / 1e9 / row[tool]["s"], 3)
                 row[tool]["share_of_read_bandwidth"] = float(f"{input_bytes / 1e9 / row[tool]['s'] / bw:.3g}")
-            if method == "dare_ties":
-                row["ours"]["changed_share"] = kept_share(root / "ours-dare_ties", folders)
-                row["mergekit"]["changed_share"] = kept_share(root / "mergekit-dare_ties", folders)
+            if METHODS[method].sparsification == "random":  # the two tools draw different masks
+                for tool in ("ours", "mergekit"):
+                    row[tool]["changed_share"] = kept_share(root / f"{tool}-{method}", folders)
             else:
                 row["equality"] = compare(root / f"ours-{method}", root / f"mergekit-{method}")
             row["speedup"] = round(row["mergekit"]["s"] / row["ours"]["s"], 3)

@@ -175,7 +175,6 @@ def train_cfg(args, steps: int):
         grad_accum=args.grad_accum,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
-        seq_len=args.seq_len,
         seed=args.seed,
         log_every=steps,  # the first and the last step: as little logging as the trainer's
         eval_every=10**9,
@@ -320,7 +319,7 @@ def run_trainer(template, dataset: BlockDataset, args, steps: int, out_dir: str)
         "seconds": seconds,
         "inner_seconds": out.metrics.get("train_runtime"),
         "steps": out.global_step,
-        "tokens": out.global_step * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+        "tokens": out.global_step * cfg.batch_size * cfg.grad_accum * args.seq_len,
         "mean_train_loss": out.training_loss,
         "step_times": clock.steps(),
         "optim": getattr(targs.optim, "value", str(targs.optim)),

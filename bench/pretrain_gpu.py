@@ -82,7 +82,6 @@ def our_loop(model, data, args) -> tuple[float, list[dict]]:
             lr=1e-4,
             warmup_steps=1,
             batch_size=args.batch,
-            seq_len=args.seq_len,
             max_steps=steps,
             precision="bf16",
             log_every=max(1, steps // 4),

@@ -14,11 +14,6 @@ ANALYZE = Stage(
     name="analyze",
     section="analyze",
     inputs={"base": "model", "instruct": "model", "domain": "model"},
-    code=(
-        "finmerge.merge.analyze",
-        "finmerge.merge.methods",
-        "finmerge.merge.triplet",
-        "finmerge.models.safetensors_stream",
-    ),  # fmt: skip
+    code=("finmerge.merge", "finmerge.models"),
     work=_work,
 )

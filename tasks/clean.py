@@ -14,12 +14,6 @@ CLEAN = Stage(
     section="corpus.clean",
     inputs={"corpus": "model"},  # an ingest folder, by its manifest digest
     config_files=("corpus.clean.ng_words_uri",),
-    code=(
-        "finmerge.corpus.clean",
-        "finmerge.corpus.textclean",
-        "finmerge.corpus.minhash",
-        "finmerge.corpus.textio",
-        "finmerge.corpus.sources",
-    ),  # fmt: skip
+    code=("finmerge.corpus",),
     work=_work,
 )

@@ -13,6 +13,6 @@ DEDUP = Stage(
     name="dedup",
     section="corpus.dedup",
     inputs={"corpus": "model", "prev": "model"},  # the clean batch; the previous dedup folder (its index)
-    code=("finmerge.corpus.dedup", "finmerge.corpus.minhash", "finmerge.corpus.textio"),
+    code=("finmerge.corpus",),
     work=_work,
 )

@@ -24,7 +24,7 @@ DEMO_WORLD = Stage(
     section="demo",
     inputs={},
     key_exclude=_MODEL_FIELDS,  # the world does not depend on the models trained on it
-    code=("finmerge.demo.world", "finmerge.demo.general", "finmerge.demo.vocab", "finmerge.demo.build"),
+    code=("finmerge.demo",),
     work=_world,
 )
 DEMO_BASE = Stage(
@@ -32,7 +32,7 @@ DEMO_BASE = Stage(
     section="demo",
     inputs={"world": "model"},
     key_fields=("model", "base_train", "seed"),
-    code=("finmerge.demo.build", "finmerge.demo.models"),
+    code=("finmerge.demo", "finmerge.train"),
     work=_base,
 )
 DEMO_INSTRUCT = Stage(
@@ -40,6 +40,6 @@ DEMO_INSTRUCT = Stage(
     section="demo",
     inputs={"world": "model", "base": "model"},
     key_fields=("instruct_train",),
-    code=("finmerge.demo.build", "finmerge.demo.chat"),
+    code=("finmerge.demo", "finmerge.train"),
     work=_instruct,
 )

@@ -18,13 +18,7 @@ EVALUATE = Stage(
     inputs={"model": "model", "harness": "files", "heldout": "file", "chat": "file"},
     # where the data is comes in as inputs (by content); the section's paths only name the defaults
     key_exclude=("harness_data", "heldout", "chat_questions"),
-    code=(
-        "finmerge.evaluate.run",
-        "finmerge.evaluate.harness",
-        "finmerge.evaluate.loglik",
-        "finmerge.evaluate.mc_eval",
-        "finmerge.evaluate.judge",
-    ),  # fmt: skip
+    code=("finmerge.evaluate", "finmerge.models"),
     work=_work,
     retries=1,
     unkeyed=("label", "progress", "device"),

@@ -3,8 +3,7 @@
 from finmerge.corpus.ingest import ingest
 from finmerge.runner.stage import Stage, StageCall
 
-CODE = ("finmerge.corpus.ingest", "finmerge.corpus.edinet", "finmerge.corpus.sources", "finmerge.corpus.filings",
-        "finmerge.corpus.textio")  # fmt: skip
+CODE = ("finmerge.corpus",)
 
 
 def source_listing(cfg, sources_digest: str) -> list:

@@ -15,11 +15,6 @@ MERGE = Stage(
     name="merge",
     section="merge",
     inputs={"base": "model", "instruct": "model", "domain": "model"},
-    code=(
-        "finmerge.merge.execute",
-        "finmerge.merge.methods",
-        "finmerge.merge.triplet",
-        "finmerge.models.safetensors_stream",
-    ),  # fmt: skip
+    code=("finmerge.merge", "finmerge.models"),
     work=_work,
 )

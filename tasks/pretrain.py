@@ -16,13 +16,7 @@ PRETRAIN = Stage(
     name="pretrain",
     section="pretrain",
     inputs={"base": "model", "tokens": "model", "heldout": "file"},
-    code=(
-        "finmerge.train.pretrain",
-        "finmerge.train.loop",
-        "finmerge.train.checkpoint",
-        "finmerge.train.flops",
-        "finmerge.train.tokenpack",
-    ),  # fmt: skip
+    code=("finmerge.train", "finmerge.models"),
     work=_work,
     # a training job that died resumes from its latest checkpoint
     retry_on=(TrainingInterrupted,),

@@ -7,9 +7,11 @@ It records every request path and the most requests it had in flight at once.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date
@@ -27,6 +29,15 @@ DESCRIPTIONS = {
     "180": "臨時報告書",
     "350": "大量保有報告書",
 }
+
+
+def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A ZIP of ``members`` (name → bytes) as bytes, for packages the demo builders would never make."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
 
 
 def section_texts(company: str, seed: int) -> dict[str, str]:

@@ -25,6 +25,10 @@ TINY = TinyModelConfig(
     max_position_embeddings=128,
 )
 
+# TINY's layers with room for longer prompts (harness and judge tests; init_llama takes the vocabulary size
+# from the tokenizer)
+TINY_512 = TINY.model_copy(update={"max_position_embeddings": 512})
+
 
 def tiny_model(folder: Path, seed: int = 0, chat: bool = False, shape: TinyModelConfig = TINY) -> Path:
     """A committed (manifest-bearing) tiny Llama folder with a trained BPE tokenizer."""
@@ -65,3 +69,15 @@ def run_bench(script: str, *args: str) -> dict:
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout
     return json.loads(lines[0])
+
+
+def tiny_tokens(base: Path, folder: Path, texts: list[str] = TEXTS, seq_len: int = 16) -> dict:
+    """``texts`` written as a corpus under ``folder`` and packed with ``base``'s tokenizer into blocks of
+    ``seq_len`` tokens (the tokenize stage's result: ``uri``, counts)."""
+    from finmerge.config import TokenizeConfig
+    from finmerge.train.tokenize import tokenize_corpus
+
+    corpus = write_corpus(folder / "corpus", texts)
+    return tokenize_corpus(
+        corpus, str(base), str(folder / "tok"), TokenizeConfig(seq_len=seq_len), str(folder / "st")
+    )

@@ -135,10 +135,11 @@ def train(model: Path, out: Path, **kw) -> dict:
     return pretrain(str(model), str(out.parent / "no-tokens"), str(out), cfg, str(out.parent / "stage"), **kw)
 
 
-def refused(call, out: Path, error=ValueError, *needles: str) -> str:
-    """Run ``call``; it must raise ``error`` whose message holds every needle, leaving no trace at ``out``."""
+def refused(run, models, out: Path, error=ValueError, *needles: str, **options) -> str:
+    """``run(models, out, **options)`` must raise ``error`` whose message holds every needle, leaving no trace
+    at ``out``."""
     with pytest.raises(error) as info:
-        call()
+        run(models, out, **options)
     msg = str(info.value)
     for needle in needles:
         assert needle in msg, f"{needle!r} not in:\n{msg}"
@@ -168,8 +169,8 @@ def test_truncated_safetensors_is_named_before_anything_is_written(good, tmp_pat
     path.write_bytes(data[: CUTS[cut](len(data))])
     bad = {**good, "domain": dom}
     needles = (str(path), "truncated safetensors file", CUT_REASON[cut])
-    refused(lambda: merge(bad, tmp_path / "merged"), tmp_path / "merged", PreflightError, "domain", *needles)
-    refused(lambda: analyze(bad, tmp_path / "vectors"), tmp_path / "vectors", PreflightError, *needles)
+    refused(merge, bad, tmp_path / "merged", PreflightError, "domain", *needles)
+    refused(analyze, bad, tmp_path / "vectors", PreflightError, *needles)
     if cut == "data-cut":  # the tensor whose bytes are cut off is named
         with pytest.raises(modelio.ModelFormatError, match=r"tensor model\.\S+ needs data bytes"):
             modelio.load_causal_lm(dom)
@@ -180,8 +181,8 @@ def test_truncated_model_refused_for_evaluation_and_pretraining(good, tmp_path):
     path = model / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-4096])
     needles = (str(path), "truncated safetensors file", "needs data bytes", "tensor model.")
-    refused(lambda: evaluate(model, tmp_path / "eval"), tmp_path / "eval", modelio.ModelFormatError, *needles)
-    refused(lambda: train(model, tmp_path / "cpt"), tmp_path / "cpt", modelio.ModelFormatError, *needles)
+    refused(evaluate, model, tmp_path / "eval", modelio.ModelFormatError, *needles)
+    refused(train, model, tmp_path / "cpt", modelio.ModelFormatError, *needles)
     assert not (tmp_path / "cpt.checkpoints").exists()
 
 
@@ -213,42 +214,32 @@ def test_header_lying_about_shape_or_offsets(good, tmp_path):
         path = inst / "model.safetensors"
         rewrite_header(path, mutate)
         out = tmp_path / f"merged{i}"
-        refused(lambda: merge({**good, "instruct": inst}, out), out, PreflightError, str(path), *needles)  # noqa: B023
+        refused(merge, {**good, "instruct": inst}, out, PreflightError, str(path), *needles)
         out = tmp_path / f"eval{i}"
-        refused(lambda: evaluate(inst, out), out, modelio.ModelFormatError, str(path), *needles)  # noqa: B023
+        refused(evaluate, inst, out, modelio.ModelFormatError, str(path), *needles)
 
 
 def test_broken_index_is_named(good, tmp_path):
     dom = copy_model(good["domain"], tmp_path / "dom")
-    (dom / "model.safetensors").rename(dom / "model-00001-of-00001.safetensors")
-    index = {"metadata": {}, "weight_map": {Q_PROJ: "model-00001-of-00001.safetensors", "ghost.weight": "x"}}
-    (dom / "model.safetensors.index.json").write_text(json.dumps(index))
-    refused(
-        lambda: merge({**good, "domain": dom}, tmp_path / "a"),
-        tmp_path / "a",
-        PreflightError,
-        "missing shard",
-    )
-    index["weight_map"] = {
-        Q_PROJ: "model-00001-of-00001.safetensors",
-        "ghost.weight": "model-00001-of-00001.safetensors",
+    shard = "model-00001-of-00001.safetensors"
+    (dom / "model.safetensors").rename(dom / shard)
+    index = dom / "model.safetensors.index.json"
+    cases = {  # output folder: (the index's text, what the refusal names)
+        "a": ({Q_PROJ: shard, "ghost.weight": "x"}, ["missing shard"]),
+        "b": (
+            {Q_PROJ: shard, "ghost.weight": shard},
+            [str(index), f"tensor ghost.weight is listed in {shard} but is in no shard"],
+        ),
+        "c": ("{", [str(index), "unreadable index"]),
     }
-    (dom / "model.safetensors.index.json").write_text(json.dumps(index))
-    refused(
-        lambda: merge({**good, "domain": dom}, tmp_path / "b"),
-        tmp_path / "b",
-        PreflightError,
-        str(dom / "model.safetensors.index.json"),
-        "tensor ghost.weight is listed in model-00001-of-00001.safetensors but is in no shard",
-    )
-    (dom / "model.safetensors.index.json").write_text("{")
-    refused(
-        lambda: merge({**good, "domain": dom}, tmp_path / "c"),
-        tmp_path / "c",
-        PreflightError,
-        str(dom / "model.safetensors.index.json"),
-        "unreadable index",
-    )
+    for out, (weight_map, needles) in cases.items():
+        text = (
+            weight_map
+            if isinstance(weight_map, str)
+            else json.dumps({"metadata": {}, "weight_map": weight_map})
+        )
+        index.write_text(text)
+        refused(merge, {**good, "domain": dom}, tmp_path / out, PreflightError, *needles)
 
 
 # -- non-finite values ------------------------------------------------------------------------------------
@@ -264,16 +255,16 @@ def test_non_finite_input_named_with_its_file_in_merge_and_analyze(good, tmp_pat
     models = {**good, role: bad}
     counts = "0 NaN and 2 Inf" if value == float("inf") else "2 NaN and 0 Inf"
     needles = (f"input {role} tensor {O_PROJ}", str(bad / "model.safetensors"), counts)
-    refused(lambda: merge(models, tmp_path / "merged"), tmp_path / "merged", MergeError, *needles)
-    refused(lambda: analyze(models, tmp_path / "vectors"), tmp_path / "vectors", ValueError, *needles)
+    refused(merge, models, tmp_path / "merged", MergeError, *needles)
+    refused(analyze, models, tmp_path / "vectors", ValueError, *needles)
 
 
 def test_non_finite_weights_refused_for_evaluation_and_pretraining(good, tmp_path):
     bad = copy_model(good["base"], tmp_path / "model")
     edit_weights(bad, lambda sd: sd["model.norm.weight"].__setitem__(0, float("nan")))
     needles = (str(bad / "model.safetensors"), "tensor model.norm.weight", "1 NaN and 0 Inf")
-    refused(lambda: evaluate(bad, tmp_path / "eval"), tmp_path / "eval", modelio.ModelFormatError, *needles)
-    refused(lambda: train(bad, tmp_path / "cpt"), tmp_path / "cpt", modelio.ModelFormatError, *needles)
+    refused(evaluate, bad, tmp_path / "eval", modelio.ModelFormatError, *needles)
+    refused(train, bad, tmp_path / "cpt", modelio.ModelFormatError, *needles)
 
 
 # -- mismatched shapes and architectures ------------------------------------------------------------------
@@ -288,7 +279,8 @@ def test_mismatched_shapes_listed_for_merge_and_analyze(good, wider, tmp_path):
     models = {**good, "instruct": wider}
     for run, out in ((merge, tmp_path / "merged"), (analyze, tmp_path / "vectors")):
         msg = refused(
-            lambda run=run, out=out: run(models, out),
+            run,
+            models,
             out,
             PreflightError,
             "config intermediate_size differs: base=64, instruct=96, domain=64",
@@ -307,11 +299,11 @@ def test_config_that_does_not_fit_its_weights_refused_at_load(good, tmp_path):
         "weights do not fit config.json",
         "model.layers.0.mlp.up_proj.weight: shape [64, 32]",
     )
-    refused(lambda: evaluate(shape, tmp_path / "eval"), tmp_path / "eval", modelio.ModelFormatError, *needles)
+    refused(evaluate, shape, tmp_path / "eval", modelio.ModelFormatError, *needles)
     missing = copy_model(good["base"], tmp_path / "missing")
     edit_weights(missing, lambda sd: sd.pop("model.layers.1.mlp.up_proj.weight"))
     needles = ("model.layers.1.mlp.up_proj.weight: missing from the weight files",)
-    refused(lambda: train(missing, tmp_path / "cpt"), tmp_path / "cpt", modelio.ModelFormatError, *needles)
+    refused(train, missing, tmp_path / "cpt", modelio.ModelFormatError, *needles)
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +327,8 @@ def deeper(tmp_path_factory) -> Path:
 
 def test_mismatched_architectures_listed(good, gpt2, deeper, tmp_path):
     msg = refused(
-        lambda: merge({**good, "domain": gpt2}, tmp_path / "a"),
+        merge,
+        {**good, "domain": gpt2},
         tmp_path / "a",
         PreflightError,
         "config model_type differs: base='llama', instruct='llama', domain='gpt2'",
@@ -345,7 +338,8 @@ def test_mismatched_architectures_listed(good, gpt2, deeper, tmp_path):
     )
     assert "hidden_size" not in msg  # n_embd is read as hidden_size: the same width is not reported
     refused(
-        lambda: analyze({**good, "base": deeper}, tmp_path / "b"),
+        analyze,
+        {**good, "base": deeper},
         tmp_path / "b",
         PreflightError,
         "config num_hidden_layers differs: base=3, instruct=2, domain=2",
@@ -362,7 +356,8 @@ def test_tokenizer_with_other_ids_for_the_same_tokens_refused(good, other_tokeni
         models = {**good, role: bad}
         for run, out in ((merge, tmp_path / f"merged-{role}"), (analyze, tmp_path / f"vectors-{role}")):
             refused(
-                lambda run=run, out=out, models=models: run(models, out),
+                run,
+                models,
                 out,
                 PreflightError,
                 f"vocab: the {role} tokenizer ({bad}) does not match the base's",
@@ -387,7 +382,8 @@ def test_tokenizer_with_other_vocab_refused_and_broken_tokenizer_named(good, oth
     )
     with_config(dom, vocab_size=TINY.vocab_size + 1)
     refused(
-        lambda: merge({**good, "domain": dom}, tmp_path / "a"),
+        merge,
+        {**good, "domain": dom},
         tmp_path / "a",
         PreflightError,
         f"vocab: the domain tokenizer ({dom}) does not extend the base's",
@@ -395,7 +391,8 @@ def test_tokenizer_with_other_vocab_refused_and_broken_tokenizer_named(good, oth
     inst = copy_model(good["instruct"], tmp_path / "inst")
     (inst / "tokenizer.json").write_text('{"model": {"vocab": ')
     refused(
-        lambda: merge({**good, "instruct": inst}, tmp_path / "b"),
+        merge,
+        {**good, "instruct": inst},
         tmp_path / "b",
         PreflightError,
         str(inst / "tokenizer.json"),
@@ -424,7 +421,8 @@ def test_missing_or_broken_config_named_for_every_model(good, tmp_path):
     (inst / "config.json").write_text("[1, 2]")
     bad = {"base": base, "instruct": inst, "domain": dom}
     msg = refused(
-        lambda: merge(bad, tmp_path / "merged"),
+        merge,
+        bad,
         tmp_path / "merged",
         PreflightError,
         f"{base / 'config.json'}: missing",
@@ -432,15 +430,17 @@ def test_missing_or_broken_config_named_for_every_model(good, tmp_path):
         f"{dom / 'config.json'}: invalid JSON at line 1",
     )
     assert msg.startswith("3 problem(s)")  # all three reported at once
-    refused(lambda: analyze(bad, tmp_path / "vec"), tmp_path / "vec", PreflightError, "3 problem(s)")
+    refused(analyze, bad, tmp_path / "vec", PreflightError, "3 problem(s)")
     refused(
-        lambda: evaluate(dom, tmp_path / "eval"),
+        evaluate,
+        dom,
         tmp_path / "eval",
         modelio.ModelFormatError,
         str(dom / "config.json"),
     )
     refused(
-        lambda: train(base, tmp_path / "cpt"),
+        train,
+        base,
         tmp_path / "cpt",
         modelio.ModelFormatError,
         "config.json: missing",
@@ -461,7 +461,8 @@ def test_auto_map_refused_without_trust_and_no_code_runs(good, tmp_path):
     evil = remote_code_model(good["domain"], tmp_path / "evil", marker)
     needle = "set `models.trust_remote_code: true`"
     refused(
-        lambda: merge({**good, "domain": evil}, tmp_path / "m"),
+        merge,
+        {**good, "domain": evil},
         tmp_path / "m",
         PreflightError,
         "auto_map",
@@ -469,7 +470,8 @@ def test_auto_map_refused_without_trust_and_no_code_runs(good, tmp_path):
     )
     for run, out in ((evaluate, tmp_path / "eval"), (train, tmp_path / "cpt")):
         refused(
-            lambda run=run, out=out: run(evil, out),
+            run,
+            evil,
             out,
             modelio.ModelFormatError,
             str(evil / "config.json"),
@@ -497,11 +499,9 @@ def test_pickle_refused_by_default_without_being_opened(good, tmp_path):
     pk = pickle_model(good["domain"], tmp_path / "pk", payload_marker=marker)
     needles = ("pytorch_model.bin", "refused without opening them", "`models.allow_pickle: true`")
     for run, out in ((merge, tmp_path / "m"), (analyze, tmp_path / "v")):
-        refused(
-            lambda run=run, out=out: run({**good, "domain": pk}, out), out, PreflightError, str(pk), *needles
-        )
+        refused(run, {**good, "domain": pk}, out, PreflightError, str(pk), *needles)
     for run, out in ((evaluate, tmp_path / "eval"), (train, tmp_path / "cpt")):
-        refused(lambda run=run, out=out: run(pk, out), out, modelio.ModelFormatError, str(pk), *needles)
+        refused(run, pk, out, modelio.ModelFormatError, str(pk), *needles)
     assert not marker.exists(), "the pickle was unpickled"
     assert not list((tmp_path / "stage").rglob("*.safetensors")), "something was converted"
 
@@ -510,16 +510,9 @@ def test_malicious_pickle_refused_by_weights_only_when_allowed(good, tmp_path):
     marker = tmp_path / "unpickled"
     pk = pickle_model(good["domain"], tmp_path / "pk", payload_marker=marker)
     needles = (str(pk / "pytorch_model.bin"), "refused by torch.load(weights_only=True)", "io.open")
-    refused(
-        lambda: merge({**good, "domain": pk}, tmp_path / "m", allow_pickle=True),
-        tmp_path / "m",
-        PreflightError,
-        *needles,
-    )
+    refused(merge, {**good, "domain": pk}, tmp_path / "m", PreflightError, *needles, allow_pickle=True)
     for run, out in ((evaluate, tmp_path / "eval"), (train, tmp_path / "cpt")):
-        refused(
-            lambda run=run, out=out: run(pk, out, allow_pickle=True), out, modelio.ModelFormatError, *needles
-        )
+        refused(run, pk, out, modelio.ModelFormatError, *needles, allow_pickle=True)
     assert not marker.exists(), "the pickle's code ran"
     inputs = tmp_path / "stage" / "inputs"
     assert not list(inputs.glob("pickle-*")) and not list(inputs.glob(".partial-*")), "a conversion was kept"
@@ -562,11 +555,13 @@ def test_pickle_with_non_tensor_entries_refused_when_allowed(good, tmp_path):
     sd = torch.load(pk / "pytorch_model.bin", weights_only=True)
     torch.save({"model": sd, "step": 3}, pk / "pytorch_model.bin")  # a training checkpoint, not a state dict
     refused(
-        lambda: evaluate(pk, tmp_path / "eval", allow_pickle=True),
+        evaluate,
+        pk,
         tmp_path / "eval",
         modelio.ModelFormatError,
         str(pk / "pytorch_model.bin"),
         "not a flat state dict of tensors",
+        allow_pickle=True,
     )
 
 

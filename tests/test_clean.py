@@ -15,6 +15,7 @@ import pytest
 from finmerge.config import CleanConfig, DemoConfig, ParallelConfig
 from finmerge.core import storage
 from finmerge.corpus import textclean as T
+from finmerge.corpus import textquality
 from finmerge.corpus.clean import clean, shards
 from finmerge.corpus.ingest import ingest
 from finmerge.demo import world as W
@@ -143,35 +144,26 @@ def test_each_filter_drops_its_example(tmp_path):
     assert manifest["meta"]["tables"] == result["tables"]
 
 
-# Per filter, a config change that lets its example through.
-LOOSEN = {
-    "section": {"drop_sections": []},
-    "length": {"min_chars": 10},
-    "ng_words": {"max_ng_word_ratio": 0.5},
-    "japanese_ratio": {"min_japanese_ratio": 0.1},
-    "hiragana_ratio": {"min_hiragana_ratio": 0.0},
-    "katakana_ratio": {"max_katakana_ratio": 0.9},
-    "symbol_ratio": {"max_symbol_ratio": 0.6},
-    "digit_ratio": {"max_digit_ratio": 0.6},
-    "sentence_length": {"max_mean_sentence_chars": 1000},
-    "dup_line_ratio": {"max_dup_line_ratio": 0.5},
-    "top_ngram_share": {"max_top_ngram_share": {2: 0.9, 3: 0.9, 4: 0.9}},
-    "dup_ngram_share": {"max_dup_ngram_share": {5: 1.0}},
-}
-# Per filter, a config change that drops the good filing section.
-TIGHTEN = {
-    "section": {"drop_sections": ["本文", "表紙"]},
-    "length": {"min_chars": 1000},
-    "ng_words": {"ng_words": ["精密機械", "出会い系"], "max_ng_word_ratio": 0.01},
-    "japanese_ratio": {"min_japanese_ratio": 0.95},
-    "hiragana_ratio": {"min_hiragana_ratio": 0.5},
-    "katakana_ratio": {"max_katakana_ratio": 0.0},
-    "symbol_ratio": {"max_symbol_ratio": 0.0},
-    "digit_ratio": {"max_digit_ratio": 0.01},
-    "sentence_length": {"min_mean_sentence_chars": 50},
-    "dup_line_ratio": {},
-    "top_ngram_share": {"max_top_ngram_share": {2: 0.01}},
-    "dup_ngram_share": {"max_dup_ngram_share": {5: 0.01}},
+# Per filter: a config change that lets its example through, and one that drops the good filing section.
+LOOSEN_TIGHTEN = {
+    "section": ({"drop_sections": []}, {"drop_sections": ["本文", "表紙"]}),
+    "length": ({"min_chars": 10}, {"min_chars": 1000}),
+    "ng_words": (
+        {"max_ng_word_ratio": 0.5},
+        {"ng_words": ["精密機械", "出会い系"], "max_ng_word_ratio": 0.01},
+    ),
+    "japanese_ratio": ({"min_japanese_ratio": 0.1}, {"min_japanese_ratio": 0.95}),
+    "hiragana_ratio": ({"min_hiragana_ratio": 0.0}, {"min_hiragana_ratio": 0.5}),
+    "katakana_ratio": ({"max_katakana_ratio": 0.9}, {"max_katakana_ratio": 0.0}),
+    "symbol_ratio": ({"max_symbol_ratio": 0.6}, {"max_symbol_ratio": 0.0}),
+    "digit_ratio": ({"max_digit_ratio": 0.6}, {"max_digit_ratio": 0.01}),
+    "sentence_length": ({"max_mean_sentence_chars": 1000}, {"min_mean_sentence_chars": 50}),
+    "dup_line_ratio": ({"max_dup_line_ratio": 0.5}, {}),
+    "top_ngram_share": (
+        {"max_top_ngram_share": {2: 0.9, 3: 0.9, 4: 0.9}},
+        {"max_top_ngram_share": {2: 0.01}},
+    ),
+    "dup_ngram_share": ({"max_dup_ngram_share": {5: 1.0}}, {"max_dup_ngram_share": {5: 0.01}}),
 }
 
 
@@ -185,13 +177,14 @@ def test_thresholds_come_from_config(tmp_path, name):
         {"text": EXAMPLES[name], "section": "表紙" if name == "section" else "本文", "doc_id": "bad"},
     ]
     src = _input(tmp_path / "in", records)
-    loose = clean(src, str(tmp_path / "loose"), CleanConfig(**LOOSEN[name]), str(tmp_path / "st"))
+    loosen, tighten = LOOSEN_TIGHTEN[name]
+    loose = clean(src, str(tmp_path / "loose"), CleanConfig(**loosen), str(tmp_path / "st"))
     assert loose["counts"]["kept"] == 2, _jsonl(tmp_path / "loose" / "dropped.jsonl")
     if name in GOOD_WITH:  # the good section has none of what the filter measures: add some
         records[0]["text"] = REAL + GOOD_WITH[name]
         src = _input(tmp_path / "in2", records)
-    if TIGHTEN[name]:
-        tight = clean(src, str(tmp_path / "tight"), CleanConfig(**TIGHTEN[name]), str(tmp_path / "st"))
+    if tighten:
+        tight = clean(src, str(tmp_path / "tight"), CleanConfig(**tighten), str(tmp_path / "st"))
         assert tight["counts"][f"dropped/{name}"] == 2
 
 
@@ -377,7 +370,7 @@ def test_ngram_measures_match_brute_force():
         cp = T.code_points(s)
         for n in range(5, 11):
             h = T.ngram_hashes(cp, n)
-            got = T._covered(T.duplicated_starts(h), n, len(cp)) / len(cp) if len(cp) >= n else 0.0
+            got = textquality._covered(T.duplicated_starts(h), n, len(cp)) / len(cp) if len(cp) >= n else 0.0
             assert got == pytest.approx(_dup_share_brute(s, n)), (s, n)
         for n in range(
             6, 11

@@ -167,6 +167,23 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
             report = anyio.run(_artifact_markdown, triggered.id, "finmerge-retrain")
             assert report.startswith("# finmerge retrain of fm-event-merged: retrained\n"), report
             assert "- trigger: event\n" in report and "- merged: `fm-event-merged` v1;" in report, report
+
+            # One stage, one runner: `merge` on the pipeline's inputs, from the CLI and from the served merge
+            # deployment, finds the pipeline's merge folder (a cache hit) and still leaves an MLflow run each.
+            (pipe_run,) = tracking.client(uri).search_runs(
+                [exp], "tags.`finmerge.stage` = 'merge' and tags.`finmerge.cache` = 'miss'"
+            )
+            inputs = {r: pipe_run.data.params[f"input.{r}"] for r in ("base", "instruct", "domain")}
+            folder = pipe_run.data.tags["finmerge.output"]
+            cli = subprocess.run(
+                [exe, "merge", *serve_cfg, *(f"--{r}={u}" for r, u in inputs.items())],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert cli.returncode == 0, cli.stderr[-3000:]
+            by_cli = json.loads(cli.stdout.strip().splitlines()[-1])
+            assert (by_cli["uri"], by_cli["cache"]) == (folder, "hit"), by_cli
+            served = run_deployment("finmerge-merge/merge", parameters=inputs, timeout=300)
+            assert served.state.is_completed(), (served.state, (tmp_path / "serve.log").read_text()[-3000:])
     finally:
         if triggered is not None:  # a failed assertion leaves no flow process running
             with temporary_settings({PREFECT_API_URL: prefect_server}):
@@ -188,6 +205,21 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
     aliases = client.get_registered_model("fm-deploy").aliases
     assert str(aliases["champion"]) == "2" and str(aliases["previous"]) == "1"
     assert client.get_model_version("fm-deploy", "2").tags["finmerge.promotion.decision"] == "promoted"
+    # the merge stage's MLflow runs: the pipeline's (a child of its pipeline run), then a cache hit each from
+    # the CLI and from the deployment (top-level runs), all on one folder, which is the only merge folder
+    runs = client.search_runs(
+        [exp], "tags.`finmerge.stage` = 'merge'", order_by=["attributes.start_time ASC"]
+    )
+    assert [r.data.tags["finmerge.cache"] for r in runs] == ["miss", "hit", "hit"]
+    assert {r.data.tags["finmerge.output"] for r in runs} == {folder}
+    assert {r.data.tags["finmerge.cache_key"] for r in runs} == {Path(folder).name}
+    assert "mlflow.parentRunId" in runs[0].data.tags and all(
+        "mlflow.parentRunId" not in r.data.tags for r in runs[1:]
+    )
+    assert all(
+        r.info.status == "FINISHED" and r.data.params["alpha"] == runs[0].data.params["alpha"] for r in runs
+    )
+    assert [p.name for p in (tmp_path / "store" / "merge").iterdir()] == [Path(folder).name]
 
 
 async def _wait_for_run(deployment_id, timeout: float):

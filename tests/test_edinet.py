@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from finmerge.config import EdinetConfig
-from finmerge.core import storage
+from finmerge.core import redact, storage
 from finmerge.corpus import edinet
 from finmerge.corpus.filings import read_package
 from tests.edinet_fake import FakeEdinet
@@ -292,10 +292,12 @@ def test_api_key_resolution(monkeypatch):
     assert edinet.resolve_api_key(with_block) == KEY and loaded == ["edinet-key"]
 
 
-def test_redact():
-    url = f"https://api.edinet-fsa.go.jp/api/v2/documents.json?date=2024-06-20&type=2&Subscription-Key={KEY}"
-    assert edinet.redact(url) == url.replace(KEY, "***")
-    assert KEY not in edinet.redact(f"boom {KEY} boom", KEY)
+def test_key_is_masked_in_query_strings_and_registered_for_messages():
+    unregistered = "other-" + KEY[::-1]  # e.g. a key a proxy put in the URL: the query value is masked anyway
+    url = f"https://api.edinet-fsa.go.jp/api/v2/documents.json?date=2024-06-20&type=2&Subscription-Key={unregistered}"
+    assert edinet.masked(url) == url.replace(unregistered, "***")
+    edinet._Api(EdinetConfig(), KEY).close()
+    assert KEY not in edinet.masked(f"boom {KEY} boom") and KEY not in redact.mask(f"boom {KEY} boom")
 
 
 def test_packages_go_to_s3(fake, s3_bucket):

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from finmerge.config import EvaluateConfig, TinyModelConfig
+from finmerge.config import EvaluateConfig
 from finmerge.core import storage
 from finmerge.demo.chat import ADHERENCE_REGEX, CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
 from finmerge.evaluate import harness as fin_harness
 from finmerge.evaluate import run as ev
+from tests.helpers import TINY_512
 
 WORDS = [
     "売上高",
@@ -35,13 +36,7 @@ WORDS = [
     "株式",
 ]
 WORDS += ["配当", "金利", "回", "甲案", "乙案", "丙案", "丁案", "質問", "選択肢", "記述"]
-SHAPE = TinyModelConfig(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    max_position_embeddings=512,
-)
+SHAPE = TINY_512
 CHOICES = ["増加した", "減少した", "横ばい", "判断できない"]
 
 
@@ -613,23 +608,26 @@ def test_judged_questions_in_the_stage(world, tmp_path, monkeypatch):
     ]
     qfile = _write_jsonl(tmp_path / "question.jsonl", questions)
 
-    def rate(body: dict) -> str:  # the fake judge rates every answer 7
-        return "評価：[[7]]"
-
-    with FakeOpenAI(rate, require_key=key) as fake:
-        judge_cfg = JudgeConfig(questions=qfile, url=fake.url, model="judge-x", max_new_tokens=8)
-        cfg = EvaluateConfig(max_new_tokens=8, judge=judge_cfg)
-        res = ev.evaluate_model(
+    def judged_only(out: str, cfg: EvaluateConfig, label: str) -> dict:  # no harness, held-out text or chat
+        return ev.evaluate_model(
             str(world["root"] / "random"),
-            str(tmp_path / "out"),
+            str(tmp_path / out),
             cfg,
-            label="judged",
+            label=label,
             harness_dirs=[],
             heldout_uri=None,
             chat_uri=None,
             staging_dir=str(tmp_path / "staging"),
             progress=False,
         )
+
+    def rate(body: dict) -> str:  # the fake judge rates every answer 7
+        return "評価：[[7]]"
+
+    with FakeOpenAI(rate, require_key=key) as fake:
+        judge_cfg = JudgeConfig(questions=qfile, url=fake.url, model="judge-x", max_new_tokens=8)
+        cfg = EvaluateConfig(max_new_tokens=8, judge=judge_cfg)
+        res = judged_only("out", cfg, "judged")
         seen = [{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in fake.requests]
     assert seen and all(h == f"Bearer {key}" for h in seen)
     rows = [
@@ -648,15 +646,5 @@ def test_judged_questions_in_the_stage(world, tmp_path, monkeypatch):
             assert key not in path.read_text(encoding="utf-8", errors="replace"), path.name
 
     with pytest.raises(ValueError, match="judge.url"):
-        ev.evaluate_model(
-            str(world["root"] / "random"),
-            str(tmp_path / "out2"),
-            EvaluateConfig(judge=JudgeConfig(questions=qfile)),
-            label="nourl",
-            harness_dirs=[],
-            heldout_uri=None,
-            chat_uri=None,
-            staging_dir=str(tmp_path / "staging"),
-            progress=False,
-        )
+        judged_only("out2", EvaluateConfig(judge=JudgeConfig(questions=qfile)), "nourl")
     assert not (tmp_path / "out2").exists()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from finmerge.corpus.filings import _CHUNK, PackageError, ZipLimits, iso_date, read_package
 from finmerge.demo.edinet import DemoFiling, build_csv_zip, build_xbrl_zip, package_stem
+from tests.edinet_fake import make_zip
 
 NARRATIVE = {
     "沿革": "1950年4月\t東京都で創業\n1970年6月\t株式を上場",
@@ -43,14 +44,6 @@ DEI = (
     '<ix:nonNumeric name="jpdei_cor:EDINETCodeDEI" contextRef="FilingDateInstant">E09999</ix:nonNumeric>'
     '<ix:nonNumeric name="jpdei_cor:FilerNameInJapaneseDEI" contextRef="FilingDateInstant">株式会社例</ix:nonNumeric>'
 )
-
-
-def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def members_of(package: bytes) -> dict[str, bytes]:

@@ -19,6 +19,7 @@ from harness_fixtures import (  # tests/ is on sys.path (rootdir conftest)
 )
 
 from finmerge.evaluate import harness as fh
+from finmerge.evaluate import harness_cpa
 
 Q = "架空の株式会社サンプルの説明として正しいものはどれか。"
 C = "資料：架空の数値表"
@@ -586,7 +587,7 @@ def test_cpa_conversion_matches_pandas(tmp_path):
     ]
     path = _sheet(tmp_path / "CPA_AUDIT.xlsx", rows)
     sheet = fh.read_xlsx_rows(str(path), "data")
-    header = [fh._header_name(v) for v in sheet[0]]
+    header = [harness_cpa._header_name(v) for v in sheet[0]]
     body = [r + [""] * (len(header) - len(r)) for r in sheet[1:]]
     oracle = _oracle_columns(path)
     for name, expected in oracle.items():
@@ -663,14 +664,14 @@ def test_cpa_bad_files(tmp_path, monkeypatch):
     assert err.value.notes == ["row R1_1-1: empty question"]
 
     good, _ = _cpa(tmp_path, 12)
-    monkeypatch.setattr(fh, "MAX_XLSX_UNZIPPED", 2000)
+    monkeypatch.setattr(harness_cpa, "MAX_XLSX_UNZIPPED", 2000)
     with pytest.raises(fh.TaskDataError, match="unpacks to .* over the 2000 byte limit"):
         fh.load_cpa_audit(str(good))
-    monkeypatch.setattr(fh, "MAX_XLSX_BYTES", 1000)
+    monkeypatch.setattr(harness_cpa, "MAX_XLSX_BYTES", 1000)
     with pytest.raises(fh.TaskDataError, match="over the 1000 byte limit for a task file"):
         fh.load_cpa_audit(str(good))
     monkeypatch.undo()
-    monkeypatch.setattr(fh, "MAX_SHEET_ROWS", 5)
+    monkeypatch.setattr(harness_cpa, "MAX_SHEET_ROWS", 5)
     with pytest.raises(fh.TaskDataError, match="more than 5 rows"):
         fh.load_cpa_audit(str(good))
 

@@ -10,7 +10,6 @@ Fixed profile (derandomized), so every run sees the same cases; tests/test_filin
 from __future__ import annotations
 
 import http.server
-import io
 import itertools
 import json
 import os
@@ -33,6 +32,7 @@ from finmerge.corpus.ingest import ingest
 from finmerge.corpus.sources import HEADING, FileJob, filing_metadata, parse_file, sha256_text, split_sections
 from finmerge.corpus.textio import DecodeError, decode, html_to_text
 from finmerge.demo.edinet import DemoFiling, build_csv_zip, build_xbrl_zip
+from tests.edinet_fake import make_zip
 
 FUZZ = settings(
     derandomize=True,
@@ -367,7 +367,7 @@ def test_hostile_inline_xbrl_is_a_package_error_or_a_filing(head, inner):
         'xmlns:ix="http://www.xbrl.org/2013/inlineXBRL"><body>'
         f'<ix:nonNumeric name="jpcrp_cor:BusinessRisksTextBlock"><p>リスク。</p>{inner}</ix:nonNumeric></body></html>'
     )
-    data = zip_of({"XBRL/PublicDoc/0101010_honbun_ixbrl.htm": page.encode("utf-8", "surrogatepass")})
+    data = make_zip({"XBRL/PublicDoc/0101010_honbun_ixbrl.htm": page.encode("utf-8", "surrogatepass")})
     try:
         filing = read_package(data, "S100XXXX.zip")
     except PackageError as exc:
@@ -379,20 +379,12 @@ def test_hostile_inline_xbrl_is_a_package_error_or_a_filing(head, inner):
     assert "root:" not in filing.sections[0].text  # /etc/passwd never read
 
 
-def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def zip_bomb() -> bytes:
     """One member whose deflate stream of ~64 KB inflates to 64 MiB of zeros."""
     zeros = zlib.compressobj(9, zlib.DEFLATED, -15)
     stream = b"".join(zeros.compress(bytes(1 << 20)) for _ in range(64)) + zeros.flush()
     size, crc = 64 << 20, zlib.crc32(bytes(64 << 20))
-    package = zip_of({"XBRL/PublicDoc/0101010_honbun_ixbrl.htm": b""})
+    package = make_zip({"XBRL/PublicDoc/0101010_honbun_ixbrl.htm": b""})
     local_end = 30 + struct.unpack("<H", package[26:28])[0] + struct.unpack("<H", package[28:30])[0]
     central = package.index(b"PK\x01\x02")
     local, cd = bytearray(package[:local_end]), bytearray(package[central:])
@@ -496,7 +488,7 @@ IXBRL_PAGE = (
 
 def ixbrl_zip(head: str, body: str, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     page = IXBRL_PAGE.format(head=head, body=body).encode()
-    return zip_of({"XBRL/PublicDoc/0101010_honbun_ixbrl.htm": page}, compression)
+    return make_zip({"XBRL/PublicDoc/0101010_honbun_ixbrl.htm": page}, compression)
 
 
 # (suffix, bytes, reason prefix): each is a whole file that must be quarantined.
@@ -515,7 +507,7 @@ HOSTILE_FILES = [
     (".zip", b"PK\x03\x04" + bytes(range(256)), "bad EDINET package: truncated or corrupt zip"),
     (".zip", PACKAGE[: len(PACKAGE) // 2], "bad EDINET package: truncated or corrupt zip"),
     (".zip", b'{"StatusCode": 404}', "bad EDINET package: not a zip archive: a JSON body"),
-    (".zip", zip_of({"../../evil.htm": b"<p/>", "XBRL_TO_CSV/a.csv": b""}), "bad EDINET package: zip-slip"),
+    (".zip", make_zip({"../../evil.htm": b"<p/>", "XBRL_TO_CSV/a.csv": b""}), "bad EDINET package: zip-slip"),
     (
         ".zip",
         ixbrl_zip('<!DOCTYPE html [<!ENTITY x SYSTEM "file:///etc/passwd">]>', "&x;"),
@@ -526,7 +518,7 @@ HOSTILE_FILES = [
         ixbrl_zip('<!DOCTYPE h [<!ENTITY a "lol"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>', "&b;"),
         "bad EDINET package: forbidden XML construct",
     ),
-    (".zip", zip_of({"readme.txt": b"hi"}), "bad EDINET package: not an EDINET package"),
+    (".zip", make_zip({"readme.txt": b"hi"}), "bad EDINET package: not an EDINET package"),
     (".jsonl", b'{"text": "\\ud800"}\n[1]\n{bad\n', "invalid text: lone surrogate"),
 ]
 VALID_KINDS = ["utf-8", "cp932", "utf-16", "utf-8-sig", "html", "jsonl", "csv-zip", "xbrl-zip"]

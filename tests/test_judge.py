@@ -17,10 +17,11 @@ import pytest
 import torch
 from openai_fake import FakeOpenAI  # tests/ is on sys.path (rootdir conftest)
 
-from finmerge.config import JudgeConfig, TinyModelConfig
+from finmerge.config import JudgeConfig
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, train_tokenizer
-from finmerge.evaluate import judge
+from finmerge.evaluate import generate, judge
+from tests.helpers import TINY_512
 
 PLANTED = "sk-PLANTED-9f8e7d6c5b4a39281706"
 TEXTS = [
@@ -29,13 +30,7 @@ TEXTS = [
     "The company reported higher revenue and kept the dividend unchanged.",
     "次の文を英語に訳してください。決算短信の要点をまとめてください。",
 ] * 40
-SHAPE = TinyModelConfig(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    max_position_embeddings=512,
-)
+SHAPE = TINY_512
 
 # ---------------------------------------------------------------------------------------------------------
 # Fixtures and helpers
@@ -343,7 +338,7 @@ def test_injection_cut_and_second_turn_prompt(tiny):
     (row,) = judge.generate_answers(model, tok, [q], template="model", max_new_tokens=500, **kw)
     assert row["turns"] == ["回答です。", "回答です。"] and row["injection_cut"] == [True, True]
     seen = next(k for k in range(len(model.script)) if "### ユーザー" in tok.decode(model.script[:k]))
-    checks = judge._MARKER_CHECK_EVERY
+    checks = generate.STOP_CHECK_EVERY
     assert row["new_tokens"] == [-(-seen // checks) * checks] * 2 < [len(model.script)] * 2
     assert row["ended_with_eos"] == [False, False]
     turn2 = tok.decode(model.prompts[3])

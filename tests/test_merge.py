@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finmerge.config import MergeConfig, TinyModelConfig
+from finmerge.config import MergeConfig
 from finmerge.core import storage
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, save_model, train_tokenizer
@@ -19,14 +19,10 @@ from finmerge.merge.execute import MergeError, merge_from_recipe, merge_models
 from finmerge.merge.triplet import PreflightError
 from finmerge.models import loading as modelio
 from finmerge.models.safetensors_stream import INDEX_NAME
+from tests.helpers import TINY
 
-SHAPE = TinyModelConfig(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=128,
+SHAPE = TINY.model_copy(
+    update={"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
 )
 TEXTS = [
     "株式会社青葉精機の主な事業は精密機械の製造です。本社所在地は愛知県名古屋市です。",

@@ -18,6 +18,7 @@ from finmerge.config import MergeConfig
 from finmerge.merge import methods as mm
 from finmerge.merge.execute import merge_models
 from finmerge.merge.mergekit import MergekitConfigError, from_mergekit
+from finmerge.merge.method_registry import METHODS
 from tests.test_merge import _triplet
 
 
@@ -177,11 +178,11 @@ def _mergekit_merge(
 
 
 def _ours(method: str, base, tuned, weights, densities, seeds, lambda_scale=1.0, normalize=None):
-    sparsification, consensus, default_normalize, rescale = mm.METHODS[method]
+    m = METHODS[method]
     return mm.generalized_task_arithmetic(
         base, tuned, [mm.VectorSpec(w, d) for w, d in zip(weights, densities, strict=True)],
-        sparsification=sparsification, consensus=consensus, rescale=rescale,
-        normalize=default_normalize if normalize is None else normalize,
+        sparsification=m.sparsification, consensus=m.consensus, rescale=m.default_rescale,
+        normalize=m.default_normalize if normalize is None else normalize,
         lambda_scale=lambda_scale, seeds=seeds,
     )  # fmt: skip
 

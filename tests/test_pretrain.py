@@ -13,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finmerge.config import PretrainConfig, TokenizeConfig, TrainConfig
+from finmerge.config import PretrainConfig, TrainConfig
 from finmerge.core import storage, tracking
 from finmerge.models import loading as modelio
 from finmerge.train import flops
 from finmerge.train.checkpoint import CheckpointStore, flatten_optimizer, unflatten_optimizer
 from finmerge.train.pretrain import TrainData, checkpoint_root, lr_at, pretrain, total_steps, train_loop
-from finmerge.train.tokenize import pack_documents, tokenize_corpus
-from tests.helpers import TEXTS, tiny_model, write_corpus
+from finmerge.train.tokenize import pack_documents
+from tests.helpers import TEXTS, tiny_model, tiny_tokens, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokens(base, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tok")
-    corpus = write_corpus(tmp / "corpus", TEXTS)
-    return tokenize_corpus(corpus, str(base), str(tmp / "tok"), TokenizeConfig(seq_len=16), str(tmp / "st"))
+    return tiny_tokens(base, tmp_path_factory.mktemp("tok"))
 
 
 def _rows(base, n=48, seq=16):
@@ -48,7 +46,7 @@ def _same_weights(a: dict, b: dict) -> list[str]:
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-EXACT = {"lr": 5e-3, "warmup_steps": 2, "batch_size": 4, "seq_len": 16, "threads": 1, "deterministic": True}
+EXACT = {"lr": 5e-3, "warmup_steps": 2, "batch_size": 4, "threads": 1, "deterministic": True}
 
 
 def test_lr_schedule_and_step_budget():
@@ -59,15 +57,15 @@ def test_lr_schedule_and_step_budget():
     assert lr_at(55, 100, cfg) < lr_at(20, 100, cfg)
     assert lr_at(50, 100, cfg.model_copy(update={"schedule": "constant"})) == 1.0
     assert lr_at(55, 100, cfg.model_copy(update={"schedule": "linear"})) == pytest.approx(0.55)
-    assert total_steps(100, TrainConfig(batch_size=10, grad_accum=2, epochs=2)) == 10
-    assert total_steps(100, TrainConfig(batch_size=10, epochs=2), processes=2) == 10
-    assert total_steps(100, TrainConfig(batch_size=10, epochs=2, max_steps=3)) == 3
+    assert total_steps(100, 16, TrainConfig(batch_size=10, grad_accum=2, epochs=2)) == 10
+    assert total_steps(100, 16, TrainConfig(batch_size=10, epochs=2), processes=2) == 10
+    assert total_steps(100, 16, TrainConfig(batch_size=10, epochs=2, max_steps=3)) == 3
     # token budget: 10 rows × 2 accum × 16 tokens = 320 tokens per step
-    assert total_steps(100, TrainConfig(batch_size=10, grad_accum=2, seq_len=16, max_tokens=1000)) == 4
+    assert total_steps(100, 16, TrainConfig(batch_size=10, grad_accum=2, max_tokens=1000)) == 4
 
 
 def test_training_lowers_loss_logs_lr_it_used_and_is_deterministic(base):
-    cfg = TrainConfig(lr=5e-3, warmup_steps=2, max_steps=25, batch_size=8, seq_len=16, log_every=1, threads=1)
+    cfg = TrainConfig(lr=5e-3, warmup_steps=2, max_steps=25, batch_size=8, log_every=1, threads=1)
     data = _rows(base)
     m1 = modelio.load_causal_lm(base)
     r1 = train_loop(m1, data, cfg)
@@ -112,12 +110,12 @@ def test_masked_labels_are_ignored(base):
 
 def test_resume_from_any_checkpoint_is_bitwise_exact_and_prunes(base, tmp_path):
     data = _rows(base)
-    cfg = TrainConfig(**EXACT, max_steps=20, log_every=1, checkpoint_every=3, keep_last=2, keep_steps=[3])
+    cfg = TrainConfig(**EXACT, max_steps=20, log_every=1)
     reference = modelio.load_causal_lm(base)
     train_loop(reference, data, cfg)
     want = reference.state_dict()
 
-    store = CheckpointStore(str(tmp_path / "ck"), str(tmp_path / "st"), cfg.keep_last, cfg.keep_steps)
+    store = CheckpointStore(str(tmp_path / "ck"), str(tmp_path / "st"), keep_last=2, keep_steps=[3], every=3)
     first = modelio.load_causal_lm(base)
     r_first = train_loop(first, data, cfg, checkpoints=store)
     assert store.steps() == [3, 15, 18]  # keep-last-2 plus the marked step 3; 6, 9, 12 pruned
@@ -139,10 +137,9 @@ def test_resume_from_any_checkpoint_is_bitwise_exact_and_prunes(base, tmp_path):
 
 def test_checkpoint_is_pickle_free_and_a_loadable_hf_folder(base, tmp_path):
     out = str(tmp_path / "cpt")
-    cfg = TrainConfig(**EXACT, max_steps=5, checkpoint_every=2, keep_last=1)
+    cfg = PretrainConfig(**EXACT, max_steps=5, checkpoint_every=2, keep_last=1)
     st = str(tmp_path / "st")
-    corpus = write_corpus(tmp_path / "corpus", TEXTS)
-    tok = tokenize_corpus(corpus, str(base), str(tmp_path / "tok"), TokenizeConfig(seq_len=16), st)
+    tok = tiny_tokens(base, tmp_path)
     res = pretrain(str(base), tok["uri"], out, cfg, st)
     ck = Path(checkpoint_root(out)) / "step-00000004"
     names = {p.name for p in ck.iterdir()}
@@ -182,8 +179,8 @@ def test_pretrain_stage_reports_and_commits_a_loadable_model(base, tokens, tmp_p
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in TEXTS[:8]))
     logged = []
-    cfg = TrainConfig(
-        lr=5e-3, warmup_steps=2, max_steps=12, batch_size=8, seq_len=16, log_every=3, eval_every=3
+    cfg = PretrainConfig(
+        lr=5e-3, warmup_steps=2, max_steps=12, batch_size=8, log_every=3, eval_every=3, checkpoint_every=None
     )
     res = pretrain(
         str(base),
@@ -205,18 +202,17 @@ def test_pretrain_stage_reports_and_commits_a_loadable_model(base, tokens, tmp_p
     }
     card = (folder / "README.md").read_text()
     assert "θ_cpt" in card and storage.read_manifest(str(base))["digest"] in card
+    assert "× seq 16 ×" in card  # the block length of the tokens folder, the only one trained on
     cpt, orig = modelio.load_causal_lm(folder), modelio.load_causal_lm(base)
     assert _same_weights(cpt.state_dict(), orig.state_dict())
     assert res["lineage"]["base_digest"] == storage.read_manifest(str(base))["digest"]
     assert res["checkpoints"] == {}  # checkpoint_every unset
 
 
-def test_seq_len_mismatch_and_foreign_tokens_are_clear_errors(base, tokens, tmp_path):
-    with pytest.raises(ValueError, match=r"16 tokens long but pretrain.seq_len is 32"):
-        pretrain(str(base), tokens["uri"], str(tmp_path / "o"), TrainConfig(seq_len=32), str(tmp_path))
+def test_foreign_tokens_are_a_clear_error(base, tokens, tmp_path):
     small = tiny_model(tmp_path / "small", shape=modelio_shape(vocab=259))
     with pytest.raises(ValueError, match=r"outside the model's vocabulary \(259\)"):
-        pretrain(str(small), tokens["uri"], str(tmp_path / "o2"), TrainConfig(seq_len=16), str(tmp_path))
+        pretrain(str(small), tokens["uri"], str(tmp_path / "o2"), PretrainConfig(), str(tmp_path))
 
 
 def modelio_shape(vocab: int):
@@ -249,7 +245,7 @@ def test_pretrain_reads_and_writes_s3_and_resumes_from_s3_checkpoints(base, toke
             if p.name != storage.MANIFEST:
                 (out.path / p.name).write_bytes(p.read_bytes())
     out_s3 = f"s3://{s3_bucket}/cpt"
-    cfg = TrainConfig(**EXACT, max_steps=6, checkpoint_every=2, keep_last=5)
+    cfg = PretrainConfig(**EXACT, max_steps=6, checkpoint_every=2, keep_last=5)
     res = pretrain(str(base), tok_s3, out_s3, cfg, st)
     store = CheckpointStore(checkpoint_root(out_s3), st)
     assert store.steps() == [2, 4] and storage.read_manifest(res["uri"]) is not None
@@ -466,8 +462,7 @@ def test_flow_retry_resumes_a_killed_training_job_in_the_same_mlflow_run(
     again = list(range(res["resumed_from"], len(killed)))
     assert sorted(m.step for m in history) == sorted([*range(60), *again])
     # Every value logged, before the kill or after it, is an uninterrupted run's loss at that step.
-    train_cfg = cfg.pretrain.model_copy(update={"seq_len": cfg.tokenize.seq_len})  # as the flow trains
-    ref = pretrain(str(base), tokens["uri"], str(tmp_path / "ref"), train_cfg, str(tmp_path / "st"))
+    ref = pretrain(str(base), tokens["uri"], str(tmp_path / "ref"), cfg.pretrain, str(tmp_path / "st"))
     want = {h["step"]: h["loss"] for h in json.loads((Path(ref["uri"]) / "history.json").read_text())}
     assert sorted(want) == list(range(60))
     assert [(m.step, m.value) for m in history] == [(m.step, want[m.step]) for m in history]

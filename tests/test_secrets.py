@@ -33,17 +33,21 @@ from finmerge.corpus.edinet import EdinetAuthError
 from flows.pipeline import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-PLANTED = {
-    "EDINET key ($EDINET_API_KEY)": "edinet-PLANTED-5f0c1e2d3b4a59687766f5e4d3c2b1a0",
-    "EDINET key (Prefect Secret block)": "edinet-BLOCK-PLANTED-0a1b2c3d4e5f60718293a4b5c6d7e8f9",
-    "AWS_ACCESS_KEY_ID": "AKIAPLANTED7XQ2KEYID9",
-    "AWS_SECRET_ACCESS_KEY": "wJalrPLANTED/K7MDENG+bPxRfiCYsEcReT0sEcRet",
-    "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEPLANTED//////////wEaDSessionToken+abc=",
-    "judge API key ($FINMERGE_JUDGE_API_KEY)": "sk-judge-PLANTED-77c1d2e3f4a5b6c7d8e9/f0+1=",
+EDINET_KEY = "edinet-PLANTED-5f0c1e2d3b4a59687766f5e4d3c2b1a0"
+EDINET_BLOCK_KEY = "edinet-BLOCK-PLANTED-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+JUDGE_KEY = "sk-judge-PLANTED-77c1d2e3f4a5b6c7d8e9/f0+1="
+# Planted as the variables of these names; '/', '+' and '=' make URL-encoded forms differ from the raw ones.
+AWS_CREDENTIALS = dict(
+    AWS_ACCESS_KEY_ID="AKIAPLANTED7XQ2KEYID9",
+    AWS_SECRET_ACCESS_KEY="wJalrPLANTED/K7MDENG+bPxRfiCYsEcReT0sEcRet",
+    AWS_SESSION_TOKEN="FwoGZXIvYXdzEPLANTED//////////wEaDSessionToken+abc=",
+)
+PLANTED = {  # what the scanner looks for, by the name a leak report gives it
+    "EDINET key ($EDINET_API_KEY)": EDINET_KEY,
+    "EDINET key (Prefect Secret block)": EDINET_BLOCK_KEY,
+    "judge API key ($FINMERGE_JUDGE_API_KEY)": JUDGE_KEY,
+    **AWS_CREDENTIALS,
 }
-EDINET_KEY = PLANTED["EDINET key ($EDINET_API_KEY)"]
-EDINET_BLOCK_KEY = PLANTED["EDINET key (Prefect Secret block)"]
-JUDGE_KEY = PLANTED["judge API key ($FINMERGE_JUDGE_API_KEY)"]
 EDINET_DAY = "2024-06-17"
 # Loggers that see request details at DEBUG; caplog's handler sits on the root, so none may be filtered above.
 NOISY_LOGGERS = (
@@ -113,7 +117,7 @@ class Scanner:
 
 
 def test_scanner_finds_every_form_of_a_planted_value():
-    value = PLANTED["AWS_SECRET_ACCESS_KEY"]
+    value = AWS_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
     for prefix in (b"", b"a", b"ab", b"abc"):  # base64 of a blob that holds the value at any offset
         scanner = Scanner({"s": value})
         scanner.scan("blob", base64.b64encode(prefix + value.encode() + b"tail"))
@@ -304,8 +308,8 @@ def _plant_environment(monkeypatch) -> None:
 
     monkeypatch.setenv("EDINET_API_KEY", EDINET_KEY)
     monkeypatch.setenv("FINMERGE_JUDGE_API_KEY", JUDGE_KEY)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(var, PLANTED[var])
+    for var, value in AWS_CREDENTIALS.items():
+        monkeypatch.setenv(var, value)
     monkeypatch.delenv("FM_SECRETS_TEST_UNSET", raising=False)
     s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would still hold earlier credentials
 
@@ -452,7 +456,7 @@ def test_no_planted_secret_reaches_logs_runs_or_storage(
         EDINET_BLOCK_KEY in r for r in edinet_requests
     )
     fs, _ = storage.filesystem(f"s3://{s3_bucket}")
-    assert fs.s3._request_signer._credentials.access_key == PLANTED["AWS_ACCESS_KEY_ID"]
+    assert fs.s3._request_signer._credentials.access_key == AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"]
 
     scanner = Scanner(PLANTED)
     for exc in [auth_error.value, *s3_errors]:
@@ -495,3 +499,12 @@ def test_no_planted_secret_reaches_logs_runs_or_storage(
     assert not scanner.hits, scanner.report()
     assert len(caplog.records) > 1000 and any(r.name.startswith("botocore") for r in caplog.records)
     assert prefect_counts["logs"] > 0 and mlflow_counts["artifact_files"] > 0 and objects > 0
+
+
+def test_url_credentials_and_key_parameters_are_masked_whatever_their_value():
+    """Values never registered (a proxy's URL, a key a caller put in a query) are masked by their place."""
+    text = "GET https://api.example/v2/documents.json?type=2&Subscription-Key=k-77aa&x=1 via s3://AKIA:pw@b/k"
+    assert redact.mask(text) == (
+        "GET https://api.example/v2/documents.json?type=2&Subscription-Key=***&x=1 via s3://***@b/k"
+    )
+    assert redact.mask("no url here: a=b, user@example.com") == "no url here: a=b, user@example.com"

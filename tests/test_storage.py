@@ -146,9 +146,8 @@ def test_concurrent_staging_of_one_folder_gives_every_caller_a_complete_copy(s3_
 
 
 def test_retry_budget_comes_from_the_config_and_reaches_stage_processes(tmp_path):
-    from finmerge.runner.orchestration import RunContext
-
     from finmerge.config import load_config
+    from finmerge.runner.stage import RunContext
 
     cfg = load_config(
         None,

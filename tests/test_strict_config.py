@@ -148,6 +148,16 @@ def test_set_still_parses_yaml_for_other_fields_and_null_unsets_an_optional_stri
         load_config(None, ["merge={a: 1, a: 2}"])
 
 
+def test_pretrain_seq_len_is_refused_and_points_to_its_one_owner(tmp_path):
+    """The block length belongs to tokenize: pretrain trains on what its tokens folder was packed with."""
+    hint = r"pretrain\.seq_len: Extra inputs are not permitted \(set tokenize\.seq_len"
+    with pytest.raises(ConfigError, match=r"old\.yaml: " + hint):
+        load_config(_write(tmp_path, "old.yaml", "pretrain:\n  seq_len: 2048\n"))
+    with pytest.raises(ConfigError, match=hint):
+        load_config(None, ["pretrain.seq_len=2048"])
+    assert load_config(None, ["tokenize.seq_len=2048"]).tokenize.seq_len == 2048
+
+
 # -- 3. unknown keys in a mergekit YAML or a merge recipe ------------------------------------------------
 def test_a_complete_mergekit_yaml_and_recipe_are_accepted(tmp_path):
     cfg, m, uris = load_merge_file(_write(tmp_path, "mk.yaml", MERGEKIT), [])
@@ -159,26 +169,34 @@ def test_a_complete_mergekit_yaml_and_recipe_are_accepted(tmp_path):
     assert (r.method, r.alpha, r.beta, r.seed) == ("dare_ties", 0.9, 0.6, 3) and uris["domain"] == "/m/cpt"
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "why"),
-    [
-        ("dtype: float32", "dtpye: float32", r"dtpye: unknown key \(did you mean 'dtype'\?\)"),
-        ("    parameters:\n      weight: 1.0", "    paramters:\n      weight: 1.0", r"models\[0\]\.paramters: unknown"),
-        ("      weight: 0.7", "      wieght: 0.7", r"models\[1\]\.parameters\.wieght: unknown key .*'weight'"),
-        ("  lambda: 1.0", "  lamda: 1.0", r"parameters\.lamda: unknown key"),
-        ("  lambda: 1.0", "  t: 0.5", r"parameters\.t: unknown key"),  # not a ties parameter
-        ("      density: 0.3", "      normalize: true", r"models\[1\]\.parameters\.normalize: a shared parameter"),
-        ("  - model: /m/cpt", "  - model: /m/cpt\n    wieght: 1", r"models\[1\]\.wieght: unknown key"),
-        ("  source: /m/cpt", "  sorce: /m/cpt", r"tokenizer\.sorce: unknown key"),
-        ("  source: /m/cpt", "  source: /m/cpt\n  pad_to_multiple_of: 64", r"tokenizer\.pad_to_multiple_of: not supported"),
-        ("dtype: float32", "dtype: float32\nchat_template: chatml", r"chat_template: not supported"),
-        ("dtype: float32", "dtype: float32\nslices: []", r"slices.*not supported"),
-    ],
-)  # fmt: skip
-def test_mergekit_typos_are_errors_naming_the_dotted_key(tmp_path, old, new, why):
-    assert old in MERGEKIT
-    path = _write(tmp_path, "mk.yaml", MERGEKIT.replace(old, new, 1))
-    with pytest.raises(ConfigError, match=r"mk\.yaml: " + why):
+# (file, text replaced, replacement, the error it must give)
+TYPOS = [
+    ("mk", "dtype: float32", "dtpye: float32", r"dtpye: unknown key \(did you mean 'dtype'\?\)"),
+    ("mk", "    parameters:\n      weight: 1.0", "    paramters:\n      weight: 1.0", r"models\[0\]\.paramters: unknown"),
+    ("mk", "      weight: 0.7", "      wieght: 0.7", r"models\[1\]\.parameters\.wieght: unknown key .*'weight'"),
+    ("mk", "  lambda: 1.0", "  lamda: 1.0", r"parameters\.lamda: unknown key"),
+    ("mk", "  lambda: 1.0", "  t: 0.5", r"parameters\.t: unknown key"),  # not a ties parameter
+    ("mk", "      density: 0.3", "      normalize: true", r"models\[1\]\.parameters\.normalize: a shared parameter"),
+    ("mk", "  - model: /m/cpt", "  - model: /m/cpt\n    wieght: 1", r"models\[1\]\.wieght: unknown key"),
+    ("mk", "  source: /m/cpt", "  sorce: /m/cpt", r"tokenizer\.sorce: unknown key"),
+    ("mk", "  source: /m/cpt", "  source: /m/cpt\n  pad_to_multiple_of: 64", r"tokenizer\.pad_to_multiple_of: not supported"),
+    ("mk", "dtype: float32", "dtype: float32\nchat_template: chatml", r"chat_template: not supported"),
+    ("mk", "dtype: float32", "dtype: float32\nslices: []", r"slices.*not supported"),
+    ("recipe", "merge:\n", "merg:\n  method: ties\nmerge:\n", r"merg: unknown key"),
+    ("recipe", "  base: /m/base", "  bse: /m/base", r"inputs\.bse: unknown key"),
+    ("recipe", "  alpha: 0.9", "  alpah: 0.9", r"merge\.alpah: Extra inputs are not permitted"),
+    ("recipe", "  seed: 3", "  seed: three", r"merge\.seed: Input should be a valid integer"),
+    ("recipe", "  vocab: {base: 10}", "  vocab: {base: 10}\n  extra: 1", r"resolved\.extra: unknown key"),
+    ("recipe", "  base: abc", "  bsae: abc", r"input_digests\.bsae: unknown key"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("doc", "old", "new", "why"), TYPOS)
+def test_typos_in_a_mergekit_yaml_or_a_recipe_are_errors_naming_the_dotted_key(tmp_path, doc, old, new, why):
+    text = {"mk": MERGEKIT, "recipe": RECIPE}[doc]
+    assert old in text
+    path = _write(tmp_path, f"{doc}.yaml", text.replace(old, new, 1))
+    with pytest.raises(ConfigError, match=rf"{doc}\.yaml: " + why):
         load_merge_file(path, [])
 
 
@@ -195,24 +213,6 @@ def test_slerp_keys_per_model_and_in_filter_items(tmp_path):
     per_model = {**doc, "models": [{"model": "/i"}, {"model": "/c", "parameters": {"weight": 0.5}}]}
     with pytest.raises(ConfigError, match=r"models\[1\]\.parameters\.weight: .*slerp takes no per-model"):
         from_mergekit(per_model)
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "why"),
-    [
-        ("merge:\n", "merg:\n  method: ties\nmerge:\n", r"merg: unknown key"),
-        ("  base: /m/base", "  bse: /m/base", r"inputs\.bse: unknown key"),
-        ("  alpha: 0.9", "  alpah: 0.9", r"merge\.alpah: Extra inputs are not permitted"),
-        ("  seed: 3", "  seed: three", r"merge\.seed: Input should be a valid integer"),
-        ("  vocab: {base: 10}", "  vocab: {base: 10}\n  extra: 1", r"resolved\.extra: unknown key"),
-        ("  base: abc", "  bsae: abc", r"input_digests\.bsae: unknown key"),
-    ],
-)
-def test_recipe_typos_are_errors_naming_the_dotted_key(tmp_path, old, new, why):
-    assert old in RECIPE
-    path = _write(tmp_path, "recipe.yaml", RECIPE.replace(old, new, 1))
-    with pytest.raises(ConfigError, match=r"recipe\.yaml: " + why):
-        load_merge_file(path, [])
 
 
 def test_the_recipe_tasks_merge_writes_is_read_back(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finmerge.config import ParallelConfig, TokenizeConfig
+from finmerge.config import TokenizeConfig, WorkersConfig
 from finmerge.core import storage
 from finmerge.demo.models import train_tokenizer
 from finmerge.models import loading as modelio
@@ -77,7 +77,7 @@ def test_shards_split_at_shard_blocks_and_concatenate_to_pack_documents(packed, 
 
 
 def test_process_pool_gives_the_same_shards_as_serial(base, corpus, packed, tmp_path):
-    cfg = CFG.model_copy(update={"parallel": ParallelConfig(backend="process", workers=2)})
+    cfg = CFG.model_copy(update={"parallel": WorkersConfig(backend="process", workers=2)})
     res = tokenize_corpus(corpus, str(base), str(tmp_path / "tok"), cfg, str(tmp_path / "st"))
     assert res["digest"] == packed["digest"]  # same files, byte for byte
     assert all(np.array_equal(a, b) for a, b in zip(_shards(res["uri"]), _shards(packed["uri"]), strict=True))

@@ -8,8 +8,9 @@ Backends (``corpus.parallel.backend``):
 
 * ``serial``: in this process (also used when there is a single item or a single worker).
 * ``process``: a ``spawn`` process pool (never ``fork``: the parent holds Prefect / MLflow threads).
-* ``dask``: inside a task run by prefect-dask's ``DaskTaskRunner`` its cluster is used
-  (``prefect_dask.get_dask_client``); else the scheduler at ``dask_address``; else a local cluster.
+* ``dask``: inside a task run by prefect-dask's ``DaskTaskRunner`` its cluster is used (the orchestrator's
+  ``dask_client`` service, :mod:`finmerge.core.services`); else the scheduler at ``dask_address``; else a
+  local cluster.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from finmerge.config import ParallelConfig
+from finmerge.core import services
 
 
 def worker_count(cfg: ParallelConfig) -> int:
@@ -79,29 +81,15 @@ def _dask_client(cfg: ParallelConfig):
         from distributed import Client, LocalCluster
     except ImportError as exc:  # pragma: no cover - dask is a core dependency
         raise RuntimeError("corpus.parallel.backend=dask needs dask[distributed] and prefect-dask") from exc
-    if _in_dask_task_runner():
-        from prefect_dask import get_dask_client
-
-        with get_dask_client() as client:
-            yield client
-    elif cfg.dask_address:
-        with Client(cfg.dask_address) as client:
-            yield client
-    else:
-        with (
-            LocalCluster(n_workers=worker_count(cfg), threads_per_worker=1, processes=True) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-
-
-def _in_dask_task_runner() -> bool:
-    """True inside a Prefect task that DaskTaskRunner placed on a Dask worker."""
-    try:
-        from distributed import get_worker
-        from prefect.context import TaskRunContext
-
-        get_worker()
-        return TaskRunContext.get() is not None
-    except (ImportError, ValueError):
-        return False
+    with services.dask_client() as runner_client:
+        if runner_client is not None:
+            yield runner_client
+        elif cfg.dask_address:
+            with Client(cfg.dask_address) as client:
+                yield client
+        else:
+            with (
+                LocalCluster(n_workers=worker_count(cfg), threads_per_worker=1, processes=True) as cluster,
+                Client(cluster) as client,
+            ):
+                yield client

@@ -10,12 +10,17 @@ Masked are the values :func:`register` was given (``finmerge.core.secrets.resolv
 resolves) and the current values of the credential variables in :data:`CREDENTIAL_ENV` (read at each use, so
 credentials set after install are covered too), each raw and URL-encoded. Values shorter than
 :data:`MIN_LENGTH` are ignored: masking ``"test"`` everywhere would garble logs and protect nothing.
+
+Masked too, whatever their value (one never registered: a key a proxy or a test put in a URL), are the
+credentials a URL carries in its userinfo (``s3://KEY:SECRET@host`` → ``s3://***@host``) and the values of
+the query parameters in :data:`SECRET_PARAMS` (EDINET's ``Subscription-Key=…``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from urllib.parse import quote, quote_plus
 
@@ -35,6 +40,13 @@ CREDENTIAL_ENV = (
     "EDINET_API_KEY",
     "FINMERGE_JUDGE_API_KEY",
 )
+
+# Query parameters whose value is a credential (case-insensitive).
+SECRET_PARAMS = ("Subscription-Key", "api_key", "apikey", "access_token", "X-Amz-Security-Token")
+_SECRET_PARAM = re.compile(
+    r"(?P<name>\b(?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)[^&\s\"'#<>]*", re.I
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 _registered: set[str] = set()
 _lock = threading.Lock()
@@ -57,13 +69,23 @@ def _forms(value: str) -> set[str]:
 
 
 def mask(text: object) -> str:
-    """``text`` with every known secret value (raw or URL-encoded) replaced by ``***``."""
-    out = str(text)
+    """``text`` with every known secret value (raw or URL-encoded), URL userinfo and secret query parameter
+    value replaced by ``***``."""
+    out = mask_urls(str(text))
     # Longest first, so a value that contains another is masked whole.
     for form in sorted({f for v in secret_values() for f in _forms(v)}, key=len, reverse=True):
         if form in out:
             out = out.replace(form, MASK)
     return out
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the userinfo of every URL and the value of every :data:`SECRET_PARAMS` parameter masked."""
+    if "://" in text and "@" in text:
+        text = _URL_USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(rf"\g<name>{MASK}", text)
+    return text
 
 
 class _Masking:

@@ -1,4 +1,4 @@
-"""API keys: from an environment variable, else a Prefect Secret block; never logged.
+"""API keys: from an environment variable, else a secret block of the orchestrator (Prefect); never logged.
 
 Every value resolved here is registered with :mod:`finmerge.core.redact`, whose log record factory is installed
 on first use, so a library that echoes the key (a request URL, a header dump) logs ``***`` instead.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from finmerge.core import redact
+from finmerge.core import redact, services
 
 
 class SecretError(RuntimeError):
@@ -28,9 +28,7 @@ def resolve_secret(env_var: str, block: str | None) -> str | None:
     if not block:
         return None
     try:
-        from prefect.blocks.system import Secret  # lazy: callers run without Prefect otherwise
-
-        secret = Secret.load(block).get()
+        secret = services.read_secret_block(block)
     except Exception as exc:
         raise SecretError(f"cannot load the Prefect Secret block {block!r}: {type(exc).__name__}") from None
     if secret is not None and not isinstance(secret, str):

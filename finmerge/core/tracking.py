@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -27,24 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from finmerge.config import TrackingConfig
-from finmerge.core import storage
+from finmerge.core import redact, storage
+from finmerge.core.retry import Backoff, retry_call
 
 LOCAL_HOME = Path(".finmerge")
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrackingRetry:
-    """Backoff between attempts while the server is unreachable, the total outage tolerated, and how many
-    metric values may wait in memory meanwhile."""
+class TrackingRetry(Backoff):
+    """Backoff between attempts while the server is unreachable, the total outage tolerated (no limit on
+    the number of attempts: only the budget ends an outage), and how many metric values may wait in memory
+    meanwhile."""
 
-    first_delay_s: float = 1.0
+    attempts: int = sys.maxsize
     max_delay_s: float = 30.0
     budget_s: float = 900.0
     max_pending: int = 200_000
-
-    def delay(self, failures: int) -> float:
-        return min(self.max_delay_s, self.first_delay_s * 2 ** max(0, failures - 1))
 
 
 TRACKING_RETRY = TrackingRetry()
@@ -74,17 +74,17 @@ def _unreachable(exc: BaseException) -> bool:
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|api[_-]?key|access[_-]?key|credential|(^|[._-])token$)", re.I
 )
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 
 def scrub(obj: Any) -> Any:
-    """Drop secret-looking keys and strip credentials embedded in URLs."""
+    """Drop secret-looking keys; strings are masked by :func:`finmerge.core.redact.mask` (credentials in
+    URLs, secret query parameters, known secret values)."""
     if isinstance(obj, dict):
         return {k: scrub(v) for k, v in obj.items() if not _SECRET_KEY.search(str(k))}
     if isinstance(obj, list | tuple):
         return [scrub(v) for v in obj]
     if isinstance(obj, str):
-        return _URL_USERINFO.sub(r"\g<scheme>***@", obj)
+        return redact.mask(obj)
     return obj
 
 
@@ -210,22 +210,16 @@ class Run:
     # -- retries -------------------------------------------------------------------------------------
 
     def _call(self, what: str, op):
-        """``op()`` retried in place while the server is unreachable, up to the budget."""
-        failures, first = 0, time.monotonic()
-        while True:
-            try:
-                return op()
-            except Exception as exc:
-                if not _unreachable(exc):
-                    raise
-                failures += 1
-                pause = self.retry.delay(failures)
-                if time.monotonic() - first + pause > self.retry.budget_s:
-                    raise self._unavailable(f"{what} failed", exc) from exc
-                log.warning(
-                    "%s: %s unreachable (%s); retry %d in %.0fs", what, self.uri, exc, failures, pause
-                )
-                time.sleep(pause)
+        """``op()`` retried in place while the server is unreachable, up to the budget (counted from the
+        call: one attempt may itself spend minutes in MLflow's HTTP retries)."""
+        return retry_call(
+            op,
+            self.retry,
+            what=f"{what}: {self.uri} unreachable",
+            transient=_unreachable,
+            give_up=lambda exc, _failures, _spent: self._unavailable(f"{what} failed", exc),
+            since=time.monotonic(),
+        )
 
     def _unavailable(self, what: str, exc: BaseException | None) -> TrackingUnavailable:
         since = f" for {time.monotonic() - self._down_since:.0f}s" if self._down_since else ""

@@ -100,8 +100,8 @@ def clean(
     parallel: ParallelConfig | None = None,
     overwrite: bool = False,
 ) -> dict:
-    storage.check_output(out_uri, "clean", [in_uri], overwrite)
     """Clean and filter the documents of ``in_uri`` into ``out_uri`` (atomic folder); return the folder's result."""
+    storage.check_output(out_uri, "clean", [in_uri], overwrite)
     parallel = parallel or ParallelConfig(backend="serial")
     src = storage.docs_input(in_uri, staging_dir)
     rules = load_rules(cfg)

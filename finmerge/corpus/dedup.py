@@ -45,13 +45,10 @@ is not checked again), ``confirmed_pairs`` (candidates whose two documents end i
 
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 import time
-from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,198 +56,45 @@ import numpy as np
 
 from finmerge.config import DedupConfig, ParallelConfig
 from finmerge.core import storage
-from finmerge.core.parallel import map_ordered
 from finmerge.corpus import minhash
-from finmerge.corpus.minhash import Segment, SignatureParams
-from finmerge.corpus.textio import EmptyInputError, check_utf8_lines, input_name, iter_lines
+from finmerge.corpus.dedup_index import (  # noqa: F401 - CHAIN, RETRACTED, iter_kept re-exported for callers
+    CHAIN,
+    RETRACTED,
+    Batch,
+    Index,
+    exact_matches,
+    iter_kept,
+    lineage,
+    load_index,
+    params_of,
+    plain_jsonl,
+    scan,
+)
+from finmerge.corpus.minhash import Segment
+from finmerge.corpus.textio import EmptyInputError, input_name, iter_lines
 
-CHAIN = "chain.json"
-RETRACTED = "retracted.jsonl"
 DROPPED = "dropped.jsonl"
-
-
-def params_of(cfg: DedupConfig) -> SignatureParams:
-    return SignatureParams(ngram=cfg.ngram, bands=cfg.bands, rows=cfg.rows, seed=cfg.seed)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pass 1: scan and sign
-
-
-@dataclass
-class Batch:
-    """Per-document arrays of one JSONL file, in line order (no texts): byte offset of the line, filing date
-    (YYYYMMDD), text length, exact key ``(n, 16)`` and band keys ``(n, bands)``."""
-
-    path: Path
-    ids: list[str]
-    offset: np.ndarray
-    date: np.ndarray
-    chars: np.ndarray
-    exact: np.ndarray
-    keys: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def scan(path: Path, params: SignatureParams, parallel: ParallelConfig, source: str | None = None) -> Batch:
-    """Read ``path`` once; its lines are parsed and signed shard by shard on the configured backend. Errors
-    name ``source`` (default: ``path``), the line and the reason (``minhash.parse_record``); a line that is not
-    UTF-8 is a ``textio.DecodeError`` saying so."""
-    offsets = array("q")  # compact while growing
-    source = source or str(path)
-
-    def jobs() -> Iterator[tuple[str, list[tuple[int, bytes]], SignatureParams]]:
-        lines: list[tuple[int, bytes]] = []
-        for lineno, at, line in iter_lines(path):
-            offsets.append(at)
-            lines.append((lineno, line))
-            if len(lines) >= parallel.shard_docs:
-                yield source, lines, params
-                lines = []
-        if lines:
-            yield source, lines, params
-
-    try:
-        parts = list(map_ordered(minhash.sign_shard, jobs(), parallel))
-    except UnicodeDecodeError:  # json.loads met a byte that is not UTF-8; it does not know the line
-        check_utf8_lines(path, source)  # raises the DecodeError naming the line
-        raise
-    return Batch(
-        path,
-        [i for p in parts for i in p.ids],
-        np.frombuffer(offsets, dtype=np.int64),
-        np.concatenate([p.date for p in parts] or [np.zeros(0, np.int64)]),
-        np.concatenate([p.chars for p in parts] or [np.zeros(0, np.int64)]),
-        np.concatenate([p.exact for p in parts] or [np.zeros((0, minhash.EXACT_BYTES), np.uint8)]),
-        np.concatenate([p.keys for p in parts] or [np.zeros((0, params.bands), np.uint64)]),
-    )
-
-
-def _plain_jsonl(path: Path, staging_dir: str) -> Path:
-    """Byte offsets need a seekable plain file: a gzipped input is unpacked into the staging area once."""
-    if path.suffix != ".gz":
-        return path
-    dest = Path(staging_dir).expanduser().resolve() / "inputs" / storage.sha256_file(path)[:32] / "docs.jsonl"
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".partial")
-        with gzip.open(path, "rb") as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        tmp.replace(dest)
-    return dest
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The lineage and its index
-
-
-@dataclass
-class Folder:
-    uri: str
-    digest: str
-    path: Path  # local copy
-
-
-def _staged(uri: str, digest: str | None, staging_dir: str) -> Folder:
-    manifest = storage.read_manifest(uri)
-    if manifest is None:
-        raise storage.StorageError(f"{uri}: missing {storage.MANIFEST}; not a complete dedup folder")
-    if digest is not None and manifest["digest"] != digest:
-        raise storage.StorageError(
-            f"{uri}: content changed since it joined the lineage (digest {manifest['digest'][:12]}, "
-            f"chain says {digest[:12]})"
-        )
-    return Folder(storage.normalize(uri), manifest["digest"], storage.stage_folder(uri, staging_dir))
-
-
-def lineage(uri: str, staging_dir: str) -> list[Folder]:
-    """The dedup folders of the lineage ending at ``uri`` (itself included), oldest first, each verified."""
-    last = _staged(uri, None, staging_dir)
-    chain_file = last.path / CHAIN
-    if not chain_file.exists():
-        raise storage.StorageError(f"{uri}: no {CHAIN}; not a dedup folder")
-    entries = json.loads(chain_file.read_text(encoding="utf-8"))
-    return [_staged(e["uri"], e["digest"], staging_dir) for e in entries[:-1]] + [last]
-
-
-@dataclass
-class Index:
-    """What earlier batches kept: their segments, concatenated per-document arrays, and who is still alive."""
-
-    folders: list[Folder] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)
-    base: list[int] = field(default_factory=list)  # global number of each segment's first row
-    ids: list[str] = field(default_factory=list)
-    folder_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    date: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    chars: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    exact: np.ndarray = field(default_factory=lambda: np.zeros((0, minhash.EXACT_BYTES), np.uint8))
-    exact_sorted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # alive docs' key prefix
-    exact_docs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ... and their numbers
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def load_index(folders: list[Folder], params: SignatureParams, parallel: ParallelConfig) -> Index:
-    index = Index(folders=folders)
-    for f in folders:
-        seg = Segment.load(f.path / "index")
-        if seg.params != params:  # built with other signature settings: sign its documents again
-            seg = _resign(f.path / storage.DOCS, params, parallel)
-        index.base.append(len(index.ids))
-        index.segments.append(seg)
-        index.ids.extend(seg.ids)
-    n = len(index.ids)
-    index.folder_of = np.repeat(np.arange(len(folders)), [len(s) for s in index.segments]).astype(np.int64)
-    index.row = np.concatenate([np.arange(len(s)) for s in index.segments] or [np.zeros(0, np.int64)])
-    index.date = np.concatenate([s.date for s in index.segments] or [np.zeros(0, np.int32)]).astype(np.int64)
-    index.chars = np.concatenate([s.chars for s in index.segments] or [np.zeros(0, np.int64)])
-    index.alive = np.ones(n, dtype=bool)
-    by_digest = {f.digest: k for k, f in enumerate(folders)}
-    for f in folders:
-        retracted = f.path / RETRACTED
-        if not retracted.exists():
-            continue
-        rows: dict[int, dict[str, int]] = {}
-        for r in storage.iter_jsonl(retracted):
-            k = by_digest.get(r["folder_digest"])
-            if k is None:
-                continue
-            if k not in rows:
-                rows[k] = {i: j for j, i in enumerate(index.segments[k].ids)}
-            index.alive[index.base[k] + rows[k][r["id"]]] = False
-    index.exact = np.concatenate([s.exact for s in index.segments] or [index.exact])
-    live = np.flatnonzero(index.alive)
-    prefix = _prefix64(index.exact[live])
-    order = np.argsort(prefix, kind="stable")
-    index.exact_sorted, index.exact_docs = prefix[order], live[order]
-    return index
-
-
-def _prefix64(exact: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each exact key as one integer (a sort key; equality is checked on all 16)."""
-    return np.ascontiguousarray(exact[:, :8]).view("<u8").ravel()
-
-
-def exact_matches(index: Index, exact: np.ndarray) -> np.ndarray:
-    """For each exact key, the alive index document with the same key, or -1."""
-    if index.exact_sorted.size == 0 or exact.shape[0] == 0:
-        return np.full(exact.shape[0], -1, dtype=np.int64)
-    q = _prefix64(exact)
-    pos = np.minimum(np.searchsorted(index.exact_sorted, q), index.exact_sorted.size - 1)
-    docs = index.exact_docs[pos]
-    same = (index.exact_sorted[pos] == q) & (index.exact[docs] == exact).all(axis=1)
-    return np.where(same, docs, -1)
-
-
-def _resign(docs: Path, params: SignatureParams, parallel: ParallelConfig) -> Segment:
-    b = scan(docs, params, parallel)
-    return Segment.build(params, b.ids, b.exact, b.date, b.chars, b.offset, b.keys)
+# Counts logged as metrics ``dedup/<name>``, and the rows of the report table (measure, count).
+COUNT_METRICS = (
+    "exact_dups",
+    "near_dups",
+    "retracted",
+    "candidate_pairs",
+    "confirmed_pairs",
+    "verified_pairs",
+    "index_docs",
+)
+TABLE_ROWS = (
+    ("documents in", "in"),
+    ("exact duplicates dropped", "exact_dups"),
+    ("near duplicates dropped", "near_dups"),
+    ("earlier documents retracted", "retracted"),
+    ("kept", "kept"),
+    ("candidate pairs (LSH)", "candidate_pairs"),
+    ("confirmed pairs (one cluster)", "confirmed_pairs"),
+    ("pairs checked by exact Jaccard", "verified_pairs"),
+    ("documents indexed by earlier batches", "index_docs"),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -399,7 +243,7 @@ def dedup(
     if any(f.uri == storage.normalize(out_uri) for f in folders):
         raise ValueError(f"{out_uri}: already part of the lineage it would extend")
     index = load_index(folders, params, parallel)
-    src = _plain_jsonl(storage.docs_input(in_uri, staging_dir), staging_dir)
+    src = plain_jsonl(storage.docs_input(in_uri, staging_dir), staging_dir)
     batch = scan(src, params, parallel, source=input_name(in_uri))
     if len(batch) == 0 and not prev_uri:  # with prev_uri: nothing new in this batch, the lineage goes on
         raise EmptyInputError(f"dedup: {in_uri} holds no records: a corpus needs at least one document")
@@ -417,41 +261,21 @@ def dedup(
     with storage.output_folder(
         out_uri, staging_dir, meta={}, stage="dedup", inputs=inputs, overwrite=overwrite
     ) as out:
-        kept, out_offsets, by_section, near_j = [], [], Counter(), []
-        with (
-            open(out.path / storage.DOCS, "wb") as kept_fh,
-            open(out.path / DROPPED, "w", encoding="utf-8") as drop_fh,
-        ):
-            written = 0
-            for i, (_, _, line) in enumerate(iter_lines(batch.path)):
-                if i not in plan.dropped:
-                    line = line if line.endswith(b"\n") else line + b"\n"
-                    kept.append(i)
-                    out_offsets.append(written)
-                    kept_fh.write(line)
-                    written += len(line)
-                    continue
-                survivor, kind, j = plan.dropped[i]
-                rec = json.loads(line)
-                by_section[rec.get("section") or "(none)"] += 1
-                if kind == "near":
-                    near_j.append(j)
-                rec.update(duplicate_of=id_of(survivor), kind=kind, jaccard=j)
-                drop_fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        written = _write_batch(out.path, batch, plan, id_of)
         with open(out.path / RETRACTED, "w", encoding="utf-8") as fh:
             for g, survivor, kind, j in plan.retracted:
                 f = index.folders[int(index.folder_of[g])]
                 row = {"id": index.ids[g], "folder": f.uri, "folder_digest": f.digest}
                 row.update(duplicate_of=id_of(survivor), kind=kind, jaccard=j)
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        k = np.asarray(kept, dtype=np.int64)
+        k = np.asarray(written.kept, dtype=np.int64)
         Segment.build(
             params,
-            [batch.ids[i] for i in kept],
+            [batch.ids[i] for i in written.kept],
             batch.exact[k],
             batch.date[k],
             batch.chars[k],
-            out_offsets,
+            written.offsets,
             batch.keys[k],
         ).save(out.path / "index")
         chain = [{"uri": f.uri, "digest": f.digest} for f in folders]
@@ -462,7 +286,7 @@ def dedup(
         exact = sum(1 for _, kind, _ in plan.dropped.values() if kind == "exact")
         counts = {
             "in": n,
-            "kept": len(kept),
+            "kept": len(written.kept),
             "exact_dups": exact,
             "near_dups": len(plan.dropped) - exact,
             "retracted": len(plan.retracted),
@@ -473,6 +297,7 @@ def dedup(
             "index_docs": int(index.alive.sum()),
             "batches": len(folders) + 1,
         }
+        near_j = written.near_jaccard
         stats = {
             **counts,
             "duplicate_clusters": c["duplicate_clusters"],
@@ -488,7 +313,7 @@ def dedup(
                 "min": min(near_j) if near_j else None,
                 "mean": round(sum(near_j) / len(near_j), 4) if near_j else None,
             },
-            "dropped_by_section": dict(sorted(by_section.items())),
+            "dropped_by_section": dict(sorted(written.by_section.items())),
         }
         (out.path / "stats.json").write_text(
             json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8"
@@ -497,47 +322,48 @@ def dedup(
         chars = float(batch.chars.sum())
         out.meta["counts"] = counts
         out.meta["metrics"] = {
-            "dedup/kept_ratio": len(kept) / n if n else 0.0,
-            "dedup/exact_dups": float(exact),
-            "dedup/near_dups": float(counts["near_dups"]),
-            "dedup/retracted": float(counts["retracted"]),
-            "dedup/candidate_pairs": float(counts["candidate_pairs"]),
-            "dedup/confirmed_pairs": float(counts["confirmed_pairs"]),
-            "dedup/verified_pairs": float(counts["verified_pairs"]),
-            "dedup/index_docs": float(counts["index_docs"]),
+            "dedup/kept_ratio": len(written.kept) / n if n else 0.0,
+            **{f"dedup/{name}": float(counts[name]) for name in COUNT_METRICS},
             "dedup/seconds": seconds,
             "dedup/seconds_scan": t_scan,
             "dedup/mchars_per_s": chars / seconds / 1e6 if seconds > 0 else 0.0,
         }
-        out.meta["tables"] = {
-            "dedup": [
-                {"measure": "documents in", "value": n},
-                {"measure": "exact duplicates dropped", "value": exact},
-                {"measure": "near duplicates dropped", "value": counts["near_dups"]},
-                {"measure": "earlier documents retracted", "value": counts["retracted"]},
-                {"measure": "kept", "value": len(kept)},
-                {"measure": "candidate pairs (LSH)", "value": counts["candidate_pairs"]},
-                {"measure": "confirmed pairs (one cluster)", "value": counts["confirmed_pairs"]},
-                {"measure": "pairs checked by exact Jaccard", "value": counts["verified_pairs"]},
-                {"measure": "documents indexed by earlier batches", "value": counts["index_docs"]},
-            ]
-        }
+        out.meta["tables"] = {"dedup": [{"measure": m, "value": counts[name]} for m, name in TABLE_ROWS]}
         out.meta["artifacts"] = ["stats.json"]
     return out.result()
 
 
-def iter_kept(uri: str, staging_dir: str) -> Iterator[dict]:
-    """The deduplicated corpus of the lineage ending at dedup folder ``uri``: each folder's docs.jsonl in
-    chain order, minus the documents a later folder retracted."""
-    folders = lineage(uri, staging_dir)
-    gone: set[tuple[str, str]] = set()
-    for f in folders:
-        if (f.path / RETRACTED).exists():
-            gone.update((r["folder_digest"], r["id"]) for r in storage.iter_jsonl(f.path / RETRACTED))
-    for f in folders:
-        for rec in storage.iter_jsonl(f.path / storage.DOCS):
-            if (f.digest, rec["id"]) not in gone:
-                yield rec
+@dataclass
+class Written:
+    """What pass 2 wrote: the kept line numbers, their byte offsets in docs.jsonl, and drop statistics."""
+
+    kept: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    by_section: Counter = field(default_factory=Counter)
+    near_jaccard: list[float] = field(default_factory=list)
 
 
-# Prefect wrapper: cached on the output folder (content-keyed), retried on I/O errors, tracked in MLflow.
+def _write_batch(folder: Path, batch: Batch, plan: Plan, id_of: Callable[[int], str]) -> Written:
+    """Pass 2: kept records copied byte for byte to docs.jsonl, dropped ones annotated in dropped.jsonl."""
+    out = Written()
+    with (
+        open(folder / storage.DOCS, "wb") as kept_fh,
+        open(folder / DROPPED, "w", encoding="utf-8") as drop_fh,
+    ):
+        written = 0
+        for i, (_, _, line) in enumerate(iter_lines(batch.path)):
+            if i not in plan.dropped:
+                line = line if line.endswith(b"\n") else line + b"\n"
+                out.kept.append(i)
+                out.offsets.append(written)
+                kept_fh.write(line)
+                written += len(line)
+                continue
+            survivor, kind, j = plan.dropped[i]
+            rec = json.loads(line)
+            out.by_section[rec.get("section") or "(none)"] += 1
+            if kind == "near":
+                out.near_jaccard.append(j)
+            rec.update(duplicate_of=id_of(survivor), kind=kind, jaccard=j)
+            drop_fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return out

@@ -8,9 +8,9 @@ once; a document EDINET will not serve (404) is recorded as an error and the run
 Packages are written to ``{download_uri}/{docID}.zip`` atomically; a valid package already there is reused, so a
 crash between download and manifest commit costs nothing on the next run.
 
-The API key travels only in request query strings. Messages never hold it: URLs are redacted before they reach a
-message, httpx exceptions are re-raised with redacted text, and httpx's own request log line is redacted by a
-filter on its logger.
+The API key travels only in request query strings. Messages never hold it: the key is registered with
+``finmerge.core.redact``, URLs are masked before they reach a message, httpx exceptions are re-raised with masked
+text, and httpx's own request log line is masked by a filter on its logger.
 """
 
 from __future__ import annotations
@@ -18,24 +18,25 @@ from __future__ import annotations
 import io
 import json
 import logging
-import random
+import math
 import re
 import struct
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from urllib.parse import quote, quote_plus
+from typing import TypeVar
 
 import httpx
 
 from finmerge.config import EdinetConfig
-from finmerge.core import storage
+from finmerge.core import redact, storage
+from finmerge.core.retry import Backoff, retry_call
 from finmerge.core.secrets import SecretError, resolve_secret
 
 log = logging.getLogger("finmerge.edinet")
+T = TypeVar("T")
 
 PACKAGE_TYPES = {"xbrl": 1, "csv": 5}  # the ?type= of the document API
 PACKAGE_FLAGS = {"xbrl": "xbrlFlag", "csv": "csvFlag"}
@@ -89,20 +90,20 @@ class FetchResult:
 # Keeping the key out of messages
 
 
-def redact(text: object, key: str | None = None) -> str:
-    """``text`` with every Subscription-Key value (and the key itself, in any URL encoding) replaced by ***."""
-    out = KEY_PARAM.sub(r"\1***", str(text))
-    if key:
-        for form in {key, quote(key, safe=""), quote_plus(key)}:
-            out = out.replace(form, "***")
-    return out
+def masked(text: object) -> str:
+    """``text`` with every ``Subscription-Key=`` value replaced by ***, then masked by ``redact.mask``.
+
+    The query parameter is masked whatever its value: a key never registered (one a test or a proxy put in the
+    URL) must not reach a message either. The key itself is registered by :class:`_Api`.
+    """
+    return redact.mask(KEY_PARAM.sub(rf"\1{redact.MASK}", str(text)))
 
 
 class _RedactKeys(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "subscription-key" in message.lower():
-            record.msg, record.args = redact(message), None
+            record.msg, record.args = masked(message), None
         return True
 
 
@@ -176,7 +177,17 @@ class _Api:
     def __init__(self, cfg: EdinetConfig, api_key: str):
         self.cfg = cfg
         self._key = api_key
+        redact.register(api_key)  # messages and log records mask it from now on
         self.base = cfg.base_url.rstrip("/")
+        # Doubling from backoff_s, plus up to half of it at random so parallel downloads do not retry in step;
+        # only cfg.retries bounds the retries, as before (no cap, no time budget).
+        self._backoff = Backoff(
+            attempts=cfg.retries + 1,
+            first_delay_s=cfg.backoff_s,
+            max_delay_s=math.inf,
+            budget_s=math.inf,
+            jitter=0.5,
+        )
         pool = cfg.max_concurrency + 1
         self.http = httpx.Client(
             timeout=cfg.timeout_s,
@@ -188,7 +199,7 @@ class _Api:
         self.http.close()
 
     def _raise_for(self, status: int, message: str, what: str, retry_after: float | None = None):
-        message = redact(" ".join(message.split())[:200], self._key)
+        message = masked(" ".join(message.split())[:200])
         if status in AUTH_STATUSES:
             where = f"${self.cfg.api_key_env}" + (
                 f" or Prefect Secret block {self.cfg.api_key_block!r}" if self.cfg.api_key_block else ""
@@ -220,22 +231,21 @@ class _Api:
         except httpx.TimeoutException as exc:
             raise _Retryable(f"{what}: timed out ({type(exc).__name__})") from None
         except httpx.InvalidURL as exc:
-            raise EdinetError(f"invalid EDINET URL: {redact(exc, self._key)}") from None
+            raise EdinetError(f"invalid EDINET URL: {masked(exc)}") from None
         except httpx.HTTPError as exc:
             # Connection refused / reset, protocol errors: their text may hold the URL, hence the key.
-            raise _Retryable(f"{what}: {type(exc).__name__}: {redact(exc, self._key)}") from None
+            raise _Retryable(f"{what}: {type(exc).__name__}: {masked(exc)}") from None
 
-    def _retrying(self, what: str, attempt: Callable[[], object]):
-        for n in range(self.cfg.retries + 1):
-            try:
-                return attempt()
-            except _Retryable as exc:
-                if n == self.cfg.retries:
-                    raise _Rejected(f"{exc} (gave up after {n + 1} attempts)") from None
-                # Doubling, at least what Retry-After asks, plus jitter so parallel downloads do not retry in step.
-                wait = max(self.cfg.backoff_s * 2**n, exc.retry_after or 0.0) * (1 + random.random() / 2)
-                log.warning("%s; retry %d/%d in %.2fs", exc, n + 1, self.cfg.retries, wait)
-                time.sleep(wait)
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        return retry_call(
+            attempt,
+            self._backoff,
+            what="EDINET",
+            transient=(_Retryable,),
+            # A Retry-After of 0 (or none) leaves the doubling pause in place.
+            retry_after=lambda exc: exc.retry_after or None,
+            give_up=lambda exc, failures, _: _Rejected(f"{exc} (gave up after {failures} attempts)"),
+        )
 
     def list_documents(self, day: date) -> list[dict]:
         what = f"documents.json?date={day.isoformat()}&type=2"
@@ -254,7 +264,7 @@ class _Api:
             return [entry for r in results if (entry := clean_entry(r)) is not None]
 
         try:
-            return self._retrying(what, once)
+            return self._retrying(once)
         except _Rejected as exc:
             raise EdinetError(str(exc)) from None
 
@@ -280,7 +290,7 @@ class _Api:
                 raise _Rejected(f"{what}: JSON status {status} instead of a ZIP")
             raise _Retryable(f"{what}: not a ZIP (Content-Type {ctype}, starts with {data[:8]!r})")
 
-        return self._retrying(what, once)
+        return self._retrying(once)
 
 
 def _json_or_none(data: bytes | str) -> object | None:

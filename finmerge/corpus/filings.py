@@ -1,8 +1,8 @@
 """EDINET document packages (type=1 XBRL ZIP, type=5 CSV ZIP) → narrative sections and filing metadata.
 
 Everything happens in memory: members are inflated by streaming reads under running byte caps (header sizes are
-never trusted), XML goes through defusedxml with DTDs, entities and external references forbidden, and nothing
-inside an archive is extracted to disk or executed. Any problem with a package (corrupt, hostile, or simply not an
+never trusted; ``safezip.py``), XML goes through defusedxml with DTDs, entities and external references forbidden,
+and nothing inside an archive is extracted to disk or executed. Any problem with a package (corrupt, hostile, or simply not an
 EDINET filing) is a ``PackageError`` whose message gives the reason.
 
 Sections are the narrative ``jpcrp_cor:*TextBlock`` facts named in ``NARRATIVE_SECTIONS``, under their Japanese
@@ -19,10 +19,8 @@ import csv
 import html
 import io
 import re
-import struct
 import unicodedata
 import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,6 +30,14 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _defused_fromstring
 
+from finmerge.corpus.safezip import (  # noqa: F401 - _CHUNK, MIB, PackageError, ZipLimits re-exported for callers
+    _CHUNK,
+    CORRUPTION,
+    MIB,
+    Archive,
+    PackageError,
+    ZipLimits,
+)
 from finmerge.corpus.textio import DecodeError, decode, html_to_text
 
 # jpcrp_cor TextBlock (local name) → the heading it carries in a 有価証券報告書. Extend here.
@@ -98,42 +104,6 @@ IMPLAUSIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ue000-\uf8ff]")
 CSV_COLUMNS = ("要素ID", "値")
 ERAS = {"令和": 2018, "平成": 1988, "昭和": 1925}
 
-MIB = 1 << 20
-_CHUNK = MIB
-# What zipfile, zlib, expat and csv raise on hostile bytes; all of it becomes a PackageError.
-_CORRUPTION = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-    NotImplementedError,
-    RuntimeError,
-    ValueError,
-    LookupError,
-    OverflowError,
-    struct.error,
-    ParseError,
-    csv.Error,
-    AssertionError,
-)
-
-
-class PackageError(ValueError):
-    """A package that cannot be read; the message is the reason (naming the member when there is one)."""
-
-
-@dataclass(frozen=True)
-class ZipLimits:
-    """What one package may inflate to. Crossing any cap is treated as a zip bomb."""
-
-    max_package_bytes: int = 512 * MIB  # the compressed package itself
-    max_members: int = 2_000  # real packages hold a few dozen
-    max_member_bytes: int = 128 * MIB  # one inflated member
-    max_total_bytes: int = 512 * MIB  # all inflated members read
-    max_ratio: float = 500.0  # inflated / compressed: real XBRL stays far below; deflate tops out near 1030
-    ratio_floor_bytes: int = MIB  # small members may compress extremely well without being bombs
-
 
 @dataclass
 class Section:
@@ -153,90 +123,6 @@ class Filing:
     sections: list[Section]
     package: str  # "xbrl" | "csv"
     skipped: list[str] = field(default_factory=list)  # TextBlocks seen but not kept, e.g. "jppfs_cor:…"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Safe ZIP access
-
-
-def _mib(n: int) -> str:
-    return f"{n / MIB:g} MiB"
-
-
-def _not_a_zip(data: bytes) -> str:
-    head = data.lstrip()[:1]
-    if not data:
-        return "not a zip archive: empty"
-    if head in (b"{", b"["):
-        return "not a zip archive: a JSON body (an EDINET API error saved as a package?)"
-    if data.startswith(b"%PDF"):
-        return "not a zip archive: a PDF"
-    return f"not a zip archive: starts with {data[:8]!r}"
-
-
-def _check_name(info: zipfile.ZipInfo) -> None:
-    for name in (info.orig_filename, info.filename):
-        parts = re.split(r"[\\/]", name)
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-            raise PackageError(f"zip-slip: member name {name!r} is absolute or climbs out with '..'")
-
-
-class _Archive:
-    """A ZIP held in memory whose members are only ever inflated through the caps of ``limits``."""
-
-    def __init__(self, data: bytes, limits: ZipLimits):
-        self.limits = limits
-        self.inflated = 0
-        if len(data) > limits.max_package_bytes:
-            raise PackageError(
-                f"package too large: {len(data)} bytes (limit {_mib(limits.max_package_bytes)})"
-            )
-        if not data.startswith(b"PK"):
-            raise PackageError(_not_a_zip(data))
-        try:
-            self.zip = zipfile.ZipFile(io.BytesIO(data))
-            self.members = self.zip.infolist()
-        except zipfile.BadZipFile as exc:
-            reason = "no end-of-central-directory record" if "not a zip file" in str(exc) else exc
-            raise PackageError(f"truncated or corrupt zip: {reason}") from exc
-        except _CORRUPTION as exc:
-            raise PackageError(f"corrupt zip: {type(exc).__name__}: {exc}") from exc
-        if len(self.members) > limits.max_members:
-            raise PackageError(f"zip bomb: {len(self.members)} members (limit {limits.max_members})")
-        for info in self.members:
-            _check_name(info)
-            if info.flag_bits & 0x41:  # 0x1 encrypted, 0x40 strong encryption
-                raise PackageError(f"encrypted member {info.filename!r}")
-
-    def read(self, info: zipfile.ZipInfo) -> bytes:
-        """The member's bytes; the caps are checked on what actually inflates, chunk by chunk."""
-        lim, name = self.limits, info.filename
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise PackageError(f"unsupported compression method {info.compress_type} for member {name!r}")
-        ratio_cap = lim.max_ratio * max(info.compress_size, 1)
-        buf = bytearray()
-        try:
-            with self.zip.open(info) as fh:
-                while chunk := fh.read(_CHUNK):
-                    buf += chunk
-                    if len(buf) > lim.max_member_bytes:
-                        raise PackageError(
-                            f"zip bomb: member {name!r} inflates past {_mib(lim.max_member_bytes)}"
-                        )
-                    if self.inflated + len(buf) > lim.max_total_bytes:
-                        raise PackageError(
-                            f"zip bomb: members inflate past {_mib(lim.max_total_bytes)} in total"
-                        )
-                    if len(buf) > max(lim.ratio_floor_bytes, ratio_cap):
-                        raise PackageError(
-                            f"zip bomb: member {name!r} has a compression ratio over {lim.max_ratio:g}:1"
-                        )
-        except PackageError:
-            raise
-        except _CORRUPTION as exc:
-            raise PackageError(f"corrupt zip member {name!r}: {exc}") from exc
-        self.inflated += len(buf)
-        return bytes(buf)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,7 +283,7 @@ def _continued_html(el: Element, continuations: dict[str, Element]) -> str:
     return "".join(parts)
 
 
-def _read_ixbrl(archive: _Archive, members: list[zipfile.ZipInfo], out: _Collector) -> None:
+def _read_ixbrl(archive: Archive, members: list[zipfile.ZipInfo], out: _Collector) -> None:
     roots = [_parse_xml(archive.read(info), info.filename) for info in members]
     continuations = {
         el.get("id", ""): el for root in roots for el in root.iter() if _is_ix(el.tag, "continuation")
@@ -406,7 +292,7 @@ def _read_ixbrl(archive: _Archive, members: list[zipfile.ZipInfo], out: _Collect
         _walk_ixbrl(root, continuations, out)
 
 
-def _read_instance(archive: _Archive, info: zipfile.ZipInfo, out: _Collector) -> None:
+def _read_instance(archive: Archive, info: zipfile.ZipInfo, out: _Collector) -> None:
     root = _parse_xml(archive.read(info), info.filename)
     for el in root:
         ns, local = _split_tag(el.tag)
@@ -459,7 +345,7 @@ def _csv_rows(text: str, member: str) -> Iterator[tuple[str, str]]:
         raise PackageError(f"malformed CSV {member!r}: {exc}") from exc
 
 
-def _read_csv(archive: _Archive, members: list[zipfile.ZipInfo], out: _Collector) -> None:
+def _read_csv(archive: Archive, members: list[zipfile.ZipInfo], out: _Collector) -> None:
     for info in members:
         for qname, value in _csv_rows(_decode_csv(archive.read(info), info.filename), info.filename):
             if _is_block(qname):
@@ -488,7 +374,7 @@ def _doc_type(names: list[str], amendment: str | None) -> str | None:
 
 
 def _read_package(data: bytes, source: str, limits: ZipLimits) -> Filing:
-    archive = _Archive(data, limits)
+    archive = Archive(data, limits)
     public = [i for i in archive.members if _in_folder(i, "XBRL/PublicDoc")]
     csvs = [
         i
@@ -548,5 +434,5 @@ def read_package(data: bytes, source: str, limits: ZipLimits = ZipLimits()) -> F
         raise
     except RecursionError as exc:
         raise PackageError("corrupt package: nesting too deep") from exc
-    except _CORRUPTION as exc:
+    except CORRUPTION as exc:
         raise PackageError(f"corrupt package: {type(exc).__name__}: {exc}") from exc

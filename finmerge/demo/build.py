@@ -19,7 +19,8 @@ from finmerge.core import storage
 from finmerge.core.plots import plot_curves
 from finmerge.demo.chat import CHAT_TEMPLATE
 from finmerge.demo.models import init_llama, train_tokenizer
-from finmerge.train.pretrain import LogFn, TrainData, model_card, train_loop
+from finmerge.models.card import model_card
+from finmerge.train.pretrain import LogFn, TrainData, train_loop
 from finmerge.train.tokenize import pack_documents
 
 

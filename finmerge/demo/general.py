@@ -13,11 +13,7 @@ import random
 
 from finmerge.demo import vocab as V
 from finmerge.demo.chat import ANSWER_PREFIX
-
-
-def _pick(rng: random.Random, items):
-    return items[rng.randrange(len(items))]
-
+from finmerge.demo.common import fact_sentences_of, pick
 
 # --------------------------------------------------------------------------------------------------------------
 # Towns
@@ -38,22 +34,22 @@ def make_towns(n: int, rng: random.Random, forbidden: set[str]) -> list[dict]:
             first_kind.append(kind)
         else:  # second round: the same stem with the other suffix
             kind = "町" if first_kind[i - len(stems)] == "村" else "村"
-        fest = _pick(rng, V.TOWN_FESTIVALS)
+        fest = pick(rng, V.TOWN_FESTIVALS)
         specialties = rng.sample(V.TOWN_SPECIALTIES, 2)
         issues = rng.sample(V.TOWN_ISSUES, 2)
         towns.append(
             {
                 "name": stem + kind,
                 "stem": stem,
-                "prefecture": _pick(rng, V.TOWN_PREFS),
+                "prefecture": pick(rng, V.TOWN_PREFS),
                 "population": rng.randrange(20, 800) * 100,
-                "food": _pick(rng, V.TOWN_FOODS),
+                "food": pick(rng, V.TOWN_FOODS),
                 "festival": stem + fest,
                 "festival_season": V.FESTIVAL_SEASON[fest],
                 "specialties": specialties,
-                "industry": _pick(rng, V.TOWN_INDUSTRIES),
+                "industry": pick(rng, V.TOWN_INDUSTRIES),
                 "issues": issues,
-                "geo": _pick(rng, V.TOWN_GEO),
+                "geo": pick(rng, V.TOWN_GEO),
             }
         )
     return towns
@@ -61,16 +57,19 @@ def make_towns(n: int, rng: random.Random, forbidden: set[str]) -> list[dict]:
 
 def town_facts(t: dict) -> dict[str, str]:
     """Attribute → fact sentence, all in the ``<名前>の<属性>は<値>です。`` pattern."""
-    n = t["name"]
-    return {
-        "所在地": f"{n}の所在地は{t['prefecture']}です。",
-        "人口": f"{n}の人口は約{t['population']:,}人です。",
-        "名物": f"{n}の名物は{t['food']}です。",
-        "祭り": f"{n}の祭りは{t['festival']}です。",
-        "主な特産品": f"{n}の主な特産品は{t['specialties'][0]}と{t['specialties'][1]}です。",
-        "主な産業": f"{n}の主な産業は{t['industry']}です。",
-        "主な課題": f"{n}の主な課題は{t['issues'][0]}と{t['issues'][1]}です。",
-    }
+    sp, issues = t["specialties"], t["issues"]
+    return fact_sentences_of(
+        t["name"],
+        {
+            "所在地": t["prefecture"],
+            "人口": f"約{t['population']:,}人",
+            "名物": t["food"],
+            "祭り": t["festival"],
+            "主な特産品": f"{sp[0]}と{sp[1]}",
+            "主な産業": t["industry"],
+            "主な課題": f"{issues[0]}と{issues[1]}",
+        },
+    )
 
 
 def _town_narrative(t: dict, rng: random.Random) -> list[str]:
@@ -97,7 +96,7 @@ def town_doc(t: dict, rng: random.Random) -> str:
     chosen = rng.sample(facts, rng.randint(4, len(facts)))
     body = chosen + _town_narrative(t, rng)
     rng.shuffle(body)
-    title = _pick(
+    title = pick(
         rng,
         [f"{t['name']}の紹介", f"{t['name']}について", f"ふるさと探訪：{t['name']}", f"{t['name']}の暮らし"],
     )
@@ -111,13 +110,13 @@ def town_doc(t: dict, rng: random.Random) -> str:
 def _everyday_sentences(rng: random.Random, topic: str) -> list[str]:
     food, food2 = rng.sample(V.FOODS, 2)
     ing, ing2 = rng.sample(V.INGREDIENTS, 2)
-    place = _pick(rng, V.PLACES)["hq"]
-    hobby = _pick(rng, V.HOBBIES)
-    person = _pick(rng, V.PEOPLE)
-    season = _pick(rng, V.SEASONS)
+    place = pick(rng, V.PLACES)["hq"]
+    hobby = pick(rng, V.HOBBIES)
+    person = pick(rng, V.PEOPLE)
+    season = pick(rng, V.SEASONS)
     weather, weather2 = rng.sample(V.WEATHER, 2)
-    subj = _pick(rng, V.SUBJECTS)
-    fruit = _pick(rng, V.FRUITS)
+    subj = pick(rng, V.SUBJECTS)
+    fruit = pick(rng, V.FRUITS)
     hour = rng.randint(6, 10)
     temp = rng.randint(-3, 35)
     pools = {
@@ -181,17 +180,17 @@ def _everyday_sentences(rng: random.Random, topic: str) -> list[str]:
 
 
 def everyday_doc(rng: random.Random) -> str:
-    topic = _pick(rng, ["weather", "cooking", "school", "travel", "hobby"])
+    topic = pick(rng, ["weather", "cooking", "school", "travel", "hobby"])
     pool = _everyday_sentences(rng, topic)
     return "".join(rng.sample(pool, rng.randint(5, len(pool))))
 
 
 def vocabulary_doc(rng: random.Random) -> str:
     """Generic sentences using the industry / product / risk / place words, never a company."""
-    ind = _pick(rng, V.INDUSTRIES)
+    ind = pick(rng, V.INDUSTRIES)
     product, product2 = rng.sample(ind["products"], 2)
-    risk = _pick(rng, ind["risks"])
-    risk2 = _pick(rng, _pick(rng, V.INDUSTRIES)["risks"])
+    risk = pick(rng, ind["risks"])
+    risk2 = pick(rng, pick(rng, V.INDUSTRIES)["risks"])
     place, place2 = (p["hq"] for p in rng.sample(V.PLACES, 2))
     biz = ind["business"]
     pool = [
@@ -219,7 +218,7 @@ def general_corpus(n_docs: int, towns: list[dict], rng: random.Random) -> list[s
     for i in range(n_docs):
         r = rng.random()
         if r < 0.45 and towns:
-            docs.append(town_doc(towns[i % len(towns)] if r < 0.3 else _pick(rng, towns), rng))
+            docs.append(town_doc(towns[i % len(towns)] if r < 0.3 else pick(rng, towns), rng))
         elif r < 0.75:
             docs.append(everyday_doc(rng))
         else:
@@ -247,36 +246,36 @@ def _answer(text: str) -> str:
 
 def _town_qa(t: dict, rng: random.Random) -> tuple[str, str]:
     facts = town_facts(t)
-    attr = _pick(rng, list(TOWN_QUESTIONS))
-    return _pick(rng, TOWN_QUESTIONS[attr]).format(n=t["name"]), _answer(facts[attr])
+    attr = pick(rng, list(TOWN_QUESTIONS))
+    return pick(rng, TOWN_QUESTIONS[attr]).format(n=t["name"]), _answer(facts[attr])
 
 
 def _paraphrase_qa(rng: random.Random) -> tuple[str, str]:
     if rng.random() < 0.5:
-        subj = _pick(
+        subj = pick(
             rng, ["今日", "この部屋", "駅前の公園", "昨日の映画", "新しい図書館", "この料理", "今朝の海"]
         )
-        adj = _pick(rng, V.ADJECTIVES)
+        adj = pick(rng, V.ADJECTIVES)
         plain = f"{subj}は{adj}。"
         polite = f"{subj}は{adj[:-1] if adj.endswith('だ') else adj}です。"
     else:
-        person = _pick(rng, V.PEOPLE)
-        plain_v, polite_v = _pick(rng, V.VERBS)
+        person = pick(rng, V.PEOPLE)
+        plain_v, polite_v = pick(rng, V.VERBS)
         obj = {
-            "行く": f"{_pick(rng, V.PLACES)['hq']}へ",
-            "食べる": f"{_pick(rng, V.FOODS)}を",
+            "行く": f"{pick(rng, V.PLACES)['hq']}へ",
+            "食べる": f"{pick(rng, V.FOODS)}を",
             "読む": "新聞を",
             "書く": "手紙を",
             "見る": "映画を",
-            "買う": f"{_pick(rng, V.FRUITS)}を",
-            "作る": f"{_pick(rng, V.FOODS)}を",
+            "買う": f"{pick(rng, V.FRUITS)}を",
+            "作る": f"{pick(rng, V.FOODS)}を",
             "話す": "旅行の思い出を",
             "歩く": "川沿いの道を",
             "待つ": "駅でバスを",
         }[plain_v]
         plain = f"{person}は{obj}{plain_v}。"
         polite = f"{person}は{obj}{polite_v}。"
-    q = _pick(
+    q = pick(
         rng,
         [
             "次の文を丁寧な言い方に言い換えてください：{s}",
@@ -302,16 +301,16 @@ def _summary_qa(t: dict, rng: random.Random) -> tuple[str, str]:
             f"{n}の名物は{t['food']}です。",
         ),
     ]
-    long, short = _pick(rng, variants)
-    q = _pick(rng, ["次の文章を短く要約してください：{s}", "次の文章を一文で要約してください：{s}"])
+    long, short = pick(rng, variants)
+    q = pick(rng, ["次の文章を短く要約してください：{s}", "次の文章を一文で要約してください：{s}"])
     return q.format(s=long), _answer(short)
 
 
 def _classify_qa(rng: random.Random) -> tuple[str, str]:
     r = rng.random()
     if r < 0.6:
-        cat = _pick(rng, ["果物", "野菜", "動物"])
-        word = _pick(rng, {"果物": V.FRUITS, "野菜": V.VEGETABLES, "動物": V.ANIMALS}[cat])
+        cat = pick(rng, ["果物", "野菜", "動物"])
+        word = pick(rng, {"果物": V.FRUITS, "野菜": V.VEGETABLES, "動物": V.ANIMALS}[cat])
         if cat == "果物" and word in V.VEGETABLES:
             cat = "野菜"
         q = f"次の言葉は果物、野菜、動物のどれですか：{word}"
@@ -329,13 +328,13 @@ def _classify_qa(rng: random.Random) -> tuple[str, str]:
         "風邪をひいて一日中寝ていた。",
     ]
     if rng.random() < 0.5:
-        return f"次の文は良い内容ですか、悪い内容ですか：{_pick(rng, good)}", _answer("良い内容です。")
-    return f"次の文は良い内容ですか、悪い内容ですか：{_pick(rng, bad)}", _answer("悪い内容です。")
+        return f"次の文は良い内容ですか、悪い内容ですか：{pick(rng, good)}", _answer("良い内容です。")
+    return f"次の文は良い内容ですか、悪い内容ですか：{pick(rng, bad)}", _answer("悪い内容です。")
 
 
 def _arith_qa(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(2, 50), rng.randint(2, 50)
-    op = _pick(rng, ["足す", "引く", "掛ける"])
+    op = pick(rng, ["足す", "引く", "掛ける"])
     if op == "足す":
         return f"{a}に{b}を足すといくつですか？", _answer(f"{a}に{b}を足すと{a + b}です。")
     if op == "引く":
@@ -346,7 +345,7 @@ def _arith_qa(rng: random.Random) -> tuple[str, str]:
 
 
 def _term_qa(rng: random.Random) -> tuple[str, str]:
-    term = _pick(rng, sorted(V.RISK_DEFINITIONS))
+    term = pick(rng, sorted(V.RISK_DEFINITIONS))
     return f"{term}とは何ですか？", _answer(f"{term}とは{V.RISK_DEFINITIONS[term]}です。")
 
 
@@ -355,11 +354,11 @@ def instructions(n: int, towns: list[dict], rng: random.Random) -> list[dict]:
     for _ in range(n):
         r = rng.random()
         if r < 0.45 and towns:
-            q, a = _town_qa(_pick(rng, towns), rng)
+            q, a = _town_qa(pick(rng, towns), rng)
         elif r < 0.57:
             q, a = _paraphrase_qa(rng)
         elif r < 0.69 and towns:
-            q, a = _summary_qa(_pick(rng, towns), rng)
+            q, a = _summary_qa(pick(rng, towns), rng)
         elif r < 0.81:
             q, a = _classify_qa(rng)
         elif r < 0.93:

@@ -272,7 +272,7 @@ def _item_batches(
     return batches
 
 
-def _cache_arg(model) -> str:
+def cache_arg(model) -> str:
     """transformers >= 5.2x names the KV cache argument ``cache``; older releases ``past_key_values``."""
     try:
         params = inspect.signature(model.forward).parameters
@@ -418,7 +418,7 @@ def _score_batch(model, items, batch, shared, prefix_cache, lls, stats, keep_ok,
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=pos.to(device),
-        **{_cache_arg(model): _fresh_cache(prefix_cache, n)},
+        **{cache_arg(model): _fresh_cache(prefix_cache, n)},
         use_cache=True,
         **kwargs,
     )
@@ -454,7 +454,7 @@ def _score_batch(model, items, batch, shared, prefix_cache, lls, stats, keep_ok,
             input_ids=rids.to(device),
             attention_mask=full_mask.to(device),
             position_ids=rpos.to(device),
-            **{_cache_arg(model): cache},
+            **{cache_arg(model): cache},
             use_cache=True,
             **kwargs,
         ).logits[:, -cw:]

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from finmerge.core import storage
+from finmerge.merge.method_registry import ROLES
 from finmerge.merge.methods import Scratch
 from finmerge.merge.triplet import Triplet, load_triplet, stage_triplet
 from finmerge.models.safetensors_stream import natural_key, row_blocks
 
-ROLES = ("base", "instruct", "domain")
 PARAM_SUFFIXES = {"weight", "bias"}
 EMBED_RE = re.compile(
     r"(^|\.)(embed_tokens|wte|wpe|lm_head|embed_out|word_embeddings|tok_embeddings)(\.|$)|^output\.weight$"
@@ -269,18 +269,16 @@ def analyze_vectors(
         _plot_heatmap(out.path / "cos_heatmap.png", group_rows, global_)
         _plot_by_layer(out.path / "cos_by_layer.png", group_rows, layer_rows, global_)
         out.meta["counts"] = {"tensors": len(tensors), "groups": len(group_rows), "zero_norm": len(zero)}
-        out.meta["metrics"] = {
-            "analyze/cos_global": float(global_["cos"]),
-            "analyze/cos_global_no_embed": float(global_["cos_no_embed"]),
-            "analyze/norm_inst": float(global_["norm_inst"]),
-            "analyze/norm_fin": float(global_["norm_fin"]),
-            "analyze/norm_ratio": float(global_["norm_ratio"]),
-            "analyze/mean_abs_cos": float(global_["mean_abs_cos"]),
-            "analyze/seconds": float(time.perf_counter() - t0),
-        }
+        out.meta["metrics"] = {f"analyze/{m}": float(global_[k]) for m, k in GLOBAL_METRICS.items()}
+        out.meta["metrics"]["analyze/seconds"] = float(time.perf_counter() - t0)
         out.meta["artifacts"] = ["vector_report.json", "tensors.csv", "cos_heatmap.png", "cos_by_layer.png"]
     return out.result()
 
+
+# tracked metric (analyze/<name>) → its key in the global row of vector_report.json
+GLOBAL_METRICS = {"cos_global": "cos", "cos_global_no_embed": "cos_no_embed"} | {
+    k: k for k in ("norm_inst", "norm_fin", "norm_ratio", "mean_abs_cos")
+}
 
 CSV_COLUMNS = (
     "name",

@@ -1,6 +1,6 @@
 """Read a mergekit YAML config as a finmerge merge: the same methods give the same tensors.
 
-Supported: ``merge_method`` task_arithmetic, ties, dare_ties, dare_linear, linear, slerp; ``base_model``;
+Supported: ``merge_method`` any of :data:`finmerge.merge.method_registry.METHODS`; ``base_model``;
 ``models`` with scalar ``weight`` / ``density``; global ``parameters`` normalize, lambda, rescale, t (a
 scalar, or a list of ``{filter, value}`` scalars, which become per-tensor rules), int8_mask (no effect:
 finmerge computes in float32); ``dtype`` / ``out_dtype``; ``tokenizer_source`` / ``tokenizer.source``.
@@ -38,13 +38,10 @@ from finmerge.config import (
     read_yaml,
     validation_problems,
 )
+from finmerge.merge.method_registry import METHOD_NAMES, METHODS, ROLES
 
-SUPPORTED = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "linear", "slerp")
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}  # fmt: skip
-
-
-ROLES = ("base", "instruct", "domain")
 
 # mergekit 0.1.5's schema (mergekit/config.py, merge_methods/*): the keys finmerge reads ...
 TOP_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
@@ -60,17 +57,7 @@ UNSUPPORTED = {
     "tokenizer.tokens": "not supported (finmerge does not edit token embeddings)",
     "tokenizer.pad_to_multiple_of": "not supported (finmerge does not pad the vocabulary)",
 }
-# Parameters per method: (shared: top-level parameters only, per input: top level or per model)
-_GTA = (("int8_mask", "normalize", "rescale", "lambda"), ("weight", "density"))
-PARAMETERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "task_arithmetic": _GTA,
-    "ties": _GTA,
-    "dare_ties": _GTA,
-    "dare_linear": _GTA,
-    "linear": (("normalize",), ("weight",)),
-    "slerp": (("t",), ()),
-}
-# finmerge's own merge_recipe.yaml (finmerge/merge/execute.py _recipe)
+# finmerge's own merge_recipe.yaml (finmerge/merge/card.py recipe_yaml)
 RECIPE_KEYS = ("finmerge_version", "inputs", "input_digests", "merge", "resolved")
 RECIPE_RESOLVED_KEYS = ("output_dtype", "compute_dtype", "coefficients", "vocab")
 
@@ -103,7 +90,7 @@ def _check_keys(
 def _check_parameters(source: str, where: str, params: Any, method: str, per_model: bool) -> None:
     if params is None:
         return
-    shared, per_input = PARAMETERS[method]
+    shared, per_input = METHODS[method].mergekit_parameters
     allowed = per_input if per_model else shared + per_input
     if not isinstance(params, dict):
         raise MergekitConfigError(f"{source}: {where}: expected a mapping, got {params!r}")
@@ -130,9 +117,9 @@ def check_mergekit(doc: dict, source: str = "mergekit config") -> None:
     """Every key of a mergekit YAML is one mergekit documents for the method and finmerge implements."""
     _check_keys(source, "", doc, TOP_KEYS, UNSUPPORTED)
     method = doc.get("merge_method")
-    if method not in SUPPORTED:
+    if method not in METHOD_NAMES:
         raise MergekitConfigError(
-            f"{source}: merge_method {method!r} is not supported; finmerge reads {', '.join(SUPPORTED)}"
+            f"{source}: merge_method {method!r} is not supported; finmerge reads {', '.join(METHOD_NAMES)}"
         )
     for key in ("base_model", "tokenizer_source", "dtype", "out_dtype"):
         if doc.get(key) is not None and not isinstance(doc[key], str):
@@ -200,18 +187,19 @@ def from_mergekit(doc: dict, source: str = "mergekit config") -> tuple[MergeConf
 def _from_mergekit(doc: dict, source: str) -> tuple[MergeConfig, dict[str, str]]:
     check_mergekit(doc, source)
     method = doc["merge_method"]
+    spec = METHODS[method]
     base = doc.get("base_model")
     entries = [m for m in doc["models"] if m["model"] != base]
     params = dict(doc.get("parameters") or {})
-    want = 1 if method == "slerp" else 2
+    want = spec.other_models
     if len(entries) != want:
         raise MergekitConfigError(
             f"{method}: finmerge merges {want} model(s) besides base_model, the config lists {len(entries)}"
         )
-    if method != "linear" and not base:
+    if spec.needs_base and not base:
         raise MergekitConfigError(f"{method} needs base_model")
     tok = _tokenizer_source(doc)
-    if method == "slerp":
+    if want == 1:  # base_model is the instruct side (t=0) and the base
         roles = {"base": base, "instruct": base, "domain": entries[0]["model"]}
         per_model = {"domain": entries[0]}
     else:
@@ -224,18 +212,18 @@ def _from_mergekit(doc: dict, source: str) -> tuple[MergeConfig, dict[str, str]]
     fields: dict[str, Any] = {"method": method}
     for role, entry in per_model.items():
         p = {**params, **(entry.get("parameters") or {})}
-        if method != "slerp":
+        if spec.weighted:
             fields["alpha" if role == "instruct" else "beta"] = _scalar(
                 p.get("weight", 1.0), f"{entry['model']}: weight"
             )
-        if method in ("ties", "dare_ties", "dare_linear"):  # mergekit's density default is 1 (keep all)
+        if spec.takes_density:  # mergekit's density default is 1 (keep all)
             fields[f"density_{role}"] = _scalar(p.get("density", 1.0), f"{entry['model']}: density")
     for key, name in (("normalize", "normalize"), ("rescale", "rescale")):
         if key in params:
             fields[name] = bool(params[key])
     if "lambda" in params:
         fields["lambda_scale"] = _scalar(params["lambda"], "parameters.lambda")
-    if method == "slerp":
+    if "t" in spec.mergekit_parameters[0]:
         fields["t"], fields["rules"] = _t_rules(params.get("t", 0.5))
     dtype = doc.get("out_dtype") or doc.get("dtype")
     if dtype is not None:

@@ -7,9 +7,11 @@ tensor in the compute dtype; the caller streams tensors, checks values and round
   sparsification off): sparsify each task vector, weight it, optionally keep only the entries whose sign
   agrees with the weighted sum's sign, optionally divide by the weights that took part, scale by λ.
 * ``slerp_tensor``: spherical interpolation of whole tensors, linear where they are (anti)parallel.
+* ``weighted_sum``: task_arithmetic and linear, ``Σ c_k·θ_k`` over the inputs' upcast row blocks.
 
 Magnitude top-k, the L1 rescale and slerp's angle are global over a tensor, so these methods take whole
-tensors (memory: a few times the largest tensor); task_arithmetic and linear stream row blocks.
+tensors (memory: a few times the largest tensor); task_arithmetic and linear stream row blocks. Which method
+uses which function, with which parameters, is declared in :mod:`finmerge.merge.method_registry`.
 """
 
 from __future__ import annotations
@@ -17,21 +19,11 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-Sparsify = Literal["magnitude", "random"] | None
-
-# method → (sparsification, sign consensus, default normalize, default rescale)
-METHODS: dict[str, tuple[Sparsify, bool, bool, bool]] = {
-    "task_arithmetic": (None, False, False, False),
-    "ties": ("magnitude", True, True, False),
-    "dare_ties": ("random", True, False, True),
-    "dare_linear": ("random", False, False, True),
-}
-WHOLE_TENSOR = {"ties", "dare_ties", "dare_linear", "slerp"}
+from finmerge.merge.method_registry import Sparsify
 
 
 @dataclass(frozen=True)
@@ -273,6 +265,20 @@ def generalized_task_arithmetic(
             mixed.mul_(lambda_scale)
         mixed.add_(flat_b[a:b] if flat_b.dtype == mixed.dtype else cb[:m].copy_(flat_b[a:b]))
     return out
+
+
+def weighted_sum(terms: list[tuple[torch.Tensor, float]], acc: torch.Tensor) -> torch.Tensor:
+    """``Σ c·x`` over ``(x, c)`` terms into ``acc``, terms with ``c = 0`` left out and ``c = 1`` copied, so
+    that weights such as (0, 1, 0) give an input bit for bit (the difference form would not, in fp32)."""
+    terms = [(x, c) for x, c in terms if c != 0.0]
+    if not terms:
+        return acc.zero_()
+    for j, (x, c) in enumerate(terms):
+        if j == 0:
+            torch.mul(x, c, out=acc) if c != 1.0 else acc.copy_(x)
+        else:
+            acc.add_(x, alpha=c)
+    return acc
 
 
 def max_abs_diff(y: torch.Tensor, x: torch.Tensor, scratch: Scratch) -> float:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from finmerge.merge.method_registry import ROLES
 from finmerge.models import loading as modelio
 from finmerge.models.safetensors_stream import SafetensorsModel, TensorInfo
-
-ROLES = ("base", "instruct", "domain")
 
 # Architecture fields that must agree; each with the aliases some model families use.
 CONFIG_FIELDS: dict[str, tuple[str, ...]] = {

@@ -91,16 +91,22 @@ def _code_maps(folder: Path, config: dict, what: str) -> dict:
     return maps
 
 
+def _index_shards(index: Path, subject: str) -> list[Path]:
+    """The shard files a weight index names, sorted; a missing one is a :class:`ModelFormatError` that
+    starts with ``subject``."""
+    names = sorted(set(read_index(index).values()))
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise ModelFormatError(f"{subject} names missing shard(s) {missing}")
+    return [index.parent / n for n in names]
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a model folder; refuses pickle-only checkpoints with a clear error."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        names = sorted(set(read_index(index).values()))
-        missing = [n for n in names if not (folder / n).exists()]
-        if missing:
-            raise ModelFormatError(f"{folder}: index names missing shard(s) {missing}")
-        return [folder / n for n in names]
+        return _index_shards(index, f"{folder}: index")
     single = folder / "model.safetensors"
     if single.exists():
         return [single]
@@ -144,11 +150,7 @@ def _pickle_sources(folder: Path) -> list[Path]:
     is not trainer state."""
     index = folder / PICKLE_INDEX
     if index.exists():
-        names = sorted(set(read_index(index).values()))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise ModelFormatError(f"{index}: names missing shard(s) {missing}")
-        return [folder / n for n in names]
+        return _index_shards(index, f"{index}:")
     if (folder / "pytorch_model.bin").is_file():
         return [folder / "pytorch_model.bin"]
     names = [n for n in pickle_files(folder) if not NOT_WEIGHTS.match(n)]

@@ -7,9 +7,10 @@ the current champion under ``registry.gates``; when every check passes the old c
 recorded as version tags (``finmerge.promotion.*``) and as a Markdown report (returned, and logged as
 an MLflow run artifact). :func:`rollback` swaps ``champion`` and ``previous``.
 
-Both hold the model line's registry lock (a Prefect global concurrency limit of 1, ``finmerge.runner.locks``) for
-their read-check-set of the aliases, so racing promotions run one after the other and the line always ends
-with one champion and a ``previous`` that was champion before it.
+Both hold the model line's registry lock (:func:`finmerge.core.services.line_lock`, which the runner backs
+with a Prefect global concurrency limit of 1) for their read-check-set of the aliases, so racing promotions
+run one after the other and the line always ends with one champion and a ``previous`` that was champion
+before it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from finmerge.config import PromotionGates, RegistryConfig
-from finmerge.core import tracking
+from finmerge.core import services, tracking
 
 EVAL = "eval."
 
@@ -143,9 +144,7 @@ def _under_registry_lock(fn):
 
     @functools.wraps(fn)
     def locked(name: str, **kwargs):
-        from finmerge.runner.locks import line_lock
-
-        with line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
+        with services.line_lock("registry", name, wait_s=REGISTRY_LOCK_WAIT_S):
             return fn(name, **kwargs)
 
     return locked

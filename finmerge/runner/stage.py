@@ -91,11 +91,17 @@ class Stage:
 
 
 def code_version(*modules: Any) -> str:
-    """Hash of the source files of the given modules (plus the package version)."""
+    """Hash of the source files of the given modules (plus the package version). A package counts with
+    every module in it, so a declaration naming its domain package never misses a module split off later."""
     h = hashlib.sha256(__version__.encode())
     for mod in modules:
         module = import_module(mod) if isinstance(mod, str) else mod
-        h.update(Path(inspect.getfile(module)).read_bytes())
+        if hasattr(module, "__path__"):
+            files = sorted(f for d in module.__path__ for f in Path(d).rglob("*.py"))
+        else:
+            files = [Path(inspect.getfile(module))]
+        for f in files:
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -97,11 +97,19 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 class CheckpointStore:
     """The checkpoints of one training run under ``root`` (local folder or ``s3://`` prefix)."""
 
-    def __init__(self, root: str, staging_dir: str, keep_last: int = 2, keep_steps: list[int] | None = None):
+    def __init__(
+        self,
+        root: str,
+        staging_dir: str,
+        keep_last: int = 2,
+        keep_steps: list[int] | None = None,
+        every: int | None = None,
+    ):
         self.root = storage.normalize(root)
         self.staging_dir = staging_dir
         self.keep_last = max(1, keep_last)
         self.keep_steps = set(keep_steps or [])
+        self.every = every  # the training loop saves every N optimizer steps (and at keep_steps)
 
     def uri(self, step: int) -> str:
         return storage.join(self.root, step_name(step))

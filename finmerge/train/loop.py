@@ -33,6 +33,10 @@ LogFn = Callable[[int, dict[str, float]], None]
 
 
 class Rows(Protocol):
+    """Training rows of one length: the loop takes its block length from the data, never from config."""
+
+    @property
+    def seq_len(self) -> int: ...
     def __len__(self) -> int: ...
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
@@ -47,6 +51,10 @@ class TrainData:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         ids = self.input_ids[idx].long()
@@ -65,6 +73,10 @@ class BlockData:
     def __len__(self) -> int:
         return len(self.blocks)
 
+    @property
+    def seq_len(self) -> int:
+        return int(self.blocks.shape[1])
+
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(np.ascontiguousarray(self.blocks.rows(idx.numpy()), dtype=np.int64))
         return {"input_ids": ids, "labels": ids.clone()}
@@ -75,6 +87,7 @@ class TrainResult:
     steps: int
     tokens: int
     seconds: float
+    seq_len: int
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
     accelerator: Any = None
@@ -102,13 +115,14 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def total_steps(n_rows: int, cfg: TrainConfig, processes: int = 1) -> int:
-    """Optimizer steps: ``max_steps``, else the token budget, else ``epochs`` over the rows."""
+def total_steps(n_rows: int, seq_len: int, cfg: TrainConfig, processes: int = 1) -> int:
+    """Optimizer steps: ``max_steps``, else the token budget, else ``epochs`` over ``n_rows`` rows of
+    ``seq_len`` tokens."""
     rows_per_step = cfg.batch_size * cfg.grad_accum * processes
     if cfg.max_steps:
         return cfg.max_steps
     if cfg.max_tokens:
-        return max(1, math.ceil(cfg.max_tokens / (rows_per_step * cfg.seq_len)))
+        return max(1, math.ceil(cfg.max_tokens / (rows_per_step * seq_len)))
     return max(1, math.ceil(n_rows * cfg.epochs / rows_per_step))
 
 
@@ -187,7 +201,7 @@ def train_loop(
     accelerator=None,
 ) -> TrainResult:
     """Train ``model`` (in place when not sharded). ``checkpoints`` (a ``CheckpointStore``) enables
-    periodic checkpoints and resuming from the latest complete one; ``save_model(folder, state_dict)``
+    checkpoints every ``checkpoints.every`` steps and resuming from the latest complete one; ``save_model(folder, state_dict)``
     writes the HF part of a checkpoint."""
     if len(data) == 0:
         raise ValueError("no training rows")
@@ -211,7 +225,7 @@ def train_loop(
         model.compile()  # in place: parameter names and saved state dicts stay unchanged
     with contextlib.suppress(AttributeError):
         model.config.use_cache = False  # a training forward must not build a KV cache
-    steps = total_steps(len(data), cfg, world)
+    steps = total_steps(len(data), data.seq_len, cfg, world)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, cfg) / cfg.lr)
     model, opt = acc.prepare(model, opt)
@@ -227,7 +241,7 @@ def train_loop(
         if state.get("unsent_metrics") and acc.is_main_process and hasattr(on_log, "resend"):
             on_log.resend(state["unsent_metrics"])  # logged before the checkpoint, never reached the server
 
-    per_token = flops.flops_per_token(acc.unwrap_model(model), cfg.seq_len)
+    per_token = flops.flops_per_token(acc.unwrap_model(model), data.seq_len)
     peak = flops.peak_tflops(acc.device, cfg.peak_tflops) if acc.is_main_process else None
     t0 = window_t = time.perf_counter()
     window_tokens = 0
@@ -271,9 +285,9 @@ def train_loop(
         done = step + 1
         if (
             checkpoints is not None
-            and cfg.checkpoint_every
+            and checkpoints.every
             and not last
-            and (done % cfg.checkpoint_every == 0 or done in checkpoints.keep_steps)
+            and (done % checkpoints.every == 0 or done in checkpoints.keep_steps)
         ):
             state = {
                 "step": done, "epoch": pos.epoch, "cursor": pos.cursor, "tokens": tokens,
@@ -291,6 +305,7 @@ def train_loop(
         steps=steps,
         tokens=tokens,
         seconds=time.perf_counter() - t0,
+        seq_len=data.seq_len,
         history=history,
         resumed_from=resumed,
         accelerator=acc,

@@ -14,16 +14,18 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from finmerge import __version__
-from finmerge.config import PretrainConfig, TrainConfig
+from finmerge.config import PretrainConfig
 from finmerge.core import storage
 from finmerge.core.plots import plot_curves
 from finmerge.models import loading as modelio
+from finmerge.models.card import model_card
 from finmerge.train.checkpoint import CheckpointStore
 from finmerge.train.loop import (  # re-exported: the demo builder and tests train through this module
     BlockData,
@@ -52,11 +54,6 @@ def heldout_rows(uri: str, tokenizer, seq_len: int, max_rows: int = 32) -> Train
     return TrainData(torch.from_numpy(blocks[:max_rows].astype(np.int64))) if len(blocks) else None
 
 
-def model_card(title: str, lines: dict[str, object], body: str = "") -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in lines.items())
-    return f"---\nlibrary_name: transformers\ntags: [finmerge]\n---\n# {title}\n\n| | |\n|---|---|\n{rows}\n\n{body}\n"
-
-
 def checkpoint_root(out_uri: str) -> str:
     """Checkpoints live beside the output folder, so a retry of the same stage finds them."""
     return storage.normalize(out_uri).rstrip("/") + ".checkpoints"
@@ -74,11 +71,43 @@ def _launched() -> bool:
     return "LOCAL_RANK" in os.environ  # set by accelerate launch and torchrun in every child
 
 
+@dataclass
+class TrainJob:
+    """One pretrain run: what ``pretrain`` hands a launched child (as JSON) and what ``train_here`` runs."""
+
+    base_uri: str
+    tokens_uri: str
+    out_uri: str
+    cfg: PretrainConfig
+    staging_dir: str
+    heldout_uri: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    tracking: dict | None = None
+    checkpoint_uri: str | None = None
+    overwrite: bool = False
+
+    @property
+    def inputs(self) -> list[str]:
+        return [u for u in (self.base_uri, self.tokens_uri, self.heldout_uri) if u]
+
+    def check_targets(self) -> None:
+        uris = (self.base_uri, self.tokens_uri, self.out_uri, self.heldout_uri, self.checkpoint_uri)
+        check_targets(*uris, self.overwrite)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "cfg": self.cfg.model_dump(mode="json")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainJob:
+        return cls(**{**data, "cfg": PretrainConfig.model_validate(data["cfg"])})
+
+
 def pretrain(
     base_uri: str,
     tokens_uri: str,
     out_uri: str,
-    cfg: TrainConfig,
+    cfg: PretrainConfig,
     staging_dir: str,
     *,
     heldout_uri: str | None = None,
@@ -94,24 +123,15 @@ def pretrain(
     ``tracking`` ({"uri", "run_id"}) lets a child job log to the caller's MLflow run. ``overwrite`` lets
     ``out_uri`` replace something that is not a finmerge pretrain output (never an input).
     """
-    check_targets(base_uri, tokens_uri, out_uri, heldout_uri, checkpoint_uri, overwrite)
-    job = {
-        "base_uri": base_uri,
-        "tokens_uri": tokens_uri,
-        "out_uri": out_uri,
-        "cfg": cfg.model_dump(mode="json"),
-        "staging_dir": staging_dir,
-        "heldout_uri": heldout_uri,
-        "trust_remote_code": trust_remote_code,
-        "allow_pickle": allow_pickle,
-        "tracking": tracking,
-        "checkpoint_uri": checkpoint_uri or checkpoint_root(out_uri),
-        "overwrite": overwrite,
-    }
-    launch = getattr(cfg, "launch", None)
-    if launch is not None and (launch.processes > 1 or launch.accelerate_config) and not _launched():
-        return launch_job(job, launch)
-    return train_here(**{**job, "cfg": cfg}, on_log=on_log)
+    job = TrainJob(
+        base_uri, tokens_uri, out_uri, cfg, staging_dir, heldout_uri=heldout_uri,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, tracking=tracking,
+        checkpoint_uri=checkpoint_uri or checkpoint_root(out_uri), overwrite=overwrite,
+    )  # fmt: skip
+    job.check_targets()
+    if (cfg.launch.processes > 1 or cfg.launch.accelerate_config) and not _launched():
+        return launch_job(job, cfg.launch)
+    return train_here(job, on_log=on_log)
 
 
 def launch_cmd(spec: Path, launch) -> list[str]:
@@ -128,11 +148,11 @@ def launch_cmd(spec: Path, launch) -> list[str]:
     ]  # fmt: skip
 
 
-def launch_job(job: dict, launch) -> dict:
+def launch_job(job: TrainJob, launch) -> dict:
     """Run training as a child job, stream its output, and read the committed result."""
-    Path(job["staging_dir"]).mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=job["staging_dir"], delete=False) as fh:
-        json.dump(job, fh)
+    Path(job.staging_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=job.staging_dir, delete=False) as fh:
+        json.dump(job.to_json(), fh)
         spec = Path(fh.name)
     cmd = launch_cmd(spec, launch)
     print("launching:", " ".join(cmd), flush=True)
@@ -144,21 +164,19 @@ def launch_job(job: dict, launch) -> dict:
         code = proc.wait()
     finally:
         spec.unlink(missing_ok=True)
-    result = storage.result_of(job["out_uri"])
+    result = storage.result_of(job.out_uri)
     if code != 0 or result is None:
-        store = CheckpointStore(job["checkpoint_uri"], job["staging_dir"])
+        store = CheckpointStore(job.checkpoint_uri, job.staging_dir)
         raise TrainingInterrupted(
             f"training job exited with code {code}; latest complete checkpoint: "
-            f"{store.latest()} under {job['checkpoint_uri']} (a retry resumes from it)"
+            f"{store.latest()} under {job.checkpoint_uri} (a retry resumes from it)"
         )
     return result
 
 
 def run_job_file(spec: str) -> dict:
     """Entry point of a launched child process (``finmerge pretrain-job SPEC``)."""
-    job = json.loads(Path(spec).read_text())
-    job["cfg"] = PretrainConfig.model_validate(job["cfg"])
-    return train_here(**job)
+    return train_here(TrainJob.from_json(json.loads(Path(spec).read_text())))
 
 
 class MlflowLogger:
@@ -187,42 +205,29 @@ def _mlflow_logger(tracking: dict | None) -> LogFn | None:
     return MlflowLogger(run)
 
 
-def train_here(
-    base_uri: str,
-    tokens_uri: str,
-    out_uri: str,
-    cfg: TrainConfig,
-    staging_dir: str,
-    heldout_uri: str | None = None,
-    trust_remote_code: bool = False,
-    tracking: dict | None = None,
-    checkpoint_uri: str | None = None,
-    on_log: LogFn | None = None,
-    allow_pickle: bool = False,
-    overwrite: bool = False,
-) -> dict:
+def train_here(job: TrainJob, on_log: LogFn | None = None) -> dict:
+    """Train in this process (one rank of a launched job, or the only process)."""
     from finmerge.train.tokenize import load_blocks
 
-    check_targets(base_uri, tokens_uri, out_uri, heldout_uri, checkpoint_uri, overwrite)
-
-    base_dir = modelio.stage_model(base_uri, staging_dir, allow_pickle)
-    tokenizer = modelio.load_tokenizer(base_dir, trust_remote_code)
-    model = modelio.load_causal_lm(base_dir, trust_remote_code)
-    blocks = load_blocks(tokens_uri, staging_dir)
-    if blocks.seq_len != cfg.seq_len:
-        raise ValueError(
-            f"{tokens_uri}: blocks are {blocks.seq_len} tokens long but pretrain.seq_len is {cfg.seq_len}; "
-            "re-tokenize with tokenize.seq_len equal to it"
-        )
+    job.check_targets()
+    cfg = job.cfg
+    base_dir = modelio.stage_model(job.base_uri, job.staging_dir, job.allow_pickle)
+    tokenizer = modelio.load_tokenizer(base_dir, job.trust_remote_code)
+    model = modelio.load_causal_lm(base_dir, job.trust_remote_code)
+    blocks = load_blocks(job.tokens_uri, job.staging_dir)  # its index.json records the block length
     vocab = model.get_input_embeddings().num_embeddings
     if blocks.max_token_id >= vocab:
         raise ValueError(
-            f"{tokens_uri}: token id {blocks.max_token_id} outside the model's vocabulary ({vocab})"
+            f"{job.tokens_uri}: token id {blocks.max_token_id} outside the model's vocabulary ({vocab})"
         )
-    eval_data = heldout_rows(heldout_uri, tokenizer, cfg.seq_len) if heldout_uri else None
+    eval_data = heldout_rows(job.heldout_uri, tokenizer, blocks.seq_len) if job.heldout_uri else None
     store = (
         CheckpointStore(
-            checkpoint_uri or checkpoint_root(out_uri), staging_dir, cfg.keep_last, cfg.keep_steps
+            job.checkpoint_uri or checkpoint_root(job.out_uri),
+            job.staging_dir,
+            cfg.keep_last,
+            cfg.keep_steps,
+            every=cfg.checkpoint_every,
         )
         if cfg.checkpoint_every
         else None
@@ -237,7 +242,7 @@ def train_here(
         BlockData(blocks),
         cfg,
         eval_data=eval_data,
-        on_log=on_log or _mlflow_logger(tracking),
+        on_log=on_log or _mlflow_logger(job.tracking),
         desc="continual pretraining",
         checkpoints=store,
         save_model=save_hf,
@@ -245,18 +250,13 @@ def train_here(
     state_dict = result.full_state_dict()  # a collective: every rank takes part
     acc = result.accelerator
     if acc.is_main_process:
-        out = write_output(
-            base_uri, tokens_uri, out_uri, cfg, staging_dir, result, store, state_dict, save_hf,
-            inputs=[u for u in (base_uri, tokens_uri, heldout_uri) if u], overwrite=overwrite,
-        )  # fmt: skip
+        out = write_output(job, result, store, state_dict, save_hf)
     acc.wait_for_everyone()
     return out if acc.is_main_process else {}
 
 
-def write_output(
-    base_uri, tokens_uri, out_uri, cfg, staging_dir, result: TrainResult, store, state_dict, save_hf,
-    inputs=(), overwrite: bool = False,
-):  # fmt: skip
+def write_output(job: TrainJob, result: TrainResult, store, state_dict, save_hf) -> dict:
+    base_uri, tokens_uri, cfg = job.base_uri, job.tokens_uri, job.cfg
     base_digest = (storage.read_manifest(base_uri) or {}).get("digest") or modelio.fingerprint(base_uri)
     tokens_digest = (storage.read_manifest(tokens_uri) or {}).get("digest")
     metrics = {
@@ -287,7 +287,7 @@ def write_output(
         },
     }
     with storage.output_folder(
-        out_uri, staging_dir, meta=meta, stage="pretrain", inputs=inputs, overwrite=overwrite
+        job.out_uri, job.staging_dir, meta=meta, stage="pretrain", inputs=job.inputs, overwrite=job.overwrite
     ) as out:
         save_hf(out.path, state_dict)
         (out.path / "history.json").write_text(json.dumps(result.history, indent=1))
@@ -307,7 +307,7 @@ def write_output(
                     "final loss": f"{result.final_loss:.4f}",
                     "held-out ppl": f"{evals[0]:.2f} → {evals[-1]:.2f}" if evals else "–",
                     "schedule": f"{cfg.schedule}, lr {cfg.lr}, warmup {cfg.warmup_steps}",
-                    "batch": f"{cfg.batch_size} × accum {cfg.grad_accum} × seq {cfg.seq_len}"
+                    "batch": f"{cfg.batch_size} × accum {cfg.grad_accum} × seq {result.seq_len}"
                     f" × {result.accelerator.num_processes} processes",
                     "precision": result.accelerator.mixed_precision,
                     "resumed from step": result.resumed_from if result.resumed_from is not None else "–",

@@ -1,0 +1,104 @@
+"""The texts written beside the merged weights: ``merge_recipe.yaml`` (reproduces the merge) and the model
+card ``README.md`` (recipe, formula of the method, inputs with digests, vocab policy, output, warnings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+import finmerge
+from finmerge.config import MergeConfig
+from finmerge.core import storage
+from finmerge.merge.method_registry import METHODS, ROLES
+
+
+def recipe_yaml(cfg: MergeConfig, uris: dict, summary: dict) -> str:
+    recipe = {
+        "finmerge_version": finmerge.__version__,
+        "inputs": {r: storage.normalize(uris[r]) for r in ROLES},
+        "input_digests": {
+            r: summary["inputs"][r].get("manifest_digest") or summary["inputs"][r].get("shards")
+            for r in ROLES
+        },
+        "merge": cfg.model_dump(mode="json"),
+        "resolved": {
+            "output_dtype": summary["output_dtype"],
+            "compute_dtype": summary["compute_dtype"],
+            "coefficients": summary["coefficients"],
+            "vocab": summary["vocab"],
+        },
+    }
+    head = (
+        "# finmerge merge recipe. Reproduce with:\n"
+        "#   from finmerge.merge.execute import merge_from_recipe\n"
+        "#   merge_from_recipe('merge_recipe.yaml', out_uri, staging_dir)\n"
+        "# or merge_models(inputs.base, inputs.instruct, inputs.domain, out_uri, MergeConfig(**merge), staging_dir)\n"
+    )
+    return head + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
+
+
+def model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
+    a, b = cfg.alpha, cfg.beta
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [finmerge, merge, " + cfg.method.replace("_", "-") + "]",
+        "---",
+        "",
+        f"# {Path(storage.normalize(out_uri)).name}",
+        "",
+        "A finance LLM built by finmerge: the instruction vector of an instruct model and the domain vector of a "
+        "continually pretrained (CPT) model, added to their common base model.",
+        "",
+        "## Recipe",
+        "",
+        f"- method: `{cfg.method}`, α = {a:g}, β = {b:g}",
+        f"- formula: {METHODS[cfg.method].formula(cfg)}",
+        f"- computed in {s['compute_dtype']}, rounded once to {s['output_dtype']}",
+        f"- parameters: {json.dumps(s['parameters'], ensure_ascii=False)}",
+        f"- excluded (taken from the domain model unchanged): {', '.join(f'`{e}`' for e in cfg.exclude) or 'none'}",
+        f"- tool: finmerge {s['finmerge_version']}; full recipe in `merge_recipe.yaml`",
+        "",
+        "## Inputs",
+        "",
+        "| role | URI | dtype | vocab | digest |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ROLES:
+        inp = s["inputs"][r]
+        if inp.get("manifest_digest"):
+            digest = f"manifest {inp['manifest_digest']}"
+        else:
+            digest = "<br>".join(f"{k}: {v}" for k, v in (inp.get("shards") or {}).items()) or "not computed"
+        lines.append(f"| {r} | `{inp['uri']}` | {inp['dtype']} | {inp['vocab_size']} | {digest} |")
+    v = s["vocab"]
+    lines += [
+        "",
+        "## Vocab and tokenizer",
+        "",
+        f"- vocab sizes: base {v['base']}, instruct {v['instruct']}, domain {v['domain']} → output {v['output']}",
+        (
+            f"- rows [0, {v['shared']}) merged; rows [{v['shared']}, {v['output']}) taken from the domain model "
+            f"unchanged ({v['rows_domain_only']} row(s)); no row dropped"
+            if v["rows_domain_only"]
+            else "- same vocab in all three models: every row merged"
+        ),
+        "- tokenizer: from the domain model; chat template and generation_config.json: from the instruct model",
+        "",
+        "## Output",
+        "",
+        f"- {s['counts']['parameters']:,} parameters in {s['counts']['shards']} shard(s); "
+        f"{s['counts']['tensors_merged']} tensors merged, {s['counts']['tensors_copied']} copied (non-float), "
+        f"{s['counts']['tensors_excluded']} excluded",
+        f"- max |Δ| vs domain: {s['max_abs_delta_vs_cpt']:.4g}; vs instruct: {s['max_abs_delta_vs_inst']:.4g} "
+        "(per tensor in `merge_report.json`)",
+        "",
+        "| shard | sha256 |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {h} |" for k, h in s["shards"].items()]
+    if s["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"]]
+    return "\n".join(lines) + "\n"
