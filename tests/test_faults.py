@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finmerge.config import PretrainConfig, TokenizeConfig, TrackingConfig
+from finmerge.config import PretrainConfig, TrackingConfig
 from finmerge.core import storage, tracking
 from finmerge.demo.models import init_llama, train_tokenizer
 from finmerge.models import loading as modelio
@@ -33,12 +33,11 @@ from finmerge.registry.register import register_model
 from finmerge.stack import free_port, stop, wait_http
 from finmerge.train.checkpoint import CheckpointStore
 from finmerge.train.pretrain import checkpoint_root, pretrain
-from finmerge.train.tokenize import tokenize_corpus
-from tests.helpers import TEXTS, TINY, tiny_model, write_corpus
+from tests.helpers import TEXTS, TINY, tiny_model, tiny_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-EXACT = {"lr": 5e-3, "warmup_steps": 2, "batch_size": 4, "seq_len": 16, "threads": 1, "deterministic": True}
+EXACT = {"lr": 5e-3, "warmup_steps": 2, "batch_size": 4, "threads": 1, "deterministic": True}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +47,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokens(base, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tok")
-    corpus = write_corpus(tmp / "corpus", TEXTS * 2)
-    return tokenize_corpus(corpus, str(base), str(tmp / "tok"), TokenizeConfig(seq_len=16), str(tmp / "st"))
+    return tiny_tokens(base, tmp_path_factory.mktemp("tok"), TEXTS * 2)
 
 
 @pytest.fixture()
