@@ -5,15 +5,9 @@ from finmerge.runner.stage import Stage, StageCall
 
 
 def _work(c: StageCall) -> dict:
-    i = c.inputs
-    return analyze_vectors(i["base"], i["instruct"], i["domain"], c.out_uri, c.staging_dir,
-                           allow_pickle=c.cfg.models.allow_pickle, overwrite=c.overwrite)  # fmt: skip
+    base, inst, dom = c.args("base", "instruct", "domain")
+    return analyze_vectors(base, inst, dom, c.out_uri, c.staging_dir, **c.kw("allow_pickle", "overwrite"))
 
 
-ANALYZE = Stage(
-    name="analyze",
-    section="analyze",
-    inputs={"base": "model", "instruct": "model", "domain": "model"},
-    code=("finmerge.merge", "finmerge.models"),
-    work=_work,
-)
+ANALYZE = Stage("analyze", "analyze", dict.fromkeys(("base", "instruct", "domain"), "model"),
+                code=("finmerge.merge", "finmerge.models"), work=_work)  # fmt: skip

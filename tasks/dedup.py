@@ -5,14 +5,11 @@ from finmerge.runner.stage import Stage, StageCall
 
 
 def _work(c: StageCall) -> dict:
-    return dedup(c.inputs["corpus"], c.out_uri, c.section, c.staging_dir, prev_uri=c.inputs.get("prev"),
-                 parallel=c.cfg.corpus.parallel, overwrite=c.overwrite)  # fmt: skip
+    corpus, prev = c.args("corpus", "prev")
+    return dedup(corpus, c.out_uri, c.section, c.staging_dir, prev_uri=prev, **c.kw("parallel", "overwrite"))
 
 
+# the clean batch, and the previous dedup folder (its index) of the same lineage
 DEDUP = Stage(
-    name="dedup",
-    section="corpus.dedup",
-    inputs={"corpus": "model", "prev": "model"},  # the clean batch; the previous dedup folder (its index)
-    code=("finmerge.corpus",),
-    work=_work,
+    "dedup", "corpus.dedup", {"corpus": "model", "prev": "model"}, code=("finmerge.corpus",), work=_work
 )

@@ -11,35 +11,18 @@ def _world(c: StageCall) -> dict:
 
 
 def _base(c: StageCall) -> dict:
-    return build_demo_base(c.inputs["world"], c.out_uri, c.section, c.staging_dir, on_log=c.on_log)
+    return build_demo_base(*c.args("world"), c.out_uri, c.section, c.staging_dir, **c.kw("on_log"))
 
 
 def _instruct(c: StageCall) -> dict:
-    return build_demo_instruct(c.inputs["world"], c.inputs["base"], c.out_uri, c.section, c.staging_dir,
-                               on_log=c.on_log)  # fmt: skip
+    return build_demo_instruct(
+        *c.args("world", "base"), c.out_uri, c.section, c.staging_dir, **c.kw("on_log")
+    )
 
 
-DEMO_WORLD = Stage(
-    name="demo_world",
-    section="demo",
-    inputs={},
-    key_exclude=_MODEL_FIELDS,  # the world does not depend on the models trained on it
-    code=("finmerge.demo",),
-    work=_world,
-)
-DEMO_BASE = Stage(
-    name="demo_base",
-    section="demo",
-    inputs={"world": "model"},
-    key_fields=("model", "base_train", "seed"),
-    code=("finmerge.demo", "finmerge.train"),
-    work=_base,
-)
-DEMO_INSTRUCT = Stage(
-    name="demo_instruct",
-    section="demo",
-    inputs={"world": "model", "base": "model"},
-    key_fields=("instruct_train",),
-    code=("finmerge.demo", "finmerge.train"),
-    work=_instruct,
-)
+# The world does not depend on the models trained on it; each model on its own part of the section.
+DEMO_WORLD = Stage("demo_world", "demo", {}, key_exclude=_MODEL_FIELDS, code=("finmerge.demo",), work=_world)
+DEMO_BASE = Stage("demo_base", "demo", {"world": "model"}, key_fields=("model", "base_train", "seed"),
+                  code=("finmerge.demo", "finmerge.train"), work=_base)  # fmt: skip
+DEMO_INSTRUCT = Stage("demo_instruct", "demo", {"world": "model", "base": "model"}, key_fields=("instruct_train",),
+                      code=("finmerge.demo", "finmerge.train"), work=_instruct)  # fmt: skip

@@ -5,21 +5,13 @@ from finmerge.runner.stage import Stage, StageCall
 
 
 def _work(c: StageCall) -> dict:
-    i, m = c.inputs, c.cfg.models
-    return evaluate_model(i["model"], c.out_uri, c.section, harness_dirs=list(i.get("harness") or []),
-                          heldout_uri=i.get("heldout"), chat_uri=i.get("chat"), staging_dir=c.staging_dir,
-                          trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                          overwrite=c.overwrite, **c.options)  # fmt: skip
+    model, harness, heldout, chat = c.args("model", "harness", "heldout", "chat")
+    flags = c.kw("trust_remote_code", "allow_pickle", "overwrite")
+    return evaluate_model(model, c.out_uri, c.section, harness_dirs=list(harness or []), heldout_uri=heldout,
+                          chat_uri=chat, staging_dir=c.staging_dir, **flags, **c.options)  # fmt: skip
 
 
-EVALUATE = Stage(
-    name="evaluate",
-    section="evaluate",
-    inputs={"model": "model", "harness": "files", "heldout": "file", "chat": "file"},
-    # where the data is comes in as inputs (by content); the section's paths only name the defaults
-    key_exclude=("harness_data", "heldout", "chat_questions"),
-    code=("finmerge.evaluate", "finmerge.models"),
-    work=_work,
-    retries=1,
-    unkeyed=("label", "progress", "device"),
-)
+# Where the data is comes in as inputs (by content); the section's paths only name the defaults.
+EVALUATE = Stage("evaluate", "evaluate", {"model": "model", "harness": "files", "heldout": "file", "chat": "file"},
+                 key_exclude=("harness_data", "heldout", "chat_questions"), code=("finmerge.evaluate", "finmerge.models"),
+                 work=_work, retries=1, unkeyed=("label", "progress", "device"))  # fmt: skip

@@ -3,8 +3,6 @@
 from finmerge.corpus.ingest import ingest
 from finmerge.runner.stage import Stage, StageCall
 
-CODE = ("finmerge.corpus",)
-
 
 def source_listing(cfg, sources_digest: str) -> list:
     """What identifies an ingest's input ("listing"): the sources' listing and, with EDINET, today's date
@@ -25,25 +23,12 @@ def source_listing(cfg, sources_digest: str) -> list:
 def _work(c: StageCall) -> dict:
     from finmerge.core import storage
 
-    s, e = c.section, c.section.edinet
-    return ingest(
-        list(c.inputs["sources"]),
-        c.out_uri,
-        c.staging_dir,
-        cfg=s,
-        prev_uri=c.inputs.get("prev"),
-        edinet_download_uri=e.download_uri or storage.join(c.cfg.storage.uri, "edinet"),
-        parallel=c.cfg.corpus.parallel,
-        overwrite=c.overwrite,
-    )
+    sources, prev = c.args("sources", "prev")
+    download = c.section.edinet.download_uri or storage.join(c.cfg.storage.uri, "edinet")
+    return ingest(list(sources), c.out_uri, c.staging_dir, c.section, prev_uri=prev, edinet_download_uri=download,
+                  **c.kw("parallel", "overwrite"))  # fmt: skip
 
 
-INGEST = Stage(
-    name="ingest",
-    section="corpus.ingest",
-    # the caller fingerprints the sources (and the EDINET listing) into "listing"; "prev" is the batch before
-    inputs={"sources": "uri", "prev": "uri", "listing": "value"},
-    key_exclude=("sources", "edinet"),
-    code=CODE,
-    work=_work,
-)
+# The caller fingerprints the sources (and the EDINET listing) into "listing"; "prev" is the batch before.
+INGEST = Stage("ingest", "corpus.ingest", {"sources": "uri", "prev": "uri", "listing": "value"},
+               key_exclude=("sources", "edinet"), code=("finmerge.corpus",), work=_work)  # fmt: skip

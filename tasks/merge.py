@@ -5,16 +5,9 @@ from finmerge.runner.stage import Stage, StageCall
 
 
 def _work(c: StageCall) -> dict:
-    i, m = c.inputs, c.cfg.models
-    return merge_models(i["base"], i["instruct"], i["domain"], c.out_uri, c.section, c.staging_dir,
-                        trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                        overwrite=c.overwrite)  # fmt: skip
+    flags = c.kw("trust_remote_code", "allow_pickle", "overwrite")
+    return merge_models(*c.args("base", "instruct", "domain"), c.out_uri, c.section, c.staging_dir, **flags)
 
 
-MERGE = Stage(
-    name="merge",
-    section="merge",
-    inputs={"base": "model", "instruct": "model", "domain": "model"},
-    code=("finmerge.merge", "finmerge.models"),
-    work=_work,
-)
+MERGE = Stage("merge", "merge", dict.fromkeys(("base", "instruct", "domain"), "model"),
+              code=("finmerge.merge", "finmerge.models"), work=_work)  # fmt: skip

@@ -5,19 +5,12 @@ from finmerge.train.pretrain import TrainingInterrupted, pretrain
 
 
 def _work(c: StageCall) -> dict:
-    m = c.cfg.models
-    return pretrain(c.inputs["base"], c.inputs["tokens"], c.out_uri, c.section, c.staging_dir,
-                    heldout_uri=c.inputs.get("heldout"), trust_remote_code=m.trust_remote_code,
-                    allow_pickle=m.allow_pickle, on_log=c.on_log, tracking=c.tracking(),
-                    overwrite=c.overwrite)  # fmt: skip
+    base, tokens, heldout = c.args("base", "tokens", "heldout")
+    flags = c.kw("trust_remote_code", "allow_pickle", "on_log", "overwrite")
+    return pretrain(base, tokens, c.out_uri, c.section, c.staging_dir, heldout_uri=heldout, tracking=c.tracking(),
+                    **flags)  # fmt: skip
 
 
-PRETRAIN = Stage(
-    name="pretrain",
-    section="pretrain",
-    inputs={"base": "model", "tokens": "model", "heldout": "file"},
-    code=("finmerge.train", "finmerge.models"),
-    work=_work,
-    # a training job that died resumes from its latest checkpoint
-    retry_on=(TrainingInterrupted,),
-)
+# a training job that died is retried: it resumes from its latest checkpoint
+PRETRAIN = Stage("pretrain", "pretrain", {"base": "model", "tokens": "model", "heldout": "file"},
+                 code=("finmerge.train", "finmerge.models"), work=_work, retry_on=(TrainingInterrupted,))  # fmt: skip

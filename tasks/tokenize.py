@@ -5,17 +5,11 @@ from finmerge.train.tokenize import tokenize_corpus
 
 
 def _work(c: StageCall) -> dict:
-    m = c.cfg.models
-    return tokenize_corpus(c.inputs["corpus"], c.inputs["tokenizer"], c.out_uri, c.section, c.staging_dir,
-                           trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                           overwrite=c.overwrite)  # fmt: skip
+    flags = c.kw("trust_remote_code", "allow_pickle", "overwrite")
+    return tokenize_corpus(*c.args("corpus", "tokenizer"), c.out_uri, c.section, c.staging_dir, **flags)
 
 
-TOKENIZE = Stage(
-    name="tokenize",
-    section="tokenize",
-    # the corpus by its digest (a folder finmerge wrote) or listing; the base model by its tokenizer files
-    inputs={"corpus": "model", "tokenizer": "tokenizer"},
-    code=("finmerge.train.tokenize", "finmerge.train.tokenpack", "finmerge.corpus.textio"),
-    work=_work,
-)
+# the corpus by its digest (a folder finmerge wrote) or listing; the base model by its tokenizer files alone
+TOKENIZE = Stage("tokenize", "tokenize", {"corpus": "model", "tokenizer": "tokenizer"},
+                 code=("finmerge.train.tokenize", "finmerge.train.tokenpack", "finmerge.corpus.textio"),
+                 work=_work)  # fmt: skip

@@ -47,6 +47,7 @@ def retry_call(
     on_retry: Callable[[BaseException, int, float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     since: float | None = None,
+    logger: logging.Logger | None = log,
 ) -> T:
     """``op()``, retried while it raises a ``transient`` error, under ``policy``.
 
@@ -54,8 +55,11 @@ def retry_call(
     (the caller's own type, naming what failed); without it the last error propagates. Other errors
     propagate at once. The budget counts from the first failure, or from ``since`` (a ``time.monotonic()``
     value) when given: a caller whose first attempt may itself take long (HTTP retries inside it) counts that.
+    Each retry logs one warning on ``logger`` (None: the caller's ``on_retry`` says it in its own words).
     """
-    is_transient = transient if callable(transient) and not isinstance(transient, tuple) else None
+    if isinstance(transient, type):  # one exception class
+        transient = (transient,)
+    is_transient = None if isinstance(transient, tuple) else transient
     failures, first = 0, since
     while True:
         try:
@@ -72,7 +76,8 @@ def retry_call(
                 if give_up is None:
                     raise
                 raise give_up(exc, failures, spent) from exc
-            log.warning("%s: %s: %s; retry %d in %.1fs", what, type(exc).__name__, exc, failures, pause)
+            if logger is not None:
+                logger.warning("%s: %s: %s; retry %d in %.1fs", what, type(exc).__name__, exc, failures, pause)
             if on_retry is not None:
                 on_retry(exc, failures, pause)
             sleep(pause)

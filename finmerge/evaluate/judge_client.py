@@ -159,6 +159,7 @@ class JudgeClient:
             give_up=give_up,
             retry_after=lambda exc: exc.retry_after if isinstance(exc, _Transient) else None,
             on_retry=log_retry,
+            logger=None,  # log_retry says it, in the words the judge has always used
             sleep=time.sleep,  # looked up per call, so a patched time.sleep applies
         )
 

@@ -59,6 +59,22 @@ class StageCall:
     # calling it starts the run (otherwise it starts when the work first logs, or when it returns)
     tracking: Callable[[], dict] | None = None
 
+    def args(self, *names: str) -> list:
+        """The inputs ``names``, in order (None for an optional input not given)."""
+        return [self.inputs.get(n) for n in names]
+
+    def kw(self, *names: str) -> dict[str, Any]:
+        """The shared keyword arguments ``names`` of library stage functions, from the config and the call."""
+        m = self.cfg.models
+        known = {
+            "trust_remote_code": lambda: m.trust_remote_code,
+            "allow_pickle": lambda: m.allow_pickle,
+            "overwrite": lambda: self.overwrite,
+            "parallel": lambda: self.cfg.corpus.parallel,
+            "on_log": lambda: self.on_log,
+        }
+        return {n: known[n]() for n in names}
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # identity: one Prefect task per declaration
 class Stage:
