@@ -215,9 +215,13 @@ class Run:
         return retry_call(
             op,
             self.retry,
-            what=f"{what}: {self.uri} unreachable",
+            what=what,
             transient=_unreachable,
             give_up=lambda exc, _failures, _spent: self._unavailable(f"{what} failed", exc),
+            logger=None,
+            on_retry=lambda exc, failures, pause: log.warning(
+                "%s: %s unreachable (%s); retry %d in %.0fs", what, self.uri, exc, failures, pause
+            ),
             since=time.monotonic(),
         )
 
