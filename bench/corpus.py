@@ -51,8 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from finmerge.core import storage  # noqa: E402
 from finmerge.config import CleanConfig, DedupConfig, ParallelConfig  # noqa: E402
+from finmerge.core import storage  # noqa: E402
 from finmerge.demo import vocab as V  # noqa: E402
 from finmerge.demo.world import NARRATIVE_SECTIONS  # noqa: E402
 

@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from finmerge.runner.stage import RunContext
 
 from finmerge.config import DemoConfig, PipelineConfig
 from finmerge.corpus import lineage
 from finmerge.demo import world as W
 from finmerge.runner.flow_runner import sources_fingerprint
+from finmerge.runner.stage import RunContext
 from finmerge.train.tokenize import corpus_records
 from flows.corpus import run_corpus
 

@@ -77,7 +77,9 @@ def retry_call(
                     raise
                 raise give_up(exc, failures, spent) from exc
             if logger is not None:
-                logger.warning("%s: %s: %s; retry %d in %.1fs", what, type(exc).__name__, exc, failures, pause)
+                logger.warning(
+                    "%s: %s: %s; retry %d in %.1fs", what, type(exc).__name__, exc, failures, pause
+                )
             if on_retry is not None:
                 on_retry(exc, failures, pause)
             sleep(pause)
