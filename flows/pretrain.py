@@ -68,28 +68,14 @@ def run_pretrain(
     inputs = {"base": model_uri, "tokens": tokens["uri"], "heldout": heldout_uri}
     result = runner.run(PRETRAIN, inputs, out=out_uri, overwrite=overwrite)
     if register:
+        from flows.registration import register_cpt
+
         tags = lineage_tags(cfg, model_uri, tokens, code_version(*PRETRAIN.code))
         common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id_()}
-        result["registered"] = [
-            register_model(
-                cfg.registry.cpt_name,
-                result["uri"],
-                tags=tags,
-                metrics=result.get("metrics", {}),
-                description="Continually pretrained finance model (θ_cpt)",
-                **common,
-            )
-        ]
-        for step, uri in result.get("marked_checkpoints", {}).items():
-            result["registered"].append(
-                register_model(
-                    cfg.registry.cpt_name,
-                    uri,
-                    tags={**tags, "finmerge.role": "cpt-checkpoint", "finmerge.checkpoint_step": step},
-                    description=f"θ_cpt checkpoint at step {step}",
-                    **common,
-                )
-            )
+        direct = lambda _label, *args, **kwargs: register_model(*args, **kwargs)  # noqa: E731
+        result["registered"] = register_cpt(
+            direct, cfg.registry.cpt_name, result, tags, result.get("metrics", {}), common
+        )
     return result
 
 

@@ -27,6 +27,20 @@ def lineage_tags(runner: StageRunner, inputs: dict, corpus: dict, tok: dict) -> 
     }
 
 
+def register_cpt(register, name: str, cpt: dict, tags: dict, metrics: dict, common: dict) -> list[dict]:
+    """The cpt folder, then each checkpoint marked to keep, as versions of the model line ``name``;
+    ``register(label, name, uri, **kwargs)`` registers one (a Prefect task in a flow, else directly)."""
+    out = [
+        register("register-cpt", name, cpt["uri"], tags={**tags, "finmerge.role": "cpt"}, metrics=metrics,
+                 description="Continually pretrained finance model (θ_cpt)", **common)
+    ]  # fmt: skip
+    for step, uri in cpt.get("marked_checkpoints", {}).items():
+        ckpt_tags = {**tags, "finmerge.role": "cpt-checkpoint", "finmerge.checkpoint_step": step}
+        out.append(register(f"register-cpt-step-{step}", name, uri, tags=ckpt_tags,
+                            description=f"θ_cpt checkpoint at step {step}", **common))  # fmt: skip
+    return out
+
+
 def register_models(runner: StageRunner, parent_id: str, inputs, corpus, tok, cpt, mrg, evals, vec):
     """cpt → ``registry.cpt_name``; merged → ``registry.merged_name`` as challenger, then the gates."""
     ctx, r, cfg = runner.ctx, runner.cfg.registry, runner.cfg
@@ -36,26 +50,9 @@ def register_models(runner: StageRunner, parent_id: str, inputs, corpus, tok, cp
         "experiment_id": ctx.experiment_id,
         "parent_run_id": parent_id,
     }
-    cpt_reg = runner.call(
-        register_task,
-        "register-cpt",
-        r.cpt_name,
-        cpt["uri"],
-        tags={**lineage, "finmerge.role": "cpt"},
-        metrics={f"eval.{k}": v for k, v in evals["cpt"]["metrics"].items()},
-        description="Continually pretrained finance model (θ_cpt)",
-        **common,
-    )
-    for step, ckpt_uri in cpt.get("marked_checkpoints", {}).items():
-        runner.call(
-            register_task,
-            f"register-cpt-step-{step}",
-            r.cpt_name,
-            ckpt_uri,
-            tags={**lineage, "finmerge.role": "cpt-checkpoint", "finmerge.checkpoint_step": step},
-            description=f"θ_cpt checkpoint at step {step}",
-            **common,
-        )
+    cpt_metrics = {f"eval.{k}": v for k, v in evals["cpt"]["metrics"].items()}
+    task = lambda label, *args, **kwargs: runner.call(register_task, label, *args, **kwargs)  # noqa: E731
+    cpt_reg = register_cpt(task, r.cpt_name, cpt, lineage, cpt_metrics, common)[0]
     merged_metrics = {f"eval.{k}": v for k, v in evals["merged"]["metrics"].items()}
     if vec:
         merged_metrics.update(vec["metrics"])
