@@ -12,6 +12,8 @@ import finmerge
 from finmerge.config import MergeConfig
 from finmerge.core import storage
 from finmerge.merge.method_registry import METHODS, ROLES
+from finmerge.models import card
+from finmerge.models.card import table
 
 
 def recipe_yaml(cfg: MergeConfig, uris: dict, summary: dict) -> str:
@@ -40,44 +42,27 @@ def recipe_yaml(cfg: MergeConfig, uris: dict, summary: dict) -> str:
 
 
 def model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
+    """The merged model's card, written by the one model-card writer (:mod:`finmerge.models.card`)."""
     a, b = cfg.alpha, cfg.beta
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [finmerge, merge, " + cfg.method.replace("_", "-") + "]",
-        "---",
-        "",
-        f"# {Path(storage.normalize(out_uri)).name}",
-        "",
-        "A finance LLM built by finmerge: the instruction vector of an instruct model and the domain vector of a "
-        "continually pretrained (CPT) model, added to their common base model.",
-        "",
-        "## Recipe",
-        "",
+    excluded = ", ".join(f"`{e}`" for e in cfg.exclude) or "none"
+    recipe = "\n".join([
         f"- method: `{cfg.method}`, α = {a:g}, β = {b:g}",
         f"- formula: {METHODS[cfg.method].formula(cfg)}",
         f"- computed in {s['compute_dtype']}, rounded once to {s['output_dtype']}",
         f"- parameters: {json.dumps(s['parameters'], ensure_ascii=False)}",
-        f"- excluded (taken from the domain model unchanged): {', '.join(f'`{e}`' for e in cfg.exclude) or 'none'}",
+        f"- excluded (taken from the domain model unchanged): {excluded}",
         f"- tool: finmerge {s['finmerge_version']}; full recipe in `merge_recipe.yaml`",
-        "",
-        "## Inputs",
-        "",
-        "| role | URI | dtype | vocab | digest |",
-        "|---|---|---|---|---|",
-    ]
+    ])  # fmt: skip
+    rows = []
     for r in ROLES:
         inp = s["inputs"][r]
         if inp.get("manifest_digest"):
             digest = f"manifest {inp['manifest_digest']}"
         else:
             digest = "<br>".join(f"{k}: {v}" for k, v in (inp.get("shards") or {}).items()) or "not computed"
-        lines.append(f"| {r} | `{inp['uri']}` | {inp['dtype']} | {inp['vocab_size']} | {digest} |")
-    v = s["vocab"]
-    lines += [
-        "",
-        "## Vocab and tokenizer",
-        "",
+        rows.append((r, f"`{inp['uri']}`", inp["dtype"], inp["vocab_size"], digest))
+    v, c = s["vocab"], s["counts"]
+    vocab = "\n".join([
         f"- vocab sizes: base {v['base']}, instruct {v['instruct']}, domain {v['domain']} → output {v['output']}",
         (
             f"- rows [0, {v['shared']}) merged; rows [{v['shared']}, {v['output']}) taken from the domain model "
@@ -86,19 +71,26 @@ def model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
             else "- same vocab in all three models: every row merged"
         ),
         "- tokenizer: from the domain model; chat template and generation_config.json: from the instruct model",
-        "",
-        "## Output",
-        "",
-        f"- {s['counts']['parameters']:,} parameters in {s['counts']['shards']} shard(s); "
-        f"{s['counts']['tensors_merged']} tensors merged, {s['counts']['tensors_copied']} copied (non-float), "
-        f"{s['counts']['tensors_excluded']} excluded",
+    ])  # fmt: skip
+    output = (
+        f"- {c['parameters']:,} parameters in {c['shards']} shard(s); {c['tensors_merged']} tensors merged, "
+        f"{c['tensors_copied']} copied (non-float), {c['tensors_excluded']} excluded\n"
         f"- max |Δ| vs domain: {s['max_abs_delta_vs_cpt']:.4g}; vs instruct: {s['max_abs_delta_vs_inst']:.4g} "
-        "(per tensor in `merge_report.json`)",
-        "",
-        "| shard | sha256 |",
-        "|---|---|",
+        "(per tensor in `merge_report.json`)\n\n" + table(s["shards"].items(), header=("shard", "sha256"))
+    )
+    sections = [
+        ("Recipe", recipe),
+        ("Inputs", table(rows, header=("role", "URI", "dtype", "vocab", "digest"))),
+        ("Vocab and tokenizer", vocab),
+        ("Output", output),
     ]
-    lines += [f"| {k} | {h} |" for k, h in s["shards"].items()]
     if s["warnings"]:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"]]
-    return "\n".join(lines) + "\n"
+        sections.append(("Warnings", "\n".join(f"- {w}" for w in s["warnings"])))
+    intro = (
+        "A finance LLM built by finmerge: the instruction vector of an instruct model and the domain vector of a "
+        "continually pretrained (CPT) model, added to their common base model."
+    )
+    title = Path(storage.normalize(out_uri)).name
+    return card.model_card(
+        title, body=intro, sections=sections, tags=("finmerge", "merge", cfg.method.replace("_", "-"))
+    )
