@@ -243,5 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         return 70
 
 
+def entry() -> None:
+    """The ``finmerge`` executable: :func:`main`, then exit. After Ctrl-C the process ends at once: the
+    clean-up that matters ran while the interrupt unwound, and a library's exit hook waiting on a network
+    call that never answers (an S3 session's close) must not hold the terminal."""
+    rc = main()
+    if rc == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    raise SystemExit(rc)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
