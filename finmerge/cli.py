@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -247,6 +248,9 @@ def entry() -> None:
     """The ``finmerge`` executable: :func:`main`, then exit. After Ctrl-C the process ends at once: the
     clean-up that matters ran while the interrupt unwound, and a library's exit hook waiting on a network
     call that never answers (an S3 session's close) must not hold the terminal."""
+    # A parent that ignores SIGINT (nohup, a test runner, a job launcher) passes the ignore on to us; Ctrl-C
+    # must still interrupt finmerge.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rc = main()
     if rc == 130:
         sys.stdout.flush()

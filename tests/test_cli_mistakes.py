@@ -149,7 +149,8 @@ def test_debug_shows_the_traceback(world, capsys):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(world, tmp_path):
-    """SIGINT while the command waits on S3 (a server that accepts and never answers): exit 130, one line."""
+    """SIGINT while the command waits on S3 (a server that accepts and never answers): exit 130, one line;
+    also when the parent ignores SIGINT (nohup, a job launcher), which a child inherits."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -171,6 +172,7 @@ def test_ctrl_c_is_one_line_and_exit_130(world, tmp_path):
         [sys.executable, "-m", "finmerge.cli", "corpus", "ingest", "--input", "s3://bucket/raw",
          "--output", str(tmp_path / "i"), "--set", f"storage.staging_dir={tmp_path / 'st'}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         assert connected.wait(120), "the command never reached S3"
