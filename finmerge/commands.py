@@ -26,14 +26,6 @@ def _print(obj) -> None:
     print(json.dumps(obj, ensure_ascii=False, default=str))
 
 
-def _staging(args) -> str:
-    cfg = _config(args)
-    from finmerge.core import storage
-
-    storage.configure_from(cfg.storage)
-    return str(Path(cfg.storage.staging_dir).expanduser().resolve())
-
-
 def cmd_run(args) -> int:
     cfg = _config(args)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
