@@ -27,6 +27,7 @@ from finmerge.commands import (  # noqa: F401 (DEFAULT_CONFIG: re-exported)
     cmd_run,
     cmd_serve,
     cmd_stack,
+    cmd_sweep,
     cmd_tokenize,
     cmd_watch,
 )
@@ -121,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--beta", type=float)
     m.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     m.set_defaults(fn=cmd_merge)
+
+    sw = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="merge every merge.sweep candidate, evaluate each on the validation data, choose by the objective",
+    )
+    for flag in ("--base", "--instruct", "--domain"):
+        sw.add_argument(flag, required=True, help="model folder or s3:// URI")
+    sw.add_argument("--alpha", type=float, nargs="+", help="grid of α (default: merge.sweep.alpha)")
+    sw.add_argument("--beta", type=float, nargs="+", help="grid of β (default: merge.sweep.beta)")
+    sw.add_argument("--harness", action="append", help="validation harness folder (repeatable)")
+    sw.add_argument("--heldout", help="validation finance text (JSONL) for perplexity")
+    sw.add_argument("--chat", help="validation finance chat questions (JSONL)")
+    sw.add_argument("--general", help="validation general chat questions (JSONL)")
+    sw.set_defaults(fn=cmd_sweep)
 
     a = sub.add_parser("analyze", parents=[common, writes], help="cosine / norms of τ_inst and τ_fin")
     for flag in ("--base", "--instruct", "--domain"):

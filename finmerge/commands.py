@@ -193,6 +193,31 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """The sweep on the CLI's runner (no Prefect): the same stages, folders and MLflow runs as the pipeline's."""
+    from flows.sweep import run_sweep, validation_data
+
+    cfg = _config(args)
+    s = cfg.merge.sweep
+    given = {"alpha": args.alpha, "beta": args.beta, "harness_data": args.harness, "heldout": args.heldout,
+             "chat_questions": args.chat, "general_questions": args.general}  # fmt: skip
+    s = type(s).model_validate({**s.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    cfg = cfg.model_copy(update={"merge": cfg.merge.model_copy(update={"sweep": s})})
+    triplet = {"base": args.base, "instruct": args.instruct, "domain": args.domain}
+    res = run_sweep(_runner(cfg), cfg, triplet, validation_data(cfg))
+    c = res["chosen"]
+    _print(
+        _stage_summary(res, "reason")
+        | {
+            "chosen": c["candidate"]["label"],
+            "chosen_merge": c["merge"],
+            "candidates": len(res["candidates"]),
+        }
+    )
+    print(res["markdown"], file=sys.stderr)
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from tasks.analyze import ANALYZE
 

@@ -14,12 +14,13 @@ def flows() -> dict:
     from flows.pipeline import pipeline
     from flows.pretrain import pretrain_flow
     from flows.retrain import retrain, watch_filings
-    from flows.stages import evaluate_flow, merge_flow, promote_flow, rollback_flow
+    from flows.stages import evaluate_flow, merge_flow, promote_flow, rollback_flow, sweep_flow
 
     return {
         "pipeline": pipeline,
         "pretrain": pretrain_flow,
         "merge": merge_flow,
+        "sweep": sweep_flow,
         "evaluate": evaluate_flow,
         "promote": promote_flow,
         "rollback": rollback_flow,

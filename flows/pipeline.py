@@ -19,6 +19,7 @@ from finmerge.runner.stage import RunContext, sources_fingerprint
 from flows.corpus import run_corpus
 from flows.registration import register_models
 from flows.report import MODELS, format_table, publish_summary, summary_markdown  # noqa: F401 (re-export)
+from flows.sweep import demo_split, publish_sweep, run_sweep, validation_data
 from tasks.analyze import ANALYZE
 from tasks.demo import DEMO_BASE, DEMO_INSTRUCT, DEMO_WORLD
 from tasks.evaluate import EVALUATE
@@ -38,9 +39,8 @@ def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
         # the demo filings, plus any sources the config adds (new filings land there)
         "sources": [storage.join(w, "filings"), *extra],
         "sources_digest": world["digest"] + (":" + sources_fingerprint(extra) if extra else ""),
-        "harness": [storage.join(w, "eval", "harness")],
-        "heldout": storage.join(w, "eval", "heldout.jsonl"),
-        "chat": storage.join(w, "eval", "chat_finance.jsonl"),
+        "test": demo_split(w, "test"),
+        "validation": demo_split(w, "validation"),
     }
 
 
@@ -51,10 +51,10 @@ def _user_inputs(cfg: PipelineConfig) -> dict:
         "instruct": cfg.models.instruct,
         "sources": cfg.corpus.ingest.sources,
         "sources_digest": sources_fingerprint(cfg.corpus.ingest.sources),
-        "harness": e.harness_data,
-        "heldout": e.heldout,
-        "chat": e.chat_questions,
-    }
+        "test": {"harness": e.harness_data, "heldout": e.heldout, "chat": e.chat_questions,
+                 "general": e.general_questions},
+        "validation": validation_data(cfg) if cfg.merge.sweep.enabled else None,
+    }  # fmt: skip
 
 
 def resolve_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
@@ -83,21 +83,32 @@ def pipeline(config: PipelineConfig) -> dict:
         corpus = run_corpus(cfg, runner.ctx, inputs["sources"], inputs["sources_digest"])
         runner.states.update(corpus.pop("stages"))
         tok = runner.run(TOKENIZE, {"corpus": corpus["uri"], "tokenizer": base})
-        cpt = runner.run(PRETRAIN, {"base": base, "tokens": tok["uri"], "heldout": inputs["heldout"]})
+        monitor = (inputs["validation"] or inputs["test"])["heldout"]  # CPT's loss curve on held-out text
+        cpt = runner.run(PRETRAIN, {"base": base, "tokens": tok["uri"], "heldout": monitor})
         triplet = {"base": base, "instruct": inst, "domain": cpt["uri"]}
         mrg = runner.run(MERGE, triplet)
         vec = runner.run(ANALYZE, triplet) if cfg.analyze.enabled else None
 
         models = {"base": base, "instruct": inst, "cpt": cpt["uri"], "merged": mrg["uri"]}
-        data = {k: inputs[k] for k in ("harness", "heldout", "chat")}
+        test = inputs["test"]
         evals = {
-            label: runner.run(
-                EVALUATE, {"model": model, **data}, label=f"evaluate-{label}", options={"label": label}
-            )
+            label: runner.run(EVALUATE, {"model": model, **test}, label=f"evaluate-{label}", options={"label": label})
             for label, model in models.items()
-        }
+        }  # fmt: skip
+        chosen, sweep = None, None
+        if cfg.merge.sweep.enabled:  # candidates scored on validation only; the choice then meets the test
+            sweep = run_sweep(runner, cfg, triplet, inputs["validation"])
+            publish_sweep(sweep, parent)
+            chosen = sweep["chosen"]
+            models["swept"] = chosen["merge"]
+            evals["swept"] = runner.run(
+                EVALUATE,
+                {"model": chosen["merge"], **test},
+                label="evaluate-swept",
+                options={"label": "swept"},
+            )
         registered, promotion = register_models(
-            runner, parent.run_id, inputs, corpus, tok, cpt, mrg, evals, vec
+            runner, parent.run_id, inputs, corpus, tok, cpt, mrg, evals, vec, chosen=chosen
         )
         log.info("promotion of %s: %s", cfg.registry.merged_name, promotion["decision"])
 

@@ -41,8 +41,13 @@ def register_cpt(register, name: str, cpt: dict, tags: dict, metrics: dict, comm
     return out
 
 
-def register_models(runner: StageRunner, parent_id: str, inputs, corpus, tok, cpt, mrg, evals, vec):
-    """cpt → ``registry.cpt_name``; merged → ``registry.merged_name`` as challenger, then the gates."""
+def register_models(
+    runner: StageRunner, parent_id: str, inputs, corpus, tok, cpt, mrg, evals, vec, chosen=None
+):
+    """cpt → ``registry.cpt_name``; merged → ``registry.merged_name`` as challenger, then the gates.
+
+    With a sweep's ``chosen`` candidate the registered merge is that one, with its test evaluation
+    (``evals["swept"]``); otherwise the configured merge (``evals["merged"]``)."""
     ctx, r, cfg = runner.ctx, runner.cfg.registry, runner.cfg
     lineage = lineage_tags(runner, inputs, corpus, tok)
     common = {
@@ -53,23 +58,27 @@ def register_models(runner: StageRunner, parent_id: str, inputs, corpus, tok, cp
     cpt_metrics = {f"eval.{k}": v for k, v in evals["cpt"]["metrics"].items()}
     task = lambda label, *args, **kwargs: runner.call(register_task, label, *args, **kwargs)  # noqa: E731
     cpt_reg = register_cpt(task, r.cpt_name, cpt, lineage, cpt_metrics, common)[0]
-    merged_metrics = {f"eval.{k}": v for k, v in evals["merged"]["metrics"].items()}
+    merged_metrics = {f"eval.{k}": v for k, v in evals["swept" if chosen else "merged"]["metrics"].items()}
     if vec:
         merged_metrics.update(vec["metrics"])
     m = cfg.merge
+    how = {"method": m.method, "alpha": m.alpha, "beta": m.beta}
+    if chosen:
+        how = {k: chosen["candidate"][k] for k in ("method", "alpha", "beta")}
     mrg_reg = runner.call(
         register_task,
         "register-merged",
         r.merged_name,
-        mrg["uri"],
+        chosen["merge"] if chosen else mrg["uri"],
         tags={
             **lineage,
             "finmerge.role": "merged",
             "finmerge.cpt_digest": cpt["digest"],
             "finmerge.parent.cpt": f"{r.cpt_name}/{cpt_reg['version']}",
-            "finmerge.merge.method": m.method,
-            "finmerge.merge.alpha": m.alpha,
-            "finmerge.merge.beta": m.beta,
+            "finmerge.merge.method": how["method"],
+            "finmerge.merge.alpha": how["alpha"],
+            "finmerge.merge.beta": how["beta"],
+            **({"finmerge.merge.chosen_by": "sweep (validation split)"} if chosen else {}),
         },
         metrics=merged_metrics,
         aliases=(r.new_alias,),

@@ -1,4 +1,4 @@
-"""Single-stage flows for deployments: merge, evaluate, promote, rollback (pretrain and corpus have their
+"""Single-stage flows for deployments: merge, sweep, evaluate, promote, rollback (pretrain and corpus have their
 own modules). Each takes the one pipeline config, so the Prefect UI shows the same typed form everywhere,
 plus the stage's inputs; each runs the declared stage through the same runner as the pipeline (same
 output folder and cache, an MLflow run, the same retry rule). ``out`` defaults to the stage's
@@ -25,6 +25,18 @@ def merge_flow(config: PipelineConfig, base: str, instruct: str, domain: str, ou
     from tasks.merge import MERGE
 
     return _runner(config).run(MERGE, {"base": base, "instruct": instruct, "domain": domain}, out=out)
+
+
+@flow(name="finmerge-sweep", log_prints=True)
+def sweep_flow(config: PipelineConfig, base: str, instruct: str, domain: str) -> dict:
+    """Merge each ``merge.sweep`` candidate and evaluate it on the validation data (``merge.sweep.*``),
+    as mapped task runs; choose by ``merge.sweep.objective``. The Pareto plot and table become artifacts."""
+    from flows.sweep import publish_sweep, run_sweep, validation_data
+
+    triplet = {"base": base, "instruct": instruct, "domain": domain}
+    res = run_sweep(_runner(config), config, triplet, validation_data(config))
+    publish_sweep(res)
+    return {k: res[k] for k in ("uri", "digest", "chosen", "reason", "candidates", "cache")}
 
 
 @flow(name="finmerge-evaluate", log_prints=True)

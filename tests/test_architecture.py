@@ -28,7 +28,7 @@ PREFECT = ("prefect", "prefect_dask")
 MAY_IMPORT_PREFECT = ("tasks", "flows", "finmerge.runner")
 
 CORE, MODELS, DOMAIN, RUNNER, TASKS, FLOWS, ENTRY = range(7)
-DOMAINS = ("corpus", "train", "merge", "evaluate", "registry", "demo")
+DOMAINS = ("corpus", "train", "merge", "evaluate", "registry", "demo", "sweep")
 LAYERS = {
     "finmerge": CORE,  # the package's __init__ (version only)
     "finmerge.config": CORE,

@@ -30,7 +30,15 @@ from finmerge.config.loader import (
     parse_override,
     validation_problems,
 )
-from finmerge.config.merge import AnalyzeConfig, MergeConfig, MergeMethod, TensorRule
+from finmerge.config.merge import (
+    AnalyzeConfig,
+    MergeConfig,
+    MergeMethod,
+    SweepConfig,
+    SweepConstraint,
+    SweepObjective,
+    TensorRule,
+)
 from finmerge.config.ops import (
     PromotionGates,
     RegistryConfig,
@@ -69,6 +77,9 @@ __all__ = [
     "RetrainConfig",
     "Section",
     "StorageConfig",
+    "SweepConfig",
+    "SweepConstraint",
+    "SweepObjective",
     "StrictLoader",
     "TensorRule",
     "TinyModelConfig",

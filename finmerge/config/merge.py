@@ -26,6 +26,61 @@ class TensorRule(Section):
     t: float | None = Field(None, description="slerp t for these tensors.")
 
 
+class SweepConstraint(Section):
+    """A validation metric the chosen candidate must satisfy, e.g. ``chat/adherence >= 0.95``."""
+
+    metric: str = Field(description="A metric name of the evaluate stage, e.g. 'chat/adherence' or 'ppl'.")
+    op: Literal[">=", "<="] = ">="
+    value: float
+
+
+class SweepObjective(Section):
+    """Which candidate wins: the best ``maximize`` (or ``minimize``) among those meeting every constraint."""
+
+    metric: str = Field("harness/avg", description="Validation metric to optimise (finance MC accuracy).")
+    goal: Literal["maximize", "minimize"] = "maximize"
+    constraints: list[SweepConstraint] = Field(
+        default_factory=lambda: [SweepConstraint(metric="chat/adherence", value=0.95)],
+        description="Every one must hold on the validation split; none holding falls back to the "
+        "candidate that violates them least (said in the report).",
+    )
+    tie_break: list[str] = Field(
+        ["chat/answer_acc"],
+        description="Metrics maximised, in order, between candidates within tolerance of the best; "
+        "then the candidate closest to α = β = 1.",
+    )
+    tolerance: float = Field(
+        0.0, ge=0, description="Scores within this of the best count as tied (e.g. one item's worth)."
+    )
+
+
+class SweepConfig(Section):
+    """Coefficient search (``finmerge sweep``; in the pipeline when enabled): every candidate is merged and
+    evaluated on the VALIDATION data only; the chosen one goes on to test evaluation and registration."""
+
+    enabled: bool = Field(False, description="Run the sweep in the pipeline and register its choice.")
+    alpha: list[float] = Field([0.5, 0.75, 1.0, 1.25], min_length=1, description="Grid of α (τ_inst).")
+    beta: list[float] = Field([0.75, 1.0, 1.25], min_length=1, description="Grid of β (τ_fin).")
+    methods: list[MergeMethod] = Field(
+        default_factory=list, description="Merge methods to try (empty: merge.method only)."
+    )
+    density: list[float] = Field(
+        default_factory=list, description="ties / dare densities to try (empty: merge.density only)."
+    )
+    objective: SweepObjective = SweepObjective()
+    max_parallel: int = Field(
+        1, ge=1, description="Candidates merged / evaluated at once (each holds a model in memory)."
+    )
+    harness_data: list[str] = Field(
+        default_factory=list,
+        description="Validation multiple-choice folders (harness layout). Empty: the demo's validation split; "
+        "required when the demo is off. Never the test data: coefficients chosen on test items overfit.",
+    )
+    heldout: str | None = Field(None, description="Validation finance text (JSONL) for perplexity.")
+    chat_questions: str | None = Field(None, description="Validation finance chat questions (JSONL).")
+    general_questions: str | None = Field(None, description="Validation general chat questions (JSONL).")
+
+
 class MergeConfig(Section):
     """How θ_base, θ_inst and θ_cpt become one model (finmerge/merge/execute.py; methods: method_registry.py).
 
@@ -63,6 +118,7 @@ class MergeConfig(Section):
     exclude: list[str] = Field(
         default_factory=list, description="Regexes of tensor names taken from the domain model unmerged."
     )
+    sweep: SweepConfig = SweepConfig()
 
 
 class AnalyzeConfig(Section):

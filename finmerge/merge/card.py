@@ -24,7 +24,7 @@ def recipe_yaml(cfg: MergeConfig, uris: dict, summary: dict) -> str:
             r: summary["inputs"][r].get("manifest_digest") or summary["inputs"][r].get("shards")
             for r in ROLES
         },
-        "merge": cfg.model_dump(mode="json"),
+        "merge": cfg.model_dump(mode="json", exclude={"sweep"}),  # the sweep chose it
         "resolved": {
             "output_dtype": summary["output_dtype"],
             "compute_dtype": summary["compute_dtype"],

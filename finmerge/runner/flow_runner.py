@@ -108,20 +108,47 @@ class StageRunner:
         out: str | None = None,
         overwrite: bool = False,
         options: dict[str, Any] | None = None,
+        cfg: PipelineConfig | None = None,
     ) -> dict:
-        p = stages.plan(
-            stage, self.cfg, inputs, self.ctx, out=out, overwrite=overwrite, label=label, options=options
-        )
+        """One stage; ``cfg`` replaces the runner's config for this call (a sweep candidate's merge section)."""
+        p = self._plan(stage, inputs, label, out, overwrite, options, cfg)
+        return self._settle(p, self._submit(p) if self.submit else None)
+
+    def run_many(self, stage: Stage, calls: list[dict[str, Any]], max_parallel: int = 1) -> list[dict]:
+        """Mapped: the calls (``run``'s keyword arguments plus ``inputs``) submitted to the flow's task runner
+        ``max_parallel`` at a time (each may hold a whole model in memory); each is its own task run,
+        cached folder and MLflow run. Results in call order."""
+        planned = [
+            self._plan(stage, c["inputs"], c.get("label"), c.get("out"), c.get("overwrite", False),
+                       c.get("options"), c.get("cfg"))
+            for c in calls
+        ]  # fmt: skip
+        results: list[dict] = []
+        for i in range(0, len(planned), max_parallel):
+            window = planned[i : i + max_parallel]
+            futures = [self._submit(p) for p in window]
+            results += [self._settle(p, f) for p, f in zip(window, futures, strict=True)]
+        return results
+
+    def _plan(self, stage, inputs, label, out, overwrite, options, cfg) -> Planned:
+        return stages.plan(stage, cfg or self.cfg, inputs, self.ctx, out=out, overwrite=overwrite,
+                           label=label, options=options)  # fmt: skip
+
+    def _runnable(self, p: Planned):
         complete = stages.cached(p) is not None
-        runnable = prefect_task(stage).with_options(
+        return prefect_task(p.stage).with_options(
             result_storage=self.block, refresh_cache=not complete, task_run_name=p.label
         )
-        if self.submit:
-            future = runnable.submit(planned=p, ctx=self.ctx)
+
+    def _submit(self, p: Planned):
+        return self._runnable(p).submit(planned=p, ctx=self.ctx)
+
+    def _settle(self, p: Planned, future) -> dict:
+        if future is None:
+            state = self._runnable(p)(planned=p, ctx=self.ctx, return_state=True)
+        else:
             future.wait()
             state = future.state
-        else:
-            state = runnable(planned=p, ctx=self.ctx, return_state=True)
         result = self._finish(p.label, state)
         if state.name == "Cached":  # Prefect skipped the body: the hit still gets its MLflow run
             result = stages.record_cache_hit(p, self.ctx, storage.result_of(p.out_uri) or result)

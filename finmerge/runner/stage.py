@@ -461,7 +461,19 @@ class LocalRunner:
         self.ctx, self.cfg = ctx, cfg
         self.states: dict[str, str] = {}
 
-    def run(self, stage: Stage, inputs: dict[str, Any], *, label: str | None = None, **kw: Any) -> dict:
-        result = run_stage(stage, self.cfg, inputs, ctx=self.ctx, label=label, **kw)
+    def run(
+        self,
+        stage: Stage,
+        inputs: dict[str, Any],
+        *,
+        label: str | None = None,
+        cfg: PipelineConfig | None = None,
+        **kw: Any,
+    ) -> dict:
+        result = run_stage(stage, cfg or self.cfg, inputs, ctx=self.ctx, label=label, **kw)
         self.states[label or stage.name] = "Cached" if result.get("cache") == "hit" else "Completed"
         return result
+
+    def run_many(self, stage: Stage, calls: list[dict[str, Any]], max_parallel: int = 1) -> list[dict]:
+        """The calls one after another (the flows' driver maps them onto its task runner)."""
+        return [self.run(stage, c["inputs"], **{k: v for k, v in c.items() if k != "inputs"}) for c in calls]
