@@ -113,6 +113,8 @@ def pipeline(config: PipelineConfig) -> dict:
         log.info("promotion of %s: %s", cfg.registry.merged_name, promotion["decision"])
 
         summary = publish_summary(parent, runner, cfg, models, evals, vec, registered, promotion, t0)
+        if sweep:
+            summary["sweep"] = {k: sweep[k] for k in ("uri", "chosen", "reason", "candidates")}
         log.info("pipeline finished in %.1fs; stages: %s", summary["seconds"], runner.states)
         parent.end()
         return summary

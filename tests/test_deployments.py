@@ -28,6 +28,7 @@ DEPLOYMENTS = {
     "pipeline": "pipeline",
     "pretrain": "pretrain",
     "merge": "merge",
+    "sweep": "sweep",
     "evaluate": "evaluate",
     "promote": "promote",
     "rollback": "rollback",

@@ -99,3 +99,32 @@ def test_pipeline_on_s3_and_mlflow_server(s3_bucket, mlflow_server, prefect_harn
     rerun = {k for k, v in third["stages"].items() if v != "Cached"}
     assert rerun == {"merge", "evaluate-merged", "register-merged"}, third["stages"]
     assert int(third["registered"]["merged"]["version"]) == int(reg["version"]) + 1
+
+    # The sweep: every candidate merged and scored on the validation split only, the choice then evaluated
+    # on the test split and registered. α = 0.5 was merged by the third run, α = 1 by the first: both found.
+    sweep = [*overrides, "merge.sweep.enabled=true", "merge.sweep.alpha=[0.5, 1.0]", "merge.sweep.beta=[1.0]"]
+    fourth = pipeline(load_config(ROOT / "configs" / "test.yaml", sweep))
+    states = fourth["stages"]
+    assert (
+        states["sweep-merge-task_arithmetic-a0.5-b1"]
+        == states["sweep-merge-task_arithmetic-a1-b1"]
+        == "Cached"
+    )
+    assert states["sweep"] == "Completed" and states["evaluate-swept"] in ("Completed", "Cached"), states
+    chosen = fourth["sweep"]["chosen"]
+    assert fourth["models"]["swept"] == chosen["merge"] and len(fourth["sweep"]["candidates"]) == 2
+    # what every evaluation read, from its own MLflow run: sweep candidates the validation split, the
+    # reported models (the swept choice included) the test split, never the other way round
+    client = mlflow.MlflowClient(mlflow_server)
+    exp = client.get_run(fourth["mlflow_run_id"]).info.experiment_id
+    runs = client.search_runs([exp], "tags.`finmerge.stage` = 'evaluate'", max_results=500)
+    seen = set()
+    for r in runs:
+        label = r.data.params["option.label"]
+        split = "validation" if label.startswith("sweep-") else "test"
+        read = [v for k, v in r.data.params.items() if k in ("input.harness", "input.heldout", "input.chat")]
+        assert len(read) == 3 and all(f"/eval/{split}/" in v for v in read), (label, read)
+        seen.add(split)
+    assert seen == {"validation", "test"}
+    version = client.get_model_version("finmerge-merged", fourth["registered"]["merged"]["version"])
+    assert version.source == chosen["merge"] and version.tags["finmerge.merge.chosen_by"].startswith("sweep")
