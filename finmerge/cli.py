@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="default: cuda when available, else cpu")
     e.add_argument("--heldout", help="JSONL of held-out finance text for perplexity")
     e.add_argument("--chat", help="JSONL of chat questions for the instruction-following probe")
+    e.add_argument(
+        "--general", help="JSONL of general chat questions (facts the base learned in pretraining): general/*"
+    )
     e.add_argument("--label", default="model")
     e.add_argument("--out", help=OUT_HELP + ", or results.json (samples go in the folder of that name)")
     e.set_defaults(fn=cmd_evaluate)

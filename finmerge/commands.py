@@ -49,6 +49,15 @@ def print_summary(s: dict) -> None:
     )
     print("=" * 78)
     print(s["table"])
+    if s.get("claim"):
+        print(f"\n{s['claim']}")
+    sweep = s.get("sweep")
+    if sweep:
+        c = sweep["chosen"]["candidate"]
+        print(
+            f"sweep      : {len(sweep['candidates'])} candidates on the validation split → α={c['alpha']:g}, "
+            f"β={c['beta']:g} ({sweep['reason']}); table and Pareto plot in {sweep['uri']}"
+        )
     print()
     print(
         f"registered : {reg['name']} v{reg['version']} (aliases: {', '.join(reg['aliases']) or '-'})"
@@ -247,6 +256,7 @@ def cmd_evaluate(args) -> int:
         "harness": list(args.tasks or e.harness_data),
         "heldout": args.heldout or e.heldout,
         "chat": args.chat or e.chat_questions,
+        "general": args.general or e.general_questions,
     }
     options = {"label": args.label, "dtype": args.dtype, "device": args.device}
     result = _runner(cfg).run(

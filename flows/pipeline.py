@@ -62,6 +62,16 @@ def resolve_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
     return _demo_inputs(runner, cfg) if cfg.demo.enabled else _user_inputs(cfg)
 
 
+def row_titles(cfg: PipelineConfig, chosen: dict | None) -> dict[str, str]:
+    """Table row names that say which coefficients each merged row used."""
+    m = cfg.merge
+    titles = {"merged": f"merged (α={m.alpha:g}, β={m.beta:g})"}
+    if chosen:
+        c = chosen["candidate"]
+        titles["swept"] = f"swept best (α={c['alpha']:g}, β={c['beta']:g})"
+    return titles
+
+
 @flow(name="finmerge-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig) -> dict:
     """Run the whole method on ``config`` and register the cpt and merged models."""
@@ -112,7 +122,10 @@ def pipeline(config: PipelineConfig) -> dict:
         )
         log.info("promotion of %s: %s", cfg.registry.merged_name, promotion["decision"])
 
-        summary = publish_summary(parent, runner, cfg, models, evals, vec, registered, promotion, t0)
+        titles = row_titles(cfg, chosen)
+        summary = publish_summary(
+            parent, runner, cfg, models, evals, vec, registered, promotion, t0, titles=titles
+        )
         if sweep:
             summary["sweep"] = {k: sweep[k] for k in ("uri", "chosen", "reason", "candidates")}
         log.info("pipeline finished in %.1fs; stages: %s", summary["seconds"], runner.states)

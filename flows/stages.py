@@ -45,7 +45,8 @@ def evaluate_flow(config: PipelineConfig, model: str, out: str | None = None, la
     from tasks.evaluate import EVALUATE
 
     e = config.evaluate
-    inputs = {"model": model, "harness": list(e.harness_data), "heldout": e.heldout, "chat": e.chat_questions}
+    inputs = {"model": model, "harness": list(e.harness_data), "heldout": e.heldout, "chat": e.chat_questions,
+              "general": e.general_questions}  # fmt: skip
     return _runner(config).run(EVALUATE, inputs, out=out, label=f"evaluate-{label}", options={"label": label})
 
 

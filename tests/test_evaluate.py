@@ -1,5 +1,6 @@
 """The evaluation stage on tiny local models: MC log-likelihoods against an independent computation,
-perplexity, the chat probe, skipped tasks and the comparison report. All data is synthetic."""
+perplexity, the finance and general chat probes, confidence intervals, skipped tasks and the comparison
+report. All data is synthetic."""
 
 from __future__ import annotations
 
@@ -103,7 +104,19 @@ def world(tmp_path_factory):
         for k in range(5)
     ]
     chat = _write_jsonl(root / "chat.jsonl", questions)
-    return {"root": root, "tok": tok, "harness": str(harness), "heldout": heldout, "chat": chat}
+    general = [
+        {"id": f"g{k}", "question": f"桜井町の名物は何ですか。{'今日は' * k}", "answers": ["うどん"]}
+        for k in range(4)
+    ]
+    general = _write_jsonl(root / "general.jsonl", general)
+    return {
+        "root": root,
+        "tok": tok,
+        "harness": str(harness),
+        "heldout": heldout,
+        "chat": chat,
+        "general": general,
+    }
 
 
 def _run(world, name, *, version="1.0-0.2.1", batch_size=8, model="random", heldout=True, chat=True, **kw):
@@ -113,6 +126,7 @@ def _run(world, name, *, version="1.0-0.2.1", batch_size=8, model="random", held
         max_new_tokens=12,
         max_heldout_tokens=700,
         kv_reuse=kw.pop("kv", True),
+        bootstrap_samples=kw.pop("bootstrap_samples", 1000),
     )
     root = world["root"]
     return ev.evaluate_model(
@@ -161,7 +175,21 @@ def _reference_ll(model, tok, context: str, continuation: str, max_length: int |
 
 @pytest.fixture(scope="module")
 def main_run(world):
-    return _run(world, "main")
+    return _run(world, "main", general_uri=world["general"])
+
+
+SCORES = {
+    "ppl",
+    "harness/demo_fin/acc",
+    "harness/demo_fin/acc_norm",
+    "harness/fp2/acc",
+    "harness/fp2/acc_norm",
+    "harness/avg",
+    "chat/adherence",
+    "chat/answer_acc",
+    "general/adherence",
+    "general/answer_acc",
+}
 
 
 def test_output_layout_and_skips(world, main_run):
@@ -170,6 +198,7 @@ def test_output_layout_and_skips(world, main_run):
     assert names == [
         "_manifest.json",
         "chat_samples.jsonl",
+        "general_samples.jsonl",
         "results.json",
         "samples_demo_fin-1.0-0.2.1.jsonl",
         "samples_fp2-1.0-0.2.1.jsonl",
@@ -191,22 +220,91 @@ def test_output_layout_and_skips(world, main_run):
     assert report["finmerge"]["chat"]["template"] == "tokenizer"
 
     m = main_run["metrics"]
-    assert set(m) == {
-        "ppl",
-        "harness/demo_fin/acc",
-        "harness/demo_fin/acc_norm",
-        "harness/fp2/acc",
-        "harness/fp2/acc_norm",
-        "harness/avg",
-        "chat/adherence",
-        "chat/answer_acc",
-    }
+    assert set(m) == SCORES | {f"{s}/ci_{end}" for s in SCORES for end in ("low", "high")}
     assert m["harness/avg"] == pytest.approx((m["harness/demo_fin/acc"] + m["harness/fp2/acc"]) / 2)
     assert main_run["label"] == "main" and main_run["artifacts"] == ["results.json"]
     assert main_run["counts"]["harness/items"] == 16 and main_run["counts"]["harness/skipped"] == 2
+    assert main_run["counts"]["chat/questions"] == 5 and main_run["counts"]["general/questions"] == 4
     assert storage.read_manifest(main_run["uri"])["meta"]["metrics"] == m
     # no item text leaks into the samples
     assert "SENTINEL" not in (out / "samples_demo_fin-1.0-0.2.1.jsonl").read_text(encoding="utf-8")
+
+
+def _jsonl_rows(result, name: str) -> list[dict]:
+    text = (storage.local_path(result["uri"]) / name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_every_score_has_its_interval(main_run):
+    """Each score lies in its interval, and the interval is the seeded bootstrap of the units the stage
+    scored (the samples files, the chat rows, the perplexity windows), recomputed here from the folder."""
+    from finmerge.evaluate import bootstrap
+    from finmerge.evaluate.intervals import seed_for
+
+    m = main_run["metrics"]
+    for name in SCORES:
+        assert m[f"{name}/ci_low"] <= m[name] <= m[f"{name}/ci_high"], name
+    report = json.loads((storage.local_path(main_run["uri"]) / "results.json").read_text(encoding="utf-8"))
+    info = report["finmerge"]["intervals"]
+    assert info["samples"] == 1000 and info["level"] == 0.95 and info["seed"] == 0
+    assert {k: tuple(v) for k, v in info["scores"].items()} == {
+        name: (m[f"{name}/ci_low"], m[f"{name}/ci_high"]) for name in SCORES
+    }
+
+    def ci(name):
+        return (m[f"{name}/ci_low"], m[f"{name}/ci_high"])
+
+    groups = []
+    for task in ("demo_fin", "fp2"):
+        samples = _samples(main_run, f"{task}-1.0-0.2.1")
+        for metric in ("acc", "acc_norm"):
+            name = f"harness/{task}/{metric}"
+            values = [s[metric] for s in samples]
+            assert ci(name) == bootstrap.mean_ci(values, 1000, seed_for(0, name))
+        groups.append(
+            bootstrap.mean_replicates([s["acc"] for s in samples], 1000, seed_for(0, f"harness/{task}/acc"))
+        )
+    if m["harness/demo_fin/acc"] and m["harness/fp2/acc"]:  # both count in the leaderboard average
+        assert ci("harness/avg") == bootstrap.average_interval(groups)
+    for prefix, file in (("chat", "chat_samples.jsonl"), ("general", "general_samples.jsonl")):
+        rows = _jsonl_rows(main_run, file)
+        for score, field in (("adherence", "adheres"), ("answer_acc", "correct")):
+            values = [float(r[field]) for r in rows]
+            assert ci(f"{prefix}/{score}") == bootstrap.mean_ci(
+                values, 1000, seed_for(0, f"{prefix}/{score}")
+            )
+    # perplexity: the windows' summed NLL add up (in order) to the reported value, bit for bit
+    ppl = report["finmerge"]["ppl"]
+    total = 0.0
+    for w in ppl["window_nll"]:
+        total += w
+    assert total == ppl["nll_sum"] and sum(ppl["window_tokens"]) == ppl["predicted_tokens"]
+    assert math.exp(total / ppl["predicted_tokens"]) == m["ppl"]
+    assert ci("ppl") == bootstrap.ratio_ci(ppl["window_nll"], ppl["window_tokens"], 1000, seed_for(0, "ppl"))
+
+
+def test_general_probe(world, main_run):
+    rows = _jsonl_rows(main_run, "general_samples.jsonl")
+    assert [r["id"] for r in rows] == [f"g{k}" for k in range(4)]
+    assert all(r["answers"] == ["うどん"] and r["new_tokens"] <= 12 for r in rows)
+    m = main_run["metrics"]
+    assert m["general/answer_acc"] == pytest.approx(np.mean([r["correct"] for r in rows]))
+    assert m["general/adherence"] == pytest.approx(np.mean([r["adheres"] for r in rows]))
+    report = json.loads((storage.local_path(main_run["uri"]) / "results.json").read_text(encoding="utf-8"))
+    assert report["finmerge"]["general"]["n"] == 4 and report["finmerge"]["chat"]["n"] == 5
+    # the general probe alone is something to evaluate
+    alone = _run(
+        world, "general-only", heldout=False, chat=False, harness_dirs=[], general_uri=world["general"]
+    )
+    assert alone["metrics"]["general/answer_acc"] == m["general/answer_acc"]
+    assert not any(k.startswith("chat/") for k in alone["metrics"])
+
+
+def test_no_intervals_when_bootstrap_is_off(world):
+    res = _run(world, "noci", heldout=False, chat=False, tasks=["fp2"], bootstrap_samples=0)
+    assert set(res["metrics"]) == {"harness/fp2/acc", "harness/fp2/acc_norm", "harness/avg"}
+    report = json.loads((storage.local_path(res["uri"]) / "results.json").read_text(encoding="utf-8"))
+    assert report["finmerge"]["intervals"]["scores"] == {}
 
 
 @pytest.mark.parametrize("version", ["1.0-0.2.1", "default", "1.0-0.3"])
@@ -341,6 +439,10 @@ def test_missing_harness_folder_or_task_is_an_error_before_the_model_loads(world
         ),
         ({"harness_dirs": [f"{world['harness']}:fp22"]}, "task 'fp22'"),
         ({"harness_dirs": []}, "nothing to evaluate"),
+        (
+            {"harness_dirs": [world["harness"]], "general_uri": f"{missing}.jsonl"},
+            f"general questions {missing}.jsonl: not found",
+        ),
     ]
     for kw, message in cases:
         out = world["root"] / "out" / "refused"
@@ -393,8 +495,9 @@ def test_everything_on_s3(world, s3_bucket):
     # the empty local chabsa/ folder has no objects, so it does not exist on S3 at all
     assert set(res["skipped"]) == {"broken"}
     local = _run(world, "local-for-s3")
-    for key in ("harness/demo_fin/acc", "harness/fp2/acc", "ppl", "chat/adherence"):
+    for key in ("harness/demo_fin/acc", "harness/fp2/acc", "ppl", "chat/adherence", "harness/avg/ci_low"):
         assert res["metrics"][key] == pytest.approx(local["metrics"][key], rel=1e-6)
+    assert res["metrics"]["ppl/ci_high"] == pytest.approx(local["metrics"]["ppl/ci_high"], rel=1e-6)
 
 
 def _reference_ppl(model, tok, texts: list[str], max_tokens: int, window: int) -> float:
@@ -527,6 +630,19 @@ def test_comparison_report(tmp_path):
     # no ppl at all: one panel, still fine
     ev.comparison_report({"base": {"harness/avg": 0.2}}, tmp_path / "one")
     assert (tmp_path / "one" / "eval_comparison.png").exists()
+
+
+def test_comparison_report_with_intervals(tmp_path):
+    results = {
+        "base": {"harness/avg": 0.25, "harness/avg/ci_low": 0.2, "harness/avg/ci_high": 0.3, "ppl": 20.0},
+        "merged": {"harness/avg": 0.31, "ppl": 12.5, "ppl/ci_low": 12.0, "ppl/ci_high": 13.25},
+    }
+    rep = ev.comparison_report(results, tmp_path / "cmp")
+    lines = rep["markdown"].strip().splitlines()
+    assert lines[0] == "| model | harness/avg | ppl |"  # the bounds are not columns
+    assert "| base | 0.2500 [0.2000, 0.3000] | 20.00 |" in lines
+    assert "| merged | **0.3100** | **12.50 [12.00, 13.25]** |" in lines
+    assert (tmp_path / "cmp" / "eval_comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_evaluate_full_harness_layout_all_versions(world, tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 
 from finmerge.cli import main
 from finmerge.config import MergeConfig, SweepConstraint, SweepObjective
-from finmerge.sweep.candidates import Candidate, candidates
+from finmerge.sweep.candidates import candidates
 from finmerge.sweep.select import pareto_front, select
 from tests.harness_fixtures import write_harness
 from tests.helpers import tiny_model

@@ -1,4 +1,5 @@
-"""Sections of the evaluation: the fin-harness tasks, perplexity, the chat probe and the LLM judge."""
+"""Sections of the evaluation: the fin-harness tasks, perplexity, the chat probes, the LLM judge and the
+confidence intervals."""
 
 from __future__ import annotations
 
@@ -69,10 +70,31 @@ class EvaluateConfig(Section):
         None, description="JSONL of held-out finance text for perplexity. Default: demo."
     )
     chat_questions: str | None = Field(None, description="JSONL of chat finance questions. Default: demo.")
+    general_questions: str | None = Field(
+        None,
+        description="JSONL of general chat questions ({id, question, answers}) on facts the base model learned "
+        "in pretraining and the instruction data never shows; scored like the finance chat probe "
+        "(general/adherence, general/answer_acc): does the merge keep what the base knew? Default: demo.",
+    )
     adherence_regex: str = Field(
         r"^回答[：:][^\n]{2,}$",
         description="A chat reply adheres when it fully matches this and ends with EOS (the colon may come back "
         "half-width from an NFKC tokenizer).",
+    )
+    bootstrap_samples: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples behind the confidence interval of every score (harness items, chat "
+        "questions and perplexity windows resampled; <score>/ci_low and <score>/ci_high). 0: no intervals.",
+    )
+    ci_level: float = Field(
+        0.95, gt=0, lt=1, description="Coverage of the percentile bootstrap intervals (0.95: 2.5% to 97.5%)."
+    )
+    bootstrap_seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of the bootstrap; each score's stream is derived from it and the score's name, so "
+        "the same config gives the same intervals.",
     )
     batch_size: int = 16
     max_new_tokens: int = 48

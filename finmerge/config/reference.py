@@ -29,7 +29,8 @@ def reference_markdown() -> str:
             # name section classes as they are imported (finmerge.config.X), not by their module
             kind = re.sub(r"finmerge\.config\.\w+\.", "finmerge.config.", kind).replace("|", "\\|")
             desc = (field.description or "").replace("|", "\\|")
-            rows.append(f"| `{path}` | {kind} | `{json.dumps(default, ensure_ascii=False)}` | {desc} |")
+            shown = json.dumps(_plain(default), ensure_ascii=False)
+            rows.append(f"| `{path}` | {kind} | `{shown}` | {desc} |")
 
     walk(PipelineConfig(), "")
     return (
@@ -37,3 +38,12 @@ def reference_markdown() -> str:
         "a test keeps it in step. Set any field in YAML or with `--set path=value`.\n\n"
         "| field | type | default | description |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
+
+
+def _plain(value):
+    """A default as JSON data: sections inside lists (e.g. the sweep's constraints) as their fields."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

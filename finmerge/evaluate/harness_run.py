@@ -115,6 +115,7 @@ def run_harness(
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     leaderboard = {"versions": {v: {"avg": scored.get(v), "tasks": per_version[v]} for v in versions}}
+    best_items: dict[str, dict] = {}  # the best version's per-item samples, for the confidence intervals
     if scored:
         best = fin_harness.best_version(scored)
         leaderboard["best_version"] = best
@@ -124,6 +125,8 @@ def run_harness(
             res = task_metrics_at.get((task.name, best))
             for metric in fin_harness.metric_names(task.layout) if res else ():
                 metrics[f"harness/{task.name}/{metric}"] = float(res[metric])
+            if res:
+                best_items[task.name] = {"layout": task.layout, "samples": res["samples"]}
         if len(scored) > 1:
             for v, avg in scored.items():
                 metrics[f"harness/version/{v}/avg"] = avg
@@ -143,4 +146,5 @@ def run_harness(
         "metrics": metrics,
         "counts": counts,
         "tags": tags,
+        "best_items": best_items,
     }

@@ -29,10 +29,16 @@ def heldout_stream(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
 def stream_perplexity(
     model, stream: list[int], *, window: int, batch_size: int, device, progress: bool = True
 ) -> dict:
-    """exp(mean NLL) over non-overlapping windows; each window's first token is context only."""
+    """exp(mean NLL) over non-overlapping windows; each window's first token is context only.
+
+    ``window_nll`` and ``window_tokens`` are each window's summed NLL and predicted tokens, in scoring
+    order (full windows, then the tail): the units a bootstrap interval resamples.
+    """
     chunks = [stream[i : i + window] for i in range(0, len(stream), window)]
     chunks = [c for c in chunks if len(c) >= 2]
     nll, count = 0.0, 0
+    window_nll: list[float] = []
+    window_tokens: list[int] = []
     full = [c for c in chunks if len(c) == window]
     tail = [c for c in chunks if len(c) != window]
     batches = [full[b : b + batch_size] for b in range(0, len(full), max(1, batch_size))] + [
@@ -44,12 +50,16 @@ def stream_perplexity(
         ids = torch.tensor(batch, dtype=torch.long, device=device)
         logits = model(input_ids=ids).logits
         for r in range(ids.shape[0]):
-            nll += float(
-                torch.nn.functional.cross_entropy(logits[r, :-1].float(), ids[r, 1:], reduction="sum")
-                .double()
-                .item()
+            window_nll.append(
+                float(
+                    torch.nn.functional.cross_entropy(logits[r, :-1].float(), ids[r, 1:], reduction="sum")
+                    .double()
+                    .item()
+                )
             )
-            count += ids.shape[1] - 1
+            window_tokens.append(ids.shape[1] - 1)
+            nll += window_nll[-1]  # summed in this order, as always: the reported ppl does not move
+            count += window_tokens[-1]
     ppl = math.exp(nll / count) if count else float("nan")
     return {
         "ppl": ppl,
@@ -57,4 +67,6 @@ def stream_perplexity(
         "predicted_tokens": count,
         "tokens": len(stream),
         "windows": len(chunks),
+        "window_nll": window_nll,
+        "window_tokens": window_tokens,
     }

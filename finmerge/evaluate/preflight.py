@@ -33,10 +33,12 @@ def preflight(
     heldout_uri: str | None,
     chat_uri: str | None,
     cfg: EvaluateConfig,
+    general_uri: str | None = None,
 ) -> fin_harness.Discovery:
     """Discover the harness tasks and check every input exists before the model is loaded: a harness
     folder that is missing or holds no task, a task asked for by name that no folder has, a missing
-    held-out or chat file, or nothing at all to evaluate is an error naming what and where."""
+    held-out, chat or general-question file, or nothing at all to evaluate is an error naming what and
+    where."""
     found = discover(list(harness_dirs), only, cfg.cpa_nan_choice)
     problems = []
     for spec in harness_dirs:
@@ -54,10 +56,11 @@ def preflight(
     for name in missing:
         why = found.skipped.get(name, "task folder not found in harness_dirs")
         problems.append(f"task {name!r}: {why}")
-    for what, uri in (("held-out text", heldout_uri), ("chat questions", chat_uri)):
+    files = (("held-out text", heldout_uri), ("chat questions", chat_uri), ("general questions", general_uri))
+    for what, uri in files:
         if uri and not storage.exists(uri):
             problems.append(f"{what} {uri}: not found")
-    if not problems and not (found.tasks or heldout_uri or chat_uri or cfg.judge.questions):
+    if not problems and not (found.tasks or heldout_uri or chat_uri or general_uri or cfg.judge.questions):
         problems.append("nothing to evaluate: no harness task, no held-out text, no chat questions, no judge")
     if problems:
         raise NothingToEvaluate("evaluate: " + "; ".join(problems))

@@ -1,12 +1,15 @@
-"""Evaluation stage: harness multiple choice, finance perplexity, a chat probe and the judge for one model.
+"""Evaluation stage: harness multiple choice, finance perplexity, two chat probes and the judge for one model,
+every score with a bootstrap confidence interval.
 
 :func:`evaluate_model` scores one model and commits an output folder with ``results.json`` (lm-eval's layout
-plus a ``finmerge`` section), ``samples_<harness task>.jsonl``, ``chat_samples.jsonl`` and
-``judge_samples.jsonl``. The parts: :mod:`~finmerge.evaluate.preflight` (inputs checked before the model
-loads), :mod:`~finmerge.evaluate.harness_run` (multiple choice, scored by :mod:`~finmerge.evaluate.mc_eval`),
-:mod:`~finmerge.evaluate.perplexity`, :mod:`~finmerge.evaluate.chat_probe`, :mod:`~finmerge.evaluate.judge`
-and :mod:`~finmerge.evaluate.report` (leaderboard view, comparison across models). This module re-exports
-the names the stage's callers use.
+plus a ``finmerge`` section), ``samples_<harness task>.jsonl``, ``chat_samples.jsonl`` (finance questions),
+``general_samples.jsonl`` (general questions) and ``judge_samples.jsonl``. The parts:
+:mod:`~finmerge.evaluate.preflight` (inputs checked before the model loads),
+:mod:`~finmerge.evaluate.harness_run` (multiple choice, scored by :mod:`~finmerge.evaluate.mc_eval`),
+:mod:`~finmerge.evaluate.perplexity`, :mod:`~finmerge.evaluate.chat_probe`, :mod:`~finmerge.evaluate.judge`,
+:mod:`~finmerge.evaluate.intervals` (``<score>/ci_low``, ``<score>/ci_high``) and
+:mod:`~finmerge.evaluate.report` (leaderboard view, comparison across models). This module re-exports the
+names the stage's callers use.
 
 Multiple-choice scoring reproduces lm-eval's HF backend (fin-harness.md §4-5): request = (context,
 delimiter + choice), the context's trailing whitespace moved to the continuation, joint encoding split
@@ -34,6 +37,7 @@ from finmerge.evaluate.chat_probe import (  # noqa: F401  (re-exported)
     reply_correct,
 )
 from finmerge.evaluate.harness_run import run_harness, safe_name, write_jsonl
+from finmerge.evaluate.intervals import interval_metrics, intervals_report, score_intervals
 from finmerge.evaluate.loglik import (  # noqa: F401  (re-exported: the stage's public scoring API)
     EncodedPair,
     ItemRequest,
@@ -71,6 +75,16 @@ def _judge(model, tokenizer, cfg: EvaluateConfig, dev, progress: bool) -> tuple[
     )
 
 
+def _probe(model, tokenizer, uri: str, cfg: EvaluateConfig, dev, progress: bool) -> tuple[list[dict], dict]:
+    """The chat probe on the questions in ``uri`` (each row needs a 'question')."""
+    questions = list(storage.iter_jsonl(uri))
+    for n, q in enumerate(questions):
+        if "question" not in q:
+            raise ValueError(f"{uri}: row {n + 1} has no 'question'")
+    max_len = model_max_length(model, tokenizer)
+    return chat_probe(model, tokenizer, questions, cfg, device=dev, max_length=max_len, progress=progress)
+
+
 def evaluate_model(
     model_uri: str,
     out_uri: str,
@@ -81,6 +95,7 @@ def evaluate_model(
     heldout_uri: str | None,
     chat_uri: str | None,
     staging_dir: str,
+    general_uri: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     tasks: list[str] | None = None,
@@ -90,7 +105,9 @@ def evaluate_model(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
-    """Score one model (harness MC, finance perplexity, chat probe) into the folder ``out_uri``.
+    """Score one model (harness MC, finance perplexity, the finance chat probe on ``chat_uri``, the general
+    chat probe on ``general_uri``) into the folder ``out_uri``, each score with its bootstrap interval
+    (``cfg.bootstrap_samples``; metrics ``<score>/ci_low`` and ``<score>/ci_high``).
 
     Extra knobs (not in EvaluateConfig): ``tasks`` restricts the harness tasks by name; ``dtype`` of the
     weights (log-softmax is always float32); ``device`` (default cuda if available); ``max_length``
@@ -99,10 +116,10 @@ def evaluate_model(
     """
     import transformers
 
-    inputs = [u for u in (model_uri, heldout_uri, chat_uri) if u]
+    inputs = [u for u in (model_uri, heldout_uri, chat_uri, general_uri) if u]
     storage.check_output(out_uri, "evaluate", inputs, overwrite)
     versions = prompt_versions(cfg.prompt_version)
-    found = preflight(harness_dirs, tasks, heldout_uri, chat_uri, cfg)
+    found = preflight(harness_dirs, tasks, heldout_uri, chat_uri, cfg, general_uri=general_uri)
     if cfg.judge.questions and not cfg.judge.url:  # fail before loading anything
         raise ValueError(
             "evaluate.judge.questions is set but evaluate.judge.url is not (an OpenAI-compatible API)"
@@ -151,24 +168,21 @@ def evaluate_model(
             counts["heldout/tokens"] = ppl_info["predicted_tokens"]
             timing["ppl_s"] = time.perf_counter() - t0
 
-        # 3. chat probe
-        chat_info = None
-        if chat_uri:
+        # 3. chat probes: finance questions (chat/*), general questions the base knew (general/*)
+        probe_info: dict[str, dict | None] = {"chat": None, "general": None}
+        probe_rows: dict[str, list[dict]] = {}
+        for prefix, uri in (("chat", chat_uri), ("general", general_uri)):
+            if not uri:
+                continue
             t0 = time.perf_counter()
-            questions = list(storage.iter_jsonl(chat_uri))
-            for n, q in enumerate(questions):
-                if "question" not in q:
-                    raise ValueError(f"{chat_uri}: row {n + 1} has no 'question'")
-            max_len = model_max_length(model, tokenizer)
-            rows, chat_info = chat_probe(
-                model, tokenizer, questions, cfg, device=dev, max_length=max_len, progress=progress
-            )
-            write_jsonl(out.path / "chat_samples.jsonl", rows)
-            metrics["chat/adherence"] = chat_info["adherence"]
-            metrics["chat/answer_acc"] = chat_info["answer_acc"]
-            counts["chat/questions"] = chat_info["n"]
-            tags["chat/template"] = chat_info["template"]
-            timing["chat_s"] = time.perf_counter() - t0
+            rows, info = _probe(model, tokenizer, uri, cfg, dev, progress)
+            write_jsonl(out.path / f"{prefix}_samples.jsonl", rows)
+            probe_rows[prefix], probe_info[prefix] = rows, info
+            metrics[f"{prefix}/adherence"] = info["adherence"]
+            metrics[f"{prefix}/answer_acc"] = info["answer_acc"]
+            counts[f"{prefix}/questions"] = info["n"]
+            tags.setdefault("chat/template", info["template"])
+            timing[f"{prefix}_s"] = time.perf_counter() - t0
 
         # 4. LLM-as-judge on pfmt-bench style questions (optional)
         judge_info = None
@@ -182,6 +196,12 @@ def evaluate_model(
             counts.update({f"judge/{k}": int(v) for k, v in judge_info["counts"].items()})
             tags["judge/model"] = str(judge_info.get("judge_model", cfg.judge.model))
             timing["judge_s"] = time.perf_counter() - t0
+
+        # 5. a confidence interval for every score (resampling what was scored above: no model call)
+        t0 = time.perf_counter()
+        intervals = score_intervals(cfg, harness, ppl_info, probe_rows)
+        metrics.update(interval_metrics(intervals))
+        timing["bootstrap_s"] = time.perf_counter() - t0
 
         report = {
             "results": results,
@@ -206,8 +226,10 @@ def evaluate_model(
             "finmerge": {
                 "label": label,
                 "ppl": ppl_info,
-                "chat": chat_info,
+                "chat": probe_info["chat"],
+                "general": probe_info["general"],
                 "judge": judge_info,
+                "intervals": intervals_report(cfg, intervals),
                 "leaderboard": harness["leaderboard"],
                 "skipped": skipped,
                 "notes": harness["notes"],
