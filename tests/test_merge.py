@@ -229,6 +229,10 @@ def test_report_card_recipe_and_meta(fp32, tmp_path):
     digests = {r: storage.read_manifest(fp32[r])["digest"] for r in ("base", "instruct", "domain")}
     assert all(dg in card for dg in digests.values())
     assert "α = 0.5" in card and "β = 1" in card and "finmerge 0.1.0" in card
+    # the same merge again into the same folder: the same digest (no timing or other run state in its files)
+    again = merge_models(fp32["base"], fp32["instruct"], fp32["domain"], str(out), MergeConfig(alpha=0.5),
+                         str(tmp_path / "stage"), overwrite=True)  # fmt: skip
+    assert again["digest"] == res["digest"]
     # the recipe reproduces the merge byte for byte
     res2 = merge_from_recipe(str(out / "merge_recipe.yaml"), str(tmp_path / "again"), str(tmp_path / "stage"))
     m1, m2 = storage.read_manifest(res["uri"]), storage.read_manifest(res2["uri"])

@@ -134,7 +134,6 @@ def merge_models(
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
             warnings = list(tri.warnings)
             warnings += write_model_files(tri, out.path, out_dtype, trust_remote_code)
-            seconds = time.perf_counter() - t0
             counts = _counts(plans, report, tri, shard_sha)
             max_cpt = max((t["max_abs_delta_vs_cpt"] for t in report), default=0.0)
             max_inst = max(
@@ -157,7 +156,8 @@ def merge_models(
                 "counts": counts,
                 "max_abs_delta_vs_cpt": max_cpt,
                 "max_abs_delta_vs_inst": max_inst,
-                "seconds": seconds,
+                # no timing here: the folder's digest must depend on its content only (the time is in
+                # the manifest's metrics, which the digest does not cover)
                 "warnings": warnings,
             }
             (out.path / "merge_report.json").write_text(
