@@ -41,6 +41,7 @@ LAYERS = {
     "finmerge.cli": ENTRY,
     "finmerge.commands": ENTRY,
     "finmerge.stack": ENTRY,
+    "finmerge.authz": ENTRY,  # the MLflow server's auth app (mlflow server --app-name finmerge-auth)
 }
 LAYER_NAMES = ("core", "models", "domain", "runner", "tasks", "flows", "entry point")
 

@@ -61,11 +61,10 @@ def test_compose_stack_is_complete_and_secret_free():
     services = doc["services"]
     assert {"minio", "postgres", "mlflow", "prefect-server", "worker"} <= set(services)
     for name, svc in services.items():
-        if name != "buckets":  # a one-shot job
+        if name not in ("buckets", "mlflow-users"):  # one-shot jobs
             assert "healthcheck" in svc, name
-    assert "postgresql://" in str(services["mlflow"]["command"]) and "s3://" in str(
-        services["mlflow"]["command"]
-    )
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert "s3://" in str(services["mlflow"]["command"])
     assert (
         "postgresql+asyncpg://"
         in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
@@ -84,3 +83,47 @@ def test_compose_stack_is_complete_and_secret_free():
     example = (ROOT / "infra" / ".env.example").read_text(encoding="utf-8")
     needed = set(re.findall(r"\$\{(\w+)", text))
     assert needed <= {line.split("=")[0] for line in example.splitlines() if "=" in line}
+
+
+def test_compose_stack_is_authenticated_least_privilege_and_loopback_only():
+    """docs/security.md: no secret on a command line, root S3 keys only in MinIO and its bootstrap job, one S3
+    user per service, MLflow's auth app, Prefect's auth string, and only the two UIs published, on loopback."""
+    import json
+
+    from finmerge import stack
+
+    services = yaml.safe_load((ROOT / "infra" / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
+    for name, svc in services.items():
+        for key in ("command", "entrypoint"):
+            assert "${" not in str(svc.get(key, "")), (name, key)  # compose would write the value into it
+        root_keys = "MINIO_ROOT" in str(svc.get("environment", {}))
+        assert not root_keys or name in ("minio", "buckets"), name
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"mlflow", "prefect-server"}
+    assert all(p.startswith("${FINMERGE_BIND:-127.0.0.1}:") for ports in published.values() for p in ports)
+    assert "--app-name finmerge-auth" in services["mlflow"]["command"]
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"].startswith("${")
+    worker, mlflow = services["worker"]["environment"], services["mlflow"]["environment"]
+    assert worker["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    assert worker["MLFLOW_TRACKING_USERNAME"] == "pipeline"
+    assert (
+        worker["AWS_ACCESS_KEY_ID"] == "${WORKER_S3_ACCESS_KEY}"
+        and mlflow["AWS_ACCESS_KEY_ID"] == "${MLFLOW_S3_ACCESS_KEY}"
+    )
+    # the policies in infra/ are the ones the local stack enforces with moto
+    for file, bucket in (("worker-s3.json", "finmerge"), ("mlflow-s3.json", "mlflow")):
+        assert json.loads((ROOT / "infra" / "policies" / file).read_text()) == stack.bucket_policy(bucket)
+    ini = (ROOT / "infra" / "mlflow-auth.ini").read_text()
+    assert "default_permission = READ" in ini and "admin_password" not in ini
+
+
+def test_the_mlflow_auth_app_is_an_entry_point():
+    """`mlflow server --app-name finmerge-auth` finds it through this entry point (the stack tests start it)."""
+    import tomllib
+
+    from finmerge.authz import mlflow_app
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    target = doc["project"]["entry-points"]["mlflow.app"]["finmerge-auth"]
+    module, func = target.split(":")
+    assert importlib.import_module(module) is mlflow_app and callable(getattr(mlflow_app, func))

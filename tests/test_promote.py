@@ -107,7 +107,8 @@ def test_promote_reject_force_and_rollback_on_a_real_server(server_registry):
 
     # rollback swaps champion and previous
     back = rollback(name, tracking_uri=uri, registry=reg)
-    assert back == {"name": name, "champion": v1, "previous": v3}
+    v1_digest = client.get_model_version(name, v1).tags["finmerge.digest"]
+    assert back == {"name": name, "champion": v1, "previous": v3, "digest": v1_digest}  # v1's files verified
     assert client.get_model_version(name, v3).tags["finmerge.promotion.decision"] == "rolled back"
 
     # the CLI: a rejected promotion exits 3, --force promotes and says so

@@ -123,7 +123,11 @@ def stage_model(uri: str, staging_dir: str, allow_pickle: bool = False) -> Path:
     """A local folder holding the model at ``uri`` (S3 models are downloaded and verified once).
 
     Its ``config.json`` must parse. A pickle-only folder is refused (nothing opened) unless ``allow_pickle``;
-    then its weights are converted to safetensors in staging (see :func:`convert_pickle_folder`)."""
+    then its weights are converted to safetensors in staging (see :func:`convert_pickle_folder`). A
+    ``models:/<name>@<alias>`` (or ``/<version>``) URI is the registered version's folder, verified first
+    against the digest recorded at registration (:func:`finmerge.core.integrity.verify_folder`)."""
+    if uri.startswith("models:/"):
+        return stage_model(str(_verified_registered(uri, staging_dir)), staging_dir, allow_pickle)
     if storage.is_remote(uri):
         if storage.read_manifest(uri) is None:
             path = _download_plain(uri, staging_dir, allow_pickle)
@@ -139,6 +143,19 @@ def stage_model(uri: str, staging_dir: str, allow_pickle: bool = False) -> Path:
     if not allow_pickle:
         weight_files(path)  # raises the refusal, naming the files and the opt-in
     return convert_pickle_folder(path, staging_dir)
+
+
+def _verified_registered(uri: str, staging_dir: str) -> Path:
+    """The local folder of the version ``uri`` names, every file checked against its recorded digest (for an
+    S3 source: the staged copy, so the bytes checked are the bytes loaded)."""
+    from finmerge.config import TrackingConfig
+    from finmerge.core import integrity, tracking
+
+    mv = integrity.resolve_models_uri(uri, tracking.resolve_uri(TrackingConfig()))
+    digest = integrity.recorded_digest(mv)
+    folder = storage.stage_folder(mv.source, staging_dir)
+    integrity.verify_folder(str(folder), digest)
+    return folder
 
 
 def _has_safetensors(folder: Path) -> bool:

@@ -7,6 +7,12 @@ the current champion under ``registry.gates``; when every check passes the old c
 recorded as version tags (``finmerge.promotion.*``) and as a Markdown report (returned, and logged as
 an MLflow run artifact). :func:`rollback` swaps ``champion`` and ``previous``.
 
+Before an alias moves, the version it will point at is verified: every file of its folder against the digest
+recorded at registration (:func:`finmerge.core.integrity.verify_version`). A swapped, truncated, missing or
+added file raises :class:`~finmerge.core.integrity.IntegrityError` naming the file and both digests, and the
+registry is left as it was. The report and the ``finmerge.promotion.digest`` tag record the digest that was
+gated. The aliases move as the promoter account where one is configured (:mod:`finmerge.registry.aliases`).
+
 Both hold the model line's registry lock (:func:`finmerge.core.services.line_lock`, which the runner backs
 with a Prefect global concurrency limit of 1) for their read-check-set of the aliases, so racing promotions
 run one after the other and the line always ends with one champion and a ``previous`` that was champion
@@ -21,7 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from finmerge.config import PromotionGates, RegistryConfig
-from finmerge.core import services, tracking
+from finmerge.core import integrity, services, tracking
+from finmerge.registry import aliases
 
 EVAL = "eval."
 
@@ -109,12 +116,21 @@ def _fmt(x) -> str:
 
 
 def report_markdown(
-    name: str, candidate: str, champion: str | None, decision: str, checks: list[Check]
+    name: str,
+    candidate: str,
+    champion: str | None,
+    decision: str,
+    checks: list[Check],
+    digest: str | None = None,
+    verified: dict | None = None,
 ) -> str:
     lines = [
         f"# Promotion of {name} v{candidate}: **{decision}**",
         "",
         f"Champion before: {'v' + champion if champion else 'none'}",
+        "",
+        f"Candidate digest (registered, evaluated): `{digest or 'not recorded'}`"
+        + (f"; its {verified['files']} files verified before the alias moved" if verified else ""),
         "",
         "| check | candidate | champion | rule | result |",
         "|---|---:|---:|---|---|",
@@ -169,6 +185,7 @@ def promote(
     if not version:
         raise ValueError(f"{name}: no version given and no '{registry.new_alias}' alias to promote")
     champion = _alias_version(client, name, registry.champion_alias)
+    verified = None
     if champion == version:
         checks: list[Check] = []
         decision = "already champion"
@@ -179,17 +196,20 @@ def promote(
         passed = all(c.passed for c in checks)
         decision = "promoted" if passed else ("forced" if force else "rejected")
         if passed or force:
+            verified = integrity.verify_version(client, name, version)  # raises before anything moves
             if champion:
-                client.set_registered_model_alias(name, registry.previous_alias, champion)
+                aliases.set_protected(client, tracking_uri, name, registry.previous_alias, champion)
                 client.set_model_version_tag(name, champion, "finmerge.promotion.replaced_by", version)
-            client.set_registered_model_alias(name, registry.champion_alias, version)
-    report = report_markdown(name, version, champion, decision, checks)
+            aliases.set_protected(client, tracking_uri, name, registry.champion_alias, version)
+    digest = client.get_model_version(name, version).tags.get(integrity.DIGEST_TAG)
+    report = report_markdown(name, version, champion, decision, checks, digest, verified)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tags = {
         "finmerge.promotion.decision": decision,
         "finmerge.promotion.at": stamp,
         "finmerge.promotion.champion_before": champion or "",
         "finmerge.promotion.failed": ",".join(c.name for c in checks if not c.passed),
+        "finmerge.promotion.digest": digest or "",
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -208,6 +228,8 @@ def promote(
         "decision": decision,
         "champion_before": champion,
         "champion": _alias_version(client, name, registry.champion_alias),
+        "digest": digest,
+        "verified": verified,
         "checks": [asdict(c) for c in checks],
         "report": report,
     }
@@ -215,15 +237,17 @@ def promote(
 
 @_under_registry_lock
 def rollback(name: str, *, tracking_uri: str, registry: RegistryConfig) -> dict:
-    """Champion back to the ``previous`` alias; the version rolled back from takes ``previous``."""
+    """Champion back to the ``previous`` alias (its files verified first); the version rolled back from
+    takes ``previous``."""
     client = tracking.client(tracking_uri)
     previous = _alias_version(client, name, registry.previous_alias)
     current = _alias_version(client, name, registry.champion_alias)
     if previous is None:
         raise ValueError(f"{name}: no '{registry.previous_alias}' alias to roll back to")
-    client.set_registered_model_alias(name, registry.champion_alias, previous)
+    verified = integrity.verify_version(client, name, previous)  # raises before anything moves
+    aliases.set_protected(client, tracking_uri, name, registry.champion_alias, previous)
     if current is not None:
-        client.set_registered_model_alias(name, registry.previous_alias, current)
+        aliases.set_protected(client, tracking_uri, name, registry.previous_alias, current)
         client.set_model_version_tag(name, current, "finmerge.promotion.decision", "rolled back")
     client.set_model_version_tag(name, previous, "finmerge.promotion.restored_from", current or "")
-    return {"name": name, "champion": previous, "previous": current}
+    return {"name": name, "champion": previous, "previous": current, "digest": verified["digest"]}

@@ -11,6 +11,7 @@ import time
 
 from finmerge.config import sha256_json
 from finmerge.core import storage, tracking
+from finmerge.registry import aliases as aliases_mod
 
 
 def _find_version(client, name: str, digest: str):
@@ -90,7 +91,8 @@ def register_model(
         try:
             client.get_model_version_by_alias(name, bootstrap_alias.lower())
         except MlflowException:
-            client.set_registered_model_alias(name, bootstrap_alias.lower(), mv.version)
+            # the first champion of a line: a protected alias, moved as the promoter where one is configured
+            aliases_mod.set_protected(client, tracking_uri, name, bootstrap_alias.lower(), mv.version)
             set_aliases.append(bootstrap_alias.lower())
     current = client.get_registered_model(name).aliases or {}
     return {
