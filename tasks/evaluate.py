@@ -19,4 +19,5 @@ EVALUATE = Stage("evaluate", "evaluate",
                  {"model": "model", "harness": "files", "heldout": "file", "chat": "file", "general": "file"},
                  key_exclude=("harness_data", "heldout", "chat_questions", "general_questions"),
                  code=("finmerge.evaluate", "finmerge.models"),
-                 work=_work, retries=1, unkeyed=("label", "progress", "device"))  # fmt: skip
+                 work=_work, retries=1, unkeyed=("label", "progress", "device"),
+                 datasets=dict.fromkeys(("harness", "heldout", "chat", "general"), "evaluation"))  # fmt: skip

@@ -13,4 +13,5 @@ def _work(c: StageCall) -> dict:
 
 # a training job that died is retried: it resumes from its latest checkpoint
 PRETRAIN = Stage("pretrain", "pretrain", {"base": "model", "tokens": "model", "heldout": "file"},
-                 code=("finmerge.train", "finmerge.models"), work=_work, retry_on=(TrainingInterrupted,))  # fmt: skip
+                 code=("finmerge.train", "finmerge.models"), work=_work, retry_on=(TrainingInterrupted,),
+                 datasets={"tokens": "training", "heldout": "validation"})  # fmt: skip

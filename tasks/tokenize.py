@@ -12,4 +12,4 @@ def _work(c: StageCall) -> dict:
 # the corpus by its digest (a folder finmerge wrote) or listing; the base model by its tokenizer files alone
 TOKENIZE = Stage("tokenize", "tokenize", {"corpus": "model", "tokenizer": "tokenizer"},
                  code=("finmerge.train.tokenize", "finmerge.train.tokenpack", "finmerge.corpus.textio"),
-                 work=_work)  # fmt: skip
+                 work=_work, datasets={"corpus": "training"})  # fmt: skip

@@ -121,6 +121,12 @@ def test_sweep_command_merges_evaluates_and_chooses_on_validation_data(tmp_path,
     )
     stages = sorted(r.data.tags.get("finmerge.stage") for r in runs)
     assert stages == ["evaluate"] * 3 + ["merge"] * 3 + ["sweep"], stages
+    # each evaluation logged what it read as MLflow dataset inputs: the validation files, nothing else
+    for r in (r for r in runs if r.data.tags.get("finmerge.stage") == "evaluate"):
+        read = {d.dataset.name: json.loads(d.dataset.source)["uri"] for d in r.inputs.dataset_inputs}
+        assert read == {"harness": str(val / "harness"), "heldout": str(val / "heldout.jsonl")}, read
+        ctx = {t.value for d in r.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+        assert ctx == {"evaluation"}
     sweep_run = next(r for r in runs if r.data.tags.get("finmerge.stage") == "sweep")
     assert sweep_run.data.metrics["sweep/candidates"] == 3.0
 

@@ -64,10 +64,20 @@ class EdinetConfig(Section):
 class IngestConfig(Section):
     sources: list[str] = Field(
         default_factory=list,
-        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html, EDINET .zip). With the "
-        "demo on, these are read in addition to the demo filings.",
+        description="fsspec URIs or globs of raw documents (.jsonl, .txt, .html, EDINET .zip) and Hugging Face "
+        "datasets (save_to_disk folders, .parquet, .arrow). With the demo on, these are read in addition to "
+        "the demo filings.",
     )
-    text_field: str = "text"
+    text_field: str = Field(
+        "text", description="The text field of JSONL records and the text column of Hugging Face datasets."
+    )
+    metadata_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source column (JSONL field or dataset column) -> document field (doc_id, edinet_code, "
+        "company, filing_date, section) or meta key, e.g. {name: company, date: filing_date}. Columns not "
+        "named here keep their own name: schema fields by that name fill the schema, the rest go under meta.",
+    )
+    dataset_split: str = Field("train", description="The split read from a DatasetDict save_to_disk folder.")
     max_file_mb: int = Field(256, ge=1, description="Larger files (other than JSONL) are quarantined unread.")
     max_line_mb: int = Field(16, ge=1, description="Longer JSONL lines are quarantined; the rest is kept.")
     edinet: EdinetConfig = EdinetConfig()

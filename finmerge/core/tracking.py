@@ -347,6 +347,33 @@ class Run:
                     lambda d=dest: self.client.log_artifact(self.run_id, str(d), subdir),
                 )
 
+    def datasets(self, described: list[dict], context: str) -> None:
+        """Log datasets as the run's inputs (``mlflow.log_input``): ``described`` are dicts with ``name``,
+        ``digest``, ``source`` and, when known, ``mlflow_schema`` and ``num_rows``."""
+        if not described:
+            return
+        import json as _json
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.types import Schema
+
+        inputs = []
+        for d in described:
+            with warnings.catch_warnings():  # "resolved in multiple ways" for local paths: any of them will do
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(d["source"])
+            schema = Schema.from_json(_json.dumps(d["mlflow_schema"])) if d.get("mlflow_schema") else None
+            ds = MetaDataset(source=source, name=d["name"], digest=d["digest"][:36],
+                             schema=schema)  # fmt: skip
+            tags = [InputTag("mlflow.data.context", context)]
+            if d.get("num_rows") is not None:
+                tags.append(InputTag("num_rows", str(d["num_rows"])))
+            inputs.append(DatasetInput(ds._to_mlflow_entity(), tags))
+        self._call(f"log inputs of run {self.run_id}", lambda: self.client.log_inputs(self.run_id, inputs))
+
     def text(self, text: str, name: str) -> None:
         self._call(f"log {name} to run {self.run_id}", lambda: self.client.log_text(self.run_id, text, name))
 

@@ -38,6 +38,8 @@ Output folder:
 * ``chain.json``: ``[{"uri", "digest"}, …]`` of every dedup folder of the lineage, oldest first; the last
   entry is this folder itself (``digest`` null: it is not known while writing; read it from the manifest).
 * ``stats.json``: counts, config, LSH detection curve. Timings go to the manifest meta only.
+* ``data/train-NNNNN-of-MMMMM.parquet`` + ``README.md``: the kept records again, as a Hugging Face parquet
+  dataset with its dataset card (``finmerge/corpus/hf_export.py``); ``load_dataset(<folder>)`` reads it.
 
 Counts: ``candidate_pairs`` (LSH), ``verified_pairs`` (exact Jaccard computed; a pair already in one cluster
 is not checked again), ``confirmed_pairs`` (candidates whose two documents end in one cluster).
@@ -56,7 +58,7 @@ import numpy as np
 
 from finmerge.config import DedupConfig, ParallelConfig
 from finmerge.core import storage
-from finmerge.corpus import minhash
+from finmerge.corpus import hf_export, minhash
 from finmerge.corpus.dedup_index import (  # noqa: F401 - CHAIN, RETRACTED, iter_kept re-exported for callers
     CHAIN,
     RETRACTED,
@@ -318,6 +320,9 @@ def dedup(
         (out.path / "stats.json").write_text(
             json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8"
         )
+        digest, stage = hf_export.input_facts(in_uri, src)
+        facts = hf_export.CardFacts(counts, in_uri, digest, stage, chain[:-1], cfg.model_dump())
+        dataset_files = hf_export.write_dataset(out.path, out.path / storage.DOCS, len(written.kept), facts)
         seconds = time.perf_counter() - started
         chars = float(batch.chars.sum())
         out.meta["counts"] = counts
@@ -329,7 +334,8 @@ def dedup(
             "dedup/mchars_per_s": chars / seconds / 1e6 if seconds > 0 else 0.0,
         }
         out.meta["tables"] = {"dedup": [{"measure": m, "value": counts[name]} for m, name in TABLE_ROWS]}
-        out.meta["artifacts"] = ["stats.json"]
+        out.meta["artifacts"] = ["stats.json", hf_export.CARD]
+        out.meta["dataset"] = {"files": dataset_files, "rows": len(written.kept)}
     return out.result()
 
 

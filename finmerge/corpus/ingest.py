@@ -1,6 +1,8 @@
 """Ingest: raw documents (files, S3 prefixes, globs, EDINET) → section-level JSONL records, incrementally.
 
-Parsing of one file lives in ``finmerge/corpus/sources.py`` (formats, sections, metadata, what gets quarantined);
+Parsing of one file lives in ``finmerge/corpus/sources.py`` (formats, sections, metadata, what gets quarantined),
+of a Hugging Face dataset (a ``save_to_disk`` folder, ``.parquet`` / ``.arrow`` files) in
+``finmerge/corpus/hf_sources.py``;
 EDINET packages in ``finmerge/corpus/filings.py``; the EDINET API client in ``finmerge/corpus/edinet.py``. This module lists the
 sources, decides what is new, fans the parsing out (``corpus.parallel``) and writes the batch.
 
@@ -39,7 +41,10 @@ from pathlib import PurePosixPath
 from finmerge.config import EdinetConfig, IngestConfig, ParallelConfig
 from finmerge.core import storage
 from finmerge.core.parallel import map_ordered
+from finmerge.corpus import hf_sources
 from finmerge.corpus.sources import (  # noqa: F401 - re-exported for callers and tests
+    ALL_FORMATS,
+    DATASET_FOLDER,
     FORMATS,
     FileJob,
     filing_metadata,
@@ -61,33 +66,40 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
-def _version(info: dict) -> str:
-    """What changes when a file's content changes, without reading it (ETag on S3, mtime locally)."""
-    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
-        if info.get(key) is not None:
-            return str(info[key]).strip('"')
-    return ""
+_version = hf_sources.file_version
 
 
-def list_files(sources: list[str]) -> list[tuple[str, int, str]]:
-    """``(uri, size, version)`` of every file under ``sources`` (folders recursed, globs expanded), sorted per
-    source, without repeats; a source matching nothing is an error naming it."""
+def _found(fs, path: str, src: str) -> dict[str, dict]:
+    """path -> fsspec info of the files a source names (a glob's matching folders only when datasets)."""
+    if _is_glob(path):
+        found = {}
+        for p, info in fs.glob(path, detail=True).items():
+            if info.get("type") == "file":
+                found[p] = info
+            elif hf_sources.is_dataset_folder(fs, p):
+                found.update(fs.find(p, detail=True))
+        return found
+    if fs.isdir(path):
+        return fs.find(path, detail=True)
+    if fs.exists(path):
+        return {path: fs.info(path)}
+    raise storage.StorageError(f"{src}: no such file, folder or glob match")
+
+
+def list_files(sources: list[str]) -> list[tuple[str, int, str, str | None]]:
+    """``(uri, size, version, format)`` of every file under ``sources`` (folders recursed, globs expanded),
+    sorted per source, without repeats; a ``save_to_disk`` folder is one entry (format ``dataset``), a file of
+    no known format has format None; a source matching nothing is an error naming it."""
     seen, out = set(), []
     for src in sources:
         fs, path = storage.filesystem(src)
-        if _is_glob(path):
-            found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
-        elif fs.isdir(path):
-            found = fs.find(path, detail=True)
-        elif fs.exists(path):
-            found = {path: fs.info(path)}
-        else:
-            raise storage.StorageError(f"{src}: no such file, folder or glob match")
+        found, folders = hf_sources.collapse(_found(fs, path, src))
         for p in sorted(found):
             uri = f"{src.split('://', 1)[0]}://{p}" if storage.is_remote(src) else p
             if uri not in seen:
                 seen.add(uri)
-                out.append((uri, int(found[p].get("size") or 0), _version(found[p])))
+                fmt = DATASET_FOLDER if p in folders else FORMATS.get(PurePosixPath(p).suffix.lower())
+                out.append((uri, int(found[p].get("size") or 0), _version(found[p]), fmt))
     return out
 
 
@@ -153,11 +165,14 @@ def _shards(jobs: list[FileJob], size: int) -> Iterator[list[FileJob]]:
 
 
 def _no_input(
-    sources: list[str], files: list[tuple[str, int, str]], edinet_dir: str | None
+    sources: list[str], files: list[tuple[str, int, str, str | None]], edinet_dir: str | None
 ) -> EmptyInputError:
     """Sources that hold no input file: an error naming them, never an empty corpus."""
     if sources:
-        what = f"no input files in sources {sources} (known formats: {', '.join(FORMATS)})"
+        what = (
+            f"no input files in sources {sources} (known formats: {', '.join(FORMATS)} and "
+            "Hugging Face save_to_disk folders)"
+        )
     else:
         what = "no sources: give --input or set corpus.ingest.sources"
     if files:
@@ -167,11 +182,14 @@ def _no_input(
     return EmptyInputError(f"ingest: {what}")
 
 
+def _where(row: dict) -> str:
+    if row.get("row") is not None:
+        return f" row {row['row']}"
+    return "" if row["line"] is None else f" line {row['line']}"
+
+
 def _all_quarantined(sources: list[str], batch: _Batch, files: int) -> EmptyInputError:
-    shown = "; ".join(
-        f"{r['source']}{'' if r['line'] is None else ' line ' + str(r['line'])}: {r['reason']}"
-        for r in batch.examples
-    )
+    shown = "; ".join(f"{r['source']}{_where(r)}: {r['reason']}" for r in batch.examples)
     return EmptyInputError(
         f"ingest: 0 documents from sources {sources}: all {files} input file(s) quarantined "
         f"({batch.counts['quarantined']} quarantine row(s), e.g. {shown})"
@@ -235,9 +253,8 @@ def ingest(
 
     counts: Counter = Counter()
     jobs: list[FileJob] = []
-    bad_names: list[tuple[str, int, str]] = []  # files quarantined for their name alone, never read
-    for uri, size, version in files:
-        fmt = FORMATS.get(PurePosixPath(uri).suffix.lower())
+    bad_names: list[tuple[str, int, str, str]] = []  # files quarantined for their name alone, never read
+    for uri, size, version, fmt in files:
         if fmt is None:
             counts["skipped"] += 1  # _manifest.json, README, images, …
             continue
@@ -248,7 +265,7 @@ def ingest(
             counts["unchanged"] += 1
             continue
         if name != uri:
-            bad_names.append((name, size, version))
+            bad_names.append((name, size, version, fmt))
             continue
         jobs.append(
             FileJob(
@@ -260,9 +277,11 @@ def ingest(
                 max_line_bytes=max_line_mb << 20,
                 size=size,
                 edinet=edinet_meta.get(uri),
+                columns=dict(cfg.metadata_columns),
+                split=cfg.dataset_split,
             )
         )
-    versions = {uri: (size, version) for uri, size, version in files}
+    versions = {uri: (size, version, fmt) for uri, size, version, fmt in files}
     if counts["files"] == 0:
         raise _no_input(
             sources, files, edinet_download_uri if edinet is not None and edinet.enabled else None
@@ -273,9 +292,9 @@ def ingest(
     ) as out:
         batch = _Batch(out.path)
         try:
-            for name, size, version in bad_names:
+            for name, size, version, fmt in bad_names:
                 counts["new" if name not in manifest else "changed"] += 1
-                counts[f"files/{FORMATS[PurePosixPath(name).suffix.lower()]}"] += 1
+                counts[f"files/{fmt}"] += 1
                 reason = "file name is not valid UTF-8 (undecodable bytes shown as \\udcxx): rename the file"
                 batch.bad({"source": name, "line": None, "reason": reason})
                 manifest[name] = {
@@ -287,13 +306,12 @@ def ingest(
             for shard in results:
                 for res in shard:
                     old = manifest.get(res.uri)
-                    size, version = versions[res.uri]
+                    size, version, fmt = versions[res.uri]
                     if old is not None and res.sha256 is not None and old.get("sha256") == res.sha256:
                         manifest[res.uri] = {**old, "size": size, "version": version}  # touched, same bytes
                         counts["unchanged"] += 1
                         continue
                     counts["new" if old is None else "changed"] += 1
-                    fmt = FORMATS[PurePosixPath(res.uri).suffix.lower()]
                     counts[f"files/{fmt}"] += 1
                     for rec in res.records:
                         if old is not None:  # a new version of a file: its ids must not collide with the old
@@ -333,8 +351,8 @@ def ingest(
             "quarantined": batch.counts["quarantined"],
             "skipped": counts["skipped"],
             "manifest_files": len(manifest),
-            **{f"files/{f}": counts[f"files/{f}"] for f in sorted(set(FORMATS.values()))},
-            **{f"docs/{f}": batch.counts[f"docs/{f}"] for f in sorted(set(FORMATS.values()))},
+            **{f"files/{f}": counts[f"files/{f}"] for f in ALL_FORMATS},
+            **{f"docs/{f}": batch.counts[f"docs/{f}"] for f in ALL_FORMATS},
             **{f"edinet/{k}": v for k, v in sorted(fetched["counts"].items())},
         }
         stats = {

@@ -29,7 +29,18 @@ from pathlib import PurePosixPath
 from finmerge.core import storage
 from finmerge.corpus.textio import DecodeError, decode, html_to_text
 
-FORMATS = {".jsonl": "jsonl", ".txt": "text", ".html": "html", ".htm": "html", ".zip": "edinet"}
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".txt": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".zip": "edinet",
+    ".parquet": "parquet",  # Hugging Face datasets files, read row by row (finmerge/corpus/hf_sources.py)
+    ".arrow": "arrow",
+}
+DATASET_FOLDER = "dataset"  # a ``save_to_disk`` folder: one source, listed by its root (not by extension)
+DATASET_FORMATS = ("parquet", "arrow", DATASET_FOLDER)
+ALL_FORMATS = tuple(sorted({*FORMATS.values(), DATASET_FOLDER}))
 SCHEMA_META = ("doc_id", "edinet_code", "company", "filing_date", "section")
 # A heading line: optional 第…部 / 第１ / ３ / (3) prefix, then 【…】 and nothing else.
 # Patterns never put two unbounded whitespace runs side by side (or let one cross lines under re.M): that
@@ -151,6 +162,8 @@ class FileJob:
     max_line_bytes: int = 16 << 20
     size: int | None = None
     edinet: dict | None = None  # the EDINET list-API record of this package, when the connector fetched it
+    columns: dict[str, str] = field(default_factory=dict)  # source column -> schema field or meta key
+    split: str = "train"  # the split read from a DatasetDict folder
 
 
 @dataclass
@@ -168,8 +181,11 @@ class _Out:
         self.records: list[dict] = []
         self.quarantine: list[dict] = []
 
-    def bad(self, line: int | None, reason: str) -> None:
-        self.quarantine.append({"source": self.uri, "line": line, "reason": reason})
+    def bad(self, line: int | None, reason: str, row: int | None = None) -> None:
+        entry = {"source": self.uri, "line": line, "reason": reason}
+        if row is not None:  # a dataset row (0-based, as ``dataset[row]``) rather than a file line
+            entry["row"] = row
+        self.quarantine.append(entry)
 
 
 def _jsonl_lines(fh, limit: int, h):
@@ -206,6 +222,30 @@ def _meta_text(value: object) -> str | None:
         return None
 
 
+def map_fields(obj: dict, text_field: str, columns: dict[str, str]) -> tuple[dict, dict]:
+    """(schema metadata, extra) of a JSONL object or dataset row: a column goes to the schema field or meta key
+    ``columns`` names (else to its own name); schema fields as text, any other column kept under meta. A
+    source's own ``id`` is kept as ``source_id`` (the record id is ours). Explicitly mapped columns win over
+    columns that already bear the target's name."""
+    meta: dict = dict.fromkeys(SCHEMA_META)
+    extra: dict = {}
+    source_id = obj.get("id", _MISSING)
+    for key in sorted(obj, key=lambda k: k in columns):  # mapped columns last, so they win
+        target = columns.get(key, key)
+        if key == text_field or (key == "id" and key not in columns):
+            continue
+        if target in SCHEMA_META:
+            meta[target] = _meta_text(obj[key])
+        else:
+            extra[target] = obj[key]
+    if source_id is not _MISSING and "id" not in columns:
+        extra["source_id"] = source_id
+    return meta, extra
+
+
+_MISSING = object()
+
+
 def _parse_jsonl(fh, job: FileJob, out: _Out, h) -> None:
     stem = PurePosixPath(job.uri).stem
     per_doc: Counter = Counter()
@@ -235,10 +275,7 @@ def _parse_jsonl(fh, job: FileJob, out: _Out, h) -> None:
         if not text.strip():
             out.bad(lineno, "empty text")
             continue
-        meta = {k: _meta_text(obj.get(k)) for k in SCHEMA_META}
-        extra = {k: v for k, v in obj.items() if k not in SCHEMA_META and k not in (job.text_field, "id")}
-        if "id" in obj:
-            extra["source_id"] = obj["id"]
+        meta, extra = map_fields(obj, job.text_field, job.columns)
         doc_id = meta["doc_id"]
         ordinal = 0 if doc_id is None else per_doc[doc_id]
         try:
@@ -303,9 +340,14 @@ def parse_file(job: FileJob) -> FileResult:
     storage.configure(job.endpoint_url)
     out = _Out(job.uri)
     h = hashlib.sha256()
-    if job.size is not None and job.size > job.max_file_bytes and job.fmt != "jsonl":
+    if job.size is not None and job.size > job.max_file_bytes and job.fmt not in ("jsonl", *DATASET_FORMATS):
         out.bad(None, f"file too large: {job.size} bytes > {job.max_file_bytes}")
         return FileResult(job.uri, None, job.size, [], out.quarantine)
+    if job.fmt in DATASET_FORMATS:
+        from finmerge.corpus.hf_sources import parse_dataset
+
+        size = parse_dataset(job, out, h)
+        return FileResult(job.uri, h.hexdigest(), size, out.records, out.quarantine)
     fs, path = storage.filesystem(job.uri)
     with fs.open(path, "rb") as fh:
         if job.fmt == "jsonl":

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from finmerge import __version__
 from finmerge.config import PipelineConfig, config_hash, sha256_json
 from finmerge.core import storage, tracking
+from finmerge.runner import lineage
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class Stage:
     # the part of the section that shapes the output (default: all of it)
     key_fields: tuple[str, ...] | None = None
     key_exclude: tuple[str, ...] = ()
+    # inputs that are datasets, logged as the run's MLflow inputs with this context ("training", "evaluation")
+    datasets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def section_of(self, cfg: PipelineConfig) -> BaseModel:
         return _field(cfg, self.section)
@@ -230,6 +233,7 @@ class Planned:
     key: str
     label: str
     explicit_out: bool = False  # the caller chose the folder: it is written, never taken as a cache hit
+    digests: dict[str, Any] = dataclasses.field(default_factory=dict)  # the inputs' fingerprints
 
     @property
     def out_uri(self) -> str:
@@ -268,7 +272,7 @@ def plan(
         overwrite=overwrite,
         options=options,
     )
-    return Planned(stage, call, key, label or stage.name, explicit_out=bool(out))
+    return Planned(stage, call, key, label or stage.name, explicit_out=bool(out), digests=digests)
 
 
 def _field(cfg: PipelineConfig, dotted: str) -> Any:
@@ -336,6 +340,7 @@ def record_cache_hit(p: Planned, ctx: RunContext, result: dict) -> dict:
     )
     run.params(_params(p))
     run.metrics(result.get("metrics", {}))
+    lineage.log_datasets(p, run)
     run.end()
     return {**result, "mlflow_run_id": run.run_id, "cache": "hit"}
 
@@ -386,6 +391,7 @@ def execute(p: Planned, ctx: RunContext, on_tables: Callable[[str, dict], None] 
     run = stage_run.get()
     run.metrics(result.get("metrics", {}))
     run.artifact_files(p.out_uri, result.get("artifacts", []))
+    lineage.log_datasets(p, run)
     if on_tables is not None:
         on_tables(p.stage.name, result.get("tables") or {})
     run.tags({"finmerge.digest": result["digest"]})
