@@ -297,6 +297,11 @@ def cmd_promote(args) -> int:
     from finmerge.registry.promote import promote
 
     cfg = _config(args)
+    if cfg.registry.require_approval and not args.force:
+        raise ConfigError(
+            "registry.require_approval is on: promote through the promote deployment, which pauses for a "
+            "reviewer in the Prefect UI (or pass --force to decide yourself, recorded as forced)"
+        )
     uri, exp = tracking.ensure_experiment(cfg.tracking)
     res = promote(
         args.name or cfg.registry.merged_name,

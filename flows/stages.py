@@ -54,13 +54,14 @@ def evaluate_flow(config: PipelineConfig, model: str, out: str | None = None, la
 def promote_flow(
     config: PipelineConfig, name: str | None = None, version: str | None = None, force: bool = False
 ) -> dict:
-    """Gate a version (default: the challenger) against the champion; see ``finmerge/registry/promote.py``."""
+    """Gate a version (default: the challenger) against the champion; see ``finmerge/registry/promote.py``.
+    With ``registry.require_approval`` the run pauses for a person's decision (a form in the Prefect UI)."""
     from prefect.artifacts import create_markdown_artifact
 
-    from tasks.promote import promote_task
+    from tasks.promote import gated_promotion
 
     uri, exp = tracking.ensure_experiment(config.tracking)
-    res = promote_task(
+    res = gated_promotion(
         name or config.registry.merged_name,
         tracking_uri=uri,
         registry=config.registry,

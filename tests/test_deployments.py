@@ -140,6 +140,49 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
             )
             assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
 
+            # with registry.require_approval a passing challenger waits for a person: the run pauses with a
+            # typed form; approving moves the alias, rejecting or not answering in time leaves it
+            asked = cfg.model_copy(
+                update={"registry": cfg.registry.model_copy(update={"require_approval": True})}
+            )
+            for answer in ({"approve": True, "reviewer": "alice", "comment": "looks right"},
+                           {"approve": False, "reviewer": "bob", "comment": "wait for Q3"}, None):  # fmt: skip
+                version = _register_better(tmp_path, uri, exp)
+                reg = (
+                    asked.registry.model_copy(update={"approval_timeout_s": 3})
+                    if answer is None
+                    else asked.registry
+                )
+                params = {"config": asked.model_copy(update={"registry": reg}).model_dump(mode="json")}
+                paused = run_deployment("finmerge-promote/promote", parameters=params, timeout=0)
+                if answer is not None:
+                    assert anyio.run(_wait_for_state, paused.id, "PAUSED", 120), (
+                        tmp_path / "serve.log"
+                    ).read_text()[-3000:]
+                    champion = str(tracking.client(uri).get_registered_model("fm-deploy").aliases["champion"])
+                    assert champion == str(int(version) - 1)  # gates passed, but nothing moved yet
+                    gates = anyio.run(_artifact_markdown, paused.id, "promote-fm-deploy-gates")
+                    assert f"fm-deploy v{version}: **awaiting approval**" in gates, gates
+                    anyio.run(_resume, paused.id, answer)
+                final = anyio.run(_wait_until_final, paused.id, 120)
+                assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-3000:])
+                tags = tracking.client(uri).get_model_version("fm-deploy", version).tags
+                aliases = tracking.client(uri).get_registered_model("fm-deploy").aliases
+                if answer and answer["approve"]:
+                    assert (
+                        str(aliases["champion"]) == version
+                        and tags["finmerge.promotion.decision"] == "promoted"
+                    )
+                    assert (tags["finmerge.approval.reviewer"], tags["finmerge.approval.comment"]) == (
+                        "alice",
+                        "looks right",
+                    )
+                else:
+                    assert str(aliases["champion"]) == str(int(version) - 1 if answer else int(version) - 2)
+                    want = "rejected by reviewer" if answer else "approval timed out"
+                    assert tags["finmerge.promotion.decision"] == want
+                    assert tags["finmerge.approval.reviewer"] == (answer["reviewer"] if answer else "timeout")
+
             # retraining: a weekday-evening schedule (Tokyo), one run at a time per deployment
             sched = found["retrain"].schedules[0].schedule
             assert (sched.cron, sched.timezone) == ("0 19 * * 1-5", "Asia/Tokyo")
@@ -204,7 +247,8 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
     cpt = client.get_model_version("fm-event-cpt", "1")
     assert merged.tags["finmerge.parent.cpt"] == "fm-event-cpt/1" and cpt.tags["finmerge.corpus_digest"]
     aliases = client.get_registered_model("fm-deploy").aliases
-    assert str(aliases["champion"]) == "2" and str(aliases["previous"]) == "1"
+    # v2 promoted by the gates; v3 approved by a person; v4 rejected by one; v5 not answered in time
+    assert str(aliases["champion"]) == "3" and str(aliases["previous"]) == "2"
     assert client.get_model_version("fm-deploy", "2").tags["finmerge.promotion.decision"] == "promoted"
     # the merge stage's MLflow runs: the pipeline's (a child of its pipeline run), then a cache hit each from
     # the CLI and from the deployment (top-level runs), all on one folder, which is the only merge folder
@@ -221,6 +265,39 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
         r.info.status == "FINISHED" and r.data.params["alpha"] == runs[0].data.params["alpha"] for r in runs
     )
     assert [p.name for p in (tmp_path / "store" / "merge").iterdir()] == [Path(folder).name]
+
+
+def _register_better(tmp_path, uri: str, exp: str) -> str:
+    """A new challenger of fm-deploy, better than every version before it; returns its version."""
+    client = tracking.client(uri)
+    n = len(client.search_model_versions("name='fm-deploy'")) + 1
+    metrics = {**GOOD, "eval.harness/fp2/acc": 0.4 + 0.05 * n, "eval.ppl": 20.0 - n}
+    reg = register_model("fm-deploy", str(tiny_model(tmp_path / f"m{n}", seed=n)), tracking_uri=uri,
+                         experiment_id=exp, metrics=metrics, aliases=("challenger",))  # fmt: skip
+    return str(reg["version"])
+
+
+async def _wait_for_state(flow_run_id, state: str, timeout: float) -> bool:
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state and run.state.type.value == state:
+                return True
+            await anyio.sleep(1)
+    return False
+
+
+async def _resume(flow_run_id, answer: dict) -> None:
+    """What the UI's Resume form sends: the typed input."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        result = await client.resume_flow_run(flow_run_id, run_input=answer)
+        assert result.status.value == "ACCEPT", result
 
 
 async def _wait_for_run(deployment_id, timeout: float):

@@ -161,3 +161,12 @@ def test_racing_promotions_leave_one_champion_and_a_consistent_chain(server_regi
         chain.append(nxt)
         v = nxt
     assert chain[-1] == aliases["champion"] and len(chain) == 1 + len(promoted)
+
+
+def test_cli_promote_refuses_when_a_person_must_approve(capsys):
+    from finmerge.cli import main
+
+    # the CLI cannot wait for a reviewer: it says where approval happens instead of promoting silently
+    assert main(["promote", "--set", "registry.require_approval=true"]) == 2
+    err = capsys.readouterr().err
+    assert "require_approval is on" in err and "Prefect UI" in err and "Traceback" not in err

@@ -76,6 +76,14 @@ class RegistryConfig(Section):
     )
     bootstrap_champion: bool = Field(True, description="Make the first merged version champion.")
     gates: PromotionGates = PromotionGates()
+    require_approval: bool = Field(
+        False,
+        description="A version that passes the gates waits for a person: the promote step publishes the gate "
+        "report and pauses its flow run for typed input (approve / reject, reviewer, comment) in the Prefect UI.",
+    )
+    approval_timeout_s: int = Field(
+        86_400, ge=1, description="Seconds the paused promotion waits for an answer; then it is rejected."
+    )
 
     @field_validator("new_alias", "champion_alias", "previous_alias")
     @classmethod

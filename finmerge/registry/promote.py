@@ -1,9 +1,9 @@
 """Promotion through the MLflow registry: challenger → champion only through the gates, and rollback.
 
-Each registered version carries its evaluation metrics on the run it was registered from (``eval.*``,
-written by the pipeline). :func:`promote` compares the candidate (default: the ``challenger`` alias) with
-the current champion under ``registry.gates``; when every check passes the old champion keeps the
-``previous`` alias and the candidate becomes ``champion``. Whatever the outcome, the decision is
+Each registered version carries its evaluation metrics (``eval.*``, written by the pipeline) as the metrics
+of its MLflow LoggedModel (older versions: on the run it was registered from). :func:`promote` compares the
+candidate (default: the ``challenger`` alias) with the current champion under ``registry.gates``; when every
+check passes the old champion keeps the ``previous`` alias and the candidate becomes ``champion``. Whatever the outcome, the decision is
 recorded as version tags (``finmerge.promotion.*``) and as a Markdown report (returned, and logged as
 an MLflow run artifact). :func:`rollback` swaps ``champion`` and ``previous``.
 
@@ -43,10 +43,35 @@ class Check:
     reason: str = ""
 
 
+def _logged_model_metrics(client, model_id: str | None) -> dict[str, float]:
+    """The LoggedModel's metrics, the latest value of each key (none when it has none or is gone)."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_id:
+        return {}
+    try:
+        logged = client.get_logged_model(model_id)
+    except MlflowException:
+        return {}
+    latest: dict[str, tuple[int, float]] = {}
+    for m in sorted(logged.metrics or [], key=lambda m: (m.timestamp, m.step)):
+        latest[m.key] = (m.timestamp, float(m.value))
+    return {k: v for k, (_, v) in latest.items()}
+
+
+def _legacy_metrics(client, mv) -> dict[str, float]:
+    """Versions registered before LoggedModels: the register run's metrics, else the ``metric.*`` tags."""
+    metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    if not any(k.startswith(EVAL) for k in metrics):
+        metrics = {k[len("metric.") :]: float(v) for k, v in (mv.tags or {}).items() if k.startswith("metric.")}
+    return metrics
+
+
 def version_metrics(client, name: str, version: str) -> dict[str, float]:
-    """The ``eval.*`` metrics a version was registered with (prefix stripped)."""
+    """The ``eval.*`` metrics a version was registered with (prefix stripped): its LoggedModel's metrics,
+    the ones the registry UI shows; for older versions the register run's metrics or ``metric.*`` tags."""
     mv = client.get_model_version(name, version)
-    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    metrics = _logged_model_metrics(client, getattr(mv, "model_id", None)) or _legacy_metrics(client, mv)
     return {k[len(EVAL) :]: float(v) for k, v in metrics.items() if k.startswith(EVAL)}
 
 
@@ -166,6 +191,27 @@ def _under_registry_lock(fn):
     return locked
 
 
+AWAITING = "awaiting approval"
+
+
+def approval_markdown(approval: dict) -> str:
+    verdict = "approved" if approval.get("approve") else "rejected"
+    comment = f": {approval['comment']}" if approval.get("comment") else ""
+    return f"\nReview: **{verdict}** by {approval.get('reviewer') or 'unknown'}{comment}\n"
+
+
+def approval_tags(approval: dict | None) -> dict[str, str]:
+    if approval is None:
+        return {}
+    return {
+        "finmerge.approval.decision": "approved"
+        if approval.get("approve")
+        else ("timed out" if approval.get("timed_out") else "rejected"),
+        "finmerge.approval.reviewer": str(approval.get("reviewer") or ""),
+        "finmerge.approval.comment": str(approval.get("comment") or "")[:5000],
+    }
+
+
 @_under_registry_lock
 def promote(
     name: str,
@@ -175,10 +221,15 @@ def promote(
     version: str | None = None,
     experiment_id: str | None = None,
     force: bool = False,
+    approval: dict | None = None,
+    await_approval: bool = False,
 ) -> dict:
     """Gate ``version`` (default: the new-version alias) against the champion and promote it if it passes.
 
-    ``force`` promotes despite failed checks (recorded as such). Returns the decision, checks and report.
+    ``force`` promotes despite failed checks (recorded as such). With ``await_approval`` a version that
+    passes is left where it is (decision "awaiting approval"); the same call again with ``approval``
+    (``{"approve", "reviewer", "comment"}``, see :mod:`finmerge.registry.approval`) moves the alias only
+    if a person approved. Returns the decision, checks and report.
     """
     client = tracking.client(tracking_uri)
     version = str(version or _alias_version(client, name, registry.new_alias) or "")
@@ -195,7 +246,11 @@ def promote(
         checks = check_gates(cand, champ, registry.gates)
         passed = all(c.passed for c in checks)
         decision = "promoted" if passed else ("forced" if force else "rejected")
-        if passed or force:
+        if passed and await_approval:
+            decision = AWAITING
+        elif passed and approval is not None and not approval.get("approve"):
+            decision = "approval timed out" if approval.get("timed_out") else "rejected by reviewer"
+        if decision in ("promoted", "forced"):
             verified = integrity.verify_version(client, name, version)  # raises before anything moves
             if champion:
                 aliases.set_protected(client, tracking_uri, name, registry.previous_alias, champion)
@@ -203,6 +258,8 @@ def promote(
             aliases.set_protected(client, tracking_uri, name, registry.champion_alias, version)
     digest = client.get_model_version(name, version).tags.get(integrity.DIGEST_TAG)
     report = report_markdown(name, version, champion, decision, checks, digest, verified)
+    if approval is not None:
+        report += approval_markdown(approval)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tags = {
         "finmerge.promotion.decision": decision,
@@ -210,6 +267,7 @@ def promote(
         "finmerge.promotion.champion_before": champion or "",
         "finmerge.promotion.failed": ",".join(c.name for c in checks if not c.passed),
         "finmerge.promotion.digest": digest or "",
+        **approval_tags(approval),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
