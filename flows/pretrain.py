@@ -74,8 +74,9 @@ def run_pretrain(
         common = {"tracking_uri": ctx.tracking_uri, "experiment_id": ctx.experiment_id_()}
         direct = lambda _label, *args, **kwargs: register_model(*args, **kwargs)  # noqa: E731
         result["registered"] = register_cpt(
-            direct, cfg.registry.cpt_name, result, tags, result.get("metrics", {}), common
-        )
+            direct, cfg.registry.cpt_name, result, tags, result.get("metrics", {}), common,
+            params={"pretrain": cfg.pretrain.model_dump(mode="json")},
+        )  # fmt: skip
     return result
 
 

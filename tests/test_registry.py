@@ -1,3 +1,5 @@
+import os
+
 import mlflow
 import pytest
 import torch
@@ -11,8 +13,16 @@ from tests.helpers import tiny_model
 
 @pytest.fixture()
 def sqlite_tracking(tmp_path):
+    """A SQLite tracking store, also the stock ``mlflow`` module's for this test only (its global URI would
+    otherwise leak into later tests)."""
     cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=(tmp_path / "art").as_uri())
-    return tracking.ensure_experiment(cfg)
+    uri, exp = tracking.ensure_experiment(cfg)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    yield uri, exp
+    mlflow.set_tracking_uri(None)
+    if env is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def test_register_is_idempotent_and_bootstraps_champion(tmp_path, sqlite_tracking):
@@ -40,12 +50,15 @@ def test_register_is_idempotent_and_bootstraps_champion(tmp_path, sqlite_trackin
 
     client = tracking.client(uri)
     v1 = client.get_model_version("fm-test", "1")
-    assert v1.tags["metric.eval.ppl"] == "12.5" and "aws_secret_access_key" not in v1.tags
+    assert "aws_secret_access_key" not in v1.tags
+    # the metrics are the version's LoggedModel's metrics (not string tags), which the gates read too
+    logged = client.get_logged_model(r1["model_id"])
+    assert {m.key: m.value for m in logged.metrics} == {"eval.ppl": 12.5}
+    assert v1.tags["finmerge.model_id"] == r1["model_id"] and "LEAK" not in repr(logged.tags)
     assert v1.tags["finmerge.digest"] == storage.read_manifest(str(m1))["digest"]
     assert "LEAK" not in repr(v1.tags)
 
     # a stock MLflow client resolves the alias to a folder transformers loads, with the same weights
-    mlflow.set_tracking_uri(uri)
     local = mlflow.artifacts.download_artifacts("models:/fm-test@champion", dst_path=str(tmp_path / "dl"))
     got = modelio.load_causal_lm(local)
     want = modelio.load_causal_lm(m1)

@@ -16,7 +16,9 @@ import hashlib
 from finmerge.core import storage
 
 DIGEST_TAG = "finmerge.digest"
-HARMLESS = {storage.MANIFEST, storage.WRITING}  # written by finmerge beside the files, not part of the model
+# written beside the files by finmerge (manifest, upload marker) or by stock MLflow loading a local-path
+# version (registered_model_meta): not part of the model
+HARMLESS = {storage.MANIFEST, storage.WRITING, storage.MLFLOW_LOAD_META}
 
 
 class IntegrityError(storage.StorageError):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from finmerge.core.storage import (
     MANIFEST,
+    MLFLOW_LOAD_META,
     WRITING,
     NoSpaceError,
     StorageError,
@@ -304,7 +305,11 @@ def _occupant(uri: str, stage: str) -> str | None:
     found = stage_of(manifest)
     if found != stage:
         return f"a finmerge {found or 'unknown-stage'} output, not a {stage} output"
-    foreign = [n for n in names if n not in (MANIFEST, WRITING) and n not in manifest.get("files", {})]
+    foreign = [
+        n
+        for n in names
+        if n not in (MANIFEST, WRITING, MLFLOW_LOAD_META) and n not in manifest.get("files", {})
+    ]
     if foreign:
         return f"a finmerge {stage} output plus {_describe(foreign)} that finmerge did not write"
     return None

@@ -41,6 +41,9 @@ MANIFEST = "_manifest.json"
 # Written first and removed last by a remote commit: a prefix holding it but no manifest is a finmerge
 # output whose upload was interrupted (S3 has no rename), which the next commit of the same stage may replace.
 WRITING = "_writing.json"
+# Stock MLflow writes this beside a registered local-path model when it loads it (which version it is): not
+# finmerge's, never a model file, and no reason to refuse or distrust the folder.
+MLFLOW_LOAD_META = "registered_model_meta"
 log = logging.getLogger(__name__)
 
 

@@ -362,7 +362,9 @@ class Run:
 
         inputs = []
         for d in described:
-            with warnings.catch_warnings():  # "resolved in multiple ways" for local paths: any of them will do
+            with (
+                warnings.catch_warnings()
+            ):  # "resolved in multiple ways" for local paths: any of them will do
                 warnings.simplefilter("ignore")
                 source = resolve_dataset_source(d["source"])
             schema = Schema.from_json(_json.dumps(d["mlflow_schema"])) if d.get("mlflow_schema") else None

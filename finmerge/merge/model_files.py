@@ -12,6 +12,7 @@ import torch
 
 from finmerge.merge.stream import MergeError, dtype_name
 from finmerge.merge.triplet import Triplet
+from finmerge.models.mlflow_model import write_mlflow_model
 
 # Tokenizer files taken from the domain model (it may extend the vocab); chat templates come from instruct.
 TOKENIZER_FILES = (
@@ -61,7 +62,8 @@ def _copy_matching(src: Path, dst: Path, names, patterns) -> list[str]:
 
 
 def write_model_files(tri: Triplet, out: Path, out_dtype: torch.dtype, trust_remote_code: bool) -> list[str]:
-    """config.json, generation config, tokenizer (domain) + chat template (instruct), custom code."""
+    """config.json, generation config, tokenizer (domain) + chat template (instruct), custom code, and the
+    MLflow model files that make the folder loadable by stock MLflow (:mod:`finmerge.models.mlflow_model`)."""
     warnings: list[str] = []
     inst, dom = tri.instruct.folder, tri.domain.folder
 
@@ -110,4 +112,6 @@ def write_model_files(tri: Triplet, out: Path, out_dtype: torch.dtype, trust_rem
         warnings.append("instruct model has no chat template; the merged model has none")
     if not (out / "tokenizer_config.json").exists() and not (out / "tokenizer.json").exists():
         warnings.append("domain model has no tokenizer files")
+    if not write_mlflow_model(out):  # last: it copies the tokenizer and chat template written above
+        warnings.append("no tokenizer: the folder is not an MLflow model")
     return warnings

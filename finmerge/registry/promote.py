@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from finmerge.config import PromotionGates, RegistryConfig
 from finmerge.core import integrity, services, tracking
 from finmerge.registry import aliases
+from finmerge.registry.register import version_model_id
 
 EVAL = "eval."
 
@@ -63,7 +64,9 @@ def _legacy_metrics(client, mv) -> dict[str, float]:
     """Versions registered before LoggedModels: the register run's metrics, else the ``metric.*`` tags."""
     metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
     if not any(k.startswith(EVAL) for k in metrics):
-        metrics = {k[len("metric.") :]: float(v) for k, v in (mv.tags or {}).items() if k.startswith("metric.")}
+        metrics = {
+            k[len("metric.") :]: float(v) for k, v in (mv.tags or {}).items() if k.startswith("metric.")
+        }
     return metrics
 
 
@@ -71,7 +74,7 @@ def version_metrics(client, name: str, version: str) -> dict[str, float]:
     """The ``eval.*`` metrics a version was registered with (prefix stripped): its LoggedModel's metrics,
     the ones the registry UI shows; for older versions the register run's metrics or ``metric.*`` tags."""
     mv = client.get_model_version(name, version)
-    metrics = _logged_model_metrics(client, getattr(mv, "model_id", None)) or _legacy_metrics(client, mv)
+    metrics = _logged_model_metrics(client, version_model_id(mv)) or _legacy_metrics(client, mv)
     return {k[len(EVAL) :]: float(v) for k, v in metrics.items() if k.startswith(EVAL)}
 
 

@@ -26,6 +26,7 @@ from finmerge.core import storage
 from finmerge.core.plots import plot_curves
 from finmerge.models import loading as modelio
 from finmerge.models.card import model_card
+from finmerge.models.mlflow_model import write_mlflow_model
 from finmerge.train.checkpoint import CheckpointStore
 from finmerge.train.loop import (  # re-exported: the demo builder and tests train through this module
     BlockData,
@@ -233,9 +234,10 @@ def train_here(job: TrainJob, on_log: LogFn | None = None) -> dict:
         else None
     )
 
-    def save_hf(folder: Path, state_dict: dict) -> None:
+    def save_hf(folder: Path, state_dict: dict) -> None:  # the cpt folder and each checkpoint
         model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(folder))
+        write_mlflow_model(folder)  # an MLflow model in place: registrable and servable by stock MLflow
 
     result = train_loop(
         model,
