@@ -129,6 +129,20 @@ def test_sweep_command_merges_evaluates_and_chooses_on_validation_data(tmp_path,
         assert ctx == {"evaluation"}
     sweep_run = next(r for r in runs if r.data.tags.get("finmerge.stage") == "sweep")
     assert sweep_run.data.metrics["sweep/candidates"] == 3.0
+    # every candidate is a LoggedModel of the sweep's run: its coefficients and validation scores comparable in
+    # the MLflow UI like registered models
+    exp_ids = [e.experiment_id for e in mlflow.MlflowClient(db).search_experiments()]
+    mlflow.set_tracking_uri(db)
+    try:
+        logged = mlflow.search_logged_models(experiment_ids=exp_ids, output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    names = sorted(f"sweep-task_arithmetic-a{a}-b1" for a in ("0", "0p5", "1"))  # no '.' in MLflow names
+    assert sorted(m.name for m in logged) == names
+    assert all(m.source_run_id == sweep_run.info.run_id and m.model_type == "sweep-candidate" for m in logged)
+    assert {m.name: {x.key: x.value for x in m.metrics}["validation.ppl"] for m in logged}[
+        "sweep-" + out["chosen"].replace(".", "p")
+    ] == min(ppl.values())
 
     # α = β = 1 is the plain merge: `finmerge merge` finds the candidate's folder complete
     assert main(["merge", *triplet, *common]) == 0
