@@ -47,15 +47,23 @@ def chromium() -> str:
     sys.exit("no chromium on PATH: apt-get install chromium (or run `make screenshots`)")
 
 
-def shoot_all(prefect_ui: str, mlflow_ui: str) -> None:
-    """Drive headless Chromium with Playwright: wait for the content, close side panels, save PNGs."""
+def shoot_all(
+    prefect_ui: str, mlflow_ui: str, viewer: tuple[str, str] | None = None, prefect_auth: str | None = None
+) -> None:
+    """Drive headless Chromium with Playwright: wait for the content, close side panels, save PNGs. The stack
+    asks for logins (docs/security.md): MLflow's basic auth as the read-only ``viewer``, Prefect's auth
+    string on its login page."""
     from playwright.sync_api import sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS[1:])
-        page = browser.new_page(viewport={"width": 1440, "height": 960}, device_scale_factor=1)
+        creds = {"http_credentials": {"username": viewer[0], "password": viewer[1]}} if viewer else {}
+        context = browser.new_context(viewport={"width": 1440, "height": 960}, device_scale_factor=1, **creds)
+        page = context.new_page()
         try:
+            if prefect_auth:
+                _prefect_login(page, prefect_ui, prefect_auth)
             page.goto(f"{prefect_ui}/deployments")
             page.get_by_text("retrain-on-event").first.wait_for(timeout=60_000)
             _save(page, "prefect-deployments.png")
@@ -68,6 +76,16 @@ def shoot_all(prefect_ui: str, mlflow_ui: str) -> None:
             _save(page, "mlflow-model.png")
         finally:
             browser.close()
+
+
+def _prefect_login(page, prefect_ui: str, auth: str) -> None:
+    """The Prefect UI of an auth-enabled server opens on a login form asking for the auth string."""
+    page.goto(prefect_ui)
+    field = page.locator("input[type='password']")
+    field.first.wait_for(timeout=60_000)
+    field.first.fill(auth)
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(2000)
 
 
 def _close_assistant(page) -> None:
@@ -133,7 +151,12 @@ def main() -> int:
             start_new_session=True,
         )
         time.sleep(25)  # serve registers the deployments
-        shoot_all(info["services"]["prefect"]["url"].removesuffix("/api"), info["services"]["mlflow"]["url"])
+        shoot_all(
+            info["services"]["prefect"]["url"].removesuffix("/api"),
+            info["services"]["mlflow"]["url"],
+            viewer=stack.credentials(info)["viewer"],
+            prefect_auth=stack.env(info).get("PREFECT_API_AUTH_STRING"),
+        )
     finally:
         if serve is not None:
             stack.stop(serve)
