@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 
-from prefect import task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
@@ -59,17 +58,17 @@ def gated_promotion(
     create_markdown_artifact(markdown=held["report"], key=key, description=f"gate report of {name}")
     if held["decision"] != AWAITING:  # failed the gates, or already champion: nothing to ask
         return held
-    form = ApprovalInput.with_initial_data(
-        description=f"{held['report']}\n\nApprove **{name} v{held['version']}** as "
-        f"`{registry.champion_alias}`? (rejected automatically after {registry.approval_timeout_s} s)"
+    description = (
+        f"{held['report']}\n\nApprove **{name} v{held['version']}** as `{registry.champion_alias}`? "
+        f"(rejected automatically after {registry.approval_timeout_s} s)"
     )
-    try:
-        answer = pause_flow_run(
-            wait_for_input=form, timeout=registry.approval_timeout_s, poll_interval=APPROVAL_POLL_S
-        )
-        approval = {"approve": answer.approve, "reviewer": answer.reviewer, "comment": answer.comment}
-    except FlowPauseTimeout:
-        _running_again()  # Prefect would end a run that was never resumed as Failed: this one decided
+    # The wait is a subflow run of its own: the reviewer resumes that run, and when its pause expires Prefect
+    # fails it, not the flow that asked (a pipeline run keeps its results and records the timeout).
+    asked = await_approval.with_options(flow_run_name=f"approve-{name}-v{held['version']}")
+    state = asked(description, registry.approval_timeout_s, return_state=True)
+    if state.is_completed():
+        approval = state.result()
+    else:
         approval = {
             "approve": False,
             "reviewer": "timeout",
@@ -81,11 +80,9 @@ def gated_promotion(
     )
 
 
-def _running_again() -> None:
-    """Take this flow run out of its timed-out pause, so the rejection is recorded and the run completes."""
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-    from prefect.states import Running
-
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(FlowRunContext.get().flow_run.id, Running(), force=True)
+@flow(name="finmerge-approval", log_prints=True)
+def await_approval(description: str, timeout_s: int) -> dict:
+    """Pause for a reviewer's :class:`ApprovalInput` (the Prefect UI's Resume form shows ``description``)."""
+    form = ApprovalInput.with_initial_data(description=description)
+    answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=APPROVAL_POLL_S)
+    return {"approve": answer.approve, "reviewer": answer.reviewer, "comment": answer.comment}

@@ -156,14 +156,14 @@ def test_served_deployment_run_through_the_api_promotes(prefect_server, tmp_path
                 params = {"config": asked.model_copy(update={"registry": reg}).model_dump(mode="json")}
                 paused = run_deployment("finmerge-promote/promote", parameters=params, timeout=0)
                 if answer is not None:
-                    assert anyio.run(_wait_for_state, paused.id, "PAUSED", 120), (
-                        tmp_path / "serve.log"
-                    ).read_text()[-3000:]
+                    # the wait is the promote run's `finmerge-approval` subflow run: the one a reviewer resumes
+                    waiting = anyio.run(_paused_run, 120)
+                    assert waiting is not None, (tmp_path / "serve.log").read_text()[-3000:]
                     champion = str(tracking.client(uri).get_registered_model("fm-deploy").aliases["champion"])
                     assert champion == str(int(version) - 1)  # gates passed, but nothing moved yet
                     gates = anyio.run(_artifact_markdown, paused.id, "promote-fm-deploy-gates")
                     assert f"fm-deploy v{version}: **awaiting approval**" in gates, gates
-                    anyio.run(_resume, paused.id, answer)
+                    anyio.run(_resume, waiting.id, answer)
                 final = anyio.run(_wait_until_final, paused.id, 120)
                 assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-3000:])
                 tags = tracking.client(uri).get_model_version("fm-deploy", version).tags
@@ -277,18 +277,22 @@ def _register_better(tmp_path, uri: str, exp: str) -> str:
     return str(reg["version"])
 
 
-async def _wait_for_state(flow_run_id, state: str, timeout: float) -> bool:
+async def _paused_run(timeout: float):
+    """The flow run that is paused waiting for input (the Prefect UI lists it with a Resume button)."""
     import anyio
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
 
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
     async with get_client() as client:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = await client.read_flow_run(flow_run_id)
-            if run.state and run.state.type.value == state:
-                return True
+            runs = await client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return runs[0]
             await anyio.sleep(1)
-    return False
+    return None
 
 
 async def _resume(flow_run_id, answer: dict) -> None:
