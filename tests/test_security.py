@@ -275,3 +275,43 @@ def test_changed_weights_are_refused_by_promote_rollback_and_load(secure_stack, 
     # the intact champion loads through the same path
     folder = modelio.stage_model(f"models:/{name}@champion", str(tmp_path / "staging"))
     assert modelio.load_causal_lm(folder) is not None
+
+
+def test_evaluate_takes_a_registered_version_and_refuses_changed_weights(tmp_path, capsys):
+    """`finmerge evaluate --model models:/…` evaluates exactly the registered content: the version's recorded
+    digest is its cache identity, and its files are verified before the model loads."""
+    from finmerge.cli import main
+
+    tcfg = TrackingConfig(
+        uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=(tmp_path / "art").as_uri()
+    )
+    uri, exp = tracking.ensure_experiment(tcfg)
+    folder = tiny_model(tmp_path / "m1", seed=1, chat=True)
+    reg = register_model("fm-eval", str(folder), tracking_uri=uri, experiment_id=exp, aliases=("champion",))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        json.dumps({"question": "本社はどこですか？", "answers": ["東京"]}, ensure_ascii=False) + "\n"
+    )
+    common = ["--chat", str(chat), "--set", f"tracking.uri={uri}", "--set", f"storage.uri={tmp_path}/store",
+              "--set", f"storage.staging_dir={tmp_path}/staging"]  # fmt: skip
+    assert main(["evaluate", "--model", "models:/fm-eval@champion", *common]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (
+        json.loads((tmp_path / "store" / "evaluate").glob("*/results.json").__next__().read_text())["config"][
+            "model_uri"
+        ]
+        == "models:/fm-eval@champion"
+        and res["chat"]["adherence"] is not None
+    )
+    # a byte of the registered weights changes: a new evaluation refuses to load them, naming file and digests
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    out = tmp_path / "again"
+    assert main(["evaluate", "--model", "models:/fm-eval@champion", "--out", str(out), *common]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and err.count("sha256") >= 2 and "Traceback" not in err, err
+    assert not out.exists() and reg["digest"] == integrity.recorded_digest(
+        integrity.resolve_models_uri("models:/fm-eval@champion", uri)
+    )

@@ -99,9 +99,20 @@ def flatten(obj: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+# The tracking store of the run this process works for (set by the runner): what a ``models:/`` URI without
+# a config of its own resolves against, so `--set tracking.uri=…` reaches the registry lookups too.
+_CURRENT: dict[str, str] = {}
+
+
+def use_for_process(uri: str) -> None:
+    _CURRENT["uri"] = uri
+
+
 def resolve_uri(cfg: TrackingConfig) -> str:
     if cfg.uri:
         return cfg.uri
+    if _CURRENT.get("uri"):
+        return _CURRENT["uri"]
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(LOCAL_HOME / 'mlflow.db').resolve()}"

@@ -197,6 +197,7 @@ class RunContext(BaseModel):
             parent_run_id=parent_run_id,
             config_hash=config_hash(cfg),
         )
+        tracking.use_for_process(ctx.tracking_uri)  # models:/ inputs resolve against the same store
         if not lazy:
             ctx.experiment_id_()
         return ctx
@@ -215,7 +216,8 @@ class RunContext(BaseModel):
         return storage.join(self.storage_uri, stage, key)
 
     def apply(self) -> None:
-        """Configure storage in this process (a Prefect task may run in another one)."""
+        """Configure storage and tracking in this process (a Prefect task may run in another one)."""
+        tracking.use_for_process(self.tracking_uri)
         storage.configure(
             self.endpoint_url,
             dataclasses.replace(
@@ -315,6 +317,8 @@ def preflight(p: Planned) -> None:
     """Before any tracking or work: the inputs exist, and the output location may be written."""
     for name, kind in p.stage.inputs.items():
         value = p.call.inputs.get(name)
+        if kind == "model" and str(value).startswith("models:/"):
+            continue  # a registered version: resolved when fingerprinted, verified file by file when loaded
         if kind in ("model", "tokenizer", "file") and value is not None and not storage.exists(value):
             raise FileNotFoundError(
                 f"{value}: no such {name} for stage {p.stage.name} (file, folder or s3:// object)"
