@@ -296,12 +296,9 @@ def test_evaluate_takes_a_registered_version_and_refuses_changed_weights(tmp_pat
               "--set", f"storage.staging_dir={tmp_path}/staging"]  # fmt: skip
     assert main(["evaluate", "--model", "models:/fm-eval@champion", *common]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads(next((tmp_path / "store" / "evaluate").glob("*/results.json")).read_text())
     assert (
-        json.loads((tmp_path / "store" / "evaluate").glob("*/results.json").__next__().read_text())["config"][
-            "model_uri"
-        ]
-        == "models:/fm-eval@champion"
-        and res["chat"]["adherence"] is not None
+        results["config"]["model_uri"] == "models:/fm-eval@champion" and res["chat"]["adherence"] is not None
     )
     # a byte of the registered weights changes: a new evaluation refuses to load them, naming file and digests
     weights = folder / "model.safetensors"
