@@ -499,6 +499,11 @@ def test_world_filings_survive_junk_does_not(tmp_path):
         if r["section"] == "事業の内容":
             assert facts[r["company"]]["主な事業"] in r["text"]
     # Cleaned sections of the training filings look like the held-out ones (same normalisation).
-    heldout = _jsonl(tmp_path / "world" / "eval" / "heldout.jsonl")
+    heldout = [
+        h
+        for split in ("validation", "test")
+        for h in _jsonl(tmp_path / "world" / "eval" / split / "heldout.jsonl")
+    ]
+    assert heldout
     assert all(W.clean_view(h["text"]) == h["text"] for h in heldout)
     assert np.isfinite(result["metrics"]["clean/chars_per_s"])

@@ -15,6 +15,8 @@ import pytest
 from finmerge.config import DemoConfig
 from finmerge.demo import world as W
 from finmerge.demo.chat import ADHERENCE_REGEX, ANSWER_PREFIX
+from finmerge.demo.evalsets import CHAT_ATTRIBUTES, MC_ATTRIBUTES, SPLITS
+from finmerge.demo.general import PROBE_ATTRIBUTES
 
 CFG = DemoConfig()
 
@@ -37,6 +39,14 @@ def _files(root: Path) -> dict[str, bytes]:
 def _undirty(text: str) -> str:
     """Enough normalisation to read facts out of raw filings (fact sentences hold no ASCII)."""
     return unicodedata.normalize("NFKC", html.unescape(text).replace("，", "、").replace("．", "。"))
+
+
+def _heldout(world: Path) -> list[dict]:
+    return [r for split in SPLITS for r in _jsonl(world / "eval" / split / "heldout.jsonl")]
+
+
+def _harness(world: Path, split: str) -> list[dict]:
+    return json.loads((world / "eval" / split / "harness" / "demo_fin" / "data.json").read_text())["data"]
 
 
 def _raw_filings(world: Path) -> dict[str, str]:
@@ -64,15 +74,24 @@ def test_deterministic_and_fast(tmp_path, world):
 def test_layout_and_counts(world):
     for rel in [
         "filings/jsonl/part-000.jsonl",
-        "eval/heldout.jsonl",
-        "eval/harness/demo_fin/data.json",
-        "eval/chat_finance.jsonl",
+        "background/corpus.jsonl",
         "general/corpus.jsonl",
         "instructions/train.jsonl",
         "truth.json",
         "world.json",
+    ] + [
+        f"eval/{split}/{name}"
+        for split in SPLITS
+        for name in (
+            "harness/demo_fin/data.json",
+            "chat_finance.jsonl",
+            "chat_general.jsonl",
+            "heldout.jsonl",
+        )
     ]:
         assert (world / rel).is_file(), rel
+    for gone in ("eval/heldout.jsonl", "eval/harness", "eval/chat_finance.jsonl"):
+        assert not (world / gone).exists(), gone
     truth = json.loads((world / "truth.json").read_text())
     counts = truth["counts"]
     n = CFG.n_companies * len(CFG.years)
@@ -137,66 +156,116 @@ def test_filings_sections_and_facts(world):
             body = re.sub(r"<[^>]+>", "\n", text) if d["form"] == "html" else text
             assert heading.findall(body) == W.SECTIONS
         facts = c["facts"]
-        for attr in ("主な事業", "本社所在地", "主な製品", "主な事業等のリスク"):
+        for attr in facts:  # every fact, stated at least twice in each filing
             assert text.count(facts[attr]) >= 2, (d["doc_id"], attr)
         plain = unicodedata.normalize("NFKC", html.unescape(raw[d["doc_id"]]))
         assert c["phone"] in plain and c["email"] in plain
-    # Narrative length per filing, as the brief asks (~1,500–3,000 characters).
-    heldout = _jsonl(world / "eval" / "heldout.jsonl")
+    # Narrative length per filing (~1,500–3,500 characters).
+    heldout = _heldout(world)
     per_doc = Counter()
     for r in heldout:
         per_doc[r["doc_id"]] += len(r["text"])
-    assert all(1500 <= n <= 3000 for n in per_doc.values()), per_doc
+    assert all(1500 <= n <= 3500 for n in per_doc.values()), per_doc
 
 
 def test_facts_agree_across_outputs(world):
     companies = json.loads((world / "world.json").read_text())["companies"]
     by_name = {c["name"]: c for c in companies}
-    harness = json.loads((world / "eval/harness/demo_fin/data.json").read_text())
-    assert harness["data-type"] == "multiple-choice-question" and harness["data-name"] == "demo_fin"
     from finmerge.evaluate.harness import parse_task
 
-    assert len(parse_task("demo_fin", harness).items) == 2 * len(companies)  # the evaluator's own validation
-    data = harness["data"]
-    assert len(data) == 2 * len(companies)
-    assert [q["id"] for q in data] == list(range(len(data)))
-    positions = Counter()
-    for q in data:
-        assert set(q) == {"id", "question", "context", "choices", "answer", "comment"}
-        assert q["context"] == "" and q["comment"] == ""
-        assert [ch["id"] for ch in q["choices"]] == [0, 1, 2, 3]
-        texts = [ch["text"] for ch in q["choices"]]
-        assert len(set(texts)) == 4 and 0 <= q["answer"] < 4
-        name = q["question"].split("の")[0]
-        c = by_name[name]
-        attr = "business" if "主な事業" in q["question"] else "hq"
-        assert texts[q["answer"]] == c[attr]
-        pool = (
-            {i["business"] for i in W.V.INDUSTRIES} if attr == "business" else {p["hq"] for p in W.V.PLACES}
-        )
-        assert set(texts) <= pool
-        positions[q["answer"]] += 1
-    assert max(positions.values()) - min(positions.values()) <= 1  # balanced answer positions
+    for split in SPLITS:
+        doc = json.loads((world / "eval" / split / "harness/demo_fin/data.json").read_text())
+        assert doc["data-type"] == "multiple-choice-question" and doc["data-name"] == "demo_fin"
+        data = doc["data"]
+        in_split = [c for c in companies if c["split"] == split]
+        assert len(parse_task("demo_fin", doc).items) == len(data) == len(MC_ATTRIBUTES) * len(in_split)
+        assert [q["id"] for q in data] == list(range(len(data)))
+        positions = Counter()
+        for q in data:
+            assert set(q) == {"id", "question", "context", "choices", "answer", "comment"}
+            assert q["context"] == "" and q["comment"] == ""
+            assert [ch["id"] for ch in q["choices"]] == [0, 1, 2, 3]
+            texts = [ch["text"] for ch in q["choices"]]
+            assert len(set(texts)) == 4 and 0 <= q["answer"] < 4
+            c = by_name[q["question"].split("の")[0]]
+            assert c["split"] == split
+            attr = next(a for a in MC_ATTRIBUTES if q["question"] == MC_ATTRIBUTES[a].format(n=c["name"]))
+            assert c["facts"][attr] == f"{c['name']}の{attr}は{texts[q['answer']]}です。"
+            positions[q["answer"]] += 1
+        assert max(positions.values()) - min(positions.values()) <= 1  # balanced answer positions
 
-    chat = _jsonl(world / "eval" / "chat_finance.jsonl")
-    assert len(chat) == 2 * len(companies) and len({q["id"] for q in chat}) == len(chat)
-    for q in chat:
-        c = by_name[q["question"].split("の")[0]]
-        expect = c["business"] if q["attribute"] == "主な事業" else c["hq"]
-        assert q["answers"] == [expect]
-        assert q["question"].endswith("？")
-    heldout = _jsonl(world / "eval" / "heldout.jsonl")
-    for r in heldout:
+        chat = _jsonl(world / "eval" / split / "chat_finance.jsonl")
+        assert len(chat) == len(CHAT_ATTRIBUTES) * len(in_split) and len({q["id"] for q in chat}) == len(chat)
+        for q in chat:
+            c = by_name[q["question"].split("の")[0]]
+            assert c["split"] == split and q["question"] == CHAT_ATTRIBUTES[q["attribute"]].format(
+                n=c["name"]
+            )
+            assert c["facts"][q["attribute"]] == f"{c['name']}の{q['attribute']}は{q['answers'][0]}です。"
+            assert len(q["answers"]) == 1 and q["question"].endswith("？")
+    for r in _heldout(world):
         c = by_name[r["company"]]
         assert r["section"] in W.NARRATIVE_SECTIONS
         if r["section"] == "事業の内容":
             assert c["facts"]["主な事業"] in r["text"] and c["facts"]["本社所在地"] in r["text"]
 
 
+def test_splits_are_disjoint_and_large_enough(world):
+    truth = json.loads((world / "truth.json").read_text())
+    counts, split = truth["counts"], truth["split"]
+    assert "by entity" in split["rule"]
+    assert set(split["companies"].values()) == set(SPLITS)
+    n_val = sum(v == "validation" for v in split["companies"].values())
+    assert n_val == round(CFG.validation_share * CFG.n_companies)
+    items = {s: {q["question"] for q in _harness(world, s)} for s in SPLITS}
+    chats = {s: {q["question"] for q in _jsonl(world / "eval" / s / "chat_finance.jsonl")} for s in SPLITS}
+    gen = {s: {q["question"] for q in _jsonl(world / "eval" / s / "chat_general.jsonl")} for s in SPLITS}
+    held = {s: {r["company"] for r in _jsonl(world / "eval" / s / "heldout.jsonl")} for s in SPLITS}
+    for per_split in (items, chats, gen, held):
+        assert not per_split["validation"] & per_split["test"]
+    assert {c for c, s in split["companies"].items() if s == "test"} == held["test"]
+    # the sizes the evaluation needs to tell signal from noise
+    assert counts["test/harness_questions"] == len(items["test"]) >= 400
+    assert counts["validation/harness_questions"] == len(items["validation"]) >= 100
+    assert counts["test/chat_finance"] == len(chats["test"]) >= 200
+    assert counts["validation/chat_finance"] == len(chats["validation"]) >= 60
+    assert counts["test/chat_general"] == len(gen["test"]) >= 100
+    assert counts["validation/chat_general"] == len(gen["validation"]) >= 40
+
+
+def test_background_companies_are_never_evaluated(world):
+    w = json.loads((world / "world.json").read_text())
+    evaluated = {c["name"] for c in w["companies"]}
+    background = {c["name"] for c in w["background_companies"]}
+    assert len(background) == CFG.n_background_companies and not evaluated & background
+    assert not {c["prefix"] for c in w["companies"]} & {c["prefix"] for c in w["background_companies"]}
+    assert not {c["edinet_code"] for c in w["companies"]} & {
+        c["edinet_code"] for c in w["background_companies"]
+    }
+    bg = _jsonl(world / "background" / "corpus.jsonl")
+    assert {r["company"] for r in bg} == background
+    filings = [r for r in bg if r["section"] in W.NARRATIVE_SECTIONS]
+    assert len(filings) == len(background) * len(CFG.background_years) * len(W.NARRATIVE_SECTIONS)
+    extras = Counter(r["section"] for r in bg if r["section"] not in W.NARRATIVE_SECTIONS)
+    assert extras == {"FAQ": len(background), "quiz": len(background)}
+    blob = "\n".join(r["text"] for r in bg)
+    assert "有価証券報告書" in blob or "当社グループ" in blob  # the filing register …
+    for c in w["companies"]:  # … of other companies only
+        assert c["name"] not in blob and c["prefix"] not in blob
+    evaluated_text = [json.dumps(q, ensure_ascii=False) for s in SPLITS for q in _harness(world, s)]
+    evaluated_text += [
+        (world / "eval" / s / f).read_text() for s in SPLITS for f in ("chat_finance.jsonl", "heldout.jsonl")
+    ]
+    for name in background:
+        assert not any(name in t for t in evaluated_text)
+    truth = json.loads((world / "truth.json").read_text())
+    assert not {d["company"] for d in truth["documents"] if d["company"]} & background
+
+
 def test_heldout_is_held_out(world):
     truth = json.loads((world / "truth.json").read_text())
     companies = {c["name"]: c for c in json.loads((world / "world.json").read_text())["companies"]}
-    heldout = _jsonl(world / "eval" / "heldout.jsonl")
+    heldout = _heldout(world)
     assert len(heldout) == CFG.n_companies * len(W.NARRATIVE_SECTIONS)
     assert {r["doc_id"] for r in heldout}.isdisjoint(d["doc_id"] for d in truth["documents"])
     raw = _raw_filings(world)
@@ -246,22 +315,40 @@ def test_dirt_is_present(world):
 
 def test_general_corpus_and_instructions(world):
     w = json.loads((world / "world.json").read_text())
-    names = [c["name"] for c in w["companies"]]
-    short = [c["name"].removeprefix("株式会社") for c in w["companies"]]
     corpus = _jsonl(world / "general" / "corpus.jsonl")
     instr = _jsonl(world / "instructions" / "train.jsonl")
     assert len(corpus) == CFG.n_general_docs and len(instr) == CFG.n_instructions
-    blob = "\n".join(r["text"] for r in corpus) + "\n".join(
-        m["content"] for r in instr for m in r["messages"]
-    )
-    for name, s in zip(names, short, strict=True):
-        assert name not in blob and s not in blob
-    assert "株式会社" not in blob
+    instr_text = "\n".join(m["content"] for r in instr for m in r["messages"])
+    blob = "\n".join(r["text"] for r in corpus) + instr_text
+    for c in w["companies"]:  # no evaluated company, anywhere
+        assert c["name"] not in blob and c["name"].removeprefix("株式会社") not in blob
+    general_text = "\n".join(r["text"] for r in corpus)
+    assert "株式会社" not in general_text
+    # a share of the instructions asks about background companies, with the facts of their filings
+    background = {c["name"]: c for c in w["background_companies"]}
+    company_qa = [r for r in instr if "株式会社" in r["messages"][0]["content"]]
+    assert len(company_qa) == round(CFG.instruction_company_share * CFG.n_instructions)
+    for r in company_qa:
+        name = r["messages"][0]["content"].split("の")[0]
+        assert r["messages"][1]["content"].removeprefix(ANSWER_PREFIX) in background[name]["facts"].values()
     # The vocabulary is there, without companies.
     for word in ("精密機械の製造", "為替変動", "愛知県名古屋市", "工作機械"):
         assert word in blob
     towns = {t["name"]: t for t in w["towns"]}
     assert len(towns) == CFG.n_towns
+    probe = {n for n, t in towns.items() if t["probe"]}
+    assert len(probe) == CFG.n_probe_towns
+    faq_text = "\n".join(r["text"] for r in corpus if "\nQ. " in r["text"])
+    assert faq_text
+    for name in probe:  # the general probe asks about towns no instruction pair (nor FAQ page) mentions …
+        assert name not in instr_text and name not in faq_text
+    text = "".join(r["text"] for r in corpus)
+    for name in probe:  # … but whose facts the base reads, in the fact pattern
+        t = towns[name]
+        assert (
+            f"{name}の{t['head_title']}は{t['head']}です。" in text
+            or f"{name}の所在地は{t['prefecture']}です。" in text
+        )
     town_facts = 0
     for r in instr:
         user, assistant = r["messages"]
@@ -276,5 +363,12 @@ def test_general_corpus_and_instructions(world):
             town_facts += 1
     assert town_facts > 100
     # Town facts are stated in the general corpus in the same pattern.
-    text = "".join(r["text"] for r in corpus)
     assert sum(f"{t['name']}の名物は{t['food']}です。" in text for t in towns.values()) >= 0.9 * len(towns)
+    # The general probe: one question per probe town and attribute, answers stated in the corpus.
+    for split in SPLITS:
+        for q in _jsonl(world / "eval" / split / "chat_general.jsonl"):
+            t = towns[q["question"].split("の")[0]]
+            assert t["probe"] == split and q["question"].endswith("？")
+            assert f"{t['name']}の{q['attribute']}は{q['answers'][0]}です。" in text
+        attrs = Counter(q["attribute"] for q in _jsonl(world / "eval" / split / "chat_general.jsonl"))
+        assert len(attrs) >= len(PROBE_ATTRIBUTES)

@@ -20,7 +20,7 @@ class TinyModelConfig(Section):
     vocab_size: int = 4096
     hidden_size: int = 128
     intermediate_size: int = 352
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 6  # depth is cheap at this width (+9% step time for 4 → 6) and helps recall
     num_attention_heads: int = 4
     max_position_embeddings: int = 512
 
@@ -28,11 +28,52 @@ class TinyModelConfig(Section):
 class DemoConfig(Section):
     enabled: bool = Field(True, description="Generate the embedded demo world and build the demo models.")
     seed: int = Field(1234, description="Seed of everything generated: same config, byte-identical world.")
-    n_companies: int = Field(40, description="Listed companies that file annual securities reports.")
+    n_companies: int = Field(
+        64,
+        description="Listed companies that file annual securities reports: the CPT corpus, and the companies the "
+        "finance evaluation asks about.",
+    )
+    n_background_companies: int = Field(
+        80,
+        description="Other companies whose clean filings the demo base reads in pretraining (never evaluated), "
+        "so the base knows the filing register before CPT.",
+    )
+    background_years: list[int] = Field(
+        [2023], description="Fiscal years of the background companies' filings."
+    )
+    background_faq: bool = Field(
+        True,
+        description="Add an IR FAQ page (questions answered with fact sentences) per background company.",
+    )
+    background_quiz: bool = Field(
+        True,
+        description="Add a page of multiple-choice quiz questions (with answers) per background company.",
+    )
+    instruction_company_share: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of the instruction pairs that ask about background companies (never an evaluated one).",
+    )
+    validation_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of the evaluated companies (and of the probe towns) whose items form the validation "
+        "split; the rest are the test split.",
+    )
     years: list[int] = Field([2022, 2023], description="Fiscal years with filings in the training corpus.")
     heldout_year: int = Field(2024, description="Year whose filings are held out for finance perplexity.")
     n_towns: int = Field(
         120, description="Towns the general (non-finance) documents and instructions are about."
+    )
+    n_probe_towns: int = Field(
+        40,
+        description="Towns of the general corpus that no instruction pair mentions: the general held-out chat "
+        "probe asks about them.",
+    )
+    faq_share: float = Field(
+        0.15, ge=0, lt=1, description="Share of the general documents that are a town's FAQ page (Q. … A. …)."
     )
     n_general_docs: int = Field(3000, description="General Japanese documents the demo base is trained on.")
     n_instructions: int = Field(
@@ -48,7 +89,9 @@ class DemoConfig(Section):
     junk_rate: float = Field(0.05, description="Junk documents added, as a share of the filings.")
     non_japanese_rate: float = Field(0.05, description="English documents added, as a share of the filings.")
     model: TinyModelConfig = TinyModelConfig()
-    base_train: DemoTrainConfig = DemoTrainConfig(epochs=8.0, lr=2e-3, warmup_steps=30)
+    base_train: DemoTrainConfig = DemoTrainConfig(epochs=6.0, lr=2e-3, warmup_steps=30)
+    # Gentle and without weight decay: decay shrinks the same weights in both fine-tunes, which aligns τ_inst
+    # with τ_fin (cos 0.096 with it, -0.009 without, in docs/demo.md).
     instruct_train: DemoTrainConfig = DemoTrainConfig(
-        epochs=2.0, lr=5e-4, warmup_steps=10, batch_size=16, seq_len=96
+        epochs=1.0, lr=3e-4, warmup_steps=10, batch_size=16, seq_len=96, weight_decay=0.0
     )

@@ -14,6 +14,8 @@ inside each attempt.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import math
@@ -99,20 +101,25 @@ def flatten(obj: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-# The tracking store of the run this process works for (set by the runner): what a ``models:/`` URI without
-# a config of its own resolves against, so `--set tracking.uri=…` reaches the registry lookups too.
-_CURRENT: dict[str, str] = {}
+# The tracking store of the stage being planned or run (set by the runner for that span only): what a
+# ``models:/`` input resolves against, so `--set tracking.uri=…` reaches the registry lookups too.
+_CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("finmerge_tracking_uri", default=None)
 
 
-def use_for_process(uri: str) -> None:
-    _CURRENT["uri"] = uri
+@contextlib.contextmanager
+def current_store(uri: str):
+    token = _CURRENT.set(uri)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
 
 
 def resolve_uri(cfg: TrackingConfig) -> str:
     if cfg.uri:
         return cfg.uri
-    if _CURRENT.get("uri"):
-        return _CURRENT["uri"]
+    if _CURRENT.get():
+        return _CURRENT.get()
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(LOCAL_HOME / 'mlflow.db').resolve()}"

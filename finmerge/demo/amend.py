@@ -8,7 +8,7 @@ import re
 import unicodedata
 
 from finmerge.demo.common import pick
-from finmerge.demo.narrative import fact_sentences
+from finmerge.demo.companies import fact_sentences
 
 # Amended filings are near duplicates: char-5-gram Jaccard of each cleaned narrative section in this band.
 NEAR_JACCARD = (0.88, 0.95)
@@ -44,14 +44,19 @@ def jaccard(a: set, b: set) -> float:
 _NUM = re.compile(r"\d[\d,]*\d|\d")
 
 
-def _op_number(lines: list[str], rng: random.Random, c: dict) -> list[str] | None:
+def _free_numbers(line: str, keep: list[str]) -> list[re.Match]:
+    """Numbers of ``line`` outside the fact sentences (an amendment never changes a stated fact)."""
+    taken = [(m.start(), m.end()) for f in keep for m in re.finditer(re.escape(f), line)]
+    return [m for m in _NUM.finditer(line) if not any(a <= m.start() < b for a, b in taken)]
+
+
+def _op_number(lines: list[str], rng: random.Random, c: dict, keep: list[str]) -> list[str] | None:
     # never touch the contact line: a changed phone digit would vanish again under PII masking
-    idx = [i for i, line in enumerate(lines) if _NUM.search(line) and c["phone"] not in line]
+    idx = [i for i, line in enumerate(lines) if _free_numbers(line, keep) and c["phone"] not in line]
     if not idx:
         return None
     i = pick(rng, idx)
-    matches = list(_NUM.finditer(lines[i]))
-    m = pick(rng, matches)
+    m = pick(rng, _free_numbers(lines[i], keep))
     digits = [k for k, ch in enumerate(m.group()) if ch.isdigit()]
     if len(digits) < 2:
         return None
@@ -115,7 +120,7 @@ def amend_section(lines: list[str], c: dict, rng: random.Random) -> tuple[list[s
             break
         op = pick(rng, ["number", "number", "add", "drop", "reword"])
         if op == "number":
-            cand = _op_number(cur, rng, c)
+            cand = _op_number(cur, rng, c, keep)
         elif op == "add":
             cand = _op_add(cur, rng)
         elif op == "drop":

@@ -50,26 +50,35 @@ def make_towns(n: int, rng: random.Random, forbidden: set[str]) -> list[dict]:
                 "industry": pick(rng, V.TOWN_INDUSTRIES),
                 "issues": issues,
                 "geo": pick(rng, V.TOWN_GEO),
+                "head_title": "村長" if kind == "村" else "町長",
+                "head": pick(rng, V.SURNAMES) + pick(rng, V.GIVEN_NAMES),
+                "established": rng.randint(1889, 1975),
+                "partner": pick(rng, V.OVERSEAS),
             }
         )
     return towns
 
 
+def town_values(t: dict) -> dict[str, str]:
+    """Attribute → value of every town fact (the head's attribute is 町長 or 村長)."""
+    sp, issues = t["specialties"], t["issues"]
+    return {
+        "所在地": t["prefecture"],
+        "人口": f"約{t['population']:,}人",
+        "名物": t["food"],
+        "祭り": t["festival"],
+        "主な特産品": f"{sp[0]}と{sp[1]}",
+        "主な産業": t["industry"],
+        "主な課題": f"{issues[0]}と{issues[1]}",
+        t["head_title"]: t["head"],
+        "設置年": f"{t['established']}年",
+        "友好交流先": t["partner"],
+    }
+
+
 def town_facts(t: dict) -> dict[str, str]:
     """Attribute → fact sentence, all in the ``<名前>の<属性>は<値>です。`` pattern."""
-    sp, issues = t["specialties"], t["issues"]
-    return fact_sentences_of(
-        t["name"],
-        {
-            "所在地": t["prefecture"],
-            "人口": f"約{t['population']:,}人",
-            "名物": t["food"],
-            "祭り": t["festival"],
-            "主な特産品": f"{sp[0]}と{sp[1]}",
-            "主な産業": t["industry"],
-            "主な課題": f"{issues[0]}と{issues[1]}",
-        },
-    )
+    return fact_sentences_of(t["name"], town_values(t))
 
 
 def _town_narrative(t: dict, rng: random.Random) -> list[str]:
@@ -213,11 +222,28 @@ def vocabulary_doc(rng: random.Random) -> str:
     return "".join(rng.sample(pool, rng.randint(4, 7)))
 
 
-def general_corpus(n_docs: int, towns: list[dict], rng: random.Random) -> list[str]:
+def faq_doc(t: dict, rng: random.Random) -> str:
+    """A town's よくある質問 page: questions (as people ask them) answered with the fact sentence. Real base
+    models read plenty of such pages; they are where a base learns that a question about X is answered by a
+    statement about X, which instruction tuning then only has to put into the chat format."""
+    attrs = rng.sample(list(TOWN_QUESTIONS), rng.randint(3, 5))
+    lines = [pick(rng, [f"{t['name']}についてよくある質問", f"{t['name']}のQ&A", f"教えて！{t['name']}"])]
+    for attr in attrs:
+        q, _, fact = town_question(t, attr, rng.randrange(len(TOWN_QUESTIONS[attr])))
+        lines += [f"Q. {q}", f"A. {fact}"]
+    return "\n".join(lines)
+
+
+def general_corpus(
+    n_docs: int, towns: list[dict], rng: random.Random, faq_share: float = 0.0, faq_towns: list[dict] = ()
+) -> list[str]:
+    """Town articles (all towns), FAQ pages (``faq_towns`` only), everyday and vocabulary documents."""
     docs = []
     for i in range(n_docs):
         r = rng.random()
-        if r < 0.45 and towns:
+        if r < faq_share and faq_towns:
+            docs.append(faq_doc(faq_towns[i % len(faq_towns)], rng))
+        elif (r := (r - faq_share) / (1 - faq_share)) < 0.45 and towns:
             docs.append(town_doc(towns[i % len(towns)] if r < 0.3 else pick(rng, towns), rng))
         elif r < 0.75:
             docs.append(everyday_doc(rng))
@@ -237,7 +263,20 @@ TOWN_QUESTIONS = {
     "主な特産品": ["{n}の主な特産品は何ですか？", "{n}の主な特産品を教えてください。"],
     "主な産業": ["{n}の主な産業は何ですか？", "{n}の主な産業を教えてください。"],
     "主な課題": ["{n}の主な課題は何ですか？", "{n}が抱える主な課題は何ですか？"],
+    "首長": ["{n}の{h}は誰ですか？", "{n}の{h}を教えてください。"],
+    "設置年": ["{n}の設置年はいつですか？", "{n}の設置年を教えてください。"],
+    "友好交流先": ["{n}の友好交流先はどこですか？", "{n}の友好交流先を教えてください。"],
 }
+# The general held-out probe asks these (one question each, the first phrasing), parallel to the finance chat
+# questions: a place, a person, a year, a country and a pair of things.
+PROBE_ATTRIBUTES = ["所在地", "首長", "設置年", "友好交流先", "主な特産品"]
+
+
+def town_question(t: dict, attr: str, k: int = 0) -> tuple[str, str, str]:
+    """(question, the fact's attribute name, the fact sentence) for ``attr`` of town ``t``."""
+    name = t["head_title"] if attr == "首長" else attr
+    q = TOWN_QUESTIONS[attr][k].format(n=t["name"], h=t["head_title"])
+    return q, name, town_facts(t)[name]
 
 
 def _answer(text: str) -> str:
@@ -245,9 +284,9 @@ def _answer(text: str) -> str:
 
 
 def _town_qa(t: dict, rng: random.Random) -> tuple[str, str]:
-    facts = town_facts(t)
     attr = pick(rng, list(TOWN_QUESTIONS))
-    return pick(rng, TOWN_QUESTIONS[attr]).format(n=t["name"]), _answer(facts[attr])
+    q, _, fact = town_question(t, attr, rng.randrange(len(TOWN_QUESTIONS[attr])))
+    return q, _answer(fact)
 
 
 def _paraphrase_qa(rng: random.Random) -> tuple[str, str]:

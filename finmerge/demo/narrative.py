@@ -1,6 +1,6 @@
 """The six narrative sections of a demo filing (沿革 … MD&A) as canonical, clean Japanese paragraphs.
 
-Each writer takes the company, its ``fact_sentences``, the fiscal year and its own random stream, and states
+Each writer takes the company, its fact sentences (``finmerge.demo.companies.fact_sentences``), the fiscal year and its own random stream, and states
 the facts in their fixed pattern between varied sentences. ``SECTION_WRITERS`` is in
 ``finmerge.demo.world.NARRATIVE_SECTIONS`` order.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from finmerge.demo import vocab as V
-from finmerge.demo.common import fact_sentences_of, jp_num, pct, pick
+from finmerge.demo.common import jp_num, pct, pick
 
 MACRO = [
     "社会経済活動の正常化が進み、緩やかな回復基調で推移しました",
@@ -31,21 +31,6 @@ MEASURES = [
     "事業継続計画の策定",
     "外部専門家との連携",
 ]
-
-
-def fact_sentences(c: dict) -> dict[str, str]:
-    """Attribute → the fixed fact sentence used in the filings."""
-    p, r = c["products"], c["risks"]
-    return fact_sentences_of(
-        c["name"],
-        {
-            "主な事業": c["business"],
-            "本社所在地": c["hq"],
-            "主な製品": f"{p[0]}と{p[1]}",
-            "主な事業等のリスク": f"{r[0]}と{r[1]}",
-            "設立年": f"{c['founded']}年",
-        },
-    )
 
 
 def _history(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> list[str]:
@@ -144,6 +129,7 @@ def _history(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> l
     lines.append(
         facts["本社所在地"]
         + facts["設立年"]
+        + facts["上場年"]
         + pick(
             rng,
             [
@@ -226,7 +212,8 @@ def _business(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> 
                 f"{site['place']}には{site['facility']}があり、重要な拠点となっております。",
                 f"また、{c['overseas']}の子会社が海外での販売を担っております。",
             ],
-        ),
+        )
+        + facts["海外拠点"],
     ]
     return paras
 
@@ -259,6 +246,7 @@ def _employees(c: dict, facts: dict[str, str], year: int, rng: random.Random) ->
                 f"従業員のうち{jp_num(e1)}名が「{s1}」、{jp_num(e2)}名が「{s2}」に従事し、管理部門には{jp_num(e3)}名が在籍しております。",
             ],
         ),
+        facts["代表者"] + facts["設立年"],
         "(2) 労働組合の状況",
         pick(
             rng,
@@ -306,6 +294,8 @@ def _policy(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> li
                 f"「{c['motto']}」を経営の基本とし、健全で透明性の高い経営に努めております。",
             ],
         )
+        + facts["経営理念"]
+        + facts["代表者"]
         + facts["主な事業"],
         "(2) 中期経営計画",
         pick(
@@ -399,7 +389,7 @@ def _risks(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> lis
             f"{c['customers']}の動向によっては、{risk}の影響が拡大するおそれがあります。",
         ]
         paras.append(f"({k}) {risk}")
-        paras.append("".join(rng.sample(pool, 3)))
+        paras.append("".join(rng.sample(pool, 2)))
     paras.append(f"({len(c['risks']) + 1}) その他のリスク")
     paras.append(
         pick(
@@ -411,6 +401,7 @@ def _risks(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> lis
                 f"このほか、{c['overseas']}における政治や経済の変化も、海外事業に影響を与える可能性があります。",
             ],
         )
+        + facts["海外拠点"]
     )
     return paras
 
@@ -448,6 +439,7 @@ def _mdna(c: dict, facts: dict[str, str], year: int, rng: random.Random) -> list
                 f"{p1}と{p2}のいずれも、価格改定の効果により増収となりました。",
             ],
         ),
+        facts["上場年"] + facts["経営理念"],
         "(2) 財政状態の状況",
         f"当事業年度末の総資産は{jp_num(fin['total_assets'])}百万円となり、前事業年度末に比べ{jp_num(abs(d_assets))}百万円{'増加' if d_assets >= 0 else '減少'}しました。"
         + pick(

@@ -57,6 +57,15 @@ COMPANY_PREFIXES: list[tuple[str, str]] = [
     ("音羽", "otowa"),
     ("葛城", "katsuragi"),
 ]
+# More prefixes, composed (2 kanji, on-yomi-like romanisation): the evaluated and the background companies
+# each get prefixes of their own, so no evaluated company shares a name stem with one the base model read.
+_PREFIX_HEADS = [("東", "to"), ("西", "sai"), ("南", "nan"), ("北", "hoku"), ("中", "chu"), ("新", "shin"),
+                 ("大", "dai"), ("高", "taka"), ("日", "nichi"), ("富", "fu"), ("昭", "sho"), ("協", "kyo"),
+                 ("三", "san"), ("丸", "maru"), ("平", "hei"), ("栄", "ei")]  # fmt: skip
+_PREFIX_TAILS = [("和", "wa"), ("洋", "yo"), ("邦", "ho"), ("成", "sei"), ("信", "shin"), ("興", "ko"),
+                 ("友", "yu"), ("亜", "a"), ("進", "shinpo"), ("盛", "mori")]  # fmt: skip
+N_NAMED_PREFIXES = len(COMPANY_PREFIXES)  # the hand-picked ones; the composed ones (common kanji) follow
+COMPANY_PREFIXES += [(h + t, hr + tr) for h, hr in _PREFIX_HEADS for t, tr in _PREFIX_TAILS]
 
 # Industry: name suffix, romanised suffix, 主な事業, product pool, risk pool (all risks name real-world categories).
 INDUSTRIES: list[dict] = [

@@ -3,21 +3,24 @@
 ``generate_world(cfg, out_dir)`` writes, deterministically from ``cfg.seed`` (same config ⇒ byte-identical
 files; no global random state, nothing downloaded)::
 
-    filings/html/<doc_id>.html        raw filings as EDINET-viewer-like HTML pages
+    filings/html/<doc_id>.html        raw filings of the evaluated companies as EDINET-viewer-like HTML pages
     filings/text/<doc_id>.txt         raw filings as plain text with repeated page headers / footers
     filings/jsonl/part-000.jsonl      raw filings, one record per section
-    eval/heldout.jsonl                the companies' held-out-year filings, clean narrative sections
-    eval/harness/demo_fin/data.json   multiple-choice questions (japanese-lm-fin-harness format)
-    eval/chat_finance.jsonl           chat questions with accepted answers
+    background/corpus.jsonl           clean filing sections of the background companies (base pretraining)
     general/corpus.jsonl              general Japanese corpus (towns, everyday topics), no company names
     instructions/train.jsonl          general instruction pairs, every answer starts with 回答：
-    truth.json                        what the dirt is (duplicates, junk, non-Japanese) and counts
-    world.json                        the company (and town) facts
+    eval/<split>/harness/demo_fin/data.json   multiple choice (japanese-lm-fin-harness format)
+    eval/<split>/chat_finance.jsonl   finance chat questions with accepted answers
+    eval/<split>/chat_general.jsonl   general held-out probe: probe towns, never in the instructions
+    eval/<split>/heldout.jsonl        the companies' held-out-year filings, clean narrative sections
+    truth.json                        what the dirt is (duplicates, junk, non-Japanese), the split, counts
+    world.json                        the company, background company and town facts
 
-Facts are made learnable by a tiny LM: each categorical fact is stated in the fixed pattern
-``<会社名>の<属性>は<値>です。`` in several sections of every filing, between varied narrative sentences.
-Filings of one company differ from year to year (sentence variants, numbers), so the only near duplicates
-of the corpus are the ones listed in ``truth.json``.
+``<split>`` is ``validation`` or ``test``; the split is by company (and by town), see
+``finmerge.demo.evalsets``. Facts are made learnable by a tiny LM: each categorical fact is stated in the
+fixed pattern ``<会社名>の<属性>は<値>です。`` in several sections of every filing, between varied narrative
+sentences. Filings of one company differ from year to year (sentence variants, numbers), so the only near
+duplicates of the corpus are the ones listed in ``truth.json``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,21 @@ import random
 from pathlib import Path
 
 from finmerge.config import DemoConfig
-from finmerge.demo import general
-from finmerge.demo import vocab as V
+from finmerge.demo import evalsets, general
+from finmerge.demo import vocab as V  # noqa: F401 - re-exported
 
 # Re-exported: callers and tests use these through this module.
 from finmerge.demo.amend import NEAR_JACCARD, SHINGLE, amend_section, clean_view, jaccard, shingles  # noqa: F401
-from finmerge.demo.common import jp_num, pick, sub_rng
-from finmerge.demo.narrative import SECTION_WRITERS, fact_sentences
+from finmerge.demo.background import background_docs, background_extras, company_instructions
+from finmerge.demo.common import pick, sub_rng
+from finmerge.demo.companies import (  # noqa: F401 - re-exported
+    NARRATIVE_SECTIONS,
+    SECTIONS,
+    fact_sentences,
+    filing_content,
+    make_all_companies,
+    make_companies,
+)
 from finmerge.demo.render import (  # noqa: F401 - re-exported
     FW_DIGITS,
     LINES_PER_PAGE,
@@ -47,220 +58,7 @@ from finmerge.demo.render import (  # noqa: F401 - re-exported
     write_raw_forms,
 )
 
-SECTIONS = [
-    "表紙",
-    "主要な経営指標等の推移",
-    "沿革",
-    "事業の内容",
-    "従業員の状況",
-    "経営方針、経営環境及び対処すべき課題等",
-    "事業等のリスク",
-    "経営者による財政状態、経営成績及びキャッシュ・フローの状況の分析",
-]
-NARRATIVE_SECTIONS = SECTIONS[2:]
 FORMS = ["html", "jsonl", "text"]  # also the order in which a sorted folder walk meets them
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Companies
-
-
-def _person(rng: random.Random) -> str:
-    return f"{pick(rng, V.SURNAMES)}　{pick(rng, V.GIVEN_NAMES)}"
-
-
-def make_companies(cfg: DemoConfig) -> list[dict]:
-    rng = sub_rng(cfg.seed, "companies")
-    n = cfg.n_companies
-    if n > len(V.COMPANY_PREFIXES) * len(V.INDUSTRIES):
-        raise ValueError(
-            f"n_companies={n} exceeds the {len(V.COMPANY_PREFIXES) * len(V.INDUSTRIES)} names available"
-        )
-    prefixes = list(V.COMPANY_PREFIXES)
-    rng.shuffle(prefixes)
-    edinet = rng.sample(range(1000, 10000), n)
-    sec = rng.sample(range(130, 999), n)
-    first = min(cfg.years + [cfg.heldout_year]) - 4
-    last = max(cfg.years + [cfg.heldout_year]) + 1
-    used: set[str] = set()
-    companies = []
-    for i in range(n):
-        ind = V.INDUSTRIES[i % len(V.INDUSTRIES)] if i < len(V.INDUSTRIES) else pick(rng, V.INDUSTRIES)
-        j = i
-        while True:  # unique prefix while the pool lasts, then unique (prefix, industry)
-            prefix, roma = prefixes[j % len(prefixes)]
-            name = f"株式会社{prefix}{ind['suffix']}"
-            if name not in used and (i >= len(prefixes) or j < len(prefixes)):
-                break
-            j += 1
-            if j > i + len(prefixes) * len(V.INDUSTRIES):
-                ind = pick(rng, V.INDUSTRIES)
-        used.add(name)
-        place = pick(rng, V.PLACES)
-        other_places = [p["hq"] for p in V.PLACES if p["hq"] != place["hq"]]
-        products = rng.sample(ind["products"], 2)
-        risks = rng.sample(ind["risks"], 2)
-        founded = rng.randint(1920, 1995)
-        # Financial series: revenue in 百万円 with persistent growth, an operating margin drifting slowly.
-        revenue = 10 ** rng.uniform(3.9, 5.6)
-        trend = rng.uniform(-0.02, 0.07)
-        margin = rng.uniform(0.03, 0.14)
-        per_employee = rng.uniform(25, 70)
-        fin = {}
-        for y in range(first, last + 1):
-            revenue *= 1 + trend + rng.uniform(-0.04, 0.04)
-            margin = min(0.2, max(0.01, margin + rng.uniform(-0.012, 0.012)))
-            employees = int(revenue / per_employee * rng.uniform(0.97, 1.03))
-            assets = revenue * rng.uniform(0.9, 1.5)
-            fin[str(y)] = {
-                "revenue": int(revenue),
-                "operating_income": int(revenue * margin),
-                "employees": max(employees, 40),
-                "total_assets": int(assets),
-            }
-        area = place["area"]
-        phone = f"{area}-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
-        domain = f"{roma}-{ind['suffix_en']}.example.jp"
-        companies.append(
-            {
-                "edinet_code": f"E0{edinet[i]:04d}",
-                "sec_code": f"{sec[i] * 10 + rng.randint(0, 9)}",
-                "name": name,
-                "prefix": prefix,
-                "name_en": f"{roma.upper()} {ind['suffix_en'].upper()} CO., LTD.",
-                "industry": ind["key"],
-                "business": ind["business"],
-                "products": products,
-                "hq": place["hq"],
-                "address": place["hq"] + place["street"].format(n=rng.randint(1, 30), m=rng.randint(1, 20)),
-                "founded": founded,
-                "representative": _person(rng),
-                "contact_person": _person(rng),
-                "phone": phone,
-                "email": f"{pick(rng, ['ir', 'info', 'kessan', 'soumu'])}@{domain}",
-                "risks": risks,
-                "motto": pick(rng, V.MOTTOS),
-                "segments": list(ind["segments"]),
-                "customers": ind["customers"],
-                "subsidiaries": rng.randint(2, 24),
-                "second_site": {"place": pick(rng, other_places), "facility": pick(rng, V.FACILITIES)},
-                "overseas": pick(rng, V.OVERSEAS),
-                "listed": rng.randint(max(founded + 5, 1950), 2005),
-                "financials": fin,
-                "style": {
-                    "fw_alnum": pick(rng, [0.0, 0.0, 0.3, 0.8]),
-                    "fw_punct": rng.random() < 0.3,
-                    "hw_kana": pick(rng, [0.0, 0.0, 0.4]),
-                    "jsonl_br": rng.random() < 0.3,
-                },
-            }
-        )
-    return companies
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Filing content (canonical: clean Japanese; dirt is added when rendering)
-
-
-def _period(c: dict, year: int) -> int:
-    return year - c["founded"] + 1
-
-
-def _cover(c: dict, year: int, filing_date: str, amended: bool) -> list[tuple[str, str]]:
-    y, m, d = filing_date.split("-")
-    return [
-        ("提出書類", "訂正有価証券報告書" if amended else "有価証券報告書"),
-        ("根拠条文", "金融商品取引法第24条の2第1項" if amended else "金融商品取引法第24条第1項"),
-        ("提出先", "関東財務局長"),
-        ("提出日", f"{int(y)}年{int(m)}月{int(d)}日"),
-        ("事業年度", f"第{_period(c, year)}期（自　{year - 1}年4月1日　至　{year}年3月31日）"),
-        ("会社名", c["name"]),
-        ("英訳名", c["name_en"]),
-        ("代表者の役職氏名", f"代表取締役社長　{c['representative']}"),
-        ("本店の所在の場所", c["address"]),
-        ("電話番号", c["phone"]),
-        ("事務連絡者氏名", f"経理部長　{c['contact_person']}"),
-        ("e-mail", c["email"]),
-        ("縦覧に供する場所", "株式会社東京証券取引所（東京都中央区日本橋兜町2番1号）"),
-    ]
-
-
-def _table(c: dict, year: int) -> list[list[str]]:
-    ys = list(range(year - 4, year + 1))
-    fin = c["financials"]
-    return [
-        ["回次"] + [f"第{_period(c, y)}期" for y in ys],
-        ["決算年月"] + [f"{y}年3月" for y in ys],
-        ["売上高（百万円）"] + [jp_num(fin[str(y)]["revenue"]) for y in ys],
-        ["営業利益（百万円）"] + [jp_num(fin[str(y)]["operating_income"]) for y in ys],
-        ["総資産額（百万円）"] + [jp_num(fin[str(y)]["total_assets"]) for y in ys],
-        ["従業員数（名）"] + [jp_num(fin[str(y)]["employees"]) for y in ys],
-    ]
-
-
-def filing_content(c: dict, year: int, filing_date: str, seed: int, amended: bool = False) -> list[dict]:
-    """Canonical sections of one filing: ``[{"name", "kind": cover|table|text, "lines"}]`` in SECTIONS order."""
-    sections = [
-        {"name": SECTIONS[0], "kind": "cover", "lines": _cover(c, year, filing_date, amended)},
-        {"name": SECTIONS[1], "kind": "table", "lines": _table(c, year)},
-    ]
-    facts = fact_sentences(c)
-    for name, build in zip(NARRATIVE_SECTIONS, SECTION_WRITERS, strict=True):
-        rng = sub_rng(seed, "filing", c["edinet_code"], year, name)
-        sections.append({"name": name, "kind": "text", "lines": build(c, facts, year, rng)})
-    return sections
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Evaluation sets
-
-
-def harness_questions(companies: list[dict], seed: int) -> dict:
-    rng = sub_rng(seed, "harness")
-    attrs = [
-        ("business", "{n}の主な事業として正しいものはどれですか。"),
-        ("hq", "{n}の本社所在地として正しいものはどれですか。"),
-    ]
-    values = {"business": [i["business"] for i in V.INDUSTRIES], "hq": [p["hq"] for p in V.PLACES]}
-    data = []
-    for c in companies:
-        for attr, template in attrs:
-            distractors = rng.sample([v for v in values[attr] if v != c[attr]], 3)
-            answer = len(data) % 4
-            choices = distractors[:answer] + [c[attr]] + distractors[answer:]
-            data.append(
-                {
-                    "id": len(data),
-                    "question": template.format(n=c["name"]),
-                    "context": "",
-                    "choices": [{"id": k, "text": t} for k, t in enumerate(choices)],
-                    "answer": answer,
-                    "comment": "",
-                }
-            )
-    return {"data-type": "multiple-choice-question", "data-name": "demo_fin", "data": data}
-
-
-def chat_questions(companies: list[dict]) -> list[dict]:
-    out = []
-    for c in companies:
-        out.append(
-            {
-                "id": f"fin-{len(out):04d}",
-                "question": f"{c['name']}の主な事業は何ですか？",
-                "answers": [c["business"]],
-                "attribute": "主な事業",
-            }
-        )
-        out.append(
-            {
-                "id": f"fin-{len(out):04d}",
-                "question": f"{c['name']}の本社所在地はどこですか？",
-                "answers": [c["hq"]],
-                "attribute": "本社所在地",
-            }
-        )
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -303,7 +101,7 @@ def _filing_date(year: int, rng: random.Random) -> str:
 def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
     """Write the demo world under ``out_dir`` (deterministic in ``cfg``) and return its counts."""
     out_dir = Path(out_dir)
-    companies = make_companies(cfg)
+    companies, background = make_all_companies(cfg)
     by_code = {c["edinet_code"]: c for c in companies}
     ids = _DocIds(sub_rng(cfg.seed, "docids"))
     rng = sub_rng(cfg.seed, "dirt")
@@ -403,34 +201,38 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
     jsonl_rows = write_raw_forms(docs, fdir, sub_rng(cfg.seed, "render"))
     _dump_jsonl(fdir / "jsonl" / "part-000.jsonl", jsonl_rows)
 
-    # Held-out year: clean narrative sections only.
-    heldout = []
-    for c in companies:
-        date = _filing_date(cfg.heldout_year, sub_rng(cfg.seed, "heldout-date", c["edinet_code"]))
-        doc_id = ids.next()
-        for sec in filing_content(c, cfg.heldout_year, date, cfg.seed):
-            if sec["kind"] == "text":
-                heldout.append(
-                    {
-                        "text": clean_view(section_text(sec), c),
-                        "company": c["name"],
-                        "section": sec["name"],
-                        "doc_id": doc_id,
-                    }
-                )
-    _dump_jsonl(out_dir / "eval" / "heldout.jsonl", heldout)
+    company_split = evalsets.split_of(
+        [c["name"] for c in companies], cfg.validation_share, cfg.seed, "companies"
+    )
+    heldout = _heldout_rows(companies, cfg, ids)
+    bg_docs = background_docs(background, cfg.background_years, cfg.seed)
+    bg_docs += background_extras(background, cfg.seed, cfg.background_faq, cfg.background_quiz)
+    _dump_jsonl(out_dir / "background" / "corpus.jsonl", bg_docs)
 
-    # General corpus and instructions.
+    # General corpus (all towns) and instructions (never about a probe town).
     towns = general.make_towns(cfg.n_towns, sub_rng(cfg.seed, "towns"), {p for p, _ in V.COMPANY_PREFIXES})
-    corpus = general.general_corpus(cfg.n_general_docs, towns, sub_rng(cfg.seed, "general"))
+    probe = [t["name"] for t in towns[: cfg.n_probe_towns]]
+    town_split = evalsets.split_of(probe, cfg.validation_share, cfg.seed, "towns")
+    taught = towns[cfg.n_probe_towns :]  # FAQ pages and instructions: never about a probe town
+    corpus = general.general_corpus(
+        cfg.n_general_docs, towns, sub_rng(cfg.seed, "general"), cfg.faq_share, faq_towns=taught
+    )
     _dump_jsonl(out_dir / "general" / "corpus.jsonl", [{"text": t} for t in corpus])
-    instr = general.instructions(cfg.n_instructions, towns, sub_rng(cfg.seed, "instructions"))
+    n_company_qa = round(cfg.instruction_company_share * cfg.n_instructions) if background else 0
+    instr = general.instructions(cfg.n_instructions - n_company_qa, taught, sub_rng(cfg.seed, "instructions"))
+    instr += company_instructions(background, n_company_qa, sub_rng(cfg.seed, "company-instructions"))
+    sub_rng(cfg.seed, "instruction-order").shuffle(instr)
     _dump_jsonl(out_dir / "instructions" / "train.jsonl", instr)
 
-    harness = harness_questions(companies, cfg.seed)
-    _dump_json(out_dir / "eval" / "harness" / "demo_fin" / "data.json", harness)
-    chat = chat_questions(companies)
-    _dump_jsonl(out_dir / "eval" / "chat_finance.jsonl", chat)
+    harness = evalsets.harness_sets(companies, company_split, cfg.seed)
+    chat = evalsets.chat_sets(companies, company_split)
+    chat_general = evalsets.general_chat_sets(towns, town_split)
+    for split in evalsets.SPLITS:
+        _dump_json(out_dir / "eval" / split / "harness" / "demo_fin" / "data.json", harness[split])
+        _dump_jsonl(out_dir / "eval" / split / "chat_finance.jsonl", chat[split])
+        _dump_jsonl(out_dir / "eval" / split / "chat_general.jsonl", chat_general[split])
+        rows = [r for r in heldout if company_split[r["company"]] == split]
+        _dump_jsonl(out_dir / "eval" / split / "heldout.jsonl", rows)
 
     filings_index = [
         {
@@ -446,6 +248,7 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
     ]
     counts = {
         "companies": len(companies),
+        "background_companies": len(background),
         "filings": n_filings,
         "exact_duplicates": n_exact,
         "near_duplicates": n_near,
@@ -455,11 +258,24 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
         "forms": {f: sum(1 for d in docs if d["form"] == f) for f in FORMS},
         "narrative_sections_per_filing": len(NARRATIVE_SECTIONS),
         "heldout_sections": len(heldout),
+        "background_sections": len(bg_docs),
         "general_docs": len(corpus),
         "instructions": len(instr),
         "towns": len(towns),
-        "harness_questions": len(harness["data"]),
-        "chat_questions": len(chat),
+        "probe_towns": len(probe),
+    }
+    for split in evalsets.SPLITS:
+        counts[f"{split}/companies"] = sum(1 for v in company_split.values() if v == split)
+        counts[f"{split}/harness_questions"] = len(harness[split]["data"])
+        counts[f"{split}/chat_finance"] = len(chat[split])
+        counts[f"{split}/chat_general"] = len(chat_general[split])
+        counts[f"{split}/heldout_sections"] = sum(1 for r in heldout if company_split[r["company"]] == split)
+    split_info = {
+        "rule": "by entity: a seeded shuffle puts round(validation_share * n) (at least 1) evaluated companies, "
+        "and as many probe towns, in validation, the rest in test; every item about an entity is in its split",
+        "validation_share": cfg.validation_share,
+        "companies": company_split,
+        "probe_towns": town_split,
     }
     truth = {
         "exact_duplicates": exact_truth,
@@ -467,6 +283,7 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
         "junk": junk_truth,
         "non_japanese": nonja_truth,
         "documents": filings_index,
+        "split": split_info,
         "counts": counts,
     }
     _dump_json(out_dir / "truth.json", truth)
@@ -474,11 +291,33 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
         "seed": cfg.seed,
         "years": list(cfg.years),
         "heldout_year": cfg.heldout_year,
-        "companies": [
-            {k: v for k, v in c.items() if k not in ("style",)} | {"facts": fact_sentences(c)}
-            for c in companies
-        ],
-        "towns": towns,
+        "split": split_info,
+        "companies": [_public(c) | {"split": company_split[c["name"]]} for c in companies],
+        "background_companies": [_public(c) for c in background],
+        "towns": [t | {"probe": town_split.get(t["name"])} for t in towns],
     }
     _dump_json(out_dir / "world.json", world)
     return counts
+
+
+def _public(c: dict) -> dict:
+    return {k: v for k, v in c.items() if k != "style"} | {"facts": fact_sentences(c)}
+
+
+def _heldout_rows(companies: list[dict], cfg: DemoConfig, ids: _DocIds) -> list[dict]:
+    """Held-out year: each company's clean narrative sections (for finance perplexity)."""
+    heldout = []
+    for c in companies:
+        date = _filing_date(cfg.heldout_year, sub_rng(cfg.seed, "heldout-date", c["edinet_code"]))
+        doc_id = ids.next()
+        for sec in filing_content(c, cfg.heldout_year, date, cfg.seed):
+            if sec["kind"] == "text":
+                heldout.append(
+                    {
+                        "text": clean_view(section_text(sec), c),
+                        "company": c["name"],
+                        "section": sec["name"],
+                        "doc_id": doc_id,
+                    }
+                )
+    return heldout

@@ -197,7 +197,6 @@ class RunContext(BaseModel):
             parent_run_id=parent_run_id,
             config_hash=config_hash(cfg),
         )
-        tracking.use_for_process(ctx.tracking_uri)  # models:/ inputs resolve against the same store
         if not lazy:
             ctx.experiment_id_()
         return ctx
@@ -216,8 +215,7 @@ class RunContext(BaseModel):
         return storage.join(self.storage_uri, stage, key)
 
     def apply(self) -> None:
-        """Configure storage and tracking in this process (a Prefect task may run in another one)."""
-        tracking.use_for_process(self.tracking_uri)
+        """Configure storage in this process (a Prefect task may run in another one)."""
         storage.configure(
             self.endpoint_url,
             dataclasses.replace(
@@ -260,7 +258,8 @@ def plan(
         raise TypeError(f"stage {stage.name}: unknown inputs {sorted(unknown)}")
     options = dict(options or {})
     section = stage.section_of(cfg)
-    digests = {name: input_digest(kind, inputs.get(name)) for name, kind in stage.inputs.items()}
+    with tracking.current_store(ctx.tracking_uri):  # a models:/ input is looked up in the run's registry
+        digests = {name: input_digest(kind, inputs.get(name)) for name, kind in stage.inputs.items()}
     files = {path: file_digest(_field(cfg, path)) for path in stage.config_files}
     keyed = {k: v for k, v in sorted(options.items()) if k not in stage.unkeyed}
     key = stage_key(stage.name, stage.code_version(), stage.section_key(cfg), digests, files, keyed)
@@ -387,7 +386,8 @@ def execute(p: Planned, ctx: RunContext, on_tables: Callable[[str, dict], None] 
         tracking=stage_run.info,
     )
     try:
-        result = p.stage.work(call)
+        with tracking.current_store(ctx.tracking_uri):
+            result = p.stage.work(call)
     except BaseException:
         if stage_run.run is not None:
             stage_run.run.fail()
