@@ -23,23 +23,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from finmerge.core import storage
+from finmerge.corpus.sources import SCHEMA_META
 from finmerge.corpus.textio import iter_lines
 
 DATA_DIR = "data"
 CARD = "README.md"
-COLUMNS = (
-    "id",
-    "text",
-    "source",
-    "format",
-    "doc_id",
-    "edinet_code",
-    "company",
-    "filing_date",
-    "section",
-    "sha256",
-    "meta",
-)
+COLUMNS = ("id", "text", "source", "format", *SCHEMA_META, "sha256", "meta")  # the ingest record schema
 SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
 SHARD_BYTES = 256 << 20  # of JSONL per shard: Hugging Face suggests parquet files of a few hundred MB at most
 BATCH_ROWS = 2048

@@ -422,11 +422,13 @@ def fingerprint(uri: str) -> str:
     """
     import hashlib
 
-    if uri.startswith("models:/"):  # a registered version: the digest it was registered (and is verified) with
+    if uri.startswith("models:/"):
+        # a registered version: the digest it was registered (and is verified) with
         from finmerge.config import TrackingConfig
         from finmerge.core import integrity, tracking
 
-        return integrity.recorded_digest(integrity.resolve_models_uri(uri, tracking.resolve_uri(TrackingConfig())))
+        version = integrity.resolve_models_uri(uri, tracking.resolve_uri(TrackingConfig()))
+        return integrity.recorded_digest(version)
     manifest = storage.read_manifest(uri)
     if manifest is not None:
         return manifest["digest"]

@@ -10,7 +10,8 @@ from finmerge.core import storage, tracking
 log = logging.getLogger(__name__)
 
 
-def _uris(value) -> list[str]:
+def uris(value) -> list[str]:
+    """The locations an input names: none, one, or a list."""
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
@@ -24,7 +25,7 @@ def log_datasets(p, run: tracking.Run) -> None:
 
     by_context: dict[str, list[dict]] = {}
     for name, context in p.stage.datasets.items():
-        for uri in _uris(p.call.inputs.get(name)):
+        for uri in uris(p.call.inputs.get(name)):
             digest = p.digests.get(name)
             digest = digest if isinstance(digest, str) else sha256_json(digest)
             try:

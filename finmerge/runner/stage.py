@@ -322,14 +322,8 @@ def preflight(p: Planned) -> None:
             raise FileNotFoundError(
                 f"{value}: no such {name} for stage {p.stage.name} (file, folder or s3:// object)"
             )
-    uris = [v for n, k in p.stage.inputs.items() if k != "value" for v in _uris(p.call.inputs.get(n))]
+    uris = [v for n, k in p.stage.inputs.items() if k != "value" for v in lineage.uris(p.call.inputs.get(n))]
     storage.check_output(p.out_uri, p.stage.name, uris, p.call.overwrite)
-
-
-def _uris(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
 def record_cache_hit(p: Planned, ctx: RunContext, result: dict) -> dict:
