@@ -215,7 +215,10 @@ def test_report_card_recipe_and_meta(fp32, tmp_path):
         "merge/max_abs_delta_vs_inst",
         "merge/n_tensors",
         "merge/seconds",
+        "merge/fused_share",  # merged elements the fused kernel computed (fp32 inputs: all)
+        "merge/candidates_in_pass",
     }
+    assert res["metrics"]["merge/fused_share"] == 1.0 and res["metrics"]["merge/candidates_in_pass"] == 1
     assert res["metrics"]["merge/n_tensors"] == n and res["metrics"]["merge/max_abs_delta_vs_cpt"] > 0
     for a in res["artifacts"]:
         assert (out / a).stat().st_size > 0

@@ -30,6 +30,7 @@ config) plus ``README.md`` (model card), ``merge_recipe.yaml`` (reproduces the m
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import time
 
@@ -42,11 +43,11 @@ from finmerge.merge.card import model_card, recipe_yaml
 from finmerge.merge.method_registry import METHODS, ROLES, method_summary
 from finmerge.merge.model_files import check_tokenizer_source, write_model_files
 from finmerge.merge.plan import build_plan, compute_dtype, resolve_dtype
-from finmerge.merge.stream import MergeError, dtype_name, merge_pass
+from finmerge.merge.stream import MergeError, dtype_name, merge_pass_many
 from finmerge.merge.triplet import load_triplet, stage_triplet
 from finmerge.models.safetensors_stream import ShardedWriter
 
-__all__ = ["MergeError", "merge_from_recipe", "merge_models"]
+__all__ = ["MergeError", "merge_from_recipe", "merge_models", "merge_models_many"]
 _recipe = recipe_yaml  # the name tests/test_strict_config.py checks the recipe schema through
 # the count merge_report.json keeps of each plan kind
 KIND_COUNTS = {"merged": "tensors_merged", "copied": "tensors_copied", "taken": "tensors_excluded"}
@@ -97,12 +98,46 @@ def merge_models(
     have no finmerge manifest, for the model card (in background threads); ``overwrite`` lets ``out_uri``
     replace something that is not a finmerge merge output (never an input: see ``storage.check_output``).
     """
+    return merge_models_many(
+        base_uri,
+        instruct_uri,
+        domain_uri,
+        [(out_uri, cfg)],
+        staging_dir,
+        trust_remote_code,
+        allow_pickle=allow_pickle,
+        allow_float_dtype_mismatch=allow_float_dtype_mismatch,
+        block_elems=block_elems,
+        hash_inputs=hash_inputs,
+        overwrite=overwrite,
+    )[0]
+
+
+def merge_models_many(
+    base_uri: str,
+    instruct_uri: str,
+    domain_uri: str,
+    jobs: list[tuple[str, MergeConfig]],
+    staging_dir: str,
+    trust_remote_code: bool = False,
+    *,
+    allow_pickle: bool = False,
+    allow_float_dtype_mismatch: bool = False,
+    block_elems: int = 1 << 20,
+    hash_inputs: bool = True,
+    overwrite: bool = False,
+) -> list[dict]:
+    """K merges of the same three models in one read of the inputs: ``jobs`` is ``[(out_uri, cfg), ...]``;
+    each output is exactly what :func:`merge_models` writes for it (a sweep's candidates). The configs may
+    differ in method and coefficients, not in what they do to each tensor's kind or dtype (rules, exclude,
+    dtype): those would not share a pass."""
     t0 = time.perf_counter()
     inputs = (base_uri, instruct_uri, domain_uri)
-    storage.check_output(out_uri, "merge", inputs, overwrite)
-    coeffs = METHODS[cfg.method].coefficients(
-        cfg
-    )  # a linear merge with α + β = 0 fails here, before any work
+    if len({storage.normalize(u) for u, _ in jobs}) != len(jobs):
+        raise MergeError("merge: two candidates write the same output")
+    for out_uri, cfg in jobs:
+        storage.check_output(out_uri, "merge", inputs, overwrite)
+        METHODS[cfg.method].coefficients(cfg)  # a linear merge with α + β = 0 fails here, before any work
     uris = dict(zip(ROLES, inputs, strict=True))
     folders = stage_triplet(uris, staging_dir, allow_pickle)
     tri = load_triplet(
@@ -113,71 +148,114 @@ def merge_models(
         trust_remote_code=trust_remote_code,
     )
     check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)
-    out_dtype = resolve_dtype(cfg.dtype, tri.instruct.config)
-    plans = build_plan(tri, cfg, out_dtype)
-    specs = [(p.name, p.dtype, p.shape) for p in plans.values()]
+    plans = [build_plan(tri, cfg, resolve_dtype(cfg.dtype, tri.instruct.config)) for _, cfg in jobs]
+    _check_shared_pass(plans)
+    specs = [(p.name, p.dtype, p.shape) for p in plans[0].values()]
     calc_dtype = compute_dtype(tri)
 
     pool = cf.ThreadPoolExecutor(max_workers=2)
     try:
         fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hash_inputs else {}
-        with storage.output_folder(
-            out_uri, staging_dir, meta={"kind": "merge"}, stage="merge", inputs=inputs, overwrite=overwrite
-        ) as out:
-            writer = ShardedWriter(out.path, specs, max(0, cfg.shard_size_mb) * 1_000_000, background=True)
-            try:
-                report = merge_pass(tri, plans, writer, calc_dtype, block_elems)
-                shard_sha = writer.close()
-                out.known_sha256.update(shard_sha)  # hashed while writing: no second read of the shards
-            finally:
-                writer.abort()
+        with contextlib.ExitStack() as stack:
+            outs = [
+                stack.enter_context(
+                    storage.output_folder(
+                        u,
+                        staging_dir,
+                        meta={"kind": "merge"},
+                        stage="merge",
+                        inputs=inputs,
+                        overwrite=overwrite,
+                    )
+                )
+                for u, _ in jobs
+            ]
+            writers = []
+            for out, (_, cfg) in zip(outs, jobs, strict=True):
+                shard_bytes = max(0, cfg.shard_size_mb) * 1_000_000
+                writers.append(ShardedWriter(out.path, specs, shard_bytes, background=True))
+                stack.callback(writers[-1].abort)
+            paths: dict = {}
+            reports = merge_pass_many(tri, plans, writers, calc_dtype, block_elems, paths)
+            shard_shas = [w.close() for w in writers]
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
-            warnings = list(tri.warnings)
-            warnings += write_model_files(tri, out.path, out_dtype, trust_remote_code)
-            counts = _counts(plans, report, tri, shard_sha)
-            max_cpt = max((t["max_abs_delta_vs_cpt"] for t in report), default=0.0)
-            max_inst = max(
-                (t["max_abs_delta_vs_inst"] for t in report if t["max_abs_delta_vs_inst"] is not None),
-                default=0.0,
-            )
-            summary = {
-                "finmerge_version": finmerge.__version__,
-                "method": cfg.method,
-                "alpha": cfg.alpha,
-                "beta": cfg.beta,
-                "coefficients": dict(zip(ROLES, coeffs, strict=True)) if coeffs else None,
-                "parameters": method_summary(cfg),
-                "compute_dtype": dtype_name(calc_dtype),
-                "output_dtype": dtype_name(out_dtype),
-                "inputs": {r: _input_summary(tri, r, uris[r], fingerprints) for r in ROLES},
-                "vocab": tri.vocab,
-                "exclude": list(cfg.exclude),
-                "shards": shard_sha,
-                "counts": counts,
-                "max_abs_delta_vs_cpt": max_cpt,
-                "max_abs_delta_vs_inst": max_inst,
-                # no timing here: the folder's digest must depend on its content only (the time is in
-                # the manifest's metrics, which the digest does not cover)
-                "warnings": warnings,
-            }
-            (out.path / "merge_report.json").write_text(
-                json.dumps({"summary": summary, "tensors": report}, indent=2, ensure_ascii=False) + "\n"
-            )
-            (out.path / "merge_recipe.yaml").write_text(recipe_yaml(cfg, uris, summary), encoding="utf-8")
-            (out.path / "README.md").write_text(model_card(cfg, summary, out_uri), encoding="utf-8")
-            out.meta["counts"] = counts
-            out.meta["metrics"] = {
-                "merge/max_abs_delta_vs_cpt": float(max_cpt),
-                "merge/max_abs_delta_vs_inst": float(max_inst),
-                "merge/n_tensors": float(len(plans)),
-                "merge/seconds": float(time.perf_counter() - t0),
-            }
-            out.meta["artifacts"] = ["README.md", "merge_recipe.yaml", "merge_report.json"]
-            out.meta["output_dtype"] = dtype_name(out_dtype)
-            out.meta["vocab"] = tri.vocab
+            seconds = time.perf_counter() - t0
+            for out, (out_uri, cfg), plan, report, shard_sha in zip(
+                outs, jobs, plans, reports, shard_shas, strict=True
+            ):
+                out.known_sha256.update(shard_sha)  # hashed while writing: no second read of the shards
+                _finish_output(out, out_uri, cfg, tri, uris, plan, report, shard_sha, fingerprints, seconds,
+                               trust_remote_code)  # fmt: skip
+                out.meta["metrics"]["merge/fused_share"] = paths["fused_elements"] / max(
+                    1, paths["fused_elements"] + paths["torch_elements"]
+                )
+                out.meta["metrics"]["merge/candidates_in_pass"] = float(len(jobs))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return out.result()
+    return [out.result() for out in outs]
+
+
+def _check_shared_pass(plans: list[dict]) -> None:
+    first = plans[0]
+    for other in plans[1:]:
+        for name, p in first.items():
+            q = other[name]
+            if (q.kind, q.dtype, q.source) != (p.kind, p.dtype, p.source):
+                raise MergeError(
+                    f"merge: candidates differ in how tensor {name} is made ({p.kind}/{dtype_name(p.dtype)} vs "
+                    f"{q.kind}/{dtype_name(q.dtype)}): merge them separately"
+                )
+
+
+def _finish_output(
+    out, out_uri, cfg, tri, uris, plans, report, shard_sha, fingerprints, seconds, trust_remote_code
+) -> None:
+    """The model files, report, recipe, card and manifest metadata of one merged output."""
+    coeffs = METHODS[cfg.method].coefficients(cfg)
+    out_dtype = resolve_dtype(cfg.dtype, tri.instruct.config)
+    warnings = list(tri.warnings)
+    warnings += write_model_files(tri, out.path, out_dtype, trust_remote_code)
+    counts = _counts(plans, report, tri, shard_sha)
+    max_cpt = max((t["max_abs_delta_vs_cpt"] for t in report), default=0.0)
+    max_inst = max(
+        (t["max_abs_delta_vs_inst"] for t in report if t["max_abs_delta_vs_inst"] is not None),
+        default=0.0,
+    )
+    summary = {
+        "finmerge_version": finmerge.__version__,
+        "method": cfg.method,
+        "alpha": cfg.alpha,
+        "beta": cfg.beta,
+        "coefficients": dict(zip(ROLES, coeffs, strict=True)) if coeffs else None,
+        "parameters": method_summary(cfg),
+        "compute_dtype": dtype_name(compute_dtype(tri)),
+        "output_dtype": dtype_name(out_dtype),
+        "inputs": {r: _input_summary(tri, r, uris[r], fingerprints) for r in ROLES},
+        "vocab": tri.vocab,
+        "exclude": list(cfg.exclude),
+        "shards": shard_sha,
+        "counts": counts,
+        "max_abs_delta_vs_cpt": max_cpt,
+        "max_abs_delta_vs_inst": max_inst,
+        # no timing here: the folder's digest must depend on its content only (the time is in
+        # the manifest's metrics, which the digest does not cover)
+        "warnings": warnings,
+    }
+    (out.path / "merge_report.json").write_text(
+        json.dumps({"summary": summary, "tensors": report}, indent=2, ensure_ascii=False) + "\n"
+    )
+    (out.path / "merge_recipe.yaml").write_text(recipe_yaml(cfg, uris, summary), encoding="utf-8")
+    (out.path / "README.md").write_text(model_card(cfg, summary, out_uri), encoding="utf-8")
+    out.meta["counts"] = counts
+    out.meta["metrics"] = {
+        "merge/max_abs_delta_vs_cpt": float(max_cpt),
+        "merge/max_abs_delta_vs_inst": float(max_inst),
+        "merge/n_tensors": float(len(plans)),
+        "merge/seconds": float(seconds),
+    }
+    out.meta["artifacts"] = ["README.md", "merge_recipe.yaml", "merge_report.json"]
+    out.meta["output_dtype"] = dtype_name(out_dtype)
+    out.meta["vocab"] = tri.vocab
 
 
 def _counts(plans: dict, report: list[dict], tri, shard_sha: dict) -> dict:

@@ -9,10 +9,13 @@ methods (ties, dare, slerp) see all shared rows of a tensor at once.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from finmerge.merge.method_registry import ROLES
+from finmerge.merge import fused
+from finmerge.merge.method_registry import ROLES, WeightedSum
 from finmerge.merge.methods import Scratch, max_abs_diff
 from finmerge.merge.plan import TensorPlan
 from finmerge.merge.triplet import Triplet
@@ -59,96 +62,174 @@ def _read(model, name: str, a, b, ws: Scratch, key: str) -> torch.Tensor:
     return model.read_into(name, a, b, ws.get(key, (b - a, *info.shape[1:]), dtype))
 
 
+@dataclass
+class _TensorStats:
+    d_cpt: float = 0.0
+    d_inst: float | None = None
+
+    def add(self, dc: float, di: float | None) -> None:
+        self.d_cpt = max(self.d_cpt, dc)
+        if di is not None:
+            self.d_inst = max(self.d_inst or 0.0, di)
+
+
+def _torch_block(plan: TensorPlan, name, a, b, in_shared, x, ws: Scratch, tag: str, compute_dtype, models):
+    """One candidate's output block on the torch path; ``(y, max|y−θ_cpt|, max|y−θ_inst| or None)``.
+    ``tag`` names this candidate's buffers (the writer may still be writing the previous block from them)."""
+    kind, out_dtype = plan.kind, plan.dtype
+    roles = tuple(x)
+    bshape = x["domain"].shape
+    whole = in_shared and plan.whole_tensor
+    if whole and plan.method.raw_inputs:
+        # ties / dare on the raw inputs: converted chunk by chunk inside, never as whole fp32 copies
+        acc = plan.method.combine(name, plan.params, x, ws.get(f"acc{tag}", bshape, compute_dtype), ws)
+        y = acc if out_dtype == compute_dtype else ws.get(f"y{tag}", bshape, out_dtype).copy_(acc)
+        dc = max_abs_diff(acc, x["domain"], ws)
+        di = max_abs_diff(acc, x["instruct"], ws)
+        if not (math.isfinite(dc) and math.isfinite(di)) or not bool(torch.isfinite(acc).all()):
+            _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc, models)
+        return y, dc, di
+    xf = {
+        r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
+        for r, v in x.items()
+    }
+    if kind == "taken" or not in_shared:
+        src = x[plan.source] if kind == "taken" and in_shared else x["domain"]
+        y = src if src.dtype == out_dtype else ws.get(f"y{tag}", bshape, out_dtype).copy_(src)
+    else:
+        acc = plan.method.combine(name, plan.params, xf, ws.get(f"acc{tag}", bshape, compute_dtype), ws)
+        y = acc if out_dtype == compute_dtype else ws.get(f"y{tag}", bshape, out_dtype).copy_(acc)
+    # t0 / t1 are the method's delta buffers, free again once the block is combined
+    yf = y if y.dtype == compute_dtype else ws.get("t0", bshape, compute_dtype).copy_(y)
+    # Non-finite values in the output or in an input it is compared with show up as a
+    # non-finite |Δ|; the base is checked apart (it may take no part in either).
+    diff = ws.get("t1", bshape, compute_dtype)
+    dc = _max_abs(yf, xf["domain"], diff)
+    di = _max_abs(yf, xf["instruct"], diff) if in_shared else 0.0
+    idle = [r for r in roles if r == "base" and not plan.uses_base]
+    if not (math.isfinite(dc) and math.isfinite(di)) or any(
+        not bool(torch.isfinite(xf[r]).all()) for r in idle
+    ):
+        _diagnose(name, a, b, xf, yf, models)
+    return y, dc, (di if in_shared else None)
+
+
+def _fusable(plans: list[TensorPlan], x: dict, in_shared: bool) -> bool:
+    p = plans[0]
+    return (
+        in_shared
+        and p.kind == "merged"
+        and all(isinstance(q.method, WeightedSum) and _exact_f32(q.params.coeffs) for q in plans)
+        and fused.available((v.dtype for v in x.values()), p.dtype)
+    )
+
+
+def _exact_f32(coeffs) -> bool:
+    """A nonzero coefficient that float32 rounds to zero would be left out by the kernel but kept by torch."""
+    return all(c == 0.0 or np.float32(c) != 0.0 for c in coeffs)
+
+
 def merge_pass(
     tri: Triplet, plans: dict[str, TensorPlan], writer: ShardedWriter, compute_dtype, block_elems: int
 ) -> list[dict]:
     """Write every planned tensor (in the writer's order); the per-tensor rows of ``merge_report.json``."""
+    return merge_pass_many(tri, [plans], [writer], compute_dtype, block_elems)[0]
+
+
+def merge_pass_many(
+    tri: Triplet,
+    plans: list[dict[str, TensorPlan]],
+    writers: list[ShardedWriter],
+    compute_dtype,
+    block_elems: int,
+    stats: dict | None = None,
+) -> list[list[dict]]:
+    """K merges of the same three models in one read of the inputs: ``plans[k]`` written to ``writers[k]``
+    (same tensors, shapes and output dtypes; the coefficients and methods may differ). Linear methods take
+    the fused kernel (:mod:`finmerge.merge.fused`) when the dtypes allow, everything else the torch path;
+    ``stats`` (if given) gets the merged elements (per candidate) that each path computed."""
+    counts = stats if stats is not None else {}
+    counts.update(fused_elements=0, torch_elements=0)
     models = {r: getattr(tri, r).weights for r in ROLES}
+    order = writers[0].order
+    if any(w.order != order for w in writers):
+        raise ValueError("merge_pass_many: the outputs must hold the same tensors")
     ws = Scratch()
-    k = 0
-    report = []
+    kernel = None
+    k_blocks = 0
+    reports: list[list[dict]] = [[] for _ in plans]
     for m in models.values():
         m.__enter__()
     try:
-        for name in writer.order:
-            plan = plans[name]
-            kind, shape, out_dtype = plan.kind, plan.shape, plan.dtype
+        for name in order:
+            tplans = [p[name] for p in plans]
+            plan = tplans[0]
+            shape = plan.shape
             shared = plan.shared_rows
             rows = shape[0] if shape else None
-            d_cpt, d_inst = 0.0, None
+            tstats = [_TensorStats() for _ in tplans]
             for a, b, in_shared in plan.blocks(block_elems):
                 roles = ROLES if in_shared else ("domain",)
-                k += 1
-                par = k % 2  # buffers the writer may still be writing from alternate between blocks
-                # Raw blocks may go to the writer as they are (copied / taken tensors, domain-only rows), so
+                k_blocks += 1
+                par = k_blocks % 2  # buffers the writers may still be writing from alternate between blocks
+                # Raw blocks may go to the writers as they are (copied / taken tensors, domain-only rows), so
                 # they alternate too; a whole-tensor block is never written raw and gets one buffer set.
                 whole = in_shared and plan.whole_tensor
                 x = {r: _read(models[r], name, a, b, ws, f"raw_{r}{'' if whole else par}") for r in roles}
-                if kind == "copied":
+                if plan.kind == "copied":
                     for r in ("base", "domain"):
                         if not torch.equal(x[r], x["instruct"]):
                             raise MergeError(f"non-float tensor {name} differs between instruct and {r}")
-                    writer.write(name, x["instruct"])
-                    d_inst = 0.0
+                    for w, st in zip(writers, tstats, strict=True):
+                        w.write(name, x["instruct"])
+                        st.add(0.0, 0.0)
                     continue
-                bshape = x["domain"].shape
-                if whole and plan.method.raw_inputs:
-                    # ties / dare on the raw inputs: converted chunk by chunk inside, never as whole fp32 copies
-                    acc = plan.method.combine(
-                        name, plan.params, x, ws.get(f"acc{par}", bshape, compute_dtype), ws
+                if _fusable(tplans, x, in_shared):
+                    kernel = kernel or fused.FusedWeightedSums()
+                    bshape = x["domain"].shape
+                    n = x["domain"].numel()
+                    out = ws.get(f"fused{par}", (len(tplans), n), _OUT_BITS[plan.dtype])
+                    diag = kernel(
+                        x, [q.params.coeffs for q in tplans], out.numpy().view(_NP_BITS[plan.dtype])
                     )
-                    y = acc if out_dtype == compute_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(acc)
-                    dc = max_abs_diff(acc, x["domain"], ws)
-                    di = max_abs_diff(acc, x["instruct"], ws)
-                    if not (math.isfinite(dc) and math.isfinite(di)) or not bool(torch.isfinite(acc).all()):
-                        _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc, models)
-                    d_cpt, d_inst = max(d_cpt, dc), max(d_inst or 0.0, di)
-                    writer.write(name, y)
-                    del x, y
-                    continue
-                xf = {
-                    r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
-                    for r, v in x.items()
-                }
-                if kind == "taken" or not in_shared:
-                    src = x[plan.source] if kind == "taken" and in_shared else x["domain"]
-                    y = src if src.dtype == out_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(src)
-                else:
-                    acc = plan.method.combine(
-                        name, plan.params, xf, ws.get(f"acc{par}", bshape, compute_dtype), ws
+                    if diag is not None:
+                        for k, (w, st) in enumerate(zip(writers, tstats, strict=True)):
+                            w.write(name, out[k].view(plan.dtype).view(bshape))
+                            st.add(*diag[k])
+                        counts["fused_elements"] += n
+                        continue
+                    # a non-finite value: the torch path names the input and rows (and raises)
+                for k, (q, w, st) in enumerate(zip(tplans, writers, tstats, strict=True)):
+                    y, dc, di = _torch_block(
+                        q, name, a, b, in_shared, x, ws, f"{k}_{par}", compute_dtype, models
                     )
-                    y = acc if out_dtype == compute_dtype else ws.get(f"y{par}", bshape, out_dtype).copy_(acc)
-                # t0 / t1 are the method's delta buffers, free again once the block is combined
-                yf = y if y.dtype == compute_dtype else ws.get("t0", bshape, compute_dtype).copy_(y)
-                # Non-finite values in the output or in an input it is compared with show up as a
-                # non-finite |Δ|; the base is checked apart (it may take no part in either).
-                diff = ws.get("t1", bshape, compute_dtype)
-                dc = _max_abs(yf, xf["domain"], diff)
-                di = _max_abs(yf, xf["instruct"], diff) if in_shared else 0.0
-                idle = [r for r in roles if r == "base" and not plan.uses_base]
-                if not (math.isfinite(dc) and math.isfinite(di)) or any(
-                    not bool(torch.isfinite(xf[r]).all()) for r in idle
-                ):
-                    _diagnose(name, a, b, xf, yf, models)
-                d_cpt = max(d_cpt, dc)
-                if in_shared:
-                    d_inst = max(d_inst or 0.0, di)
-                writer.write(name, y)
-                del x, xf, y, yf
-            report.append(
-                {
-                    "name": name,
-                    "kind": kind,
-                    "method": plan.method.name if kind == "merged" else plan.source,
-                    "rule": plan.rule,
-                    "shape": list(shape),
-                    "dtype": dtype_name(out_dtype),
-                    "rows_domain_only": (rows - shared) if shared is not None else 0,
-                    "max_abs_delta_vs_cpt": d_cpt,
-                    "max_abs_delta_vs_inst": d_inst,
-                }
-            )
+                    w.write(name, y)
+                    st.add(dc, di)
+                if in_shared and plan.kind == "merged":
+                    counts["torch_elements"] += x["domain"].numel()
+                del x
+            for q, st, report in zip(tplans, tstats, reports, strict=True):
+                report.append(
+                    {
+                        "name": name,
+                        "kind": q.kind,
+                        "method": q.method.name if q.kind == "merged" else q.source,
+                        "rule": q.rule,
+                        "shape": list(shape),
+                        "dtype": dtype_name(q.dtype),
+                        "rows_domain_only": (rows - shared) if shared is not None else 0,
+                        "max_abs_delta_vs_cpt": st.d_cpt,
+                        "max_abs_delta_vs_inst": st.d_inst,
+                    }
+                )
     finally:
+        if kernel is not None:
+            kernel.close()
         for m in models.values():
             m.__exit__(None, None, None)
-    return report
+    return reports
+
+
+# the integer type whose bits the fused kernel writes for each output dtype
+_OUT_BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+_NP_BITS = {torch.bfloat16: np.uint16, torch.float32: np.uint32}

@@ -1,0 +1,145 @@
+"""The fused linear-merge kernel writes bit for bit what the torch path writes (weights and the per-tensor
+max |Δ| of merge_report.json), for bf16 and fp32 inputs, odd shapes and an extended vocab; and K candidates
+merged in one pass equal K separate merges."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finmerge.config import MergeConfig
+from finmerge.merge import fused
+from finmerge.merge.execute import MergeError, merge_models, merge_models_many
+from tests.test_merge import EXTRA_TOKENS, _triplet
+
+
+@pytest.fixture(scope="module")
+def triplets(tmp_path_factory) -> dict[str, dict[str, str]]:
+    root = tmp_path_factory.mktemp("fused")
+    return {
+        "bf16": _triplet(root / "bf16", dtype=torch.bfloat16, committed=False),
+        "fp32": _triplet(root / "fp32", committed=False),
+        "vocab": _triplet(root / "vocab", extra_tokens=EXTRA_TOKENS, committed=False),
+    }
+
+
+CONFIGS = {
+    "paper": MergeConfig(),
+    "uneven": MergeConfig(alpha=0.3, beta=1.21),
+    "domain-only": MergeConfig(alpha=0.0, beta=1.0),
+    "linear": MergeConfig(method="linear", alpha=0.37, beta=0.5),
+    "normalized": MergeConfig(alpha=0.75, beta=1.0, lambda_scale=0.7, normalize=True),
+    "to-fp32": MergeConfig(alpha=0.5, beta=0.5, dtype="float32"),
+    "to-bf16": MergeConfig(alpha=1.0, beta=0.9, dtype="bfloat16"),
+}
+
+
+def _content(folder: str | Path) -> dict:
+    """Weight files byte for byte and merge_report.json's rows (max |Δ| vs each input per tensor)."""
+    f = Path(folder)
+    return {
+        "weights": {p.name: p.read_bytes() for p in sorted(f.glob("*.safetensors"))},
+        "report": json.loads((f / "merge_report.json").read_text())["tensors"],
+    }
+
+
+def _merge(tri: dict, out: Path, cfg: MergeConfig, **kw) -> dict:
+    return merge_models(
+        tri["base"], tri["instruct"], tri["domain"], str(out), cfg, str(out.parent / "st"), **kw
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+@pytest.mark.parametrize("inputs", ["bf16", "fp32", "vocab"])
+def test_fused_kernel_writes_what_the_torch_path_writes(triplets, tmp_path, monkeypatch, inputs, case):
+    tri, cfg = triplets[inputs], CONFIGS[case]
+    # odd blocks: 7 rows of 64 — tiles and the two threads' halves end mid-row
+    got = _merge(tri, tmp_path / "fused", cfg, block_elems=7 * 64)
+    assert got["metrics"]["merge/fused_share"] == 1.0  # the kernel did every merged element
+    monkeypatch.setenv("FINMERGE_FUSED", "0")
+    want = _merge(tri, tmp_path / "torch", cfg, block_elems=7 * 64)
+    assert want["metrics"]["merge/fused_share"] == 0.0
+    a, b = _content(tmp_path / "fused"), _content(tmp_path / "torch")
+    assert a["weights"].keys() == b["weights"].keys()
+    assert all(a["weights"][k] == b["weights"][k] for k in a["weights"])
+    assert a["report"] == b["report"]
+
+
+def test_kernel_on_random_values_with_ties_and_tails():
+    """Element-level check on 50,001 values (not a multiple of the tile) per coefficient set, all at once:
+    the rounding ties of bf16 and the FMA of torch's add_(alpha) are where a naive kernel differs."""
+    g = torch.Generator().manual_seed(7)
+    n = 50_001
+    x = {r: (torch.randn(n, generator=g) * 0.02).bfloat16() for r in ("base", "instruct", "domain")}
+    coefs = [
+        (-1.0, 1.0, 1.0),
+        (0.3, 0.3, 0.4),
+        (1 - 0.37 - 1.21, 0.37, 1.21),
+        (0.0, 0.0, 0.0),
+        (0.0, 1.0, 0.0),
+    ]
+    out = np.empty((len(coefs), n), np.uint16)
+    diag = fused.FusedWeightedSums(threads=2)(x, coefs, out)
+    for k, (cb, ci, cd) in enumerate(coefs):
+        terms = [(x[r].float(), c) for r, c in zip(("base", "instruct", "domain"), (cb, ci, cd)) if c != 0.0]
+        acc = torch.zeros(n)
+        for j, (v, c) in enumerate(terms):
+            acc = (v.clone() if c == 1.0 else torch.mul(v, c)) if j == 0 else acc.add_(v, alpha=c)
+        want = acc.bfloat16()
+        got = torch.from_numpy(out[k].view(np.int16)).view(torch.bfloat16)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), coefs[k]
+        assert diag[k] == (float((want.float() - x["domain"].float()).abs().max()),
+                           float((want.float() - x["instruct"].float()).abs().max()))  # fmt: skip
+
+
+def test_a_non_finite_input_is_named_with_the_kernel_on(triplets, tmp_path):
+    """The kernel spots the Inf and the torch path names the input, tensor and rows, as before."""
+    from safetensors.torch import load_file, save_file
+
+    src = triplets["bf16"]
+    bad = tmp_path / "instruct"
+    bad.mkdir()
+    for p in Path(src["instruct"]).iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    (w,) = bad.glob("*.safetensors")
+    t = load_file(w)
+    name = next(k for k in sorted(t) if k.endswith("mlp.up_proj.weight"))
+    t[name][3, 5] = float("inf")
+    save_file(t, str(w), metadata={"format": "pt"})
+    tri = {**src, "instruct": str(bad)}
+    with pytest.raises(MergeError, match=rf"input instruct tensor {name} .*1 Inf"):
+        _merge(tri, tmp_path / "out", MergeConfig())
+    assert not (tmp_path / "out").exists()
+
+
+def test_k_candidates_in_one_pass_equal_k_separate_merges(triplets, tmp_path):
+    tri = triplets["vocab"]
+    jobs = {
+        "a": MergeConfig(),
+        "b": MergeConfig(alpha=0.5, beta=1.25),
+        "c": MergeConfig(method="linear", alpha=0.4, beta=0.6),
+        "d": MergeConfig(method="ties", density=0.5),  # the torch path, in the same pass
+    }
+    many = merge_models_many(
+        tri["base"], tri["instruct"], tri["domain"],
+        [(str(tmp_path / "many" / k), cfg) for k, cfg in jobs.items()], str(tmp_path / "st"),
+    )  # fmt: skip
+    assert [r["metrics"]["merge/candidates_in_pass"] for r in many] == [4.0] * 4
+    for key, cfg in jobs.items():
+        _merge(tri, tmp_path / "one" / key, cfg)
+        assert _content(tmp_path / "many" / key) == _content(tmp_path / "one" / key), key
+
+
+def test_candidates_that_cannot_share_a_pass_are_refused_before_writing(triplets, tmp_path):
+    tri = triplets["fp32"]
+    jobs = [
+        (str(tmp_path / "a"), MergeConfig(dtype="float32")),
+        (str(tmp_path / "b"), MergeConfig(dtype="bfloat16")),
+    ]
+    with pytest.raises(MergeError, match="merge them separately"):
+        merge_models_many(tri["base"], tri["instruct"], tri["domain"], jobs, str(tmp_path / "st"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
