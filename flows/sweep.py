@@ -3,7 +3,8 @@
 Composition only, over either runner (the pipeline's Prefect one maps the candidates onto task runs; the
 CLI's local one runs them in turn): each candidate's merge and evaluation is an ordinary declared stage, so
 it is cached on its own key and tracked as its own MLflow run, and α = β = 1 shares the pipeline's merge
-folder. Nothing here reads test data: the evaluations get ``validation`` inputs only, and the choice
+folder. With ``merge.sweep.shared_pass`` the candidates' merges are first made together, in one read of the
+inputs, into the very folders their MERGE calls plan, which then are cache hits. Nothing here reads test data: the evaluations get ``validation`` inputs only, and the choice
 (``finmerge/sweep``) reads only those evaluations.
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 from finmerge.config import ConfigError, PipelineConfig
 from finmerge.core import storage
+from finmerge.runner import stage as stages
 from finmerge.sweep.candidates import Candidate, candidates
 from tasks.evaluate import EVALUATE
-from tasks.merge import MERGE
+from tasks.merge import MERGE, MERGE_PASS
 from tasks.sweep import SWEEP
 
 DATA_KEYS = ("harness", "heldout", "chat", "general")
@@ -56,6 +58,8 @@ def run_sweep(runner, cfg: PipelineConfig, triplet: dict, validation: dict) -> d
     sweep stage's result (``chosen``: candidate, merge and evaluation of the winner) plus ``candidates``."""
     cands = candidates(cfg.merge)
     par = cfg.merge.sweep.max_parallel
+    if cfg.merge.sweep.shared_pass:
+        merge_in_one_pass(runner, cfg, triplet, cands)
     merges = runner.run_many(
         MERGE,
         [
@@ -85,6 +89,18 @@ def run_sweep(runner, cfg: PipelineConfig, triplet: dict, validation: dict) -> d
     ]
     report = runner.run(SWEEP, {"evaluations": entries})
     return {**report, "candidates": entries}
+
+
+def merge_in_one_pass(runner, cfg: PipelineConfig, triplet: dict, cands: list[Candidate]) -> dict | None:
+    """The candidates whose merge folder is not complete yet, merged in one read of the inputs (the
+    ``merge-pass`` stage writes each to the folder MERGE plans for it); the mapped MERGE calls then find
+    every folder complete. Fewer than two missing: nothing to share."""
+    planned = [stages.plan(MERGE, with_candidate(cfg, c), triplet, runner.ctx) for c in cands]
+    todo = [p for p in planned if stages.cached(p) is None]
+    if len(todo) < 2:
+        return None
+    outputs = [{"uri": p.out_uri, "merge": p.call.section.model_dump(mode="json")} for p in todo]
+    return runner.run(MERGE_PASS, {**triplet, "outputs": outputs}, label="sweep-merge-pass")
 
 
 def publish_sweep(sweep: dict, parent=None) -> None:

@@ -85,7 +85,11 @@ def test_kernel_on_random_values_with_ties_and_tails():
     out = np.empty((len(coefs), n), np.uint16)
     diag = fused.FusedWeightedSums(threads=2)(x, coefs, out)
     for k, (cb, ci, cd) in enumerate(coefs):
-        terms = [(x[r].float(), c) for r, c in zip(("base", "instruct", "domain"), (cb, ci, cd)) if c != 0.0]
+        terms = [
+            (x[r].float(), c)
+            for r, c in zip(("base", "instruct", "domain"), (cb, ci, cd), strict=True)
+            if c != 0.0
+        ]
         acc = torch.zeros(n)
         for j, (v, c) in enumerate(terms):
             acc = (v.clone() if c == 1.0 else torch.mul(v, c)) if j == 0 else acc.add_(v, alpha=c)

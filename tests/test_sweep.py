@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from finmerge.cli import main
 from finmerge.config import MergeConfig, SweepConstraint, SweepObjective
+from finmerge.core import storage
 from finmerge.sweep.candidates import candidates
 from finmerge.sweep.select import pareto_front, select
 from tests.harness_fixtures import write_harness
@@ -120,7 +122,18 @@ def test_sweep_command_merges_evaluates_and_chooses_on_validation_data(tmp_path,
         [e.experiment_id for e in mlflow.MlflowClient(db).search_experiments()], max_results=100
     )
     stages = sorted(r.data.tags.get("finmerge.stage") for r in runs)
-    assert stages == ["evaluate"] * 3 + ["merge"] * 3 + ["sweep"], stages
+    assert stages == ["evaluate"] * 3 + ["merge"] * 3 + ["merge-pass", "sweep"], stages
+    # merge.sweep.shared_pass: the three candidates were merged in one read of the inputs, into the folders
+    # their own merge stages planned, which then found them complete
+    (pass_dir,) = (store / "merge-pass").iterdir()
+    written = json.loads((pass_dir / "pass.json").read_text())["outputs"]
+    assert sorted(o["uri"] for o in written) == [str(m) for m in merges]
+    for o in written:
+        assert json.loads((Path(o["uri"]) / storage.MANIFEST).read_text())["digest"] == o["digest"]
+        assert o["metrics"]["merge/candidates_in_pass"] == 3.0
+    merge_runs = [r for r in runs if r.data.tags.get("finmerge.stage") == "merge"]
+    assert {r.data.tags["finmerge.cache"] for r in merge_runs} == {"hit"}
+    assert all(r.data.metrics["merge/candidates_in_pass"] == 3.0 for r in merge_runs)
     # each evaluation logged what it read as MLflow dataset inputs: the validation files, nothing else
     for r in (r for r in runs if r.data.tags.get("finmerge.stage") == "evaluate"):
         read = {d.dataset.name: json.loads(d.dataset.source)["uri"] for d in r.inputs.dataset_inputs}

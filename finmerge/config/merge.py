@@ -71,6 +71,11 @@ class SweepConfig(Section):
     max_parallel: int = Field(
         1, ge=1, description="Candidates merged / evaluated at once (each holds a model in memory)."
     )
+    shared_pass: bool = Field(
+        True,
+        description="Merge the candidates not yet cached in one pass over the inputs (read once, K outputs); "
+        "each candidate's merge is then a cache hit of its own folder. False: one merge task per candidate.",
+    )
     harness_data: list[str] = Field(
         default_factory=list,
         description="Validation multiple-choice folders (harness layout). Empty: the demo's validation split; "
