@@ -1,15 +1,22 @@
-"""Benchmark: finmerge's streaming merge against mergekit (`mergekit-yaml`) on three ~1B-parameter models.
+"""Benchmark: finmerge's merge against mergekit (`mergekit-yaml`), as whole commands, on three bf16 models.
 
 Generates three sharded bf16 Llama-style models that share a base (random, no download): base ~ N(0, 0.02),
-instruct and cpt = base + N(0, 0.01) each. Then, for task_arithmetic, ties and dare_ties, runs our merge and
-mergekit 0.1.5 in child processes on the same inputs and records wall time, peak anonymous RSS (sampled
-from /proc: the memory-mapped inputs are file-backed and the kernel can drop them) and peak total RSS. The
-outputs are compared tensor by tensor (bit-identical share, max difference in bf16 ulps); dare draws
-different random masks in the two tools, so only its kept share is compared. Read bandwidth of the inputs
-is measured in the same script, and each merge's input throughput is reported as a fraction of it.
+instruct and cpt = base + N(0, 0.01) each. Then, for task_arithmetic, ties and dare_ties, runs the two
+*commands* a user runs — `finmerge merge …` (tracked in a fresh SQLite MLflow store, as by default) and
+`mergekit-yaml …` — in child processes on the same inputs, and records wall time, peak anonymous RSS
+(sampled from /proc: the inputs are file-backed and the kernel can drop them) and peak total RSS. Outputs
+are compared tensor by tensor (bit-identical share, max difference in bf16 ulps); dare draws different
+random masks in the two tools, so only its changed share is compared.
 
-Prints one JSON line. Defaults are the ~0.95B shape of ../shared/reference/anchors.md; `--layers 2` etc. make
-a small run (the test uses one).
+In the same script, so every figure is a ratio of two timings taken here:
+* the read bandwidth of the inputs (page cache), and the merge pass (`merge/seconds`) as a share of it;
+* K = `--candidates` coefficient sets merged in one pass (`merge_models_many`, what the sweep uses)
+  against one (task_arithmetic, library calls in child processes);
+* cold start: `finmerge merge` on tiny models (all fixed costs, no work to speak of) against
+  `python -c "import torch"` and `finmerge --help`.
+
+Prints one JSON line. Defaults are the ~0.95B shape of ../shared/reference/anchors.md (`--layers 24
+--hidden 1024 --intermediate 2816` is the 0.37B one); `--layers 2` etc. make a small run (the test uses one).
 """
 
 from __future__ import annotations
@@ -34,15 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 from finmerge.merge.method_registry import METHODS  # noqa: E402 (after the path setup; torch-free)
 
-CHILD_OURS = """
-import sys, time
+CHILD_MANY = """
+import json, sys
 from finmerge.config import MergeConfig
-from finmerge.merge.execute import merge_models
-base, inst, cpt, out, staging, method = sys.argv[1:7]
-t = time.perf_counter()
-merge_models(base, inst, cpt, out, MergeConfig(method=method, density=0.5, dtype="bfloat16", shard_size_mb=500),
-             staging)
-print(time.perf_counter() - t)
+from finmerge.merge.execute import merge_models_many
+base, inst, cpt, out, staging, k = sys.argv[1:7]
+grid = [(a, b) for a in (0.5, 0.75, 1.0, 1.25, 1.5) for b in (0.75, 1.0, 1.25)][: int(k)]
+jobs = [(f"{out}/c{i}", MergeConfig(alpha=a, beta=b, dtype="bfloat16", shard_size_mb=500)) for i, (a, b) in enumerate(grid)]
+res = merge_models_many(base, inst, cpt, jobs, staging, hash_inputs=False)
+print(json.dumps({"pass_s": res[0]["metrics"]["merge/pass_seconds"], "fused_share": res[0]["metrics"]["merge/fused_share"]}))
 """
 
 
@@ -159,10 +166,11 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def run_measured(cmd: list[str]) -> dict:
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd``; wall seconds, peak anonymous RSS (sampled every 20 ms) and peak total RSS (VmHWM)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
     peak = {"anon": 0, "hwm": 0}
 
     def sample() -> None:
@@ -178,12 +186,22 @@ def run_measured(cmd: list[str]) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
-    return {"s": round(seconds, 2), "anon_rss_mb": peak["anon"] // 1024, "peak_rss_mb": peak["hwm"] // 1024}
+    return {"s": round(seconds, 2), "anon_rss_mb": peak["anon"] // 1024, "peak_rss_mb": peak["hwm"] // 1024,
+            "stdout": out.strip().splitlines()[-1] if out.strip() else ""}  # fmt: skip
 
 
-def ours(folders: list[Path], out: Path, staging: Path, method: str) -> dict:
-    args = [str(f) for f in folders] + [str(out), str(staging), method]
-    return run_measured([sys.executable, "-c", CHILD_OURS, *args])
+def ours(folders: list[Path], out: Path, root: Path, method: str) -> dict:
+    """The `finmerge merge` command, tracked in a fresh SQLite store (what a user runs)."""
+    exe = str(Path(sys.executable).with_name("finmerge"))
+    base, inst, cpt = (str(f) for f in folders)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / f'mlflow-{out.name}.db'}"}
+    cmd = [exe, "merge", "--base", base, "--instruct", inst, "--domain", cpt, "--out", str(out),
+           "--method", method, "--dtype", "bfloat16", "--set", "merge.density=0.5",
+           "--set", "merge.shard_size_mb=500", "--set", f"storage.staging_dir={root / 'staging'}"]  # fmt: skip
+    row = run_measured(cmd, env)
+    manifest = json.loads((out / "_manifest.json").read_text())  # storage.MANIFEST
+    row["pass_s"] = round(manifest["meta"]["metrics"]["merge/pass_seconds"], 3)
+    return row
 
 
 def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
@@ -200,6 +218,50 @@ def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
     cfg.write_text(json.dumps(doc))
     exe = str(Path(sys.executable).with_name("mergekit-yaml"))
     return run_measured([exe, str(cfg), str(out), "--out-shard-size", "500M", "--random-seed", "0"])
+
+
+def candidates_in_one_pass(folders: list[Path], root: Path, k: int) -> dict:
+    """K coefficient sets in one pass against one, best of two each (library calls, fresh processes)."""
+    args = [str(f) for f in folders]
+    times = {}
+    for n in (1, k):
+        best = None
+        for rep in range(2):
+            out = root / f"many-{n}-{rep}"
+            r = run_measured(
+                [sys.executable, "-c", CHILD_MANY, *args, str(out), str(root / "staging"), str(n)]
+            )
+            r.update(json.loads(r.pop("stdout")))
+            best = r if best is None or r["pass_s"] < best["pass_s"] else best
+            shutil.rmtree(out, ignore_errors=True)
+        times[n] = best
+    return {
+        "k": k,
+        "one_pass_s": round(times[1]["pass_s"], 3),
+        "k_pass_s": round(times[k]["pass_s"], 3),
+        "ratio": round(times[k]["pass_s"] / times[1]["pass_s"], 2),
+        "one_command_s": times[1]["s"],
+        "k_command_s": times[k]["s"],
+        "fused_share": times[k]["fused_share"],
+    }
+
+
+def cold_start(root: Path) -> dict:
+    """Fixed costs of a command: `finmerge merge` on three tiny models against importing torch (best of 3)."""
+    args = argparse.Namespace(hidden=64, intermediate=128, layers=2, heads=4, vocab=64, shard_mb=1000)
+    folders, _ = make_models(root / "tiny", args)
+    exe = str(Path(sys.executable).with_name("finmerge"))
+    runs: dict[str, list[float]] = {"merge_command": [], "import_torch": [], "help": []}
+    for rep in range(3):
+        runs["import_torch"].append(run_measured([sys.executable, "-c", "import torch"])["s"])
+        runs["help"].append(run_measured([exe, "--help"])["s"])
+        r = ours(folders, root / f"tiny-out-{rep}", root, "task_arithmetic")
+        runs["merge_command"].append(r["s"])
+    best = {k: min(v) for k, v in runs.items()}
+    return {
+        **{f"{k}_s": v for k, v in best.items()},
+        "merge_command_vs_import_torch": round(best["merge_command"] / best["import_torch"], 2),
+    }
 
 
 def _tensors(folder: Path):
@@ -244,6 +306,8 @@ def main() -> None:
         ap.add_argument(f"--{key}", type=int, default=default)
     ap.add_argument("--shard-mb", type=int, default=1000, help="input shard size")
     ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare_ties"])
+    ap.add_argument("--candidates", type=int, default=9, help="K of the one-pass measurement (0: skip)")
+    ap.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
     ap.add_argument("--workdir", help="where to put the models (default: a temp dir; needs ~5 GB per 1B)")
     args = ap.parse_args()
 
@@ -264,11 +328,12 @@ def main() -> None:
                 out = root / f"{tool}-{method}"
                 log(f"{method}: {tool}")
                 if tool == "ours":
-                    row[tool] = ours(folders, out, root / "staging", method)
+                    row[tool] = ours(folders, out, root, method)
+                    row[tool]["pass_share_of_read_bandwidth"] = _share(input_bytes, row[tool]["pass_s"], bw)
                 else:
                     row[tool] = mergekit(folders, out, method, root)
-                row[tool]["input_gb_per_s"] = round(input_bytes / 1e9 / row[tool]["s"], 3)
-                row[tool]["share_of_read_bandwidth"] = float(f"{input_bytes / 1e9 / row[tool]['s'] / bw:.3g}")
+                row[tool].pop("stdout", None)
+                row[tool]["share_of_read_bandwidth"] = _share(input_bytes, row[tool]["s"], bw)
             if METHODS[method].sparsification == "random":  # the two tools draw different masks
                 for tool in ("ours", "mergekit"):
                     row[tool]["changed_share"] = kept_share(root / f"{tool}-{method}", folders)
@@ -282,6 +347,16 @@ def main() -> None:
             for tool in ("ours", "mergekit"):
                 shutil.rmtree(root / f"{tool}-{method}", ignore_errors=True)
             log(f"{method}: {json.dumps(row)}")
+        many = None
+        if args.candidates > 1:
+            log(f"{args.candidates} candidates in one pass against one")
+            many = candidates_in_one_pass(folders, root, args.candidates)
+            log(json.dumps(many))
+        cold = None
+        if not args.no_cold_start:
+            log("cold start")
+            cold = cold_start(root)
+            log(json.dumps(cold))
     ta = results.get("task_arithmetic", {}).get("ours", {}).get("s")
     summary = {
         "bench": "merge",
@@ -294,11 +369,18 @@ def main() -> None:
         "ours_vs_own_task_arithmetic": {
             m: round(r["ours"]["s"] / ta, 3) for m, r in results.items() if ta and m != "task_arithmetic"
         },
+        "candidates_in_one_pass": many,
+        "cold_start": cold,
         "mergekit": _version("mergekit"),
         "torch": torch.__version__,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(summary))
+
+
+def _share(nbytes: int, seconds: float, bw_gb_s: float) -> float:
+    """Input throughput of a run as a fraction of the measured read bandwidth."""
+    return float(f"{nbytes / 1e9 / max(seconds, 1e-9) / bw_gb_s:.3g}")
 
 
 def _version(pkg: str) -> str | None:

@@ -217,6 +217,7 @@ def test_report_card_recipe_and_meta(fp32, tmp_path):
         "merge/seconds",
         "merge/fused_share",  # merged elements the fused kernel computed (fp32 inputs: all)
         "merge/candidates_in_pass",
+        "merge/pass_seconds",
     }
     assert res["metrics"]["merge/fused_share"] == 1.0 and res["metrics"]["merge/candidates_in_pass"] == 1
     assert res["metrics"]["merge/n_tensors"] == n and res["metrics"]["merge/max_abs_delta_vs_cpt"] > 0

@@ -93,6 +93,25 @@ def _chat_answer(response) -> str:
     return message["content"]
 
 
+def test_stored_signatures_are_what_the_installed_mlflow_infers():
+    """The MLmodel signatures are stored with finmerge (computing them imports mlflow.transformers, seconds on
+    every merge); they must equal the installed MLflow's. After an MLflow upgrade, regenerate
+    finmerge/models/mlflow_signatures.json (see mlflow_model.llm_signature)."""
+    from importlib.metadata import version
+
+    from mlflow.transformers.llm_inference_utils import infer_signature_from_llm_inference_task
+
+    from finmerge.models import mlflow_model
+
+    stored = json.loads(mlflow_model.SIGNATURES_FILE.read_text())
+    assert stored["mlflow_version"] == version("mlflow")
+    for task in (mlflow_model.CHAT_TASK, mlflow_model.COMPLETIONS_TASK):
+        want = infer_signature_from_llm_inference_task(task).to_dict()
+        assert mlflow_model.llm_signature(task, version("mlflow")) == want == stored["signatures"][task]
+    # another MLflow version computes its own
+    assert mlflow_model.llm_signature(mlflow_model.CHAT_TASK, "0.0.0") == stored["signatures"]["llm/v1/chat"]
+
+
 def test_stock_mlflow_loads_the_registered_version_and_its_logged_model(merged, tmp_path, sqlite_tracking):
     uri, exp = sqlite_tracking
     reg = _register(uri, exp, str(merged), "fm-mm")

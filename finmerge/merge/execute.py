@@ -147,7 +147,7 @@ def merge_models_many(
         allow_float_dtype_mismatch=allow_float_dtype_mismatch,
         trust_remote_code=trust_remote_code,
     )
-    check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)
+    tokenizer_ok = check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)
     plans = [build_plan(tri, cfg, resolve_dtype(cfg.dtype, tri.instruct.config)) for _, cfg in jobs]
     _check_shared_pass(plans)
     specs = [(p.name, p.dtype, p.shape) for p in plans[0].values()]
@@ -176,8 +176,11 @@ def merge_models_many(
                 writers.append(ShardedWriter(out.path, specs, shard_bytes, background=True))
                 stack.callback(writers[-1].abort)
             paths: dict = {}
+            t_pass = time.perf_counter()
             reports = merge_pass_many(tri, plans, writers, calc_dtype, block_elems, paths)
             shard_shas = [w.close() for w in writers]
+            pass_s = time.perf_counter() - t_pass
+            tokenizer_ok.result()  # a tokenizer that does not load: nothing is committed
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
             seconds = time.perf_counter() - t0
             for out, (out_uri, cfg), plan, report, shard_sha in zip(
@@ -190,6 +193,7 @@ def merge_models_many(
                     1, paths["fused_elements"] + paths["torch_elements"]
                 )
                 out.meta["metrics"]["merge/candidates_in_pass"] = float(len(jobs))
+                out.meta["metrics"]["merge/pass_seconds"] = pass_s  # reading, merging, writing the shards
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [out.result() for out in outs]

@@ -86,11 +86,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# MLflow's signature of each LLM inference task, as the installed MLflow writes it, stored with the finmerge
+# package: computing it imports mlflow.transformers (seconds, on every merge). tests/test_mlflow_model.py
+# checks it against the installed MLflow; another MLflow version computes its own.
+SIGNATURES_FILE = Path(__file__).with_name("mlflow_signatures.json")
+
+
+def llm_signature(task: str, mlflow_version: str) -> dict:
+    stored = json.loads(SIGNATURES_FILE.read_text(encoding="utf-8"))
+    if stored["mlflow_version"] == mlflow_version and task in stored["signatures"]:
+        return stored["signatures"][task]
+    from mlflow.transformers.llm_inference_utils import infer_signature_from_llm_inference_task
+
+    return infer_signature_from_llm_inference_task(task).to_dict()
+
+
 def mlmodel_dict(folder: Path, task: str, versions: dict[str, str]) -> dict:
     """The MLmodel content for ``folder`` (what ``mlflow.transformers.save_model`` writes, minus the
     per-save uuid and time, with the weights read from the folder root)."""
-    from mlflow.transformers.llm_inference_utils import infer_signature_from_llm_inference_task
-
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     transformers_flavor = {
         "task": "text-generation",
@@ -110,7 +123,7 @@ def mlmodel_dict(folder: Path, task: str, versions: dict[str, str]) -> dict:
         "python_version": ".".join(map(str, sys.version_info[:3])),
         "env": {"conda": "conda.yaml", "virtualenv": "python_env.yaml"},
     }
-    signature = infer_signature_from_llm_inference_task(task).to_dict()
+    signature = llm_signature(task, versions.get("mlflow", ""))
     return {
         "flavors": {"python_function": pyfunc, "transformers": transformers_flavor},
         "metadata": {"task": task, "finmerge.layout": "weights in the model folder (model_binary '.')"},
