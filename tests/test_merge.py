@@ -219,7 +219,8 @@ def test_report_card_recipe_and_meta(fp32, tmp_path):
         "merge/candidates_in_pass",
         "merge/pass_seconds",
     }
-    assert res["metrics"]["merge/fused_share"] == 1.0 and res["metrics"]["merge/candidates_in_pass"] == 1
+    # a tiny model: below fused.MIN_ELEMENTS the torch path does it (tests/test_merge_fused.py forces the kernel)
+    assert res["metrics"]["merge/fused_share"] == 0.0 and res["metrics"]["merge/candidates_in_pass"] == 1
     assert res["metrics"]["merge/n_tensors"] == n and res["metrics"]["merge/max_abs_delta_vs_cpt"] > 0
     for a in res["artifacts"]:
         assert (out / a).stat().st_size > 0

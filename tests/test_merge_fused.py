@@ -17,6 +17,12 @@ from finmerge.merge.execute import MergeError, merge_models, merge_models_many
 from tests.test_merge import EXTRA_TOKENS, _triplet
 
 
+@pytest.fixture(autouse=True)
+def _kernel_on_tiny_models(monkeypatch):
+    """These models are far below fused.MIN_ELEMENTS: force the kernel (FINMERGE_FUSED=1)."""
+    monkeypatch.setenv("FINMERGE_FUSED", "1")
+
+
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("fused")

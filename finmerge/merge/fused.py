@@ -33,13 +33,24 @@ SUPPORTED_INPUTS = {torch.bfloat16: (np.uint16, 16), torch.float32: (np.uint32, 
 SUPPORTED_OUTPUTS = {torch.bfloat16: np.uint16, torch.float32: np.uint32}
 
 
+# Below this many merged elements (about a 16M-parameter model) the kernel's one-time costs (importing numba,
+# loading its cached machine code: ~0.5 s) exceed what it saves.
+MIN_ELEMENTS = 16_000_000
+
+
 def available(in_dtypes, out_dtype: torch.dtype) -> bool:
-    """Whether the fused kernel handles inputs of ``in_dtypes`` written as ``out_dtype`` (and is wanted:
-    ``FINMERGE_FUSED=0`` forces the torch path, e.g. to compare the two)."""
-    if os.environ.get("FINMERGE_FUSED", "1") == "0":
+    """Whether the fused kernel handles inputs of ``in_dtypes`` written as ``out_dtype``, and is allowed
+    (``FINMERGE_FUSED=0`` forces the torch path, e.g. to compare the two)."""
+    if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
     dts = set(in_dtypes)
     return len(dts) == 1 and dts <= SUPPORTED_INPUTS.keys() and out_dtype in SUPPORTED_OUTPUTS
+
+
+def worth_it(total_elements: int) -> bool:
+    """``FINMERGE_FUSED``: ``1`` always, ``0`` never, unset / ``auto`` from ``MIN_ELEMENTS`` merged elements."""
+    mode = os.environ.get("FINMERGE_FUSED", "auto")
+    return mode == "1" or (mode != "0" and total_elements >= MIN_ELEMENTS)
 
 
 @lru_cache(maxsize=1)

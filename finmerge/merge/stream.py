@@ -156,6 +156,7 @@ def merge_pass_many(
         raise ValueError("merge_pass_many: the outputs must hold the same tensors")
     ws = Scratch()
     kernel = None
+    use_fused = fused.worth_it(sum(math.prod(p.shape) for p in plans[0].values() if p.kind == "merged"))
     k_blocks = 0
     reports: list[list[dict]] = [[] for _ in plans]
     for m in models.values():
@@ -184,7 +185,7 @@ def merge_pass_many(
                         w.write(name, x["instruct"])
                         st.add(0.0, 0.0)
                     continue
-                if _fusable(tplans, x, in_shared):
+                if use_fused and _fusable(tplans, x, in_shared):
                     kernel = kernel or fused.FusedWeightedSums()
                     bshape = x["domain"].shape
                     n = x["domain"].numel()
