@@ -220,13 +220,13 @@ def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
     return run_measured([exe, str(cfg), str(out), "--out-shard-size", "500M", "--random-seed", "0"])
 
 
-def candidates_in_one_pass(folders: list[Path], root: Path, k: int) -> dict:
-    """K coefficient sets in one pass against one, best of two each (library calls, fresh processes)."""
+def candidates_in_one_pass(folders: list[Path], root: Path, k: int, repeats: int) -> dict:
+    """K coefficient sets in one pass against one, best of ``repeats`` each (library calls, fresh processes)."""
     args = [str(f) for f in folders]
     times = {}
     for n in (1, k):
         best = None
-        for rep in range(2):
+        for rep in range(repeats):
             out = root / f"many-{n}-{rep}"
             r = run_measured(
                 [sys.executable, "-c", CHILD_MANY, *args, str(out), str(root / "staging"), str(n)]
@@ -246,13 +246,14 @@ def candidates_in_one_pass(folders: list[Path], root: Path, k: int) -> dict:
     }
 
 
-def cold_start(root: Path) -> dict:
-    """Fixed costs of a command: `finmerge merge` on three tiny models against importing torch (best of 3)."""
+def cold_start(root: Path, repeats: int) -> dict:
+    """Fixed costs of a command: `finmerge merge` on three tiny models against importing torch (best of
+    ``repeats``)."""
     args = argparse.Namespace(hidden=64, intermediate=128, layers=2, heads=4, vocab=64, shard_mb=1000)
     folders, _ = make_models(root / "tiny", args)
     exe = str(Path(sys.executable).with_name("finmerge"))
     runs: dict[str, list[float]] = {"merge_command": [], "import_torch": [], "help": []}
-    for rep in range(3):
+    for rep in range(repeats):
         runs["import_torch"].append(run_measured([sys.executable, "-c", "import torch"])["s"])
         runs["help"].append(run_measured([exe, "--help"])["s"])
         r = ours(folders, root / f"tiny-out-{rep}", root, "task_arithmetic")
@@ -308,6 +309,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare_ties"])
     ap.add_argument("--candidates", type=int, default=9, help="K of the one-pass measurement (0: skip)")
     ap.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="best of N for the K-pass and cold-start timings")
     ap.add_argument("--workdir", help="where to put the models (default: a temp dir; needs ~5 GB per 1B)")
     args = ap.parse_args()
 
@@ -350,12 +352,12 @@ def main() -> None:
         many = None
         if args.candidates > 1:
             log(f"{args.candidates} candidates in one pass against one")
-            many = candidates_in_one_pass(folders, root, args.candidates)
+            many = candidates_in_one_pass(folders, root, args.candidates, args.repeats)
             log(json.dumps(many))
         cold = None
         if not args.no_cold_start:
             log("cold start")
-            cold = cold_start(root)
+            cold = cold_start(root, args.repeats)
             log(json.dumps(cold))
     ta = results.get("task_arithmetic", {}).get("ours", {}).get("s")
     summary = {

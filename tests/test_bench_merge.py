@@ -1,5 +1,6 @@
 """bench/merge.py stays runnable: tiny models give one JSON line, and on them our outputs equal mergekit's
-(task_arithmetic bit for bit; ties except at top-k ties). No speed assertions."""
+(task_arithmetic bit for bit; ties except at top-k ties); the K-candidate pass and the cold start are
+measured. No speed assertions."""
 
 from tests.helpers import run_bench
 
@@ -7,7 +8,7 @@ TINY = ["--hidden", "64", "--intermediate", "176", "--layers", "2", "--heads", "
 
 
 def test_bench_merge_prints_one_json_line_and_outputs_agree():
-    res = run_bench("merge.py", *TINY)
+    res = run_bench("merge.py", *TINY, "--candidates", "3", "--repeats", "1")
     assert res["bench"] == "merge" and res["params_per_model"] > 0 and res["read_gb_per_s"] > 0
     assert set(res["methods"]) == {"task_arithmetic", "ties", "dare_ties"}
     for method, row in res["methods"].items():
@@ -24,3 +25,10 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
     dare = res["methods"]["dare_ties"]
     # both drop about half of each vector: the merge moves the same share of entries away from the base
     assert abs(dare["ours"]["changed_share"] - dare["mergekit"]["changed_share"]) < 0.02
+    # whole commands: ours is `finmerge merge` (its pass time from the manifest), mergekit's `mergekit-yaml`
+    ta = res["methods"]["task_arithmetic"]["ours"]
+    assert 0 < ta["pass_s"] < ta["s"] and 0 < ta["pass_share_of_read_bandwidth"] <= 1
+    many = res["candidates_in_one_pass"]
+    assert many["k"] == 3 and many["one_pass_s"] > 0 and many["k_pass_s"] > 0 and many["ratio"] > 0
+    cold = res["cold_start"]
+    assert cold["merge_command_s"] > cold["help_s"] > 0 and cold["import_torch_s"] > 0
