@@ -426,6 +426,48 @@ def test_empty_continuation_detected(world, monkeypatch):
     assert all(s["ll"][0] == 0.0 and s["ll"][1] < 0 for s in res["samples"])
 
 
+class _ThirdPartyModel(torch.nn.Module):
+    """A causal LM as some remote-code models are: no KV cache returned, and (``honours_mask=False``) its own
+    causal mask instead of the attention mask it is given."""
+
+    def __init__(self, inner, honours_mask: bool):
+        super().__init__()
+        self.inner, self.config, self.honours_mask = inner, inner.config, honours_mask
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        mask = attention_mask if self.honours_mask else None
+        return self.inner(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        )
+
+
+def test_packed_scoring_without_cache_or_custom_mask_agrees(world):
+    from finmerge.evaluate.mc_eval import encode_items
+
+    model, tok = _load(world), world["tok"]
+    task = fin_harness.discover_tasks([world["harness"]], only=["demo_fin"]).tasks[0]
+    requests, _, _ = encode_items(
+        tok, [fin_harness.render(it, task.layout, "1.0-0.2.1") for it in task.items]
+    )
+    kw = {"batch_size": 4, "max_length": 512, "device": "cpu", "progress": False}
+    ref, stats = ev.score_items(model, requests, **kw)
+    assert stats["shared_prefix_tokens"] > 0 and stats["kv_items"] == len(requests)
+    assert stats["forward_rows"] < len(requests)  # items share packed rows
+    assert 0 <= stats["padding_tokens"] < stats["forward_tokens"] < stats["min_tokens"]
+    # no KV cache: packed without the shared prefix
+    no_cache, stats = ev.score_items(_ThirdPartyModel(model, honours_mask=True), requests, **kw)
+    assert stats["shared_prefix_tokens"] == 0 and stats["kv_items"] == len(requests)
+    assert stats["packed_check_failed"] == 0
+    # the custom mask ignored: the self-check notices, and lm-eval's rows score every item
+    blind, stats = ev.score_items(_ThirdPartyModel(model, honours_mask=False), requests, **kw)
+    assert (
+        stats["packed_check_failed"] == 1 and stats["row_items"] == len(requests) and stats["kv_items"] == 0
+    )
+    for a, b, c in zip(ref, no_cache, blind, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(c, a, atol=1e-4, rtol=0)
+
+
 def test_missing_harness_folder_or_task_is_an_error_before_the_model_loads(world):
     missing = str(world["root"] / "no-such-datasets")
     empty = world["root"] / "empty-datasets"

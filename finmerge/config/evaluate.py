@@ -64,7 +64,10 @@ class EvaluateConfig(Section):
         "(and its leaderboard) does.",
     )
     max_batch_tokens: int = Field(
-        65_536, ge=256, description="Upper bound on padded tokens per forward batch (bounds memory)."
+        65_536,
+        ge=256,
+        description="Upper bound on padded tokens per forward batch (bounds memory), on the packed KV path "
+        "and the row path.",
     )
     heldout: str | None = Field(
         None, description="JSONL of held-out finance text for perplexity. Default: demo."
@@ -96,7 +99,12 @@ class EvaluateConfig(Section):
         description="Seed of the bootstrap; each score's stream is derived from it and the score's name, so "
         "the same config gives the same intervals.",
     )
-    batch_size: int = 16
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Rows per batch on the row path and in generation (the packed path is bounded by "
+        "max_batch_tokens only).",
+    )
     max_new_tokens: int = 48
     max_heldout_tokens: int = 60_000
     judge: JudgeConfig = JudgeConfig()

@@ -8,9 +8,10 @@ Two engines, same numbers:
   and batched, and the continuation's log-probs are summed in float32.
 - :func:`score_items` (the *KV* path) uses the fact that every choice of an item shares the identical
   token prefix ``ctx_ids`` (fin-harness.md §4 step 6). The task's common prompt prefix (description,
-  header) is run once; each item's context is run once on top of it; the first continuation token of
-  every choice is read from that one pass, and only multi-token choices run their remaining tokens from
-  the item's KV cache. Items that would be truncated, or models without a KV cache, go to the row path.
+  header) is run once; each item's context and the prefix tree of its choices' tokens then run in one
+  pass, several items packed per row under a custom attention mask (:mod:`finmerge.evaluate.packed`).
+  Items that would be truncated go to the row path; a model without a KV cache packs without the shared
+  prefix; one whose packed scores disagree with its row scores (a self-check per call) goes to the row path.
 
 Both take token ids that :func:`encode_pair` produced with lm-eval's split (joint encode, then cut at
 ``len(encode(ctx))``, no special tokens).
@@ -18,12 +19,16 @@ Both take token ids that :func:`encode_pair` produced with lm-eval's split (join
 
 from __future__ import annotations
 
-import copy
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from finmerge.evaluate import packed
+
+logger = logging.getLogger(__name__)
 
 LENGTH_FALLBACK = 2048  # lm-eval's default max_length when the config names none
 MIN_SHARED_PREFIX = 8  # a shorter common prefix is not worth its own forward pass
@@ -156,6 +161,7 @@ def score_loglikelihoods(
     """Summed log p(cont_ids | ctx_ids) for every (ctx_ids, cont_ids); an empty continuation scores 0.
 
     Input = (ctx + cont)[-(max_length + 1):][:-1] (left truncation). Identical inputs are run once.
+    Statistics: ``forward_tokens`` counts the padding too (``padding_tokens`` of them).
     """
     lls = [0.0] * len(pairs)
     groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # model input -> [(pair index, n predicted)]
@@ -173,6 +179,7 @@ def score_loglikelihoods(
     order = sorted(groups, key=lambda t: (-len(t), t))
     keep_ok = supports_logits_to_keep(model)
     batches = _row_batches(order, max(1, batch_size), max_batch_tokens)
+    padded = sum(len(b) * len(b[0]) for b in batches)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or not batches, leave=False):
         width = max(len(t) for t in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -199,7 +206,8 @@ def score_loglikelihoods(
     stats = {
         "requests": len(pairs),
         "forward_rows": len(order),
-        "forward_tokens": sum(len(t) for t in order),
+        "forward_tokens": padded,  # padding included
+        "padding_tokens": padded - sum(len(t) for t in order),
         "batches": len(batches),
         "truncated": truncated,
     }
@@ -216,6 +224,12 @@ class ItemRequest:
 
     ctx_ids: tuple[int, ...]
     conts: tuple[tuple[int, ...], ...]
+
+
+def min_tokens(items: list[ItemRequest]) -> int:
+    """The least any scorer must compute without reusing prompts across items: each context once plus every
+    continuation token (items with no continuation excluded)."""
+    return sum(len(it.ctx_ids) + sum(len(c) for c in it.conts) for it in items if any(it.conts))
 
 
 def common_prefix(seqs: list[tuple[int, ...]]) -> int:
@@ -237,41 +251,6 @@ def _fits(item: ItemRequest, max_length: int) -> bool:
     return bool(item.ctx_ids) and len(item.ctx_ids) + longest - 1 <= max_length
 
 
-def _cont_rows(items: list[ItemRequest], batch: list[int]) -> list[tuple[int, tuple[int, ...]]]:
-    """Distinct (batch row, cont[:-1]) inputs for the choices longer than one token."""
-    rows: dict[tuple[int, tuple[int, ...]], None] = {}
-    for b, k in enumerate(batch):
-        for cont in items[k].conts:
-            if len(cont) > 1:
-                rows[(b, tuple(cont[:-1]))] = None
-    return list(rows)
-
-
-def _item_batches(
-    items: list[ItemRequest], order: list[int], shared: int, batch_size: int, max_batch_tokens: int
-) -> list[list[int]]:
-    """Longest-first items cut by item count and by the padded tokens of both passes."""
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    width = cont_rows = cont_width = 0
-    for k in order:
-        it = items[k]
-        w = max(width, len(it.ctx_ids) - shared)
-        extra = {c[:-1] for c in it.conts if len(c) > 1}
-        cw = max([cont_width, *(len(c) for c in extra)])
-        rows = cont_rows + len(extra)
-        tokens = (len(cur) + 1) * (shared + w) + rows * (shared + w + cw)
-        if cur and (len(cur) >= batch_size or tokens > max_batch_tokens):
-            batches.append(cur)
-            cur, width, cont_rows, cont_width = [], 0, 0, 0
-            w, cw, rows = len(it.ctx_ids) - shared, max([0, *(len(c) for c in extra)]), len(extra)
-        cur.append(k)
-        width, cont_rows, cont_width = w, rows, cw
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 def cache_arg(model) -> str:
     """transformers >= 5.2x names the KV cache argument ``cache``; older releases ``past_key_values``."""
     try:
@@ -290,12 +269,9 @@ def _returned_cache(out):
     return cache
 
 
-def _fresh_cache(prefix_cache, rows: int):
-    if prefix_cache is None:
-        return None
-    cache = copy.deepcopy(prefix_cache)
-    cache.batch_repeat_interleave(rows)
-    return cache
+def _kv_stats() -> dict[str, int]:
+    keys = ("kv_items", "row_items", "shared_prefix_tokens", "forward_tokens", "padding_tokens")
+    return dict.fromkeys((*keys, "forward_rows", "batches", "truncated", "packed_check_failed"), 0)
 
 
 @torch.inference_mode()
@@ -316,157 +292,141 @@ def score_items(
 
     Numerically this is lm-eval's computation re-associated: the same attention over the same keys,
     the float32 log-softmax of the same logits; differences are float rounding (about 1e-6 in fp32).
+    Packed batches are bounded by ``max_batch_tokens`` (padded tokens); ``batch_size`` bounds the rows of
+    the row path (items that would be truncated, or every item when the packed check fails).
     """
     lls = [[0.0] * len(it.conts) for it in items]
     kv = [k for k, it in enumerate(items) if _fits(it, max_length) and any(it.conts)]
     in_kv = set(kv)
     rest = [k for k, it in enumerate(items) if k not in in_kv and any(it.conts)]
-    stats = {"kv_items": 0, "row_items": 0, "shared_prefix_tokens": 0, "forward_tokens": 0, "batches": 0}
-    stats["forward_rows"] = 0
-
-    try:
-        _score_kv(
-            model,
-            items,
-            kv,
-            lls,
-            stats,
-            batch_size,
-            max_batch_tokens,
-            device,
-            pad_id,
-            share_prefix,
-            desc,
-            progress,
-        )
-    except _NoCache:  # e.g. a remote-code model without past_key_values: everything on the row path
-        rest = sorted(set(rest) | set(kv))
-        stats.update({"kv_items": 0, "shared_prefix_tokens": 0, "forward_tokens": 0, "batches": 0})
-        stats["forward_rows"] = 0
+    stats = _kv_stats()
+    for share in (True, False) if share_prefix else (False,):
+        stats = _kv_stats()
+        try:
+            _score_kv(model, items, kv, lls, stats, max_batch_tokens, device, pad_id, share, desc, progress)
+            break
+        except _NoCache:  # e.g. a remote-code model without past_key_values: pack without a shared prefix
+            continue
+        except PackedMismatch as exc:  # the model ignores a custom attention mask: lm-eval's rows for all
+            logger.warning("%s: %s; scoring every item on the row path", desc, exc)
+            stats = _kv_stats()
+            stats["packed_check_failed"] = 1
+            rest = sorted(set(rest) | set(kv))
+            break
     if rest:
-        pairs, owners = [], []
-        for k in rest:
-            for c, cont in enumerate(items[k].conts):
-                pairs.append((list(items[k].ctx_ids), list(cont)))
-                owners.append((k, c))
-        row_lls, row_stats = score_loglikelihoods(
-            model,
-            pairs,
-            batch_size=batch_size,
-            max_length=max_length,
-            device=device,
-            pad_id=pad_id,
-            max_batch_tokens=max_batch_tokens,
-            desc=desc,
-            progress=progress,
-        )
-        for (k, c), ll in zip(owners, row_lls, strict=True):
-            lls[k][c] = ll
+        _score_rest(model, items, rest, lls, stats, batch_size, max_length, device, pad_id, max_batch_tokens)
         stats["row_items"] = len(rest)
-        stats["truncated"] = row_stats["truncated"]
-        for key in ("forward_rows", "forward_tokens", "batches"):
-            stats[key] += row_stats[key]
-    stats.setdefault("truncated", 0)
     stats["requests"] = sum(len(it.conts) for it in items)
+    stats["min_tokens"] = min_tokens(items)
     return lls, stats
 
 
+def _score_rest(model, items, rest, lls, stats, batch_size, max_length, device, pad_id, max_batch_tokens):
+    pairs, owners = [], []
+    for k in rest:
+        for c, cont in enumerate(items[k].conts):
+            pairs.append((list(items[k].ctx_ids), list(cont)))
+            owners.append((k, c))
+    row_lls, row_stats = score_loglikelihoods(
+        model,
+        pairs,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        pad_id=pad_id,
+        max_batch_tokens=max_batch_tokens,
+        progress=False,
+    )
+    for (k, c), ll in zip(owners, row_lls, strict=True):
+        lls[k][c] = ll
+    for key in ("forward_rows", "forward_tokens", "padding_tokens", "batches", "truncated"):
+        stats[key] += row_stats[key]
+
+
 class _NoCache(RuntimeError):
-    """The model returned no reusable KV cache: score everything on the row path."""
+    """The model returned no reusable KV cache: pack without the shared prefix."""
 
 
-def _score_kv(
-    model, items, kv, lls, stats, batch_size, max_batch_tokens, device, pad_id, share_prefix, desc, progress
-) -> None:
+class PackedMismatch(RuntimeError):
+    """A packed item scored differently from its lm-eval row: the model did not honour the 4D mask."""
+
+
+def _shared_prefix(items, kv, share: bool) -> int:
+    shared = common_prefix([items[k].ctx_ids for k in kv]) if share and len(kv) > 1 else 0
+    shared = min(shared, min(len(items[k].ctx_ids) for k in kv) - 1)  # every item keeps >= 1 own token
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def _vocab_size(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(getattr(model.config, "vocab_size", 0) or 1)
+
+
+def _score_kv(model, items, kv, lls, stats, max_batch_tokens, device, pad_id, share, desc, progress) -> None:
     if not kv:
         return
-    shared = common_prefix([items[k].ctx_ids for k in kv]) if share_prefix and len(kv) > 1 else 0
-    shared = min(shared, min(len(items[k].ctx_ids) for k in kv) - 1)  # every item keeps >= 1 own token
-    if shared < MIN_SHARED_PREFIX:
-        shared = 0
+    shared = _shared_prefix(items, kv, share)
     prefix_cache = None
     if shared:
         ids = torch.tensor([items[kv[0]].ctx_ids[:shared]], dtype=torch.long, device=device)
         prefix_cache = _returned_cache(model(input_ids=ids, use_cache=True))
-        stats["shared_prefix_tokens"] = shared
-        stats["forward_tokens"] += shared
-        stats["forward_rows"] += 1
-    keep_ok = supports_logits_to_keep(model)
-    order = sorted(kv, key=lambda k: (-len(items[k].ctx_ids), items[k].ctx_ids))
-    batches = _item_batches(items, order, shared, max(1, batch_size), max_batch_tokens)
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or not batches, leave=False):
-        _score_batch(model, items, batch, shared, prefix_cache, lls, stats, keep_ok, device, pad_id)
+        stats.update(shared_prefix_tokens=shared, forward_tokens=shared, forward_rows=1)
+    segments = [packed.build_segment(k, items[k].ctx_ids, items[k].conts, shared) for k in kv]
+    rows = packed.pack_rows(segments)
+    batches = packed.batch_rows(rows, shared, _vocab_size(model), max_batch_tokens)
+    run = _PackedRun(model, device, pad_id, shared, prefix_cache)
+    for b, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
+        layout = packed.layout(batch, pad_id)
+        for (k, c), ll in zip(layout.slots, run(layout), strict=True):
+            lls[k][c] = ll
+        if b == 0:  # before the rest: a model that ignores the mask is found after one batch
+            _check_packed(model, items, batch, lls, device, pad_id)
+        n, width = layout.ids.shape
+        stats["forward_tokens"] += n * width
+        stats["padding_tokens"] += n * width - layout.tokens
+        stats["forward_rows"] += n
     stats["kv_items"] = len(kv)
     stats["batches"] += len(batches)
 
 
-def _score_batch(model, items, batch, shared, prefix_cache, lls, stats, keep_ok, device, pad_id) -> None:
-    n = len(batch)
-    own = [items[k].ctx_ids[shared:] for k in batch]
-    width = max(len(s) for s in own)
-    # Item pass: each context (after the shared prefix) left-padded, so its last token is the last column.
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    own_mask = torch.zeros((n, width), dtype=torch.long)
-    pos = torch.zeros((n, width), dtype=torch.long)
-    for r, s in enumerate(own):
-        ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        own_mask[r, width - len(s) :] = 1
-        pos[r, width - len(s) :] = torch.arange(shared, shared + len(s))
-    mask = torch.cat([torch.ones((n, shared), dtype=torch.long), own_mask], dim=1)
-    kwargs = {"logits_to_keep": 1} if keep_ok else {}
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=pos.to(device),
-        **{cache_arg(model): _fresh_cache(prefix_cache, n)},
-        use_cache=True,
-        **kwargs,
-    )
-    first_logits = out.logits[:, -1:]  # predicts every choice's first token
-    stats["forward_tokens"] += n * width
-    stats["forward_rows"] += n
-    slots = [(k, c) for k in batch for c, cont in enumerate(items[k].conts) if cont]
-    slot_of = {kc: j for j, kc in enumerate(slots)}
-    first = [
-        (b, 0, items[k].conts[c][0], slot_of[(k, c)])
-        for b, k in enumerate(batch)
-        for c, cont in enumerate(items[k].conts)
-        if cont
-    ]
-    totals = torch.tensor(sum_logprobs(first_logits, first, len(slots)), dtype=torch.float32)
-    rows = _cont_rows(items, batch)
-    if rows:
-        cache = _returned_cache(out)
-        cw = max(len(inp) for _, inp in rows)
-        rids = torch.full((len(rows), cw), pad_id, dtype=torch.long)
-        rmask = torch.zeros((len(rows), cw), dtype=torch.long)
-        rpos = torch.zeros((len(rows), cw), dtype=torch.long)
-        for j, (b, inp) in enumerate(rows):
-            rids[j, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-            rmask[j, : len(inp)] = 1
-            start = shared + len(own[b])
-            rpos[j] = torch.arange(start, start + cw)
-        sel = torch.tensor([b for b, _ in rows], dtype=torch.long)
-        cache.batch_select_indices(sel.to(device))
-        full_mask = torch.cat([mask[sel], rmask], dim=1)
-        kwargs = {"logits_to_keep": cw} if keep_ok else {}
-        logits = model(
-            input_ids=rids.to(device),
-            attention_mask=full_mask.to(device),
-            position_ids=rpos.to(device),
-            **{cache_arg(model): cache},
-            use_cache=True,
+class _PackedRun:
+    """One forward pass over a packed batch: custom 4D mask, restarting position ids, the tails' logits."""
+
+    def __init__(self, model, device, pad_id: int, shared: int, prefix_cache):
+        self.model, self.device, self.shared, self.prefix_cache = model, device, shared, prefix_cache
+        self.keep_ok = supports_logits_to_keep(model)
+        self.dtype = getattr(model, "dtype", torch.float32)
+
+    def __call__(self, layout: packed.PackedBatch) -> list[float]:
+        n = layout.ids.shape[0]
+        kwargs = {"logits_to_keep": layout.keep} if self.keep_ok else {}
+        if self.prefix_cache is not None:
+            kwargs.update(
+                {cache_arg(self.model): packed.fresh_cache(self.prefix_cache, n), "use_cache": True}
+            )
+        else:
+            kwargs["use_cache"] = False
+        logits = self.model(
+            input_ids=layout.ids.to(self.device),
+            attention_mask=packed.additive_mask(layout.allow, self.shared, self.dtype).to(self.device),
+            position_ids=layout.pos.to(self.device),
             **kwargs,
-        ).logits[:, -cw:]
-        row_of = {row: j for j, row in enumerate(rows)}
-        tail = []
-        for b, k in enumerate(batch):
-            for c, cont in enumerate(items[k].conts):
-                if len(cont) > 1:
-                    j = row_of[(b, tuple(cont[:-1]))]
-                    tail += [(j, m, t, slot_of[(k, c)]) for m, t in enumerate(cont[1:])]
-        totals += torch.tensor(sum_logprobs(logits, tail, len(slots)), dtype=torch.float32)
-        stats["forward_tokens"] += len(rows) * cw
-        stats["forward_rows"] += len(rows)
-    for (k, c), ll in zip(slots, totals.tolist(), strict=True):
-        lls[k][c] = ll
+        ).logits[:, -layout.keep :]
+        return sum_logprobs(logits, layout.picks, len(layout.slots))
+
+
+def _check_packed(model, items, first_batch, lls, device, pad_id) -> None:
+    """Re-score one packed item (one sharing its row when any does) on lm-eval's row path: a model that
+    ignores the custom 4D mask would let it see its neighbours and score it differently."""
+    row = max(first_batch, key=len)
+    k = row[-1].item
+    pairs = [(list(items[k].ctx_ids), list(c)) for c in items[k].conts]
+    ref, _ = score_loglikelihoods(
+        model, pairs, batch_size=len(pairs), max_length=1 << 30, device=device, pad_id=pad_id, progress=False
+    )
+    fp32 = getattr(model, "dtype", torch.float32) == torch.float32
+    for got, want in zip(lls[k], ref, strict=True):
+        tol = (1e-3 + 1e-4 * abs(want)) if fp32 else (0.25 + 0.02 * abs(want))
+        if abs(got - want) > tol:
+            raise PackedMismatch(f"packed log-likelihood {got:.6g} != row {want:.6g} (item {k})")

@@ -16,7 +16,14 @@ import re
 import numpy as np
 
 from finmerge.evaluate import harness as fin_harness
-from finmerge.evaluate.loglik import ItemRequest, encode_many, score_items, score_loglikelihoods, split_pair
+from finmerge.evaluate.loglik import (
+    ItemRequest,
+    encode_many,
+    min_tokens,
+    score_items,
+    score_loglikelihoods,
+    split_pair,
+)
 
 
 def prompt_versions(spec: str) -> list[str]:
@@ -101,6 +108,7 @@ def score_requests(
         return score_items(model, requests, **kw)
     pairs = [(list(r.ctx_ids), list(c)) for r in requests for c in r.conts]
     flat, stats = score_loglikelihoods(model, pairs, **kw)
+    stats["min_tokens"] = min_tokens(requests)
     out, n = [], 0
     for r in requests:
         out.append(flat[n : n + len(r.conts)])
