@@ -147,7 +147,7 @@ def merge_models_many(
         allow_float_dtype_mismatch=allow_float_dtype_mismatch,
         trust_remote_code=trust_remote_code,
     )
-    tokenizer_ok = check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)
+    check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)
     plans = [build_plan(tri, cfg, resolve_dtype(cfg.dtype, tri.instruct.config)) for _, cfg in jobs]
     _check_shared_pass(plans)
     specs = [(p.name, p.dtype, p.shape) for p in plans[0].values()]
@@ -180,7 +180,6 @@ def merge_models_many(
             reports = merge_pass_many(tri, plans, writers, calc_dtype, block_elems, paths)
             shard_shas = [w.close() for w in writers]
             pass_s = time.perf_counter() - t_pass
-            tokenizer_ok.result()  # a tokenizer that does not load: nothing is committed
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
             seconds = time.perf_counter() - t0
             for out, (out_uri, cfg), plan, report, shard_sha in zip(

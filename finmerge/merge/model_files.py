@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from finmerge.core import background
 from finmerge.merge.stream import MergeError, dtype_name
 from finmerge.merge.triplet import Triplet
 from finmerge.models.mlflow_model import write_mlflow_model
@@ -32,11 +31,12 @@ TOKENIZER_PATTERNS = ("*.tiktoken", "tokenizer*.model", "tokenization_*.py")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-def check_tokenizer_source(folder: Path, uri: str, trust_remote_code: bool):
-    """The merged model takes the domain model's tokenizer: refuse a domain model without tokenizer files at
-    once, rather than write a model nobody can evaluate. Loading it with transformers (seconds of imports)
-    runs in the background while the merge reads its inputs: the returned future is joined before anything
-    is committed, and raises :class:`MergeError` if the tokenizer does not load."""
+def check_tokenizer_source(folder: Path, uri: str, trust_remote_code: bool) -> None:
+    """The merged model takes the domain model's tokenizer: refuse before any work when it has none that
+    transformers can load, rather than write a model nobody can evaluate.
+
+    Synchronous on purpose: importing transformers in a thread beside the merge pass was measured slower
+    (the import holds the GIL that the pass needs between its kernel calls)."""
     vocab_files = {"tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                    "sentencepiece.bpe.model"}  # fmt: skip
     names = [p.name for p in folder.iterdir()]
@@ -45,10 +45,6 @@ def check_tokenizer_source(folder: Path, uri: str, trust_remote_code: bool):
             f"{uri}: the domain model has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json …); "
             "the merged model takes its tokenizer from it. Copy the tokenizer of the model it was trained from"
         )
-    return background.start(_load_tokenizer, folder, uri, trust_remote_code, name="finmerge-tokenizer-check")
-
-
-def _load_tokenizer(folder: Path, uri: str, trust_remote_code: bool) -> None:
     from transformers import AutoTokenizer
 
     try:

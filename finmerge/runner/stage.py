@@ -15,7 +15,6 @@ a cache hit is recorded as a finished run tagged ``finmerge.cache=hit``).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import errno
 import hashlib
@@ -33,7 +32,7 @@ from pydantic import BaseModel
 
 from finmerge import __version__
 from finmerge.config import PipelineConfig, config_hash, sha256_json
-from finmerge.core import background, storage, tracking
+from finmerge.core import storage, tracking
 from finmerge.runner import lineage
 
 log = logging.getLogger(__name__)
@@ -348,14 +347,8 @@ class _StageRun:
 
     def __init__(self, p: Planned, ctx: RunContext):
         self.p, self.ctx, self.run = p, ctx, None
-        # Opening the tracking store (an MLflow import, a SQLite schema check or a first request: seconds)
-        # overlaps the work; get() joins it, and on an error opens the store itself and raises as before.
-        self.warm = background.start(ctx.experiment_id_) if ctx.experiment_id is None else None
 
     def get(self) -> tracking.Run:
-        if self.warm is not None:
-            cf.wait([self.warm])
-            self.warm = None
         if self.run is None:
             ctx, exp = self.ctx, self.ctx.experiment_id_()
             self.run = tracking.Run.resume(ctx.tracking_uri, exp, "finmerge.output", self.p.out_uri)
