@@ -8,27 +8,26 @@ TINY = ["--hidden", "64", "--intermediate", "176", "--layers", "2", "--heads", "
 
 
 def test_bench_merge_prints_one_json_line_and_outputs_agree():
-    res = run_bench("merge.py", *TINY, "--candidates", "3", "--repeats", "1")
+    # dare's drop is compared with mergekit's in tests/test_merge_methods.py; here the bench's plumbing
+    res = run_bench(
+        "merge.py", *TINY, "--methods", "task_arithmetic", "ties", "--candidates", "2", "--repeats", "1"
+    )
     assert res["bench"] == "merge" and res["params_per_model"] > 0 and res["read_gb_per_s"] > 0
-    assert set(res["methods"]) == {"task_arithmetic", "ties", "dare_ties"}
-    for method, row in res["methods"].items():
+    assert set(res["methods"]) == {"task_arithmetic", "ties"}
+    for row in res["methods"].values():
         for tool in ("ours", "mergekit"):
             assert (
                 row[tool]["s"] > 0
                 and row[tool]["anon_rss_mb"] > 0
                 and 0 < row[tool]["share_of_read_bandwidth"] <= 1
             )
-        if method != "dare_ties":
-            assert row["equality"]["missing"] == []
+        assert row["equality"]["missing"] == []
     assert res["methods"]["task_arithmetic"]["equality"]["identical_share"] == 1.0
     assert res["methods"]["ties"]["equality"]["identical_share"] > 0.99
-    dare = res["methods"]["dare_ties"]
-    # both drop about half of each vector: the merge moves the same share of entries away from the base
-    assert abs(dare["ours"]["changed_share"] - dare["mergekit"]["changed_share"]) < 0.02
     # whole commands: ours is `finmerge merge` (its pass time from the manifest), mergekit's `mergekit-yaml`
     ta = res["methods"]["task_arithmetic"]["ours"]
     assert 0 < ta["pass_s"] < ta["s"] and 0 < ta["pass_share_of_read_bandwidth"] <= 1
     many = res["candidates_in_one_pass"]
-    assert many["k"] == 3 and many["one_pass_s"] > 0 and many["k_pass_s"] > 0 and many["ratio"] > 0
+    assert many["k"] == 2 and many["one_pass_s"] > 0 and many["k_pass_s"] > 0 and many["ratio"] > 0
     cold = res["cold_start"]
     assert cold["merge_command_s"] > cold["help_s"] > 0 and cold["import_torch_s"] > 0
