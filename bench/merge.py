@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from finmerge.core import storage  # noqa: E402 (after the path setup)
 from finmerge.merge.method_registry import METHODS  # noqa: E402 (after the path setup; torch-free)
 
 CHILD_MANY = """
@@ -208,7 +209,7 @@ def ours(folders: list[Path], out: Path, root: Path, method: str) -> dict:
            "--method", method, "--dtype", "bfloat16", "--set", "merge.density=0.5",
            "--set", "merge.shard_size_mb=500", "--set", f"storage.staging_dir={root / 'staging'}"]  # fmt: skip
     row = run_measured(cmd, env)
-    manifest = json.loads((out / "_manifest.json").read_text())  # storage.MANIFEST
+    manifest = json.loads((out / storage.MANIFEST).read_text())
     row["pass_s"] = round(manifest["meta"]["metrics"]["merge/pass_seconds"], 3)
     return row
 

@@ -35,20 +35,21 @@ FAQ_QUESTIONS = {
 
 def background_docs(companies: list[dict], years: list[int], seed: int) -> list[dict]:
     """Clean narrative sections of each background company's filings: ``{text, company, section, year}``."""
-    docs = []
-    for c in companies:
-        for year in years:
-            for sec in filing_content(c, year, f"{year}-06-25", seed):
-                if sec["kind"] == "text":
-                    docs.append(
-                        {
-                            "text": clean_view(section_text(sec), c),
-                            "company": c["name"],
-                            "section": sec["name"],
-                            "year": year,
-                        }
-                    )
-    return docs
+    return [
+        {**doc, "year": year}
+        for c in companies
+        for year in years
+        for doc in clean_text_sections(c, year, f"{year}-06-25", seed)
+    ]
+
+
+def clean_text_sections(company: dict, year: int, date: str, seed: int) -> list[dict]:
+    """The text sections of one filing in their cleaned form: ``{"text", "company", "section"}``."""
+    return [
+        {"text": clean_view(section_text(sec), company), "company": company["name"], "section": sec["name"]}
+        for sec in filing_content(company, year, date, seed)
+        if sec["kind"] == "text"
+    ]
 
 
 def faq_doc(c: dict, rng: random.Random) -> str:

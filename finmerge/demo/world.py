@@ -35,7 +35,12 @@ from finmerge.demo import vocab as V  # noqa: F401 - re-exported
 
 # Re-exported: callers and tests use these through this module.
 from finmerge.demo.amend import NEAR_JACCARD, SHINGLE, amend_section, clean_view, jaccard, shingles  # noqa: F401
-from finmerge.demo.background import background_docs, background_extras, company_instructions
+from finmerge.demo.background import (
+    background_docs,
+    background_extras,
+    clean_text_sections,
+    company_instructions,
+)
 from finmerge.demo.common import pick, sub_rng
 from finmerge.demo.companies import (  # noqa: F401 - re-exported
     NARRATIVE_SECTIONS,
@@ -310,14 +315,7 @@ def _heldout_rows(companies: list[dict], cfg: DemoConfig, ids: _DocIds) -> list[
     for c in companies:
         date = _filing_date(cfg.heldout_year, sub_rng(cfg.seed, "heldout-date", c["edinet_code"]))
         doc_id = ids.next()
-        for sec in filing_content(c, cfg.heldout_year, date, cfg.seed):
-            if sec["kind"] == "text":
-                heldout.append(
-                    {
-                        "text": clean_view(section_text(sec), c),
-                        "company": c["name"],
-                        "section": sec["name"],
-                        "doc_id": doc_id,
-                    }
-                )
+        heldout += [
+            {**doc, "doc_id": doc_id} for doc in clean_text_sections(c, cfg.heldout_year, date, cfg.seed)
+        ]
     return heldout

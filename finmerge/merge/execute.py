@@ -187,7 +187,7 @@ def merge_models_many(
             ):
                 out.known_sha256.update(shard_sha)  # hashed while writing: no second read of the shards
                 _finish_output(out, out_uri, cfg, tri, uris, plan, report, shard_sha, fingerprints, seconds,
-                               trust_remote_code)  # fmt: skip
+                               trust_remote_code, calc_dtype)  # fmt: skip
                 out.meta["metrics"]["merge/fused_share"] = paths["fused_elements"] / max(
                     1, paths["fused_elements"] + paths["torch_elements"]
                 )
@@ -211,7 +211,18 @@ def _check_shared_pass(plans: list[dict]) -> None:
 
 
 def _finish_output(
-    out, out_uri, cfg, tri, uris, plans, report, shard_sha, fingerprints, seconds, trust_remote_code
+    out,
+    out_uri,
+    cfg,
+    tri,
+    uris,
+    plans,
+    report,
+    shard_sha,
+    fingerprints,
+    seconds,
+    trust_remote_code,
+    calc_dtype,
 ) -> None:
     """The model files, report, recipe, card and manifest metadata of one merged output."""
     coeffs = METHODS[cfg.method].coefficients(cfg)
@@ -231,7 +242,7 @@ def _finish_output(
         "beta": cfg.beta,
         "coefficients": dict(zip(ROLES, coeffs, strict=True)) if coeffs else None,
         "parameters": method_summary(cfg),
-        "compute_dtype": dtype_name(compute_dtype(tri)),
+        "compute_dtype": dtype_name(calc_dtype),
         "output_dtype": dtype_name(out_dtype),
         "inputs": {r: _input_summary(tri, r, uris[r], fingerprints) for r in ROLES},
         "vocab": tri.vocab,

@@ -52,28 +52,18 @@ def weighted_sums(b, i, d, shift, coefs, first, out, out_bf16, start, stop, diag
         for j in range(m):
             bad = max(bad, ub[j] & EXP, ui[j] & EXP, ud[j] & EXP)
         for k in range(coefs.shape[0]):
-            cb, ci, cd = coefs[k, 0], coefs[k, 1], coefs[k, 2]
+            ci, cd = coefs[k, 1], coefs[k, 2]
             f = first[k]
-            if f == 0:
-                if cb == 1.0:
-                    acc[:m] = fb[:m]
-                else:
-                    for j in range(m):
-                        acc[j] = fb[j] * cb
-            elif f == 1:
-                if ci == 1.0:
-                    acc[:m] = fi[:m]
-                else:
-                    for j in range(m):
-                        acc[j] = fi[j] * ci
-            elif f == 2:
-                if cd == 1.0:
-                    acc[:m] = fd[:m]
-                else:
-                    for j in range(m):
-                        acc[j] = fd[j] * cd
-            else:
+            if f == 3:
                 acc[:m] = 0.0
+            else:
+                first_x = fb if f == 0 else (fi if f == 1 else fd)
+                c0 = coefs[k, f]
+                if c0 == 1.0:
+                    acc[:m] = first_x[:m]
+                else:
+                    for j in range(m):
+                        acc[j] = first_x[j] * c0
             if f < 1 and ci != 0.0:
                 for j in range(m):
                     acc[j] = fma32(fi[j], ci, acc[j])

@@ -191,7 +191,9 @@ def merge_pass_many(
                     n = x["domain"].numel()
                     out = ws.get(f"fused{par}", (len(tplans), n), _OUT_BITS[plan.dtype])
                     diag = kernel(
-                        x, [q.params.coeffs for q in tplans], out.numpy().view(_NP_BITS[plan.dtype])
+                        x,
+                        [q.params.coeffs for q in tplans],
+                        out.numpy().view(fused.SUPPORTED_OUTPUTS[plan.dtype]),
                     )
                     if diag is not None:
                         for k, (w, st) in enumerate(zip(writers, tstats, strict=True)):
@@ -233,4 +235,3 @@ def merge_pass_many(
 
 # the integer type whose bits the fused kernel writes for each output dtype
 _OUT_BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
-_NP_BITS = {torch.bfloat16: np.uint16, torch.float32: np.uint32}
