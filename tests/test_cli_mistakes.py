@@ -32,6 +32,10 @@ def world(tmp_path_factory) -> Path:
     for p in (root / "notok").iterdir():
         if p.name.startswith(("tokenizer", "special_tokens")):
             p.unlink()
+    shutil.copytree(root / "m" / "domain", root / "badtok")  # same vocab, but a part no tokenizer library has
+    tok = json.loads((root / "badtok" / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["pre_tokenizer"] = {"type": "FromANewerRelease"}
+    (root / "badtok" / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
     (root / "raw").mkdir()
     text = "当社の売上高は前期比で増加しました。営業利益も堅調に推移しています。" * 8
     (root / "raw" / "a.jsonl").write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\n")
@@ -87,6 +91,10 @@ CASES = {
     ),
     # inputs that are not there or not what they claim to be
     "merge without a tokenizer": ([*MERGE, "--domain", "notok", "--out", "out/mg"], "no tokenizer files"),
+    "merge with a broken tokenizer": (
+        [*MERGE, "--domain", "badtok", "--out", "out/mg"],
+        "badtok: the domain model's tokenizer does not load",
+    ),
     "merge with a missing input": ([*MERGE, "--domain", "m/nope", "--out", "out/mg"], "m/nope"),
     "ingest a missing folder": (["corpus", "ingest", "--input", "nope", "--output", "out/i"], "nope"),
     "dedup with a wrong --prev": (
