@@ -263,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         return 70
 
 
+# Stage commands whose MLflow calls go to a side process that loads MLflow while the command works
+# (finmerge/core/tracking_sidecar.py): about 2 s less per command.
+SIDECAR_COMMANDS = ("merge", "evaluate", "analyze", "corpus", "tokenize")
+
+
 def entry() -> None:
     """The ``finmerge`` executable: :func:`main`, then exit. After Ctrl-C the process ends at once: the
     clean-up that matters ran while the interrupt unwound, and a library's exit hook waiting on a network
@@ -270,7 +275,14 @@ def entry() -> None:
     # A parent that ignores SIGINT (nohup, a test runner, a job launcher) passes the ignore on to us; Ctrl-C
     # must still interrupt finmerge.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    sidecar = None
+    if len(sys.argv) > 1 and sys.argv[1] in SIDECAR_COMMANDS:
+        from finmerge.core import tracking_sidecar
+
+        sidecar = tracking_sidecar.start()
     rc = main()
+    if sidecar is not None:
+        sidecar.close()
     if rc == 130:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -161,8 +161,34 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+# The command's tracking side process (finmerge/core/tracking_sidecar.py), when the executable started one.
+_SIDECAR: Any = None
+
+
+def use_sidecar(sidecar: Any) -> None:
+    global _SIDECAR
+    _SIDECAR = sidecar
+
+
+def _remote(op: str, *args: Any) -> tuple[bool, Any]:
+    """(True, answer) from the side process; (False, None) when there is none or it died."""
+    if _SIDECAR is None:
+        return False, None
+    from finmerge.core.tracking_sidecar import SidecarDied
+
+    try:
+        return True, _SIDECAR.call(op, *args)
+    except SidecarDied as exc:
+        log.warning("%s; tracking in this process instead", exc)
+        use_sidecar(None)
+        return False, None
+
+
 def ensure_experiment(cfg: TrackingConfig) -> tuple[str, str]:
     """(tracking uri, experiment id), creating the experiment on first use."""
+    done, answer = _remote("ensure_experiment", cfg.model_copy(update={"uri": resolve_uri(cfg)}))
+    if done:
+        return answer
     uri = resolve_uri(cfg)
     c = client(uri)
     exp = c.get_experiment_by_name(cfg.experiment)
@@ -201,6 +227,12 @@ class Run:
         tags: dict[str, str] | None = None,
         parent_id: str | None = None,
     ) -> Run:
+        sidecar = _SIDECAR
+        done, run_id = _remote("start", uri, experiment_id, name, tags, parent_id)
+        if done:
+            from finmerge.core.tracking_sidecar import RemoteRun
+
+            return RemoteRun(sidecar, uri, run_id)  # type: ignore[return-value]
         c = client(uri)
         all_tags = dict(scrub(tags or {}))
         if parent_id:
@@ -212,6 +244,12 @@ class Run:
     def resume(cls, uri: str, experiment_id: str, tag: str, value: str) -> Run | None:
         """The newest unfinished (failed, killed or still marked running) run tagged ``tag=value``, set
         running again; None when there is none."""
+        sidecar = _SIDECAR
+        done, run_id = _remote("resume", uri, experiment_id, tag, value)
+        if done:
+            from finmerge.core.tracking_sidecar import RemoteRun
+
+            return None if run_id is None else RemoteRun(sidecar, uri, run_id)  # type: ignore[return-value]
         c = client(uri)
         escaped = value.replace("'", "\\'")
         runs = c.search_runs(
@@ -353,13 +391,14 @@ class Run:
 
     def artifact_files(self, folder_uri: str, names: list[str], subdir: str | None = None) -> None:
         """Copy small files of a stage folder into the run's artifacts."""
+        self.artifact_data(read_files(folder_uri, names), subdir)
+
+    def artifact_data(self, files: list[tuple[str, bytes]], subdir: str | None = None) -> None:
+        """Log ``(name, content)`` pairs as artifacts."""
         with tempfile.TemporaryDirectory() as tmp:
-            for name in names:
-                src = storage.join(folder_uri, name)
-                if not storage.exists(src):
-                    continue
+            for name, data in files:
                 dest = Path(tmp) / Path(name).name
-                dest.write_bytes(storage.read_bytes(src))
+                dest.write_bytes(data)
                 self._call(
                     f"log artifact {name} to run {self.run_id}",
                     lambda d=dest: self.client.log_artifact(self.run_id, str(d), subdir),
@@ -410,6 +449,16 @@ class Run:
         """Send what is buffered, then mark the run ended (a FAILED end still records its metrics)."""
         self.flush()
         self._call(f"end run {self.run_id}", lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def read_files(folder_uri: str, names: list[str]) -> list[tuple[str, bytes]]:
+    """``(name, content)`` of the named files of a folder that exist."""
+    found = []
+    for name in names:
+        src = storage.join(folder_uri, name)
+        if storage.exists(src):
+            found.append((name, storage.read_bytes(src)))
+    return found
 
 
 _LIVE_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()

@@ -1,0 +1,97 @@
+"""The stage commands' MLflow side process (finmerge/core/tracking_sidecar.py): the executable tracks a
+merge exactly as in-process tracking does, without loading MLflow itself; a side process that dies hands
+its run back to the command; its errors arrive with their type and message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from finmerge.config import TrackingConfig
+from finmerge.core import tracking, tracking_sidecar
+from tests.helpers import tiny_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("sidecar-models")
+    return [tiny_model(root / n, seed=s) for n, s in (("base", 1), ("instruct", 2), ("domain", 3))]
+
+
+def _merge(models: list[Path], out: Path, uri: str, sidecar: bool) -> str:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "FINMERGE_TRACKING_SIDECAR": "1" if sidecar else "0"}
+    cmd = [sys.executable, "-X", "importtime", "-m", "finmerge.cli", "merge", "--base", str(models[0]),
+           "--instruct", str(models[1]), "--domain", str(models[2]), "--out", str(out),
+           "--set", f"storage.staging_dir={out.parent / 'staging'}"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def _recorded(client: MlflowClient, out: Path) -> dict:
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("finmerge").experiment_id],
+        filter_string=f"tags.`finmerge.output` = '{out}'",
+    )
+    return {
+        "status": run.info.status,
+        "params": {k: v for k, v in run.data.params.items() if "out" not in k},
+        "metrics": sorted(k for k in run.data.metrics if k not in ("merge/seconds", "merge/pass_seconds")),
+        "tags": sorted(run.data.tags),
+        "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+        "inputs": sorted(d.dataset.name for d in run.inputs.dataset_inputs),
+    }
+
+
+def test_the_executable_tracks_a_merge_in_the_side_process_as_it_would_itself(
+    models, mlflow_server, tmp_path
+):
+    side = _merge(models, tmp_path / "side", mlflow_server, sidecar=True)
+    own = _merge(models, tmp_path / "own", mlflow_server, sidecar=False)
+    loaded_here = lambda err: any(line.rstrip().endswith("| mlflow") for line in err.splitlines())  # noqa: E731
+    assert not loaded_here(side), "the command loaded MLflow itself"
+    assert loaded_here(own)  # the check above can fail
+    client = MlflowClient(mlflow_server)
+    a, b = _recorded(client, tmp_path / "side"), _recorded(client, tmp_path / "own")
+    assert a == b
+    assert a["status"] == "FINISHED" and a["params"] and "merge/max_abs_delta_vs_cpt" in a["metrics"]
+    assert "merge_report.json" in a["artifacts"]
+
+
+def test_a_side_process_that_dies_hands_the_run_back(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sidecar = tracking_sidecar.start(force=True)
+    assert sidecar is not None
+    try:
+        _, exp = tracking.ensure_experiment(TrackingConfig(uri=uri))
+        run = tracking.Run.start(uri, exp, "dies", tags={"who": "test"})
+        assert isinstance(run, tracking_sidecar.RemoteRun)
+        run.params({"alpha": 1.0})
+        sidecar.proc.kill()
+        sidecar.proc.wait()
+        run.metrics({"loss": 0.5}, step=3)  # the side process is gone: tracked here from now on
+        run.end()
+        assert tracking._SIDECAR is None
+    finally:
+        tracking.use_sidecar(None)
+    got = MlflowClient(uri).get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.params == {"alpha": "1.0"}
+    assert got.data.metrics == {"loss": 0.5} and got.data.tags["who"] == "test"
+
+
+def test_errors_in_the_side_process_arrive_with_their_type_and_message():
+    sidecar = tracking_sidecar.start(force=True)
+    try:
+        with pytest.raises(ValueError, match="unknown tracking request 'nope'"):
+            sidecar.call("nope")
+        with pytest.raises(KeyError, match="no-such-run"):  # a run this command never started
+            sidecar.call("run", "no-such-run", "end", ())
+    finally:
+        tracking.use_sidecar(None)
+        sidecar.close()
+    assert sidecar.proc.returncode == 0
