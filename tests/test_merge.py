@@ -401,3 +401,35 @@ def test_integer_tensors_copied_when_equal_else_refused(tmp_path):
     with pytest.raises(MergeError, match="idx differs"):
         run(m, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_input_hashes_in_the_card_follow_merge_hash_inputs(fp32, tmp_path):
+    """A user's folder (no finmerge manifest) gets the sha256 of its weight files in the card, through the
+    stage and its config; ``merge.hash_inputs=false`` leaves them out and changes no weight."""
+    import hashlib
+
+    from finmerge.cli import main
+
+    plain = {}
+    for role in ("base", "instruct", "domain"):
+        plain[role] = tmp_path / "plain" / role
+        shutil.copytree(fp32[role], plain[role], ignore=shutil.ignore_patterns(storage.MANIFEST))
+    args = ["merge", *(a for r in ("base", "instruct", "domain") for a in (f"--{r}", str(plain[r])))]
+    staging = [
+        "--set",
+        f"storage.staging_dir={tmp_path / 'stage'}",
+        "--set",
+        f"storage.uri={tmp_path / 'runs'}",
+    ]
+    assert main([*args, "--out", str(tmp_path / "hashed"), *staging]) == 0
+    assert main([*args, "--out", str(tmp_path / "fast"), *staging, "--set", "merge.hash_inputs=false"]) == 0
+    shard = next(plain["domain"].glob("*.safetensors"))
+    sha = hashlib.sha256(shard.read_bytes()).hexdigest()
+    hashed = json.loads((tmp_path / "hashed" / "merge_report.json").read_text())["summary"]["inputs"]
+    fast = json.loads((tmp_path / "fast" / "merge_report.json").read_text())["summary"]["inputs"]
+    assert (
+        hashed["domain"]["shards"] == {shard.name: sha}
+        and sha in (tmp_path / "hashed" / "README.md").read_text()
+    )
+    assert not fast["domain"].get("shards") and sha not in (tmp_path / "fast" / "README.md").read_text()
+    assert_bit_equal(weights(tmp_path / "fast"), weights(tmp_path / "hashed"))

@@ -120,6 +120,11 @@ class MergeConfig(Section):
         "auto", description="Output dtype; auto = the instruct model's torch_dtype."
     )
     shard_size_mb: int = 1000
+    hash_inputs: bool = Field(
+        True,
+        description="Record the sha256 of every input weight file that has no finmerge manifest in the model "
+        "card (hashed beside the pass: a second core for its length). false: the card says 'not computed'.",
+    )
     exclude: list[str] = Field(
         default_factory=list, description="Regexes of tensor names taken from the domain model unmerged."
     )
