@@ -95,3 +95,14 @@ def test_errors_in_the_side_process_arrive_with_their_type_and_message():
         tracking.use_sidecar(None)
         sidecar.close()
     assert sidecar.proc.returncode == 0
+
+
+def test_a_refused_command_leaves_no_tracking_store(models, tmp_path):
+    """The side process opens the store early, but never creates one: a command refused at its preflight
+    leaves the working directory as it was."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store, in the cwd
+    cmd = [sys.executable, "-m", "finmerge.cli", "merge", "--base", str(models[0]), "--instruct",
+           str(models[1]), "--domain", str(tmp_path / "missing"), "--out", "out"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "missing" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))

@@ -170,6 +170,12 @@ def use_sidecar(sidecar: Any) -> None:
     _SIDECAR = sidecar
 
 
+def prepare(uri: str, experiment: str) -> None:
+    """A hint that runs in ``experiment`` at ``uri`` are coming: the side process opens the store meanwhile."""
+    if _SIDECAR is not None:
+        _SIDECAR.warm(uri, experiment)
+
+
 def _remote(op: str, *args: Any) -> tuple[bool, Any]:
     """(True, answer) from the side process; (False, None) when there is none or it died."""
     if _SIDECAR is None:

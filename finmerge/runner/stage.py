@@ -199,6 +199,8 @@ class RunContext(BaseModel):
         )
         if not lazy:
             ctx.experiment_id_()
+        else:
+            tracking.prepare(ctx.tracking_uri, ctx.experiment)
         return ctx
 
     def experiment_id_(self) -> str:
