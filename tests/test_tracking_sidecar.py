@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from finmerge.cli import main
 from finmerge.config import TrackingConfig
 from finmerge.core import tracking, tracking_sidecar
 from tests.helpers import tiny_model
@@ -23,11 +24,16 @@ def models(tmp_path_factory) -> list[Path]:
     return [tiny_model(root / n, seed=s) for n, s in (("base", 1), ("instruct", 2), ("domain", 3))]
 
 
-def _merge(models: list[Path], out: Path, uri: str, sidecar: bool) -> str:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "FINMERGE_TRACKING_SIDECAR": "1" if sidecar else "0"}
-    cmd = [sys.executable, "-X", "importtime", "-m", "finmerge.cli", "merge", "--base", str(models[0]),
-           "--instruct", str(models[1]), "--domain", str(models[2]), "--out", str(out),
-           "--set", f"storage.staging_dir={out.parent / 'staging'}"]  # fmt: skip
+def _merge_args(models: list[Path], out: Path) -> list[str]:
+    return ["merge", "--base", str(models[0]), "--instruct", str(models[1]), "--domain", str(models[2]),
+            "--out", str(out), "--set", f"storage.staging_dir={out.parent / 'staging'}"]  # fmt: skip
+
+
+def _merge_in_a_process(models: list[Path], out: Path, uri: str) -> str:
+    """``finmerge merge`` as the executable runs it (its side process on); stderr with ``-X importtime``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("FINMERGE_TRACKING_SIDECAR", None)
+    cmd = [sys.executable, "-X", "importtime", "-m", "finmerge.cli", *_merge_args(models, out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stderr
@@ -49,13 +55,15 @@ def _recorded(client: MlflowClient, out: Path) -> dict:
 
 
 def test_the_executable_tracks_a_merge_in_the_side_process_as_it_would_itself(
-    models, mlflow_server, tmp_path
+    models, mlflow_server, tmp_path, monkeypatch
 ):
-    side = _merge(models, tmp_path / "side", mlflow_server, sidecar=True)
-    own = _merge(models, tmp_path / "own", mlflow_server, sidecar=False)
-    loaded_here = lambda err: any(line.rstrip().endswith("| mlflow") for line in err.splitlines())  # noqa: E731
-    assert not loaded_here(side), "the command loaded MLflow itself"
-    assert loaded_here(own)  # the check above can fail
+    side = _merge_in_a_process(models, tmp_path / "side", mlflow_server)
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in side.splitlines() if line.startswith("import time:")
+    }
+    assert "torch" in imported and "mlflow" not in imported, "the command loaded MLflow itself"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert main(_merge_args(models, tmp_path / "own")) == 0  # in-process: MLflow loaded here, no side process
     client = MlflowClient(mlflow_server)
     a, b = _recorded(client, tmp_path / "side"), _recorded(client, tmp_path / "own")
     assert a == b
