@@ -433,3 +433,29 @@ def test_input_hashes_in_the_card_follow_merge_hash_inputs(fp32, tmp_path):
     )
     assert not fast["domain"].get("shards") and sha not in (tmp_path / "fast" / "README.md").read_text()
     assert_bit_equal(weights(tmp_path / "fast"), weights(tmp_path / "hashed"))
+
+
+def test_weights_in_a_hugging_face_cache_snapshot_take_their_sha256_from_the_blob_name(fp32, tmp_path):
+    """A model folder inside the HF cache (``snapshots/<rev>/*.safetensors`` → ``blobs/<sha256>``) is not
+    hashed again: the card records the blob's name, the sha256 the Hub computed."""
+    import hashlib
+
+    repo = tmp_path / "hub" / "models--org--domain"
+    snap, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for p in sorted(Path(fp32["domain"]).iterdir()):
+        if p.name == storage.MANIFEST:
+            continue
+        data = p.read_bytes()
+        # the weights' blob takes a name that is not their hash: the card must show the name (not re-hashed)
+        name = "f" * 64 if p.suffix == ".safetensors" else hashlib.sha256(data).hexdigest()
+        (blobs / name).write_bytes(data)
+        (snap / p.name).symlink_to(Path("..") / ".." / "blobs" / name)
+    res = merge_models(fp32["base"], fp32["instruct"], str(snap), str(tmp_path / "out"), MergeConfig(),
+                       str(tmp_path / "stage"))  # fmt: skip
+    report = json.loads((tmp_path / "out" / "merge_report.json").read_text())["summary"]["inputs"]
+    shard = next(snap.glob("*.safetensors")).name
+    assert report["domain"]["shards"] == {shard: "f" * 64} and res["digest"]
+    run(fp32, tmp_path / "ref")  # the same merge from the folder itself: the same weights
+    assert_bit_equal(weights(tmp_path / "out"), weights(tmp_path / "ref"))
