@@ -114,3 +114,28 @@ def test_a_refused_command_leaves_no_tracking_store(models, tmp_path):
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "missing" in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_an_interrupted_request_hands_tracking_back_to_the_command(tmp_path):
+    """Ctrl-C between a request and its answer leaves the pipe out of step: the side process is stopped and
+    the command tracks on its own from then on."""
+    import signal
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sidecar = tracking_sidecar.start(force=True)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)  # the side process is still loading MLflow by then
+        with pytest.raises(KeyboardInterrupt):
+            tracking.ensure_experiment(TrackingConfig(uri=uri))
+        assert sidecar.proc.wait(timeout=10) != 0  # stopped
+        _, exp = tracking.ensure_experiment(TrackingConfig(uri=uri))  # here, in this process
+        assert tracking._SIDECAR is None and MlflowClient(uri).get_experiment(exp).name == "finmerge"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        tracking.use_sidecar(None)

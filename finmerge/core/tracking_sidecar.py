@@ -54,10 +54,11 @@ class Sidecar:
         self._lock = threading.Lock()
         self._endpoint: object = object()  # the S3 endpoint last sent (MLflow's artifact store uses it)
         self._unanswered = 0  # warm-up requests whose answers are not read yet
+        self._broken = False
 
     def warm(self, uri: str, experiment: str) -> None:
-        """Open the store and look the experiment up now, while the command works (read-only; answered
-        later): opening MLflow's SQLite store alone takes ~0.7 s."""
+        """Open a SQLite store and look the experiment up now, while the command works (read-only; answered
+        later): opening it alone takes ~0.7 s."""
         with self._lock:
             try:
                 _send(self.proc.stdin, ("warm", (uri, experiment)))
@@ -67,6 +68,8 @@ class Sidecar:
 
     def call(self, op: str, *args: Any) -> Any:
         with self._lock:
+            if self._broken:
+                raise SidecarDied("tracking side process stopped earlier")
             endpoint = storage.endpoint_url()
             try:
                 while self._unanswered:
@@ -74,15 +77,19 @@ class Sidecar:
                     self._unanswered -= 1
                 if endpoint != self._endpoint:
                     _send(self.proc.stdin, ("endpoint", (endpoint,)))
-                    self._answer()
+                    _recv(self.proc.stdout)
                     self._endpoint = endpoint
                 _send(self.proc.stdin, (op, args))
-                return self._answer()
+                kind, value = _recv(self.proc.stdout)
             except (BrokenPipeError, EOFError, OSError) as exc:
+                self._broken = True
                 raise SidecarDied(f"tracking side process ended ({exc})") from exc
-
-    def _answer(self) -> Any:
-        kind, value = _recv(self.proc.stdout)
+            except BaseException:
+                # interrupted between a request and its answer (Ctrl-C): the pipe is out of step from here
+                # on, so the command tracks on its own
+                self._broken = True
+                self.proc.kill()
+                raise
         if kind == "error":
             raise value
         return value
@@ -209,8 +216,10 @@ def _serve(inp, out) -> None:
                 )  # everything is logged; tearing down MLflow's modules would cost the command ~0.5 s
             if op == "warm":
                 uri, experiment = args
-                # never create anything: a command refused at its preflight must leave no store behind
-                if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists():
+                # An existing SQLite store only: never create one (a command refused at its preflight must
+                # leave no store behind), and never wait on a server (one that is down would hold the
+                # command's first real call for a second round of MLflow's HTTP retries).
+                if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).exists():
                     tracking.client(uri).get_experiment_by_name(experiment)
                 value = None
             elif op == "endpoint":
