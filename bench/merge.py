@@ -48,8 +48,8 @@ from finmerge.config import MergeConfig
 from finmerge.merge.execute import merge_models_many
 base, inst, cpt, out, staging, k = sys.argv[1:7]
 grid = [(a, b) for a in (0.5, 0.75, 1.0, 1.25, 1.5) for b in (0.75, 1.0, 1.25)][: int(k)]
-jobs = [(f"{out}/c{i}", MergeConfig(alpha=a, beta=b, dtype="bfloat16", shard_size_mb=500)) for i, (a, b) in enumerate(grid)]
-res = merge_models_many(base, inst, cpt, jobs, staging, hash_inputs=False)
+jobs = [(f"{out}/c{i}", MergeConfig(alpha=a, beta=b, dtype="bfloat16", shard_size_mb=500, hash_inputs=False)) for i, (a, b) in enumerate(grid)]
+res = merge_models_many(base, inst, cpt, jobs, staging)
 print(json.dumps({"pass_s": res[0]["metrics"]["merge/pass_seconds"], "fused_share": res[0]["metrics"]["merge/fused_share"]}))
 """
 

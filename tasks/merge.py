@@ -7,8 +7,7 @@ from finmerge.runner.stage import Stage, StageCall
 
 def _work(c: StageCall) -> dict:
     flags = c.kw("trust_remote_code", "allow_pickle", "overwrite")
-    return merge_models(*c.args("base", "instruct", "domain"), c.out_uri, c.section, c.staging_dir,
-                        hash_inputs=c.section.hash_inputs, **flags)  # fmt: skip
+    return merge_models(*c.args("base", "instruct", "domain"), c.out_uri, c.section, c.staging_dir, **flags)
 
 
 # merge.sweep only says which candidates to try: each candidate is a merge section of its own.
@@ -23,8 +22,7 @@ def _work_many(c: StageCall) -> dict:
     (outputs,) = c.args("outputs")
     jobs = [(o["uri"], MergeConfig.model_validate(o["merge"])) for o in outputs]
     flags = c.kw("trust_remote_code", "allow_pickle")
-    results = merge_models_many(*c.args("base", "instruct", "domain"), jobs, c.staging_dir,
-                                hash_inputs=c.section.hash_inputs, **flags)  # fmt: skip
+    results = merge_models_many(*c.args("base", "instruct", "domain"), jobs, c.staging_dir, **flags)
     return write_pass_record(results, c.out_uri, c.staging_dir, **c.kw("overwrite"))
 
 

@@ -176,6 +176,17 @@ def prepare(uri: str, experiment: str) -> None:
         _SIDECAR.warm(uri, experiment)
 
 
+def _remote_run(op: str, uri: str, *args: Any) -> tuple[bool, Any]:
+    """``Run.start`` / ``Run.resume`` in the side process: (True, its RemoteRun or None), or (False, None)."""
+    sidecar = _SIDECAR
+    done, run_id = _remote(op, uri, *args)
+    if not done or run_id is None:
+        return done, None
+    from finmerge.core.tracking_sidecar import RemoteRun
+
+    return True, RemoteRun(sidecar, uri, run_id)
+
+
 def _remote(op: str, *args: Any) -> tuple[bool, Any]:
     """(True, answer) from the side process; (False, None) when there is none or it died."""
     if _SIDECAR is None:
@@ -192,10 +203,10 @@ def _remote(op: str, *args: Any) -> tuple[bool, Any]:
 
 def ensure_experiment(cfg: TrackingConfig) -> tuple[str, str]:
     """(tracking uri, experiment id), creating the experiment on first use."""
-    done, answer = _remote("ensure_experiment", cfg.model_copy(update={"uri": resolve_uri(cfg)}))
+    uri = resolve_uri(cfg)
+    done, answer = _remote("ensure_experiment", cfg.model_copy(update={"uri": uri}))
     if done:
         return answer
-    uri = resolve_uri(cfg)
     c = client(uri)
     exp = c.get_experiment_by_name(cfg.experiment)
     if exp is not None:
@@ -233,12 +244,9 @@ class Run:
         tags: dict[str, str] | None = None,
         parent_id: str | None = None,
     ) -> Run:
-        sidecar = _SIDECAR
-        done, run_id = _remote("start", uri, experiment_id, name, tags, parent_id)
+        done, remote = _remote_run("start", uri, experiment_id, name, tags, parent_id)
         if done:
-            from finmerge.core.tracking_sidecar import RemoteRun
-
-            return RemoteRun(sidecar, uri, run_id)  # type: ignore[return-value]
+            return remote
         c = client(uri)
         all_tags = dict(scrub(tags or {}))
         if parent_id:
@@ -250,12 +258,9 @@ class Run:
     def resume(cls, uri: str, experiment_id: str, tag: str, value: str) -> Run | None:
         """The newest unfinished (failed, killed or still marked running) run tagged ``tag=value``, set
         running again; None when there is none."""
-        sidecar = _SIDECAR
-        done, run_id = _remote("resume", uri, experiment_id, tag, value)
+        done, remote = _remote_run("resume", uri, experiment_id, tag, value)
         if done:
-            from finmerge.core.tracking_sidecar import RemoteRun
-
-            return None if run_id is None else RemoteRun(sidecar, uri, run_id)  # type: ignore[return-value]
+            return remote
         c = client(uri)
         escaped = value.replace("'", "\\'")
         runs = c.search_runs(

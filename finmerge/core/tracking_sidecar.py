@@ -207,13 +207,9 @@ def _serve(inp, out) -> None:
             return
         try:
             if op == "close":
-                for run in runs.values():  # metric values a run still holds (its server was down)
-                    if run._pending:
-                        run.flush()
+                tracking._flush_at_exit()  # what a run still buffers (its server was down): exit hooks do not run
                 _send(out, ("ok", None))
-                os._exit(
-                    0
-                )  # everything is logged; tearing down MLflow's modules would cost the command ~0.5 s
+                os._exit(0)  # tearing down MLflow's modules would cost the command ~0.5 s
             if op == "warm":
                 uri, experiment = args
                 # An existing SQLite store only: never create one (a command refused at its preflight must

@@ -106,7 +106,6 @@ def merge_models(
     allow_pickle: bool = False,
     allow_float_dtype_mismatch: bool = False,
     block_elems: int = 1 << 20,
-    hash_inputs: bool = True,
     overwrite: bool = False,
 ) -> dict:
     """Merge ``instruct`` and ``domain`` (CPT) into ``base`` per ``cfg``; write an HF model folder at ``out_uri``.
@@ -115,8 +114,7 @@ def merge_models(
     pickle-only inputs to safetensors in staging with ``torch.load(weights_only=True)`` instead of refusing
     them; ``allow_float_dtype_mismatch`` lets inputs store a
     tensor in different float dtypes (all are upcast anyway); ``block_elems`` is the row-block size of the
-    streaming pass (elements per input block); ``hash_inputs`` computes the sha256 of input weight files that
-    have no finmerge manifest, for the model card (in background threads); ``overwrite`` lets ``out_uri``
+    streaming pass (elements per input block); ``overwrite`` lets ``out_uri``
     replace something that is not a finmerge merge output (never an input: see ``storage.check_output``).
     """
     return merge_models_many(
@@ -129,7 +127,6 @@ def merge_models(
         allow_pickle=allow_pickle,
         allow_float_dtype_mismatch=allow_float_dtype_mismatch,
         block_elems=block_elems,
-        hash_inputs=hash_inputs,
         overwrite=overwrite,
     )[0]
 
@@ -145,7 +142,6 @@ def merge_models_many(
     allow_pickle: bool = False,
     allow_float_dtype_mismatch: bool = False,
     block_elems: int = 1 << 20,
-    hash_inputs: bool = True,
     overwrite: bool = False,
 ) -> list[dict]:
     """K merges of the same three models in one read of the inputs: ``jobs`` is ``[(out_uri, cfg), ...]``;
@@ -176,7 +172,9 @@ def merge_models_many(
 
     pool = cf.ThreadPoolExecutor(max_workers=2)
     try:
-        fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hash_inputs else {}
+        # cfg.hash_inputs: the sha256 of input shards without a manifest, for the cards that ask for them
+        hashed = any(cfg.hash_inputs for _, cfg in jobs)
+        fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hashed else {}
         with contextlib.ExitStack() as stack:
             outs = [
                 stack.enter_context(
@@ -207,8 +205,9 @@ def merge_models_many(
                 outs, jobs, plans, reports, shard_shas, strict=True
             ):
                 out.known_sha256.update(shard_sha)  # hashed while writing: no second read of the shards
-                _finish_output(out, out_uri, cfg, tri, uris, plan, report, shard_sha, fingerprints, seconds,
-                               trust_remote_code, calc_dtype)  # fmt: skip
+                _finish_output(out, out_uri, cfg, tri, uris, plan, report, shard_sha,
+                               fingerprints if cfg.hash_inputs else {}, seconds, trust_remote_code,
+                               calc_dtype)  # fmt: skip
                 out.meta["metrics"]["merge/fused_share"] = paths["fused_elements"] / max(
                     1, paths["fused_elements"] + paths["torch_elements"]
                 )

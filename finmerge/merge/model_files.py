@@ -68,13 +68,15 @@ def _loads_with_tokenizers(folder: Path) -> bool:
     else (custom code, a sentencepiece-only folder, an unknown class) goes through AutoTokenizer."""
     if not (folder / "tokenizer.json").is_file():
         return False
-    config: dict = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if (folder / name).is_file():
-            loaded = json.loads((folder / name).read_text(encoding="utf-8"))
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{name} is not a JSON object")
-            config = loaded if name == "tokenizer_config.json" else config
+    configs = {
+        name: json.loads((folder / name).read_text(encoding="utf-8"))
+        for name in ("tokenizer_config.json", "special_tokens_map.json")
+        if (folder / name).is_file()
+    }
+    for name, loaded in configs.items():
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{name} is not a JSON object")
+    config = configs.get("tokenizer_config.json", {})
     cls = config.get("tokenizer_class")
     if config.get("auto_map") or not (cls in _FAST_CLASSES or str(cls).endswith("TokenizerFast")):
         return False
