@@ -372,3 +372,64 @@ def test_general_corpus_and_instructions(world):
             assert f"{t['name']}の{q['attribute']}は{q['answers'][0]}です。" in text
         attrs = Counter(q["attribute"] for q in _jsonl(world / "eval" / split / "chat_general.jsonl"))
         assert len(attrs) >= len(PROBE_ATTRIBUTES)
+
+
+def test_copy_pages_and_reading_pairs(tmp_path, world):
+    """Opt-in (docs/demo.md, g-G): one-off companies named nowhere else in the world, each page a different one;
+    the reading pairs answer with a fact their prompt states; off, the world is the default one, byte for byte."""
+    cfg = CFG.model_copy(update={"n_copy_pages": 300, "instruction_context_share": 0.15})
+    out = tmp_path / "copy"
+    W.generate_world(cfg, out)
+    w = json.loads((out / "world.json").read_text())
+    pages = [r["text"] for r in _jsonl(out / "general" / "copy_pages.jsonl")]
+    assert len(pages) == 300 and not (world / "general" / "copy_pages.jsonl").exists()
+    names = [p.split("\n")[1].split("の")[0] for p in pages]
+    assert len(set(names)) == len(names) and all(n.startswith("株式会社") for n in names)
+    stems = {n.removeprefix("株式会社")[:2] for n in names}
+    world_stems = {c["prefix"] for c in w["companies"] + w["background_companies"]} | {
+        t["stem"] for t in w["towns"]
+    }
+    assert not stems & world_stems
+    for p, n in zip(pages, names, strict=True):
+        facts = p.split("\n")[1]
+        for q, a in zip(p.split("\n")[2::2], p.split("\n")[3::2], strict=True):
+            assert q.startswith(f"Q. {n}の") and a.startswith(f"A. {n}の") and a[3:] in facts
+    instr = _jsonl(out / "instructions" / "train.jsonl")
+    assert len(instr) == cfg.n_instructions
+    reading = [r for r in instr if r["messages"][0]["content"].count("\n") == 2]
+    assert len(reading) == round(0.15 * cfg.n_instructions)
+    for r in reading:
+        _, context, question = r["messages"][0]["content"].split("\n")
+        reply = r["messages"][1]["content"]
+        assert reply.removeprefix(ANSWER_PREFIX) in context and question.startswith("質問：")
+        assert (
+            question.removeprefix("質問：").split("の")[0] == reply.removeprefix(ANSWER_PREFIX).split("の")[0]
+        )
+    # everything else is the default world's
+    assert _jsonl(out / "general" / "corpus.jsonl") == _jsonl(world / "general" / "corpus.jsonl")
+    assert (out / "eval").exists() and _files(out / "eval") == _files(world / "eval")
+
+
+def test_base_reads_the_copy_pages_first_and_instruct_counts_cut_pairs(tmp_path):
+    """The opt-in copy pages: a training phase of their own before the corpus, recorded in the metrics and the
+    card; instruction pairs longer than the instruct rows are counted, not silently lost."""
+    from finmerge.core import storage
+    from finmerge.demo.build import build_demo_base, build_demo_instruct, make_world
+
+    small = {"max_steps": 2, "batch_size": 2, "seq_len": 64, "threads": 1}
+    cfg = DemoConfig(
+        n_companies=6, n_background_companies=8, n_towns=50, n_probe_towns=10, n_general_docs=60,
+        n_instructions=40, n_copy_pages=30, instruction_context_share=0.25,
+        model={"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+               "num_attention_heads": 2},
+        base_train={**small, "epochs": 2.0}, instruct_train={**small, "seq_len": 96},
+    )  # fmt: skip
+    staging = str(tmp_path / "staging")
+    world = make_world(str(tmp_path / "world"), cfg, staging)["uri"]
+    base = build_demo_base(world, str(tmp_path / "base"), cfg, staging)
+    metrics = storage.result_of(base["uri"])["metrics"]
+    assert metrics["demo_base/copy_steps"] == 2  # max_steps bounds each phase
+    assert "one-off company pages (30, each read once)" in (Path(base["uri"]) / "README.md").read_text()
+    inst = build_demo_instruct(world, base["uri"], str(tmp_path / "inst"), cfg, staging)
+    cut = storage.result_of(inst["uri"])["metrics"]["demo_instruct/cut_pairs"]
+    assert cut >= round(0.25 * cfg.n_instructions)  # every reading pair is longer than 96 tokens

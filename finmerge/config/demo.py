@@ -55,6 +55,14 @@ class DemoConfig(Section):
         lt=1,
         description="Share of the instruction pairs that ask about background companies (never an evaluated one).",
     )
+    instruction_context_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the instruction pairs that ask about a short profile of a one-off company given in "
+        "the prompt (reading comprehension), so the instruct model copies the asked name and attribute; 0.15 with "
+        "`n_copy_pages` 10000 and instruct_train.seq_len 144 is run g-G of docs/demo.md.",
+    )
     validation_share: float = Field(
         0.2,
         gt=0,
@@ -74,6 +82,14 @@ class DemoConfig(Section):
     )
     faq_share: float = Field(
         0.15, ge=0, lt=1, description="Share of the general documents that are a town's FAQ page (Q. … A. …)."
+    )
+    n_copy_pages: int = Field(
+        0,
+        ge=0,
+        description="Profile pages of one-off companies (each named nowhere else) that the demo base reads once, "
+        "half before the rest of its corpus and half mixed into it: where it learns to copy a name it never saw, "
+        "as chat answers about a company need (docs/demo.md, run g-G). Off by default: it adds 66 % to the "
+        "base's steps.",
     )
     n_general_docs: int = Field(3000, description="General Japanese documents the demo base is trained on.")
     n_instructions: int = Field(

@@ -66,7 +66,7 @@ def _financials(rng: random.Random, first: int, last: int) -> dict[str, dict]:
     return fin
 
 
-def _company(cfg: DemoConfig, prefix: str, roma: str, ind: dict, code: int, sec: int, rng) -> dict:
+def company_record(cfg: DemoConfig, prefix: str, roma: str, ind: dict, code: int, sec: int, rng) -> dict:
     place = pick(rng, V.PLACES)
     other_places = [p["hq"] for p in V.PLACES if p["hq"] != place["hq"]]
     founded = rng.randint(1920, 1995)
@@ -112,7 +112,7 @@ def _draw(cfg: DemoConfig, prefixes: list[tuple[str, str]], codes: list[int], se
     out = []
     for i, (prefix, roma) in enumerate(prefixes):
         ind = V.INDUSTRIES[i % len(V.INDUSTRIES)]
-        out.append(_company(cfg, prefix, roma, ind, codes[i], secs[i], rng))
+        out.append(company_record(cfg, prefix, roma, ind, codes[i], secs[i], rng))
     return out
 
 

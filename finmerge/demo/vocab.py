@@ -64,6 +64,10 @@ _PREFIX_HEADS = [("東", "to"), ("西", "sai"), ("南", "nan"), ("北", "hoku"),
                  ("三", "san"), ("丸", "maru"), ("平", "hei"), ("栄", "ei")]  # fmt: skip
 _PREFIX_TAILS = [("和", "wa"), ("洋", "yo"), ("邦", "ho"), ("成", "sei"), ("信", "shin"), ("興", "ko"),
                  ("友", "yu"), ("亜", "a"), ("進", "shinpo"), ("盛", "mori")]  # fmt: skip
+PREFIX_KANJI = (
+    [h for h, _ in _PREFIX_HEADS],
+    [t for t, _ in _PREFIX_TAILS],
+)  # (heads, tails) of the composed ones
 N_NAMED_PREFIXES = len(COMPANY_PREFIXES)  # the hand-picked ones; the composed ones (common kanji) follow
 COMPANY_PREFIXES += [(h + t, hr + tr) for h, hr in _PREFIX_HEADS for t, tr in _PREFIX_TAILS]
 

@@ -30,7 +30,7 @@ import random
 from pathlib import Path
 
 from finmerge.config import DemoConfig
-from finmerge.demo import evalsets, general
+from finmerge.demo import evalsets, general, notices
 from finmerge.demo import vocab as V  # noqa: F401 - re-exported
 
 # Re-exported: callers and tests use these through this module.
@@ -223,8 +223,16 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
         cfg.n_general_docs, towns, sub_rng(cfg.seed, "general"), cfg.faq_share, faq_towns=taught
     )
     _dump_jsonl(out_dir / "general" / "corpus.jsonl", [{"text": t} for t in corpus])
+    if cfg.n_copy_pages:  # read once by the demo base (finmerge/demo/notices.py)
+        _dump_jsonl(
+            out_dir / "general" / "copy_pages.jsonl",
+            [{"text": t} for t in notices.copy_pages(cfg, cfg.n_copy_pages)],
+        )
     n_company_qa = round(cfg.instruction_company_share * cfg.n_instructions) if background else 0
-    instr = general.instructions(cfg.n_instructions - n_company_qa, taught, sub_rng(cfg.seed, "instructions"))
+    n_context_qa = round(cfg.instruction_context_share * cfg.n_instructions)
+    n_general_qa = cfg.n_instructions - n_company_qa - n_context_qa
+    instr = general.instructions(n_general_qa, taught, sub_rng(cfg.seed, "instructions"))
+    instr += notices.reading_instructions(cfg, n_context_qa)
     instr += company_instructions(background, n_company_qa, sub_rng(cfg.seed, "company-instructions"))
     sub_rng(cfg.seed, "instruction-order").shuffle(instr)
     _dump_jsonl(out_dir / "instructions" / "train.jsonl", instr)
