@@ -15,7 +15,8 @@ Bit-identical to the torch path by construction, and tested so:
 * max |y − θ_cpt| and max |y − θ_inst| on the rounded output, in fp32, for ``merge_report.json``.
 
 Any non-finite value in a block makes the caller redo that block on the torch path, which names the input
-and the rows. Other dtypes (fp16, fp64) and other methods always take the torch path.
+and the rows. Other dtypes (fp16, fp64) take the torch path; ties and dare have kernels of their own
+(:mod:`finmerge.merge.fused_ties`), slerp takes the torch path.
 """
 
 from __future__ import annotations

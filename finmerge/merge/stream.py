@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from finmerge.merge import fused
-from finmerge.merge.method_registry import ROLES, WeightedSum
+from finmerge.merge import fused, fused_ties
+from finmerge.merge.method_registry import ROLES, GeneralizedTaskArithmetic, WeightedSum
 from finmerge.merge.methods import Scratch, max_abs_diff
 from finmerge.merge.plan import TensorPlan
 from finmerge.merge.triplet import Triplet
@@ -124,6 +124,17 @@ def _fusable(plans: list[TensorPlan], x: dict, in_shared: bool) -> bool:
     )
 
 
+def _ties_fusable(q: TensorPlan, x: dict, whole: bool, compute_dtype) -> bool:
+    """ties / dare on a whole tensor, in dtypes the kernels take (:mod:`finmerge.merge.fused_ties`)."""
+    return (
+        whole
+        and q.kind == "merged"
+        and isinstance(q.method, GeneralizedTaskArithmetic)
+        and x["domain"].numel() > 0
+        and fused_ties.available((v.dtype for v in x.values()), q.dtype, compute_dtype)
+    )
+
+
 def _exact_f32(coeffs) -> bool:
     """A nonzero coefficient that float32 rounds to zero would be left out by the kernel but kept by torch."""
     return all(c == 0.0 or np.float32(c) != 0.0 for c in coeffs)
@@ -146,7 +157,8 @@ def merge_pass_many(
 ) -> list[list[dict]]:
     """K merges of the same three models in one read of the inputs: ``plans[k]`` written to ``writers[k]``
     (same tensors, shapes and output dtypes; the coefficients and methods may differ). Linear methods take
-    the fused kernel (:mod:`finmerge.merge.fused`) when the dtypes allow, everything else the torch path;
+    the fused kernel (:mod:`finmerge.merge.fused`) when the dtypes allow, ties / dare theirs
+    (:mod:`finmerge.merge.fused_ties`), everything else the torch path (the same bytes either way);
     ``stats`` (if given) gets the merged elements (per candidate) that each path computed."""
     counts = stats if stats is not None else {}
     counts.update(fused_elements=0, torch_elements=0)
@@ -155,7 +167,7 @@ def merge_pass_many(
     if any(w.order != order for w in writers):
         raise ValueError("merge_pass_many: the outputs must hold the same tensors")
     ws = Scratch()
-    kernel = None
+    kernel = ties = None
     use_fused = fused.worth_it(sum(math.prod(p.shape) for p in plans[0].values() if p.kind == "merged"))
     k_blocks = 0
     reports: list[list[dict]] = [[] for _ in plans]
@@ -202,14 +214,21 @@ def merge_pass_many(
                         counts["fused_elements"] += n
                         continue
                     # a non-finite value: the torch path names the input and rows (and raises)
+                all_fused = True
                 for k, (q, w, st) in enumerate(zip(tplans, writers, tstats, strict=True)):
-                    y, dc, di = _torch_block(
-                        q, name, a, b, in_shared, x, ws, f"{k}_{par}", compute_dtype, models
-                    )
+                    tag = f"{k}_{par}"
+                    res = None
+                    if use_fused and _ties_fusable(q, x, whole, compute_dtype):
+                        ties = ties or fused_ties.FusedTies()
+                        res = ties(name, q.params, x, q.dtype, ws, tag)  # None: a non-finite value
+                    if res is None:
+                        all_fused = False
+                        res = _torch_block(q, name, a, b, in_shared, x, ws, tag, compute_dtype, models)
+                    y, dc, di = res
                     w.write(name, y)
                     st.add(dc, di)
                 if in_shared and plan.kind == "merged":
-                    counts["torch_elements"] += x["domain"].numel()
+                    counts["fused_elements" if all_fused else "torch_elements"] += x["domain"].numel()
                 del x
             for q, st, report in zip(tplans, tstats, reports, strict=True):
                 report.append(
@@ -226,8 +245,9 @@ def merge_pass_many(
                     }
                 )
     finally:
-        if kernel is not None:
-            kernel.close()
+        for k in (kernel, ties):
+            if k is not None:
+                k.close()
         for m in models.values():
             m.__exit__(None, None, None)
     return reports

@@ -1,0 +1,282 @@
+"""ties, dare_ties and dare_linear through numba kernels: the torch path's bytes in a few passes.
+
+The torch path (:func:`finmerge.merge.methods.generalized_task_arithmetic`, then a rounding, two max-|Δ|
+reductions and a finiteness check in :mod:`finmerge.merge.stream`) makes some thirty elementwise passes per
+tensor. Here each task vector's global decision takes one pass over the raw inputs, and the combination
+(deltas, drop, rescale, weights, sign election, divisor, λ, + base, rounding to the output dtype, max |Δ|,
+finiteness) one more, per 2,048-element tile in L1 on two threads (:mod:`finmerge.merge.fused_ties_kernel`).
+
+Bit-identical to the torch path, and tested so (``tests/test_ties_kernel.py``):
+* magnitude top-k: the threshold is the exact k-th largest |Δ| (a sample brackets it, one pass collects the
+  bracket with indices, ``np.partition`` selects: the same value any exact selection gives) and ties at the
+  threshold are kept lowest index first, up to the same quota;
+* dare: the same PCG64 draws per chunk (numpy's ``random_raw``, as ``methods._random_keep``), and the L1
+  norms summed by the very torch call the torch path makes (``sum(dtype=float64)`` of the same float32
+  values, chunk by chunk, on the calling thread), so the rescale factor is the same double;
+* the combination: the torch path's float32 operations in its order (see ``fused_ties_kernel.combine``).
+
+Any non-finite input or result sends the tensor back to the torch path, which names the input and raises.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from finmerge.merge import fused
+from finmerge.merge.methods import CHUNK, tensor_seed
+
+# input dtype → left shift of its bits to float32 (fp16 is upcast through a table instead)
+SHIFTS = {torch.bfloat16: 16, torch.float16: 0, torch.float32: 0}
+BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed from a sample
+SAMPLE = 1 << 16  # sample size: its quantile's error is σ ≤ 0.002 ...
+BRACKET = 0.006  # ... so ±3σ misses about once in 400 vectors (then the whole-vector selection decides)
+NO_MASK = np.zeros(0, np.uint8)
+
+
+def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
+    """Inputs of one float dtype (bf16, fp16, fp32), float32 compute, a float output (bf16 and fp32 are
+    written by the kernel, others rounded by torch from its float32 result); ``FINMERGE_FUSED=0`` says no."""
+    if os.environ.get("FINMERGE_FUSED", "auto") == "0":
+        return False
+    dts = set(in_dtypes)
+    return (
+        len(dts) == 1
+        and dts <= SHIFTS.keys()
+        and compute_dtype == torch.float32
+        and out_dtype.is_floating_point
+    )
+
+
+@lru_cache(maxsize=1)
+def _kernels():
+    """Imported on first use (numba compiles once and caches the machine code on disk, like fused.py)."""
+    from finmerge.merge import fused_ties_kernel
+
+    return fused_ties_kernel
+
+
+@lru_cache(maxsize=1)
+def _fp16_table() -> np.ndarray:
+    """float32 bits of every fp16 value: the exact upcast, by lookup."""
+    return np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+
+
+_NO_TABLE = np.zeros(0, np.uint32)
+
+
+@dataclass
+class _Vector:
+    """One task vector's decisions: mode (0 whole, MAGNITUDE, MASK), threshold bits, last kept tie."""
+
+    mode: int = 0
+    thr: int = 0
+    cutoff: int = -1
+    mask: np.ndarray = field(default_factory=lambda: NO_MASK)
+    scale: float = 1.0
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    flat = t.reshape(-1)
+    if t.element_size() == 2:
+        return flat.view(torch.int16).numpy().view(np.uint16)
+    return flat.view(torch.int32).numpy().view(np.uint32)
+
+
+def _bits(ws, key: str, n: int, dtype=torch.int32) -> np.ndarray:
+    view = {torch.int32: np.uint32, torch.int64: np.int64, torch.uint8: np.uint8}[dtype]
+    return ws.get(key, (n,), dtype).numpy().view(view)
+
+
+class FusedTies:
+    """Merges whole tensors for :class:`~finmerge.merge.method_registry.GeneralizedTaskArithmetic`
+    methods; decisions per vector and the combination's halves run on two threads (the kernels release
+    the GIL). Torch's own reductions stay on the calling thread, where the torch path runs them."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = max(1, threads or min(2, os.cpu_count() or 1))
+        self.pool = cf.ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.k = _kernels()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def _map(self, fn, args: list) -> list:
+        if self.pool is None or len(args) == 1:
+            return [fn(*a) for a in args]
+        return [f.result() for f in [self.pool.submit(fn, *a) for a in args]]
+
+    def __call__(self, name: str, params, x: dict[str, torch.Tensor], out_dtype, ws, tag: str):
+        """``(y, max|y−θ_cpt|, max|y−θ_inst|)`` for one tensor, as the torch path returns them, or None
+        when a value is not finite (the caller then takes the torch path)."""
+        base = x["base"]
+        dtype = base.dtype
+        sh = SHIFTS[dtype]
+        table = _fp16_table() if dtype == torch.float16 else _NO_TABLE
+        b, xs = _raw(base), [_raw(x["instruct"]), _raw(x["domain"])]
+        densities = (params.density_instruct, params.density_domain)
+        sparse = params.sparsification is not None
+        vecs = [_Vector() for _ in xs]
+        if sparse and params.sparsification == "magnitude":
+            todo = [(i,) for i in range(2) if densities[i] < 1]
+            found = self._map(lambda i: self._magnitude(xs[i], b, sh, table, densities[i], ws, i), todo)
+            for (i,), got in zip(todo, found, strict=True):
+                if got is None:
+                    return None
+                vecs[i] = _Vector(self.k.MAGNITUDE, *got)
+        todo = [i for i in range(2) if sparse and densities[i] < 1]
+        todo = [i for i in todo if params.sparsification == "random" or params.rescale]
+        seeds = [tensor_seed(params.seed, name, role) for role in ("instruct", "domain")]
+        args = [(xs[i], b, sh, table, densities[i], seeds[i], params, vecs[i], ws, i) for i in todo]
+        for a, sums in zip(args, self._map(self._second_pass, args), strict=True):
+            if sums is False:
+                return None
+            if not params.rescale:
+                continue
+            before = after = 0.0
+            for c, got in enumerate(sums):  # added up chunk by chunk, as the torch path does
+                if got is None:  # torch's own sums, here on the calling thread
+                    got = self._l1_chunk(*a, c * CHUNK, exact_only=False)
+                before += got[0]
+                after += got[1]
+            if before >= 1e-7 and after >= 1e-7:
+                a[7].scale = before / after
+        return self._combine(b, xs, sh, table, vecs, params, x, out_dtype, ws, tag)
+
+    def _magnitude(self, xr, br, sh, table, density, ws, i):
+        """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite)."""
+        k = self.k
+        n = br.size
+        want = max(1, int(density * n))
+        if n > BAND_MIN:
+            idx = np.random.default_rng(n).integers(n, size=SAMPLE)
+            sample = np.abs(_upcast(xr[idx], sh) - _upcast(br[idx], sh)).view(np.uint32)
+            q = 1.0 - want / n
+            lo_i = max(1, int((q - BRACKET) * SAMPLE)) - 1
+            hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
+            part = np.partition(sample, [lo_i, hi_i])
+            cap = n // 16 + 4096
+            band_v, band_i = _bits(ws, f"tband{i}", cap), _bits(ws, f"tbandi{i}", cap, torch.int64)
+            above, nb, bad = k.magnitude_band(xr, br, sh, table, part[lo_i], part[hi_i], band_v, band_i)
+            if bad >= k.EXP:
+                return None
+            need = want - above
+            if 0 < need <= nb:
+                inside = band_v[:nb]
+                thr = np.partition(inside, nb - need)[nb - need]
+                quota = want - above - int(np.count_nonzero(inside > thr))
+                return int(thr), int(k.tie_cutoff(inside, band_i[:nb], thr, quota))
+        w = _bits(ws, f"tfull{i}", n)  # small tensor, or the sample missed: select on the whole vector
+        if k.abs_deltas(xr, br, sh, table, w) >= k.EXP:
+            return None
+        thr = np.partition(w, n - want)[n - want]
+        quota = want - int(np.count_nonzero(w > thr))
+        return int(thr), int(k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
+
+    def _second_pass(self, xr, br, sh, table, density, seed, params, vec: _Vector, ws, i):
+        """dare's keep mask (the torch path's draws) and, with ``rescale``, the per-chunk L1 sums
+        ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk ``l1_exact`` cannot vouch for); False: not finite."""
+        k = self.k
+        n = br.size
+        rand = params.sparsification == "random"
+        if rand:
+            vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}", n, torch.uint8)
+        sums = []
+        for a in range(0, n, CHUNK):
+            got = self._l1_chunk(xr, br, sh, table, density, seed, params, vec, ws, i, a, exact_only=True)
+            if got is False:
+                return False
+            sums.append(got)
+        return sums
+
+    def _l1_chunk(self, xr, br, sh, table, density, seed, params, vec, ws, i, a, exact_only):
+        """One chunk of :meth:`_second_pass`; with ``exact_only`` False the sums come from torch's own call
+        (on the calling thread: torch's reduction order depends on its thread count)."""
+        k = self.k
+        m = min(CHUNK, br.size - a)
+        rand = vec.mode == k.MASK
+        draws = np.zeros(0, np.uint16)
+        if rand:  # methods._random_keep's draws: PCG64 seeded by (seed, chunk index), four per word
+            draws = np.random.PCG64((seed, a // CHUNK)).random_raw((m + 3) // 4).view(np.uint16)[:m]
+        dthr = round(density * 65536)
+        if not params.rescale:
+            k.draw_mask(draws, dthr, vec.mask[a : a + m])
+            return None
+        c = min(CHUNK, br.size)
+        absd_t, absk_t = ws.get(f"tl1d{i}", (c,))[:m], ws.get(f"tl1k{i}", (c,))[:m]
+        scratch = (_bits(ws, f"tl1x{i}", c), _bits(ws, f"tl1b{i}", c), _bits(ws, f"tl1m{i}", c, torch.uint8))
+        mask = vec.mask[a : a + m] if rand else vec.mask
+        args = (
+            vec.mode,
+            vec.thr,
+            vec.cutoff - a,
+            draws,
+            dthr,
+            mask,
+            absd_t.numpy(),
+            absk_t.numpy(),
+            *scratch,
+        )
+        bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], sh, table, *args)
+        if bad >= k.EXP:
+            return False
+        if exact:
+            return td, tk
+        if exact_only:
+            return None
+        return float(absd_t.sum(dtype=torch.float64)), float(absk_t.sum(dtype=torch.float64))
+
+    def _combine(self, b, xs, sh, table, vecs, params, x, out_dtype, ws, tag):
+        k = self.k
+        shape = x["domain"].shape
+        n = b.size
+        acc = ws.get(f"acc{tag}", shape, torch.float32)
+        y = acc
+        if out_dtype == torch.bfloat16:
+            y = ws.get(f"y{tag}", shape, out_dtype)
+            out = y.view(torch.int16).numpy().reshape(-1).view(np.uint16)
+        else:
+            out = acc.view(torch.int32).numpy().reshape(-1).view(np.uint32)
+        total = params.alpha + params.beta
+        f32s = np.array(
+            [vecs[0].scale, vecs[1].scale, params.alpha, params.beta, params.lambda_scale,
+             1.0 if abs(total) < 1e-8 else total], np.float32,
+        )  # fmt: skip
+        flags = np.array(
+            [vecs[0].scale != 1.0, vecs[1].scale != 1.0, params.consensus, params.normalize,
+             params.lambda_scale != 1.0], np.bool_,
+        )  # fmt: skip
+        vec = np.array([[v.mode, v.thr, v.cutoff] for v in vecs], np.int64)
+        parts = self._split(n)
+        diags = [np.zeros(3, np.uint32) for _ in parts]
+        common = (b, xs[0], xs[1], sh, table, vec, vecs[0].mask, vecs[1].mask, f32s, flags, out)
+        bf16 = out_dtype == torch.bfloat16
+        self._map(k.combine, [(*common, bf16, s, e, g) for (s, e), g in zip(parts, diags, strict=True)])
+        diag = np.maximum.reduce(diags)
+        if diag[2] >= k.EXP:
+            return None
+        if out_dtype != torch.bfloat16:  # bf16 was written by the kernel; fp16 is rounded by torch
+            y = acc if out_dtype == torch.float32 else ws.get(f"y{tag}", shape, out_dtype).copy_(acc)
+        dc, di = diag[:2].copy().view(np.float32)
+        return y, float(dc), float(di)
+
+    def _split(self, n: int) -> list[tuple[int, int]]:
+        if n < 4 * fused.TILE or self.threads == 1:
+            return [(0, n)]
+        step = -(-n // self.threads // fused.TILE) * fused.TILE
+        return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _upcast(raw: np.ndarray, sh: int) -> np.ndarray:
+    """A few raw values as float32 (the sample: exact, as the kernels upcast)."""
+    if raw.dtype == np.uint16 and sh == 0:
+        return _fp16_table()[raw].view(np.float32)
+    if raw.dtype == np.uint16:
+        return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return raw.view(np.float32)

@@ -1,0 +1,284 @@
+"""The numba kernels behind :mod:`finmerge.merge.fused_ties` (a module of its own so that numba can cache it).
+
+Inputs are raw bits (uint16 for bf16 / fp16, uint32 for fp32), upcast exactly per tile: bf16 by a 16-bit
+shift, fp16 through a 65,536-entry float32 table (``table``; empty for the other dtypes). |Δ| values are
+handled as their bits: non-negative floats order like unsigned integers, so thresholds, counts and maxima
+are integer work. Inner loops index slices from 0 (an offset index ``a[s + j]`` keeps numba's
+wraparound check and LLVM then does not vectorise: about 10× slower). Every kernel reports whether an input (or the output) was not finite; the caller then
+redoes the tensor on the torch path, which names the input and raises.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from finmerge.merge.fused import TILE
+from finmerge.merge.fused_kernel import ABS, EXP, u32
+
+F0 = np.float32(0.0)
+F1 = np.float32(1.0)
+MAGNITUDE, MASK = 1, 2  # how a task vector is sparsified in combine(); 0: kept whole
+
+
+@numba.njit(nogil=True, cache=True)
+def _load(src, sh, table, dst):
+    """``src`` (a slice) upcast to float32 bits in ``dst``; returns the largest exponent bits seen."""
+    m = src.size
+    if table.size:
+        for j in range(m):
+            dst[j] = table[src[j]]
+    else:
+        for j in range(m):
+            dst[j] = u32(src[j]) << sh
+    bad = u32(0)
+    for j in range(m):
+        bad = max(bad, dst[j] & EXP)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _abs_delta(x, b, sh, table, ux, ub, dd):
+    """|x − b| of the slices ``x``, ``b`` as bits in ``dd``'s uint32 view (float32 subtraction, as torch's);
+    returns the largest input exponent bits (``EXP``: a value was not finite)."""
+    bad = max(_load(x, sh, table, ux), _load(b, sh, table, ub))
+    fx, fb = ux.view(np.float32), ub.view(np.float32)
+    ud = dd.view(np.uint32)
+    for j in range(x.size):
+        dd[j] = fx[j] - fb[j]
+    for j in range(x.size):
+        ud[j] &= ABS
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def magnitude_band(x, b, sh, table, lo, hi, band_v, band_i):
+    """One pass over |x − b|: how many exceed ``hi``, and the values in [lo, hi] (bits) with their indices,
+    in index order, into ``band_v`` / ``band_i``. Returns (above, in band (-1: more than fit), bad).
+
+    The band holds ~2% of the values: a vectorised loop flags them, and the scalar compaction visits only
+    the groups of 8 with a flag (read as one uint64), about one in six."""
+    n = b.size
+    ux, ub = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
+    dd = np.empty(TILE, np.float32)
+    ud = dd.view(np.uint32)
+    flag = np.zeros(TILE, np.uint8)
+    groups = flag.view(np.uint64)
+    above, nb, bad, cap = 0, 0, u32(0), band_v.size
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], sh, table, ux, ub, dd))
+        c = 0
+        for j in range(m):
+            c += ud[j] > hi
+        above += c
+        for j in range(m):
+            flag[j] = (ud[j] >= lo) & (ud[j] <= hi)
+        for j in range(m, TILE):  # a short last tile: no stale flags
+            flag[j] = 0
+        for g in range(TILE // 8):
+            if groups[g] == 0:
+                continue
+            for j in range(8 * g, 8 * g + 8):
+                if flag[j]:
+                    if nb < cap:
+                        band_v[nb] = ud[j]
+                        band_i[nb] = s + j
+                    nb += 1
+    return above, (nb if nb <= cap else -1), bad
+
+
+@numba.njit(nogil=True, cache=True)
+def abs_deltas(x, b, sh, table, out):
+    """|x − b| of the whole tensor as bits into ``out``; returns the largest input exponent bits."""
+    n = b.size
+    ux, ub = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
+    bad = u32(0)
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        o = out[s : s + m].view(np.float32)
+        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], sh, table, ux, ub, o))
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def tie_cutoff(values, index, thr, quota):
+    """The index of the ``quota``-th entry equal to ``thr`` (in order): the last tie at the threshold that
+    the top-k keeps (torch's path keeps the lowest-index ties first). ``index``: the entries' positions
+    (empty: their own). -1 when there are fewer."""
+    seen = 0
+    for j in range(values.size):
+        if values[j] == thr:
+            seen += 1
+            if seen == quota:
+                return index[j] if index.size else j
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep(ud, m, thr, lim, keep):
+    """keep[j] = |d| > thr, or |d| = thr for the ties up to the cutoff (``lim``: its index in the slice)."""
+    for j in range(m):
+        a = ud[j] & ABS
+        keep[j] = (a > thr) | ((a == thr) & (j <= lim))
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _sum_f64(v):
+    """Σ v in float64, in any order (``reassoc`` lets LLVM vectorise it): exact where :func:`l1_exact` says."""
+    t = 0.0
+    for j in range(v.size):
+        t += np.float64(v[j])
+    return t
+
+
+@numba.njit(nogil=True, cache=True)
+def _min_lsb(v, scratch):
+    """The smallest value of a set bit over the non-negative float32 ``v`` (0 when all are 0): x minus x
+    with its lowest significand bit cleared (exact), or x itself when that bit is the implicit one."""
+    u, y = v.view(np.uint32), scratch.view(np.uint32)
+    for j in range(v.size):
+        w = u[j]
+        y[j] = w & (w - u32(1)) if (w & u32(0x7FFFFF)) != 0 else u32(0)
+    for j in range(v.size):
+        scratch[j] = v[j] - scratch[j]
+    low = u32(0xFFFFFFFF)
+    for j in range(v.size):
+        w = y[j]
+        low = min(low, w if w != 0 else u32(0xFFFFFFFF))
+    y[0] = low
+    return np.float64(scratch[0]) if low != u32(0xFFFFFFFF) else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def l1_exact(absd, absk, scratch):
+    """(Σ|d|, Σ|kept d|, exact) in float64. Every value is a multiple of the smallest set bit q and every
+    partial sum of non-negative values is at most the total, so when the total is below 2⁵²·q every
+    addition in *any* order is exact: torch's ``sum(dtype=float64)`` (whatever its order and thread
+    count) then returns this very double. ``exact`` False: the caller asks torch (and |d| overflowed)."""
+    td, tk = _sum_f64(absd), _sum_f64(absk)
+    q = _min_lsb(absd, scratch)
+    return td, tk, (td == 0.0) or (td < q * 4503599627370496.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux, ub, keep):
+    """One chunk (slices ``x``, ``b``, ``mask``, ``absd``, ``absk``) of a task vector for the L1 rescale: |d|
+    into ``absd`` and |kept d| into ``absk`` (float32, for torch's float64 sums); ``mode`` MASK writes the
+    keep mask (draw below ``dthr``) to ``mask``, else the top-k keeps (``lim``: the cutoff in the chunk).
+    ``ux``, ``ub``, ``keep``: scratch of the chunk's size (reused: a fresh megabyte is page-faulted). Returns (largest input exponent bits, Σ|d|, Σ|kept d|, exact): see :func:`l1_exact`."""
+    m = x.size
+    bad = _abs_delta(x, b, sh, table, ux, ub, absd)
+    if mode == MASK:
+        for j in range(m):
+            mask[j] = draws[j] < dthr
+        for j in range(m):
+            keep[j] = mask[j]
+    else:
+        _keep(absd.view(np.uint32), m, thr, lim, keep)
+    for j in range(m):
+        absk[j] = absd[j] if keep[j] else F0
+    td, tk, exact = l1_exact(absd, absk, ux.view(np.float32))
+    return bad, td, tk, exact
+
+
+@numba.njit(nogil=True, cache=True)
+def draw_mask(draws, dthr, mask):
+    """The keep mask of one chunk (a slice): 1 where its 16-bit draw is below ``dthr`` (density·2¹⁶)."""
+    for j in range(mask.size):
+        mask[j] = draws[j] < dthr
+
+
+@numba.njit(nogil=True, cache=True)
+def _sparse(ux, ub, dd, keep, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
+    """One task vector's term of the tile at ``s`` into ``dd``, as torch's path forms it: d = x − b, dropped
+    entries zeroed (magnitude: +0 as hardshrink writes it; mask: d·0), d·scale, d·w."""
+    fx, fb = ux.view(np.float32), ub.view(np.float32)
+    for j in range(m):
+        dd[j] = fx[j] - fb[j]
+    if mode == MAGNITUDE:
+        _keep(dd.view(np.uint32), m, thr, cutoff - s, keep)
+        for j in range(m):
+            dd[j] = dd[j] if keep[j] else F0
+    elif mode == MASK:
+        msk = mask[s : s + m]
+        for j in range(m):
+            dd[j] = dd[j] * (F1 if msk[j] else F0)
+    if use_scale:
+        for j in range(m):
+            dd[j] = dd[j] * scale
+    for j in range(m):
+        dd[j] = dd[j] * w
+
+
+@numba.njit(nogil=True, cache=True)
+def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf16, start, stop, diag):
+    """Merged elements [start, stop) of two task vectors, written to ``out`` (bf16 bits rounded to nearest
+    even, or float32 bits). ``vec[i]`` = (mode, threshold bits, tie cutoff index) of vector i; ``f32s`` =
+    (scale0, scale1, w0, w1, λ, linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
+    use λ). ``diag`` gets the bits of max|y−x1| and max|y−x0| over the float32 result (what the torch path
+    reports) and, at [2], the largest exponent bits of the inputs and the result (``EXP``: not finite).
+
+    Per element, the torch path's operations in its order, each rounded as it rounds them (see
+    :func:`finmerge.merge.methods.generalized_task_arithmetic`): the sign election keeps d where its sign is
+    the sum's (the sum ≥ 0 counts as +), else +0, and the divisor is the sum of the agreeing weights
+    (0 → 1); every product there is by 0 or 1, so torch's fused multiply-adds round the same."""
+    ub, u0, u1 = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
+    d0, d1, acc = np.empty(TILE, np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32)
+    keep = np.empty(TILE, np.uint8)
+    fb, f0, f1 = ub.view(np.float32), u0.view(np.float32), u1.view(np.float32)
+    ua = acc.view(np.uint32)
+    scale0, scale1, w0, w1, lam, lin_div = f32s[0], f32s[1], f32s[2], f32s[3], f32s[4], f32s[5]
+    consensus, normalize, use_lam = flags[2], flags[3], flags[4]
+    mx0 = mx1 = bad = u32(0)
+    for s in range(start, stop, TILE):
+        m = min(TILE, stop - s)
+        bad = max(bad, _load(b[s : s + m], sh, table, ub))
+        bad = max(bad, _load(x0[s : s + m], sh, table, u0))
+        bad = max(bad, _load(x1[s : s + m], sh, table, u1))
+        _sparse(u0, ub, d0, keep, s, m, vec[0, 0], vec[0, 1], vec[0, 2], masks0, flags[0], scale0, w0)
+        _sparse(u1, ub, d1, keep, s, m, vec[1, 0], vec[1, 1], vec[1, 2], masks1, flags[1], scale1, w1)
+        if consensus:
+            for j in range(m):
+                a, c = d0[j], d1[j]
+                pos, neg = (a + c) >= F0, (a + c) < F0
+                g0 = a if ((a > F0) & pos) | ((a < F0) & neg) else F0
+                g1 = c if ((c > F0) & pos) | ((c < F0) & neg) else F0
+                acc[j] = g0 + g1
+                if normalize:
+                    dv = (F0 + (F1 if g0 != F0 else F0) * w0) + (F1 if g1 != F0 else F0) * w1
+                    acc[j] = acc[j] / (F1 if dv == F0 else dv)
+        else:
+            for j in range(m):
+                acc[j] = d0[j] + d1[j]
+            if normalize:
+                for j in range(m):
+                    acc[j] = acc[j] / lin_div
+        if use_lam:
+            for j in range(m):
+                acc[j] = acc[j] * lam
+        for j in range(m):
+            acc[j] = acc[j] + fb[j]
+        for j in range(m):
+            bad = max(bad, ua[j] & EXP)
+        # |Δ| against the (unrounded) result, as torch's max_abs_diff(acc, x) reports it; d0 is free again
+        udif = d0.view(np.uint32)
+        for j in range(m):
+            d0[j] = f1[j] - acc[j]
+        for j in range(m):
+            mx1 = max(mx1, udif[j] & ABS)
+        for j in range(m):
+            d0[j] = f0[j] - acc[j]
+        for j in range(m):
+            mx0 = max(mx0, udif[j] & ABS)
+        o = out[s : s + m]
+        if out_bf16:  # round to nearest even, as torch's float → bfloat16 (finite values)
+            for j in range(m):
+                u = ua[j]
+                o[j] = (u + (((u >> u32(16)) & u32(1)) + u32(0x7FFF))) >> u32(16)
+        else:
+            for j in range(m):
+                o[j] = ua[j]
+    diag[0] = max(diag[0], mx1)
+    diag[1] = max(diag[1], mx0)
+    diag[2] = max(diag[2], bad)

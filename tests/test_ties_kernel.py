@@ -1,0 +1,272 @@
+"""The ties / dare kernels (finmerge/merge/fused_ties.py) write byte for byte what the torch path writes: the
+output tensor and the max |Δ| of merge_report.json, on random tensors of several shapes, dtypes and
+densities, on the cases where a top-k or a sign election can go wrong (zeros, ties at the threshold, signed
+zeros, all-negative vectors, a sample that misses the threshold), and end to end on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from finmerge.config import MergeConfig
+from finmerge.merge import fused_ties
+from finmerge.merge.method_registry import METHODS
+from finmerge.merge.methods import Scratch
+from finmerge.merge.plan import TensorPlan
+from finmerge.merge.stream import _torch_block
+from tests.test_merge import EXTRA_TOKENS, _triplet
+from tests.test_merge_fused import _content, _merge
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _inputs(shape, dtype, seed: int, kind: str = "randn") -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g) * 0.02
+    if kind == "randn":
+        taus = [torch.randn(shape, generator=g) * 0.01 for _ in range(2)]
+    elif kind == "grid":  # few distinct magnitudes: many ties at any threshold, many exact zeros
+        taus = [torch.randint(-3, 4, shape, generator=g).float() * 2**-8 for _ in range(2)]
+    elif kind == "negative":  # every entry of both vectors below the base, equal magnitudes included
+        taus = [-(torch.randint(1, 5, shape, generator=g).float() * 2**-9) for _ in range(2)]
+    elif kind == "zeros":  # a zero base with signed zeros, most entries unchanged
+        base = torch.zeros(shape)
+        base.view(-1)[::3] = -0.0
+        taus = [
+            torch.randn(shape, generator=g) * 0.01 * (torch.rand(shape, generator=g) < 0.2) for _ in range(2)
+        ]
+        taus[0].view(-1)[1::5] = -0.0
+    else:
+        raise ValueError(kind)
+    return {
+        "base": base.to(dtype),
+        "instruct": (base + taus[0]).to(dtype),
+        "domain": (base + taus[1]).to(dtype),
+    }
+
+
+def _both(method: str, cfg: MergeConfig, x: dict, out_dtype=torch.bfloat16, threads: int = 2):
+    """(fused, torch): each ``(bits of y, max|y−θ_cpt|, max|y−θ_inst|)``; fused is None if it declined."""
+    name = "model.layers.0.mlp.up_proj.weight"
+    m = METHODS[method]
+    params = m.tensor_params(cfg, {})
+    shape = tuple(x["domain"].shape)
+    plan = TensorPlan(name, "merged", shape, out_dtype, None, None, method=m, params=params)
+    want = _torch_block(plan, name, None, None, True, x, Scratch(), "t", torch.float32, {})
+    kernel = fused_ties.FusedTies(threads=threads)
+    try:
+        got = kernel(name, params, x, out_dtype, Scratch(), "f")
+    finally:
+        kernel.close()
+    return (None if got is None else _bits(*got)), _bits(*want)
+
+
+def _bits(y: torch.Tensor, dc: float, di: float):
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[y.element_size()]
+    return y.dtype, y.shape, y.contiguous().view(ints).clone(), dc, di
+
+
+def _assert_same(got, want) -> None:
+    assert got is not None, "the kernel declined finite inputs"
+    assert got[:2] == want[:2]
+    diff = int((got[2] != want[2]).sum())
+    assert diff == 0, f"{diff} of {want[2].numel()} output values differ"
+    assert got[3:] == want[3:], "max |Δ| differs"
+
+
+CASES = {
+    "ties": ("ties", MergeConfig(method="ties", density=0.5)),
+    "ties-sparse": ("ties", MergeConfig(method="ties", density=0.1, alpha=1.0, beta=0.6)),
+    "ties-dense-uneven": ("ties", MergeConfig(method="ties", density_instruct=0.9, density_domain=0.3)),
+    "ties-negative-weight": ("ties", MergeConfig(method="ties", density=0.4, alpha=-0.5, beta=1.25)),
+    "ties-rescale-lambda": ("ties", MergeConfig(method="ties", density=0.3, rescale=True, lambda_scale=1.5)),
+    "ties-unnormalized": ("ties", MergeConfig(method="ties", density=0.7, normalize=False)),
+    "ties-full": ("ties", MergeConfig(method="ties", density=1.0)),
+    "ties-cancel": ("ties", MergeConfig(method="ties", density=0.5, alpha=1.0, beta=-1.0)),
+    "dare_ties": ("dare_ties", MergeConfig(method="dare_ties", density=0.5, seed=3)),
+    "dare_ties-uneven": (
+        "dare_ties",
+        MergeConfig(method="dare_ties", density_instruct=0.3, density_domain=0.7, alpha=1.0, beta=0.6),
+    ),
+    "dare_ties-normalized": ("dare_ties", MergeConfig(method="dare_ties", density=0.2, normalize=True)),
+    "dare_ties-no-rescale": ("dare_ties", MergeConfig(method="dare_ties", density=0.5, rescale=False)),
+    "dare_ties-full": ("dare_ties", MergeConfig(method="dare_ties", density=1.0, lambda_scale=0.7)),
+    "dare_linear": ("dare_linear", MergeConfig(method="dare_linear", density=0.4, normalize=True, beta=0.3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("shape", [(1,), (7,), (4099,), (301, 1001)], ids=str)
+def test_kernel_equals_torch_path_on_random_tensors(case, dtype, shape):
+    method, cfg = CASES[case]
+    x = _inputs(shape, DTYPES[dtype], seed=sum(shape))
+    _assert_same(*_both(method, cfg, x))
+
+
+@pytest.mark.parametrize("kind", ["grid", "negative", "zeros"])
+@pytest.mark.parametrize("case", ["ties", "ties-sparse", "ties-negative-weight", "ties-cancel", "dare_ties"])
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_kernel_equals_torch_path_on_ties_zeros_and_signs(kind, case, dtype):
+    method, cfg = CASES[case]
+    x = _inputs((513, 1030), DTYPES[dtype], seed=11, kind=kind)  # chunks end mid-row, tile tails
+    _assert_same(*_both(method, cfg, x))
+
+
+@pytest.mark.parametrize("out", ["bf16", "fp32", "fp16"])
+@pytest.mark.parametrize("case", ["ties", "dare_ties", "dare_linear"])
+def test_kernel_equals_torch_path_for_each_output_dtype(case, out):
+    method, cfg = CASES[case]
+    x = _inputs((257, 1031), torch.bfloat16, seed=5, kind="grid")
+    _assert_same(*_both(method, cfg, x, out_dtype=DTYPES[out]))
+    _assert_same(*_both(method, cfg, x, out_dtype=DTYPES[out], threads=1))
+
+
+@pytest.mark.parametrize("sample", [16, 256, 4096])
+def test_threshold_exact_whether_the_sample_brackets_it_or_misses(monkeypatch, sample):
+    """A tiny sample misses the bracket now and then: the whole-vector selection then decides, equally."""
+    monkeypatch.setattr(fused_ties, "BAND_MIN", 1000)
+    monkeypatch.setattr(fused_ties, "SAMPLE", sample)
+    for seed, kind in enumerate(["randn", "grid", "negative", "zeros"]):
+        x = _inputs((97, 1013), torch.bfloat16, seed=seed, kind=kind)
+        for density in (0.05, 0.5, 0.97):
+            _assert_same(*_both("ties", MergeConfig(method="ties", density=density), x))
+
+
+def test_ties_at_the_threshold_keep_the_lowest_indices(monkeypatch):
+    """All |Δ| equal: the top-k is the first k entries, as torch's path keeps them; the kernel must agree
+    on the cut inside the run of ties (the band pass and the whole-vector pass alike)."""
+    n = 300_001
+    base = torch.zeros(n, dtype=torch.bfloat16)
+    x = {"base": base, "instruct": torch.full((n,), 0.5, dtype=torch.bfloat16)}
+    x["domain"] = -x["instruct"]
+    x["domain"][::7] = 0.5
+    for band_min in (1 << 30, 1000):
+        monkeypatch.setattr(fused_ties, "BAND_MIN", band_min)
+        got, want = _both("ties", MergeConfig(method="ties", density=0.37, beta=0.8), x, torch.float32)
+        _assert_same(got, want)
+        kept = want[2].view(torch.float32) != 0
+        assert 0 < int(kept.sum()) < n  # a real cut inside the ties
+
+
+def test_l1_sums_are_torch_sums_where_proven_exact_and_left_to_torch_elsewhere():
+    """dare's rescale divides two L1 norms that the torch path sums with torch (float64, its own order and
+    threads): the kernel's own sum may stand in only where every order gives the same double."""
+    from finmerge.merge import fused_ties_kernel as k
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for case in range(12):
+        n = int(rng.integers(1, 1 << 18))
+        if case % 3 == 0:  # bf16-like deltas: few significant bits, exact
+            v = (rng.standard_normal(n) * 0.01).astype(np.float32)
+            v = (v.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+        elif case % 3 == 1:  # fp32 over a wide range: order matters
+            v = (rng.standard_normal(n) * 10.0 ** rng.uniform(-9, 1, n)).astype(np.float32)
+        else:  # many zeros, a few large values
+            v = (rng.standard_normal(n) * (rng.random(n) < 0.01) * 1e3).astype(np.float32)
+        absd = np.abs(v)
+        absk = np.where(rng.random(n) < 0.5, absd, np.float32(0)).astype(np.float32)
+        td, tk, exact = k.l1_exact(absd, absk, np.empty(n, np.float32))
+        seen.add(bool(exact))
+        want = (float(torch.from_numpy(absd).sum(dtype=torch.float64)),
+                float(torch.from_numpy(absk).sum(dtype=torch.float64)))  # fmt: skip
+        if exact:
+            assert (td, tk) == want, case
+    assert seen == {True, False}  # both the proven sums and torch's are exercised
+
+
+def test_dare_on_wide_range_fp32_takes_torch_sums_and_stays_identical():
+    g = torch.Generator().manual_seed(4)
+    shape = (600, 1001)  # three chunks, the last one short
+    base = torch.randn(shape, generator=g) * torch.exp(torch.rand(shape, generator=g) * -20)
+    x = {"base": base, "instruct": base + torch.randn(shape, generator=g) * 1e-3}
+    x["domain"] = base - torch.randn(shape, generator=g) * torch.exp(torch.rand(shape, generator=g) * -15)
+    for case in ("dare_ties", "dare_ties-uneven", "ties-rescale-lambda"):
+        method, cfg = CASES[case]
+        _assert_same(*_both(method, cfg, x, torch.float32))
+
+
+def test_non_finite_inputs_are_left_to_the_torch_path():
+    x = _inputs((64, 64), torch.bfloat16, seed=1)
+    for role, value in (("instruct", float("inf")), ("base", float("nan")), ("domain", -float("inf"))):
+        bad = {**x, role: x[role].clone()}
+        bad[role][3, 5] = value
+        for method in ("ties", "dare_ties"):
+            kernel = fused_ties.FusedTies(threads=1)
+            params = METHODS[method].tensor_params(MergeConfig(method=method, density=0.5), {})
+            assert kernel("w", params, bad, torch.bfloat16, Scratch(), "f") is None, (role, method)
+            kernel.close()
+
+
+def test_fp16_table_upcasts_every_value_exactly():
+    raw = np.arange(65536, dtype=np.uint16)
+    want = torch.from_numpy(raw.view(np.int16)).view(torch.float16).float().numpy().view(np.uint32)
+    got = fused_ties._fp16_table()
+    finite = (want & 0x7F800000) != 0x7F800000
+    assert np.array_equal(got[finite], want[finite])
+    # NaN payloads may differ (numpy keeps a signalling NaN): all that matters is that they read as non-finite
+    assert ((got[~finite] & 0x7F800000) == 0x7F800000).all()
+
+
+# -- end to end: whole merges of tiny models, the kernels against FINMERGE_FUSED=0 ---------------------------
+@pytest.fixture(scope="module")
+def triplets(tmp_path_factory) -> dict[str, dict[str, str]]:
+    root = tmp_path_factory.mktemp("ties")
+    return {
+        "bf16": _triplet(root / "bf16", dtype=torch.bfloat16, committed=False),
+        "fp16-vocab": _triplet(
+            root / "fp16", dtype=torch.float16, extra_tokens=EXTRA_TOKENS, committed=False
+        ),
+    }
+
+
+E2E = {
+    "ties": MergeConfig(method="ties", density=0.5),
+    "ties-to-fp32": MergeConfig(method="ties", density=0.3, alpha=0.8, dtype="float32"),
+    "dare_ties": MergeConfig(method="dare_ties", density=0.5, seed=7),
+    "dare_linear": MergeConfig(method="dare_linear", density=0.6, lambda_scale=0.9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(E2E))
+@pytest.mark.parametrize("inputs", ["bf16", "fp16-vocab"])
+def test_merge_with_the_kernels_writes_what_the_torch_path_writes(
+    triplets, tmp_path, monkeypatch, inputs, case
+):
+    tri, cfg = triplets[inputs], E2E[case]
+    monkeypatch.setenv("FINMERGE_FUSED", "1")  # tiny models: force the kernels
+    got = _merge(tri, tmp_path / "fused", cfg)
+    monkeypatch.setenv("FINMERGE_FUSED", "0")
+    want = _merge(tri, tmp_path / "torch", cfg)
+    assert want["metrics"]["merge/fused_share"] == 0.0
+    assert got["metrics"]["merge/fused_share"] > 0.99  # all but the domain-only rows of an extended vocab
+    a, b = _content(tmp_path / "fused"), _content(tmp_path / "torch")
+    assert a["weights"].keys() == b["weights"].keys()
+    assert all(a["weights"][k] == b["weights"][k] for k in a["weights"])
+    assert a["report"] == b["report"]
+
+
+def test_a_non_finite_input_is_named_with_the_kernels_on(triplets, tmp_path, monkeypatch):
+    """The kernel declines the tensor and the torch path names the input, tensor and rows, as before."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from finmerge.merge.execute import MergeError
+
+    monkeypatch.setenv("FINMERGE_FUSED", "1")
+    src = triplets["bf16"]
+    bad = tmp_path / "domain"
+    bad.mkdir()
+    for p in Path(src["domain"]).iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    (w,) = bad.glob("*.safetensors")
+    t = load_file(w)
+    name = next(k for k in sorted(t) if k.endswith("mlp.down_proj.weight"))
+    t[name][2, 3] = float("nan")
+    save_file(t, str(w), metadata={"format": "pt"})
+    with pytest.raises(MergeError, match=rf"input domain tensor {name} .*1 NaN"):
+        _merge({**src, "domain": str(bad)}, tmp_path / "out", MergeConfig(method="ties", density=0.5))
+    assert not (tmp_path / "out").exists()
