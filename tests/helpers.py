@@ -81,3 +81,21 @@ def tiny_tokens(base: Path, folder: Path, texts: list[str] = TEXTS, seq_len: int
     return tokenize_corpus(
         corpus, str(base), str(folder / "tok"), TokenizeConfig(seq_len=seq_len), str(folder / "st")
     )
+
+
+def with_bad_value(
+    src: Path | str, out: Path, suffix: str, value: float, at: tuple[int, int]
+) -> tuple[Path, str]:
+    """A copy of model folder ``src`` at ``out`` whose first tensor named ``*suffix`` holds ``value`` at ``at``;
+    returns the folder and the tensor's name."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir()
+    for p in Path(src).iterdir():
+        (out / p.name).write_bytes(p.read_bytes())
+    (w,) = out.glob("*.safetensors")
+    t = load_file(w)
+    name = next(k for k in sorted(t) if k.endswith(suffix))
+    t[name][at] = value
+    save_file(t, str(w), metadata={"format": "pt"})
+    return out, name

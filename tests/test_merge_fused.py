@@ -14,6 +14,7 @@ import torch
 from finmerge.config import MergeConfig
 from finmerge.merge import fused
 from finmerge.merge.execute import MergeError, merge_models, merge_models_many
+from tests.helpers import with_bad_value
 from tests.test_merge import EXTRA_TOKENS, _triplet
 
 
@@ -108,18 +109,10 @@ def test_kernel_on_random_values_with_ties_and_tails():
 
 def test_a_non_finite_input_is_named_with_the_kernel_on(triplets, tmp_path):
     """The kernel spots the Inf and the torch path names the input, tensor and rows, as before."""
-    from safetensors.torch import load_file, save_file
-
     src = triplets["bf16"]
-    bad = tmp_path / "instruct"
-    bad.mkdir()
-    for p in Path(src["instruct"]).iterdir():
-        (bad / p.name).write_bytes(p.read_bytes())
-    (w,) = bad.glob("*.safetensors")
-    t = load_file(w)
-    name = next(k for k in sorted(t) if k.endswith("mlp.up_proj.weight"))
-    t[name][3, 5] = float("inf")
-    save_file(t, str(w), metadata={"format": "pt"})
+    bad, name = with_bad_value(
+        src["instruct"], tmp_path / "instruct", "mlp.up_proj.weight", float("inf"), (3, 5)
+    )
     tri = {**src, "instruct": str(bad)}
     with pytest.raises(MergeError, match=rf"input instruct tensor {name} .*1 Inf"):
         _merge(tri, tmp_path / "out", MergeConfig())

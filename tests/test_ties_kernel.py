@@ -15,6 +15,7 @@ from finmerge.merge.method_registry import METHODS
 from finmerge.merge.methods import Scratch
 from finmerge.merge.plan import TensorPlan
 from finmerge.merge.stream import _torch_block
+from tests.helpers import with_bad_value
 from tests.test_merge import EXTRA_TOKENS, _triplet
 from tests.test_merge_fused import _content, _merge
 
@@ -250,23 +251,13 @@ def test_merge_with_the_kernels_writes_what_the_torch_path_writes(
 
 def test_a_non_finite_input_is_named_with_the_kernels_on(triplets, tmp_path, monkeypatch):
     """The kernel declines the tensor and the torch path names the input, tensor and rows, as before."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file, save_file
-
     from finmerge.merge.execute import MergeError
 
     monkeypatch.setenv("FINMERGE_FUSED", "1")
     src = triplets["bf16"]
-    bad = tmp_path / "domain"
-    bad.mkdir()
-    for p in Path(src["domain"]).iterdir():
-        (bad / p.name).write_bytes(p.read_bytes())
-    (w,) = bad.glob("*.safetensors")
-    t = load_file(w)
-    name = next(k for k in sorted(t) if k.endswith("mlp.down_proj.weight"))
-    t[name][2, 3] = float("nan")
-    save_file(t, str(w), metadata={"format": "pt"})
+    bad, name = with_bad_value(
+        src["domain"], tmp_path / "domain", "mlp.down_proj.weight", float("nan"), (2, 3)
+    )
     with pytest.raises(MergeError, match=rf"input domain tensor {name} .*1 NaN"):
         _merge({**src, "domain": str(bad)}, tmp_path / "out", MergeConfig(method="ties", density=0.5))
     assert not (tmp_path / "out").exists()

@@ -76,17 +76,24 @@ def _first_terms(coefs: np.ndarray) -> np.ndarray:
     return np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 3).astype(np.int64)
 
 
-class FusedWeightedSums:
-    """Runs the kernel over a block in two halves on two threads (the kernel releases the GIL)."""
+class TwoThreads:
+    """A pool of (at most) two threads for numba kernels that release the GIL; ``close`` when done."""
 
     def __init__(self, threads: int | None = None):
         self.threads = max(1, threads or min(2, os.cpu_count() or 1))
         self.pool = cf.ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        self.kernel = _kernel()
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+
+
+class FusedWeightedSums(TwoThreads):
+    """Runs the kernel over a block in two halves on two threads (the kernel releases the GIL)."""
+
+    def __init__(self, threads: int | None = None):
+        super().__init__(threads)
+        self.kernel = _kernel()
 
     def __call__(self, x: dict[str, torch.Tensor], coefs: list[tuple[float, float, float]], out: np.ndarray):
         """Fill ``out`` (K × n, uint16 for bf16 output, uint32 for fp32) from the blocks ``x`` by role; returns

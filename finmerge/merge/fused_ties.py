@@ -20,7 +20,6 @@ Any non-finite input or result sends the tensor back to the torch path, which na
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -93,19 +92,14 @@ def _bits(ws, key: str, n: int, dtype=torch.int32) -> np.ndarray:
     return ws.get(key, (n,), dtype).numpy().view(view)
 
 
-class FusedTies:
+class FusedTies(fused.TwoThreads):
     """Merges whole tensors for :class:`~finmerge.merge.method_registry.GeneralizedTaskArithmetic`
     methods; decisions per vector and the combination's halves run on two threads (the kernels release
     the GIL). Torch's own reductions stay on the calling thread, where the torch path runs them."""
 
     def __init__(self, threads: int | None = None):
-        self.threads = max(1, threads or min(2, os.cpu_count() or 1))
-        self.pool = cf.ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        super().__init__(threads)
         self.k = _kernels()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
 
     def _map(self, fn, args: list) -> list:
         if self.pool is None or len(args) == 1:
