@@ -33,6 +33,11 @@ FAQ_QUESTIONS = {
 }
 
 
+def faq_question(c: dict, attr: str, rng: random.Random) -> str:
+    """One of the ways people ask ``attr`` of company ``c``."""
+    return pick(rng, FAQ_QUESTIONS[attr]).format(n=c["name"])
+
+
 def background_docs(companies: list[dict], years: list[int], seed: int) -> list[dict]:
     """Clean narrative sections of each background company's filings: ``{text, company, section, year}``."""
     return [
@@ -57,8 +62,7 @@ def faq_doc(c: dict, rng: random.Random) -> str:
     values = fact_values(c)
     lines = [pick(rng, [f"{c['name']} 株主・投資家の皆様からのよくある質問", f"{c['name']}のIR情報 Q&A"])]
     for attr in rng.sample(list(FAQ_QUESTIONS), rng.randint(4, 6)):
-        q = pick(rng, FAQ_QUESTIONS[attr]).format(n=c["name"])
-        lines += [f"Q. {q}", f"A. {c['name']}の{attr}は{values[attr]}です。"]
+        lines += [f"Q. {faq_question(c, attr, rng)}", f"A. {c['name']}の{attr}は{values[attr]}です。"]
     return "\n".join(lines)
 
 
@@ -101,7 +105,7 @@ def company_instructions(companies: list[dict], n: int, rng: random.Random) -> l
     for _ in range(n):
         c = pick(rng, companies)
         attr = pick(rng, list(FAQ_QUESTIONS))
-        q = pick(rng, FAQ_QUESTIONS[attr]).format(n=c["name"])
+        q = faq_question(c, attr, rng)
         a = f"{ANSWER_PREFIX}{c['name']}の{attr}は{fact_values(c)[attr]}です。"
         out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     return out

@@ -104,9 +104,8 @@ def build_demo_base(
     blocks, _ = pack_documents(iter(texts), tokenizer, cfg.base_train.seq_len)
     train_cfg, copy_steps = cfg.base_train, 0
     pages = copy_page_texts(world)
-    if (
-        pages
-    ):  # read once each (docs/demo.md, g-G): half alone first, where copying forms, half mixed in to keep it
+    # copy pages are read once each (docs/demo.md, g-G): half alone first, where copying forms, half mixed in
+    if pages:
         first, _ = pack_documents(iter(pages[: len(pages) // 2]), tokenizer, train_cfg.seq_len)
         copy_steps = train_loop(
             model,

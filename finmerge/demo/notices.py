@@ -16,10 +16,10 @@ import random
 
 from finmerge.config import DemoConfig
 from finmerge.demo import vocab as V
-from finmerge.demo.background import FAQ_QUESTIONS
+from finmerge.demo.background import faq_question
 from finmerge.demo.chat import ANSWER_PREFIX
-from finmerge.demo.common import fact_sentences_of, pick, sub_rng
-from finmerge.demo.companies import company_record, fact_values
+from finmerge.demo.common import pick, sub_rng
+from finmerge.demo.companies import company_record, fact_sentences
 
 
 def one_off_stems(rng: random.Random) -> list[str]:
@@ -45,18 +45,14 @@ class _OneOff:
         return company_record(self.cfg, stem, "x", pick(self.rng, V.INDUSTRIES), 0, 0, self.rng)
 
 
-def _question(c: dict, attr: str, rng: random.Random) -> str:
-    return pick(rng, FAQ_QUESTIONS[attr]).format(n=c["name"])
-
-
 def copy_page(c: dict, rng: random.Random) -> str:
     """A company profile page (会社概要): some facts in the fixed pattern, then questions answered from them."""
-    facts = fact_sentences_of(c["name"], fact_values(c))
+    facts = fact_sentences(c)
     shown = rng.sample(list(facts), rng.randint(3, 5))
     title = pick(rng, [f"会社概要：{c['name']}", f"{c['name']}のご紹介", f"企業情報 {c['name']}"])
     lines = [title, "".join(facts[a] for a in shown)]
     for attr in rng.sample(shown, rng.randint(2, len(shown))):
-        lines += [f"Q. {_question(c, attr, rng)}", f"A. {facts[attr]}"]
+        lines += [f"Q. {faq_question(c, attr, rng)}", f"A. {facts[attr]}"]
     return "\n".join(lines)
 
 
@@ -72,13 +68,13 @@ def reading_instructions(cfg: DemoConfig, n: int) -> list[dict]:
     out = []
     for _ in range(n):
         c = draw.next()
-        facts = fact_sentences_of(c["name"], fact_values(c))
+        facts = fact_sentences(c)
         shown = rng.sample(list(facts), rng.randint(2, 4))
         attr = pick(rng, shown)
         lead = pick(
             rng, ["次の文章を読んで、質問に答えてください。", "以下の会社紹介をもとに答えてください。"]
         )
-        q = f"{lead}\n{''.join(facts[a] for a in shown)}\n質問：{_question(c, attr, rng)}"
+        q = f"{lead}\n{''.join(facts[a] for a in shown)}\n質問：{faq_question(c, attr, rng)}"
         out.append(
             {
                 "messages": [
