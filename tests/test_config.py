@@ -37,6 +37,22 @@ def test_overrides_are_typed_and_change_the_hash():
     assert only_merge.pretrain.digest() == base.pretrain.digest()
 
 
+def test_a_sub_section_given_in_part_keeps_the_rest_of_its_field_default(tmp_path):
+    # demo.instruct_train's default is gentle (lr 3e-4, no decay); its class's defaults are lr 1e-3, decay 0.1
+    default = PipelineConfig().demo.instruct_train
+    assert (default.lr, default.weight_decay) != (type(default)().lr, type(default)().weight_decay)
+    by_set = load_config(None, ["demo.instruct_train.seq_len=144"]).demo.instruct_train
+    assert by_set == default.model_copy(update={"seq_len": 144})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("demo:\n  instruct_train: {seq_len: 144, lr: 1.0e-4}\n  model: {hidden_size: 64}\n")
+    by_yaml = load_config(cfg).demo
+    assert by_yaml.instruct_train == default.model_copy(update={"seq_len": 144, "lr": 1e-4})
+    assert by_yaml.base_train == PipelineConfig().demo.base_train  # a sibling not given stays as it was
+    assert by_yaml.model.hidden_size == 64 and by_yaml.model.num_hidden_layers == 6
+    with pytest.raises(ConfigError, match="demo.instruct_train.lrr"):  # unknown keys are still refused
+        load_config(None, ["demo.instruct_train.lrr=1"])
+
+
 def test_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"merge\.alhpa"):
         load_config(ROOT / "configs" / "demo.yaml", ["merge.alhpa=1"])
