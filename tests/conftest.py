@@ -40,9 +40,16 @@ def _isolated_env(tmp_path_factory):
         "PREFECT_API_URL",
     ):
         os.environ.pop(var, None)
+    # Commands with no tracking URI write their MLflow store to ./.finmerge: run from a scratch folder, so a
+    # test never writes into the checkout (nor, with two workers, into one SQLite file from two processes).
+    had_store = (ROOT / ".finmerge").exists()  # a fresh clone (CI) has none: a leak would create it
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
+    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(saved)
+    assert had_store or not (ROOT / ".finmerge").exists(), "a test wrote into the checkout's .finmerge/"
 
 
 from finmerge.stack import free_port, stop, wait_http  # noqa: E402,F401  (shared with the local stack)
