@@ -130,6 +130,11 @@ CASES = {
     "a duplicate key in a config": (["config", "validate", "--config", "dup.yaml"], "duplicate key 'merge'"),
     "an unknown config key": (["config", "validate", "--set", "merge.alhpa=1"], "merge.alhpa"),
     "a config file that is missing": (["config", "validate", "--config", "nope.yaml"], "nope.yaml"),
+    # MLflow would refuse it only when registering, after the whole pipeline had run
+    "a model name MLflow refuses": (
+        ["run", "--set", "registry.cpt_name=cpt-lr1.5e-4"],
+        "registry.cpt_name: Value error, 'cpt-lr1.5e-4': MLflow refuses . in a registered-model name",
+    ),
 }
 
 

@@ -65,9 +65,12 @@ class PromotionGates(Section):
     )
 
 
+_NOT_IN_MODEL_NAMES = "/:.%\"'"  # mlflow.utils.validation: characters a registered-model name may not hold
+
+
 class RegistryConfig(Section):
-    cpt_name: str = "finmerge-cpt"
-    merged_name: str = "finmerge-merged"
+    cpt_name: str = Field("finmerge-cpt", description="Registered model of the CPT checkpoints.")
+    merged_name: str = Field("finmerge-merged", description="Registered model of the merged models.")
     new_alias: str = Field("challenger", description="Alias set on every new merged version.")
     champion_alias: str = "champion"
     previous_alias: str = Field(
@@ -75,6 +78,17 @@ class RegistryConfig(Section):
         description="Alias kept on the champion a promotion replaced (finmerge rollback returns to it).",
     )
     bootstrap_champion: bool = Field(True, description="Make the first merged version champion.")
+
+    @field_validator("cpt_name", "merged_name")
+    @classmethod
+    def _registrable(cls, name: str) -> str:
+        # MLflow refuses these only at registration, after the whole pipeline has run
+        bad = sorted(set(name) & set(_NOT_IN_MODEL_NAMES))
+        if bad:
+            raise ValueError(f"{name!r}: MLflow refuses {' '.join(bad)} in a registered-model name")
+        if not name.strip():
+            raise ValueError("a registered-model name cannot be empty")
+        return name
     gates: PromotionGates = PromotionGates()
     require_approval: bool = Field(
         False,
