@@ -89,6 +89,7 @@ class RegistryConfig(Section):
         if not name.strip():
             raise ValueError("a registered-model name cannot be empty")
         return name
+
     gates: PromotionGates = PromotionGates()
     require_approval: bool = Field(
         False,
