@@ -60,8 +60,8 @@ class DemoConfig(Section):
         ge=0,
         lt=1,
         description="Share of the instruction pairs that ask about a short profile of a one-off company given in "
-        "the prompt (reading comprehension), so the instruct model copies the asked name and attribute; 0.15 with "
-        "`n_copy_pages` 10000 and instruct_train.seq_len 144 is run g-G of docs/demo.md.",
+        "the prompt (reading comprehension), so the instruct model copies the asked name and attribute "
+        "(configs/demo.yaml: 0.15, with instruct_train.seq_len 144 so that a pair fits; docs/demo.md, run g-G).",
     )
     validation_share: float = Field(
         0.2,
@@ -88,8 +88,8 @@ class DemoConfig(Section):
         ge=0,
         description="Profile pages of one-off companies (each named nowhere else) that the demo base reads once, "
         "half before the rest of its corpus and half mixed into it: where it learns to copy a name it never saw, "
-        "as chat answers about a company need (docs/demo.md, run g-G). Off by default: it adds 66 % to the "
-        "base's steps.",
+        "as chat answers about a company need (docs/demo.md, run g-G). configs/demo.yaml reads 10000 (+66 % "
+        "base steps); 0 here keeps small test worlds small.",
     )
     n_general_docs: int = Field(3000, description="General Japanese documents the demo base is trained on.")
     n_instructions: int = Field(

@@ -79,17 +79,6 @@ class RegistryConfig(Section):
     )
     bootstrap_champion: bool = Field(True, description="Make the first merged version champion.")
 
-    @field_validator("cpt_name", "merged_name")
-    @classmethod
-    def _registrable(cls, name: str) -> str:
-        # MLflow refuses these only at registration, after the whole pipeline has run
-        bad = sorted(set(name) & set(_NOT_IN_MODEL_NAMES))
-        if bad:
-            raise ValueError(f"{name!r}: MLflow refuses {' '.join(bad)} in a registered-model name")
-        if not name.strip():
-            raise ValueError("a registered-model name cannot be empty")
-        return name
-
     gates: PromotionGates = PromotionGates()
     require_approval: bool = Field(
         False,
@@ -104,6 +93,17 @@ class RegistryConfig(Section):
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.lower()  # MLflow alias names are case-insensitive
+
+    @field_validator("cpt_name", "merged_name")
+    @classmethod
+    def _registrable(cls, name: str) -> str:
+        # MLflow refuses these only at registration, after the whole pipeline has run
+        bad = sorted(set(name) & set(_NOT_IN_MODEL_NAMES))
+        if bad:
+            raise ValueError(f"{name!r}: MLflow refuses {' '.join(bad)} in a registered-model name")
+        if not name.strip():
+            raise ValueError("a registered-model name cannot be empty")
+        return name
 
 
 class RetrainConfig(Section):
