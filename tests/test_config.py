@@ -83,6 +83,18 @@ def test_tracking_uri_honours_environment(monkeypatch):
     assert tracking.resolve_uri(cfg.tracking).startswith("sqlite:///")
 
 
+def test_a_sqlite_store_keeps_its_artifacts_beside_it_wherever_the_command_runs(tmp_path, monkeypatch):
+    from finmerge.config import TrackingConfig
+    from finmerge.core import tracking
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri, exp = tracking.ensure_experiment(TrackingConfig(uri=f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"))
+    location = tracking.client(uri).get_experiment(exp).artifact_location
+    assert location == (tmp_path / "db" / "mlartifacts").as_uri()
+    assert not (tmp_path / "elsewhere" / ".finmerge").exists()
+
+
 def test_storage_endpoint_honours_environment(monkeypatch):
     from finmerge.core import storage
 

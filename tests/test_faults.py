@@ -98,7 +98,7 @@ def _pretrain_job(spec: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "finmerge.cli", "pretrain-job", str(spec)]
     log = open(spec.with_suffix(".log"), "ab")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=spec.parent, env=env, stdout=log, stderr=log, start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen, spec: Path) -> None:
@@ -592,7 +592,7 @@ def test_full_staging_disk_is_a_clear_error_and_nothing_is_committed_or_register
     code = "import sys; from tests.test_faults import _fill_the_small_disk as run; run(sys.argv[1])"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.run(small_disk.command([sys.executable, "-c", code, str(spec)]),
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert child.returncode == 0, child.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fs"] == "tmpfs" and report["size"] <= 256 * 1024  # a real, small disk

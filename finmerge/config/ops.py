@@ -38,7 +38,8 @@ class TrackingConfig(Section):
         description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else sqlite:///.finmerge/mlflow.db.",
     )
     artifact_location: str | None = Field(
-        None, description="Artifact root for a new experiment (local store default: .finmerge/mlartifacts)."
+        None,
+        description="Artifact root for a new experiment (default for a SQLite store: mlartifacts/ beside its file).",
     )
     experiment: str = "finmerge"
 

@@ -126,6 +126,9 @@ def resolve_uri(cfg: TrackingConfig) -> str:
 
 
 def _default_artifact_location(uri: str) -> str | None:
+    # beside a SQLite store, wherever the command runs (not in the cwd of whichever command came first)
+    if uri.startswith("sqlite:///") and uri[len("sqlite:///") :] not in ("", ":memory:"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         return (LOCAL_HOME / "mlartifacts").resolve().as_uri()
     return None  # a tracking server chooses (proxied or its default root)
