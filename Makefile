@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 ARGS   ?=
 # test processes: most of the slow tests wait on servers and child processes, so two workers on two cores
-# take the suite from ~14.5 to ~9 minutes (pytest-xdist; TEST_WORKERS=0 runs it in one process)
+# take the suite from ~14.5 to ~10 minutes (pytest-xdist; TEST_WORKERS=0 runs it in one process)
 TEST_WORKERS ?= 2
 
 .PHONY: help install run test test-fast lint format bench stack stack-down screenshots clean distclean
