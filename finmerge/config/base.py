@@ -40,13 +40,14 @@ def _fill(cls: type[BaseModel], defaults: BaseModel | None, given: dict) -> dict
     out = dict(given)
     for name, field in cls.model_fields.items():
         default = field.default if defaults is None else getattr(defaults, name)
-        part = given.get(name, _MISSING)
-        if part is _MISSING and defaults is not None:
-            out[name] = copy.deepcopy(default)
+        if name not in given:
+            if defaults is not None:
+                out[name] = copy.deepcopy(default)
         # only plain section fields: a union's default may be another member than the one the dict is for
-        elif isinstance(part, dict) and isinstance(default, Section) and type(default) is field.annotation:
-            out[name] = _fill(field.annotation, default, part)
+        elif (
+            isinstance(given[name], dict)
+            and isinstance(default, Section)
+            and type(default) is field.annotation
+        ):
+            out[name] = _fill(field.annotation, default, given[name])
     return out
-
-
-_MISSING = object()

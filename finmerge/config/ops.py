@@ -79,7 +79,6 @@ class RegistryConfig(Section):
         description="Alias kept on the champion a promotion replaced (finmerge rollback returns to it).",
     )
     bootstrap_champion: bool = Field(True, description="Make the first merged version champion.")
-
     gates: PromotionGates = PromotionGates()
     require_approval: bool = Field(
         False,

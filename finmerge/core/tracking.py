@@ -125,10 +125,16 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return f"sqlite:///{(LOCAL_HOME / 'mlflow.db').resolve()}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    return Path(path) if path not in ("", ":memory:") else None
+
+
 def _default_artifact_location(uri: str) -> str | None:
     # beside a SQLite store, wherever the command runs (not in the cwd of whichever command came first)
-    if uri.startswith("sqlite:///") and uri[len("sqlite:///") :] not in ("", ":memory:"):
-        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    if db := sqlite_path(uri):
+        return (db.parent / "mlartifacts").resolve().as_uri()
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         return (LOCAL_HOME / "mlartifacts").resolve().as_uri()
     return None  # a tracking server chooses (proxied or its default root)
@@ -157,8 +163,8 @@ def prepare_env() -> None:
 
 def client(uri: str):
     prepare_env()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if db := sqlite_path(uri):
+        db.parent.mkdir(parents=True, exist_ok=True)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

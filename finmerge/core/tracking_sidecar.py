@@ -192,7 +192,6 @@ def start(force: bool = False) -> Sidecar | None:
 
 def _serve(inp, out) -> None:
     import logging
-    from pathlib import Path
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     import mlflow  # noqa: F401 (the point of this process: loaded while the command works)
@@ -215,7 +214,7 @@ def _serve(inp, out) -> None:
                 # An existing SQLite store only: never create one (a command refused at its preflight must
                 # leave no store behind), and never wait on a server (one that is down would hold the
                 # command's first real call for a second round of MLflow's HTTP retries).
-                if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).exists():
+                if (db := tracking.sqlite_path(uri)) and db.exists():
                     tracking.client(uri).get_experiment_by_name(experiment)
                 value = None
             elif op == "endpoint":
