@@ -21,18 +21,27 @@ from tasks.dedup import DEDUP
 from tasks.ingest import INGEST, source_listing
 
 
-def lineage_id(cfg: PipelineConfig) -> str:
-    """Same rules (parsing, cleaning, dedup config and code) → same lineage; sources are not part of it."""
+def lineage_id(cfg: PipelineConfig, world: str | None = None) -> str:
+    """Same rules (parsing, cleaning, dedup config and code) → same lineage; sources are not part of it, so
+    new filings extend it. ``world`` names a generated world's filings: another demo world (another seed or
+    config) is another corpus, not new filings of this one."""
     c = cfg.corpus
     rules = c.ingest.model_dump(mode="json", exclude={"sources", "edinet"})
     code = code_version(*dict.fromkeys(INGEST.code + CLEAN.code + DEDUP.code))
-    return stage_key("corpus", code, rules, c.clean, file_digest(c.clean.ng_words_uri), c.dedup)
+    parts = (rules, c.clean, file_digest(c.clean.ng_words_uri), c.dedup) + ((world,) if world else ())
+    return stage_key("corpus", code, *parts)
 
 
-def corpus_stages(runner: StageRunner, cfg: PipelineConfig, sources: list[str], sources_digest: str) -> dict:
+def corpus_stages(
+    runner: StageRunner,
+    cfg: PipelineConfig,
+    sources: list[str],
+    sources_digest: str,
+    world: str | None = None,
+) -> dict:
     """Run the corpus stages for what is new in ``sources``; returns the corpus (latest dedup folder)."""
     ctx = runner.ctx
-    lin = lineage_id(cfg)
+    lin = lineage_id(cfg, world)
     head = lineage.read_head(ctx.storage_uri, lin)
     listing = source_listing(cfg, sources_digest)
     inputs = sha256_json(listing)
@@ -101,14 +110,18 @@ def task_runner_for(cfg: PipelineConfig):
 
 
 @flow(name="finmerge-corpus", log_prints=True)
-def corpus_flow(config: PipelineConfig, ctx: RunContext, sources: list[str], sources_digest: str) -> dict:
+def corpus_flow(
+    config: PipelineConfig, ctx: RunContext, sources: list[str], sources_digest: str, world: str | None = None
+) -> dict:
     """Ingest, clean and deduplicate what is new; returns the corpus and how each stage ended."""
     runner = StageRunner(ctx, config, submit=config.corpus.parallel.backend == "dask")
-    result = corpus_stages(runner, config, sources, sources_digest)
+    result = corpus_stages(runner, config, sources, sources_digest, world)
     return {**result, "stages": runner.states}
 
 
-def run_corpus(cfg: PipelineConfig, ctx: RunContext, sources: list[str], sources_digest: str) -> dict:
+def run_corpus(
+    cfg: PipelineConfig, ctx: RunContext, sources: list[str], sources_digest: str, world: str | None = None
+) -> dict:
     runner = task_runner_for(cfg)
     fl = corpus_flow.with_options(task_runner=runner) if runner is not None else corpus_flow
-    return fl(config=cfg, ctx=ctx, sources=list(sources), sources_digest=sources_digest)
+    return fl(config=cfg, ctx=ctx, sources=list(sources), sources_digest=sources_digest, world=world)

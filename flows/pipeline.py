@@ -15,7 +15,7 @@ from finmerge import __version__
 from finmerge.config import PipelineConfig, config_hash
 from finmerge.core import storage, tracking
 from finmerge.runner.flow_runner import StageRunner
-from finmerge.runner.stage import RunContext, sources_fingerprint
+from finmerge.runner.stage import RunContext, parts_digest, sources_fingerprint
 from flows.corpus import run_corpus
 from flows.registration import register_models
 from flows.report import MODELS, format_table, publish_summary, summary_markdown  # noqa: F401 (re-export)
@@ -39,6 +39,8 @@ def _demo_inputs(runner: StageRunner, cfg: PipelineConfig) -> dict:
         # the demo filings, plus any sources the config adds (new filings land there)
         "sources": [storage.join(w, "filings"), *extra],
         "sources_digest": world["digest"] + (":" + sources_fingerprint(extra) if extra else ""),
+        # the corpus lineage of this world's filings: a world generated otherwise is another corpus
+        "world": parts_digest(w, ("filings/",)),
         "test": demo_split(w, "test"),
         "validation": demo_split(w, "validation"),
     }
@@ -51,6 +53,7 @@ def _user_inputs(cfg: PipelineConfig) -> dict:
         "instruct": cfg.models.instruct,
         "sources": cfg.corpus.ingest.sources,
         "sources_digest": sources_fingerprint(cfg.corpus.ingest.sources),
+        "world": None,
         "test": {"harness": e.harness_data, "heldout": e.heldout, "chat": e.chat_questions,
                  "general": e.general_questions},
         "validation": validation_data(cfg) if cfg.merge.sweep.enabled else None,
@@ -90,7 +93,7 @@ def pipeline(config: PipelineConfig) -> dict:
         inputs = resolve_inputs(runner, cfg)
         base, inst = inputs["base"], inputs["instruct"]
 
-        corpus = run_corpus(cfg, runner.ctx, inputs["sources"], inputs["sources_digest"])
+        corpus = run_corpus(cfg, runner.ctx, inputs["sources"], inputs["sources_digest"], inputs["world"])
         runner.states.update(corpus.pop("stages"))
         tok = runner.run(TOKENIZE, {"corpus": corpus["uri"], "tokenizer": base})
         monitor = (inputs["validation"] or inputs["test"])["heldout"]  # CPT's loss curve on held-out text

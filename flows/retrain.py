@@ -59,7 +59,7 @@ def _retrain_locked(cfg: PipelineConfig, trigger: str, force: bool) -> dict:
         ctx = RunContext.create(cfg, run.run_id)
         runner = StageRunner(ctx, cfg)
         inputs = resolve_inputs(runner, cfg)
-        corpus = run_corpus(cfg, ctx, inputs["sources"], inputs["sources_digest"])
+        corpus = run_corpus(cfg, ctx, inputs["sources"], inputs["sources_digest"], inputs["world"])
         count = task(pending_tokens, name="pending-tokens", retries=2, retry_delay_seconds=[5, 30])
         pending = count(
             {"uri": corpus["uri"], "digest": corpus["digest"]},

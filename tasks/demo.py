@@ -20,9 +20,12 @@ def _instruct(c: StageCall) -> dict:
     )
 
 
-# The world does not depend on the models trained on it; each model on its own part of the section.
+# The world does not depend on the models trained on it; each model on its own part of the section and of the
+# world (the base and the instruct model never read the evaluated companies' filings or the evaluation sets).
+_BASE_READS = ("general/", "background/", "instructions/")
 DEMO_WORLD = Stage("demo_world", "demo", {}, key_exclude=_MODEL_FIELDS, code=("finmerge.demo",), work=_world)
 DEMO_BASE = Stage("demo_base", "demo", {"world": "model"}, key_fields=("model", "base_train", "seed"),
-                  code=("finmerge.demo", "finmerge.train"), work=_base)  # fmt: skip
+                  input_parts={"world": _BASE_READS}, code=("finmerge.demo", "finmerge.train"), work=_base)  # fmt: skip
 DEMO_INSTRUCT = Stage("demo_instruct", "demo", {"world": "model", "base": "model"}, key_fields=("instruct_train",),
-                      code=("finmerge.demo", "finmerge.train"), work=_instruct)  # fmt: skip
+                      input_parts={"world": ("instructions/",)}, code=("finmerge.demo", "finmerge.train"),
+                      work=_instruct)  # fmt: skip

@@ -112,3 +112,31 @@ def test_dask_backend_matches_serial(filings, tmp_path, prefect_harness):
     serial, on_dask = _run(serial_cfg, src), _run(dask_cfg, src)
     assert on_dask["stages"] == {"ingest": "Completed", "clean": "Completed", "dedup": "Completed"}
     assert _ids(dask_cfg, on_dask) == _ids(serial_cfg, serial)
+
+
+def test_another_demo_world_starts_its_own_corpus_and_new_filings_extend_it(
+    filings, tmp_path, prefect_harness
+):
+    """The pipeline names a generated world's filings (``world``): a world generated with another config or
+    seed in the same store is another corpus (it used to be deduplicated against the old world's filings and
+    trained on both), while new filings next to the same world still extend its lineage."""
+    cfg = _cfg(tmp_path)
+    half = len(filings) // 2
+    srcs = [tmp_path / "a", tmp_path / "b"]
+    for src, part in zip(srcs, (filings[:half], filings[half:]), strict=True):
+        src.mkdir()
+        for p in part:
+            shutil.copy(p, src / p.name)
+
+    def run(src: Path, world: str) -> dict:
+        return run_corpus(cfg, RunContext.create(cfg), [str(src)], sources_fingerprint([str(src)]), world)
+
+    first = run(srcs[0], "world-1")
+    other = run(srcs[1], "world-2")
+    assert other["lineage"] != first["lineage"] and other["batches"] == 1
+    assert set(_ids(cfg, other)).isdisjoint(_ids(cfg, first))
+    for p in filings[half:]:  # new filings land beside world 1's
+        shutil.copy(p, srcs[0] / p.name)
+    extended = run(srcs[0], "world-1")
+    assert extended["lineage"] == first["lineage"] and extended["batches"] == 2
+    assert len(_ids(cfg, extended)) > len(_ids(cfg, first))

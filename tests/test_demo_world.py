@@ -433,3 +433,47 @@ def test_base_reads_the_copy_pages_first_and_instruct_counts_cut_pairs(tmp_path)
     inst = build_demo_instruct(world, base["uri"], str(tmp_path / "inst"), cfg, staging)
     cut = storage.result_of(inst["uri"])["metrics"]["demo_instruct/cut_pairs"]
     assert cut >= round(0.25 * cfg.n_instructions)  # every reading pair is longer than 96 tokens
+
+
+def test_fact_recaps_restate_each_fact_and_leave_the_demo_models_keys_alone(tmp_path):
+    """demo.fact_recaps makes the evaluated companies' filings denser in facts (the CPT corpus). The demo base
+    and instruct model never read those filings, so their cache keys stay; the world's and the corpus's move."""
+    from finmerge.config import PipelineConfig
+    from finmerge.demo.build import make_world
+    from finmerge.runner import stage as stages
+    from finmerge.runner.stage import RunContext
+    from tasks.demo import DEMO_BASE, DEMO_INSTRUCT, DEMO_WORLD
+
+    small = {"n_companies": 6, "n_background_companies": 8, "n_towns": 50, "n_probe_towns": 10,
+             "n_general_docs": 60, "n_instructions": 40}  # fmt: skip
+    ctx = RunContext(
+        storage_uri=str(tmp_path / "store"),
+        staging_dir=str(tmp_path / "st"),
+        config_hash="k",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    keys, statements = {}, {}
+    for recaps, extra in ((2, {}), (5, {}), (2, {"n_general_docs": 61})):
+        cfg = PipelineConfig(demo={**small, **extra, "fact_recaps": recaps})
+        world = make_world(str(tmp_path / f"w{recaps}-{len(extra)}"), cfg.demo, ctx.staging_dir)["uri"]
+        base = tmp_path / "a-base"  # the same base folder: only the world's part of the key can differ
+        keys[recaps, len(extra)] = (
+            stages.plan(DEMO_WORLD, cfg, {}, ctx).key,
+            stages.plan(DEMO_BASE, cfg, {"world": world}, ctx).key,
+            stages.plan(DEMO_INSTRUCT, cfg, {"world": world, "base": str(base)}, ctx).key,
+        )
+        c = json.loads((Path(world) / "world.json").read_text())["companies"][0]
+        text = "".join(
+            r["text"] for r in _jsonl(Path(world) / "eval/test/heldout.jsonl") if r["company"] == c["name"]
+        )
+        text += "".join(
+            r["text"]
+            for r in _jsonl(Path(world) / "eval/validation/heldout.jsonl")
+            if r["company"] == c["name"]
+        )
+        statements[recaps, len(extra)] = [text.count(f) for f in c["facts"].values()]
+    (w2, b2, i2), (w5, b5, i5), (w2g, b2g, _) = keys[2, 0], keys[5, 0], keys[2, 1]
+    assert w5 != w2 and (b5, i5) == (b2, i2)  # new filings: a new world, the same demo models
+    assert w2g != w2 and b2g != b2  # a new general corpus: a new base
+    # each fact is restated at least three more times in the held-out year's filing
+    assert all(n5 >= n2 + 3 for n2, n5 in zip(statements[2, 0], statements[5, 0], strict=True)), statements

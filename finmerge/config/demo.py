@@ -70,6 +70,13 @@ class DemoConfig(Section):
         description="Share of the evaluated companies (and of the probe towns) whose items form the validation "
         "split; the rest are the test split.",
     )
+    fact_recaps: int = Field(
+        2,
+        ge=1,
+        description="How often each fact of an evaluated company is restated in the recap lines that close the "
+        "narrative sections of each of its filings (besides the sections' own statements): the CPT corpus's "
+        "fact density.",
+    )
     years: list[int] = Field([2022, 2023], description="Fiscal years with filings in the training corpus.")
     heldout_year: int = Field(2024, description="Year whose filings are held out for finance perplexity.")
     n_towns: int = Field(

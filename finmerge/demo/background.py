@@ -48,11 +48,11 @@ def background_docs(companies: list[dict], years: list[int], seed: int) -> list[
     ]
 
 
-def clean_text_sections(company: dict, year: int, date: str, seed: int) -> list[dict]:
+def clean_text_sections(company: dict, year: int, date: str, seed: int, recaps: int = 2) -> list[dict]:
     """The text sections of one filing in their cleaned form: ``{"text", "company", "section"}``."""
     return [
         {"text": clean_view(section_text(sec), company), "company": company["name"], "section": sec["name"]}
-        for sec in filing_content(company, year, date, seed)
+        for sec in filing_content(company, year, date, seed, recaps=recaps)
         if sec["kind"] == "text"
     ]
 

@@ -203,8 +203,11 @@ def _table(c: dict, year: int) -> list[list[str]]:
     ]
 
 
-def filing_content(c: dict, year: int, filing_date: str, seed: int, amended: bool = False) -> list[dict]:
-    """Canonical sections of one filing: ``[{"name", "kind": cover|table|text, "lines"}]`` in SECTIONS order."""
+def filing_content(
+    c: dict, year: int, filing_date: str, seed: int, amended: bool = False, recaps: int = 2
+) -> list[dict]:
+    """Canonical sections of one filing: ``[{"name", "kind": cover|table|text, "lines"}]`` in SECTIONS order;
+    every fact is restated ``recaps`` times in the recap lines closing the narrative sections."""
     sections = [
         {"name": SECTIONS[0], "kind": "cover", "lines": _cover(c, year, filing_date, amended)},
         {"name": SECTIONS[1], "kind": "table", "lines": _table(c, year)},
@@ -212,7 +215,7 @@ def filing_content(c: dict, year: int, filing_date: str, seed: int, amended: boo
     facts = fact_sentences(c)
     order = list(facts.values())
     sub_rng(seed, "recap", c["edinet_code"], year).shuffle(order)
-    per = -(-2 * len(order) // len(NARRATIVE_SECTIONS))  # each fact recapped twice per filing
+    per = -(-recaps * len(order) // len(NARRATIVE_SECTIONS))
     for k, (name, build) in enumerate(zip(NARRATIVE_SECTIONS, SECTION_WRITERS, strict=True)):
         rng = sub_rng(seed, "filing", c["edinet_code"], year, name)
         lines = build(c, facts, year, rng)

@@ -125,7 +125,7 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
                     "year": year,
                     "filing_date": date,
                     "title": "有価証券報告書",
-                    "sections": filing_content(c, year, date, cfg.seed),
+                    "sections": filing_content(c, year, date, cfg.seed, recaps=cfg.fact_recaps),
                     "jsonl_br": c["style"]["jsonl_br"],
                 }
             )
@@ -157,7 +157,7 @@ def generate_world(cfg: DemoConfig, out_dir: Path) -> dict:
         orig = originals[i]
         c = by_code[orig["edinet_code"]]
         date = f"{orig['year']}-{rng.randint(8, 11):02d}-{rng.randint(1, 28):02d}"
-        canon = filing_content(c, orig["year"], date, cfg.seed, amended=True)
+        canon = filing_content(c, orig["year"], date, cfg.seed, amended=True, recaps=cfg.fact_recaps)
         jac = {}
         arng = sub_rng(cfg.seed, "amend", orig["doc_id"])
         for sec in canon:
@@ -324,6 +324,7 @@ def _heldout_rows(companies: list[dict], cfg: DemoConfig, ids: _DocIds) -> list[
         date = _filing_date(cfg.heldout_year, sub_rng(cfg.seed, "heldout-date", c["edinet_code"]))
         doc_id = ids.next()
         heldout += [
-            {**doc, "doc_id": doc_id} for doc in clean_text_sections(c, cfg.heldout_year, date, cfg.seed)
+            {**doc, "doc_id": doc_id}
+            for doc in clean_text_sections(c, cfg.heldout_year, date, cfg.seed, cfg.fact_recaps)
         ]
     return heldout

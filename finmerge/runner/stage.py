@@ -96,6 +96,10 @@ class Stage:
     key_exclude: tuple[str, ...] = ()
     # inputs that are datasets, logged as the run's MLflow inputs with this context ("training", "evaluation")
     datasets: dict[str, str] = dataclasses.field(default_factory=dict)
+    # folder inputs of which the work reads only some files (path prefixes): the key covers those files'
+    # content, so a change elsewhere in the folder does not redo the stage (the demo base reads the world's
+    # general and background corpora, not the evaluated companies' filings)
+    input_parts: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def section_of(self, cfg: PipelineConfig) -> BaseModel:
         return _field(cfg, self.section)
@@ -146,9 +150,21 @@ def file_digest(uri: str | None) -> str | None:
     return storage.sha256_bytes(storage.read_bytes(uri)) if uri and storage.exists(uri) else None
 
 
-def input_digest(kind: InputKind, value: Any) -> Any:
+def parts_digest(uri: str, prefixes: tuple[str, ...]) -> str | None:
+    """Content identity of the files under ``prefixes`` in a folder finmerge wrote (from its manifest's
+    per-file sha256), or None for a folder without a manifest."""
+    manifest = storage.read_manifest(uri)
+    if manifest is None:
+        return None
+    picked = {f: e["sha256"] for f, e in sorted(manifest["files"].items()) if f.startswith(prefixes)}
+    return "parts:" + sha256_json([list(prefixes), picked])
+
+
+def input_digest(kind: InputKind, value: Any, parts: tuple[str, ...] = ()) -> Any:
     if value is None:
         return None
+    if parts and kind == "model" and (digest := parts_digest(value, parts)) is not None:
+        return digest
     if kind == "model":
         from finmerge.models.loading import fingerprint
 
@@ -262,9 +278,14 @@ def plan(
     section = stage.section_of(cfg)
     with tracking.current_store(ctx.tracking_uri):  # a models:/ input is looked up in the run's registry
         digests = {name: input_digest(kind, inputs.get(name)) for name, kind in stage.inputs.items()}
+        # the lineage records whole inputs; the key only the parts the work reads
+        keyed_digests = digests | {
+            name: input_digest(stage.inputs[name], inputs.get(name), parts)
+            for name, parts in stage.input_parts.items()
+        }
     files = {path: file_digest(_field(cfg, path)) for path in stage.config_files}
     keyed = {k: v for k, v in sorted(options.items()) if k not in stage.unkeyed}
-    key = stage_key(stage.name, stage.code_version(), stage.section_key(cfg), digests, files, keyed)
+    key = stage_key(stage.name, stage.code_version(), stage.section_key(cfg), keyed_digests, files, keyed)
     out_uri = storage.normalize(out) if out else ctx.out_uri(stage.name, key)
     call = StageCall(
         cfg=cfg,
