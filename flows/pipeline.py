@@ -14,8 +14,9 @@ from prefect import flow, get_run_logger
 from finmerge import __version__
 from finmerge.config import PipelineConfig, config_hash
 from finmerge.core import storage, tracking
+from finmerge.runner.fingerprints import parts_digest, sources_fingerprint
 from finmerge.runner.flow_runner import StageRunner
-from finmerge.runner.stage import RunContext, parts_digest, sources_fingerprint
+from finmerge.runner.stage import RunContext
 from flows.corpus import run_corpus
 from flows.registration import register_models
 from flows.report import MODELS, format_table, publish_summary, summary_markdown  # noqa: F401 (re-export)

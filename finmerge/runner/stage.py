@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -34,14 +34,15 @@ from finmerge import __version__
 from finmerge.config import PipelineConfig, config_hash, sha256_json
 from finmerge.core import storage, tracking
 from finmerge.runner import lineage
+from finmerge.runner.fingerprints import (  # noqa: F401 (re-exported for the flows and tasks)
+    InputKind,
+    file_digest,
+    input_digest,
+    parts_digest,
+    sources_fingerprint,
+)
 
 log = logging.getLogger(__name__)
-
-# How an input enters the cache key: a model or finmerge folder by its fingerprint (the manifest digest when
-# finmerge wrote it), a tokenizer by its files, a file by its bytes, a list of sources by their listing
-# (path, size, mtime/ETag), a "uri" (a location the caller fingerprints in another input) and a value as
-# themselves. Every kind but "value" names a location: the output may not be, contain or lie inside it.
-InputKind = Literal["model", "tokenizer", "file", "files", "uri", "value"]
 
 
 @dataclasses.dataclass
@@ -132,52 +133,6 @@ def stage_key(stage: str, code: str, *parts: Any) -> str:
     return sha256_json(
         [stage, code, [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]]
     )[:20]
-
-
-def sources_fingerprint(sources: list[str]) -> str:
-    """Identity of raw inputs: every matched file's path, size and mtime/ETag."""
-    h = hashlib.sha256()
-    for src in sources:
-        fs, path = storage.filesystem(src)
-        paths = fs.find(path) if fs.isdir(path) else fs.glob(path)
-        for p in sorted(paths):
-            info = fs.info(p)
-            h.update(f"{p}\t{info.get('size')}\t{info.get('ETag') or info.get('mtime', '')}\n".encode())
-    return h.hexdigest()
-
-
-def file_digest(uri: str | None) -> str | None:
-    return storage.sha256_bytes(storage.read_bytes(uri)) if uri and storage.exists(uri) else None
-
-
-def parts_digest(uri: str, prefixes: tuple[str, ...]) -> str | None:
-    """Content identity of the files under ``prefixes`` in a folder finmerge wrote (from its manifest's
-    per-file sha256), or None for a folder without a manifest."""
-    manifest = storage.read_manifest(uri)
-    if manifest is None:
-        return None
-    picked = {f: e["sha256"] for f, e in sorted(manifest["files"].items()) if f.startswith(prefixes)}
-    return "parts:" + sha256_json([list(prefixes), picked])
-
-
-def input_digest(kind: InputKind, value: Any, parts: tuple[str, ...] = ()) -> Any:
-    if value is None:
-        return None
-    if parts and kind == "model" and (digest := parts_digest(value, parts)) is not None:
-        return digest
-    if kind == "model":
-        from finmerge.models.loading import fingerprint
-
-        return fingerprint(value)
-    if kind == "tokenizer":
-        from finmerge.models.loading import tokenizer_fingerprint
-
-        return tokenizer_fingerprint(value)
-    if kind == "file":
-        return file_digest(value)
-    if kind == "files":
-        return sources_fingerprint(list(value))
-    return value
 
 
 class RunContext(BaseModel):
