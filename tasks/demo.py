@@ -1,6 +1,6 @@
 """The embedded demo: a generated world (filings, general corpus, chat pairs, eval sets) and demo models."""
 
-from finmerge.demo.build import build_demo_base, build_demo_instruct, make_world
+from finmerge.demo.build import BASE_READS, INSTRUCT_READS, build_demo_base, build_demo_instruct, make_world
 from finmerge.runner.stage import Stage, StageCall
 
 _MODEL_FIELDS = ("model", "base_train", "instruct_train", "enabled")
@@ -22,10 +22,9 @@ def _instruct(c: StageCall) -> dict:
 
 # The world does not depend on the models trained on it; each model on its own part of the section and of the
 # world (the base and the instruct model never read the evaluated companies' filings or the evaluation sets).
-_BASE_READS = ("general/", "background/", "instructions/")
 DEMO_WORLD = Stage("demo_world", "demo", {}, key_exclude=_MODEL_FIELDS, code=("finmerge.demo",), work=_world)
 DEMO_BASE = Stage("demo_base", "demo", {"world": "model"}, key_fields=("model", "base_train", "seed"),
-                  input_parts={"world": _BASE_READS}, code=("finmerge.demo", "finmerge.train"), work=_base)  # fmt: skip
+                  input_parts={"world": BASE_READS}, code=("finmerge.demo", "finmerge.train"), work=_base)  # fmt: skip
 DEMO_INSTRUCT = Stage("demo_instruct", "demo", {"world": "model", "base": "model"}, key_fields=("instruct_train",),
-                      input_parts={"world": ("instructions/",)}, code=("finmerge.demo", "finmerge.train"),
+                      input_parts={"world": INSTRUCT_READS}, code=("finmerge.demo", "finmerge.train"),
                       work=_instruct)  # fmt: skip

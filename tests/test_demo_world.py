@@ -430,6 +430,12 @@ def test_base_reads_the_copy_pages_first_and_instruct_counts_cut_pairs(tmp_path)
     metrics = storage.result_of(base["uri"])["metrics"]
     assert metrics["demo_base/copy_steps"] == 2  # max_steps bounds each phase
     assert "one-off company pages (30, each read once)" in (Path(base["uri"]) / "README.md").read_text()
+    # the card names the part of the world the base read (its stage keys on the same part)
+    from finmerge.demo.build import BASE_READS
+
+    assert (
+        storage.manifest_parts_digest(world, BASE_READS)[:16] in (Path(base["uri"]) / "README.md").read_text()
+    )
     inst = build_demo_instruct(world, base["uri"], str(tmp_path / "inst"), cfg, staging)
     cut = storage.result_of(inst["uri"])["metrics"]["demo_instruct/cut_pairs"]
     assert cut >= round(0.25 * cfg.n_instructions)  # every reading pair is longer than 96 tokens

@@ -237,6 +237,17 @@ def read_manifest(uri: str) -> dict | None:
         return None
 
 
+def manifest_parts_digest(uri: str, prefixes: tuple[str, ...]) -> str | None:
+    """Content identity of the files under ``prefixes`` in a folder finmerge wrote (from its manifest's
+    per-file sha256), or None for a folder without a manifest."""
+    manifest = read_manifest(uri)
+    if manifest is None:
+        return None
+    picked = {f: e["sha256"] for f, e in sorted(manifest["files"].items()) if f.startswith(prefixes)}
+    blob = json.dumps([list(prefixes), picked], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def result_of(out_uri: str) -> dict | None:
     """A stage's return value rebuilt from a complete output folder (None if absent or incomplete)."""
     manifest = read_manifest(out_uri)

@@ -24,6 +24,11 @@ from finmerge.models.card import model_card
 from finmerge.train.pretrain import LogFn, TrainData, train_loop
 from finmerge.train.tokenize import pack_documents
 
+# The parts of the world each demo model reads (its stage keys on them, its card names them): never the
+# evaluated companies' filings or the evaluation sets.
+BASE_READS = ("general/", "background/", "instructions/")  # the tokenizer also sees the chat pairs
+INSTRUCT_READS = ("instructions/",)
+
 
 def general_texts(world: Path) -> list[str]:
     return [r["text"] for r in storage.iter_jsonl(world / "general" / "corpus.jsonl", "text")]
@@ -78,7 +83,7 @@ def _card_common(model, tokenizer, world_digest: str) -> dict:
         "architecture": "LlamaForCausalLM",
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "vocab": len(tokenizer),
-        "world digest": world_digest[:16],
+        "world files read (digest)": world_digest[:16],
         "finmerge": __version__,
     }
 
@@ -92,7 +97,7 @@ def build_demo_base(
 ) -> dict:
     """Train the demo tokenizer and pretrain the tiny base on the general corpus; commit to ``out_uri``."""
     world = storage.stage_folder(world_uri, staging_dir)
-    world_digest = storage.read_manifest(world_uri)["digest"]
+    world_digest = storage.manifest_parts_digest(world_uri, BASE_READS) or ""
     general, background = general_texts(world), background_texts(world)
     texts = general + background
     chat_text = [m["content"] for pair in instruction_pairs(world) for m in pair]
@@ -174,7 +179,7 @@ def build_demo_instruct(
     from finmerge.models import loading as modelio
 
     world = storage.stage_folder(world_uri, staging_dir)
-    world_digest = storage.read_manifest(world_uri)["digest"]
+    world_digest = storage.manifest_parts_digest(world_uri, INSTRUCT_READS) or ""
     base_dir = modelio.stage_model(base_uri, staging_dir)
     base_digest = storage.read_manifest(base_uri)["digest"]
     tokenizer = modelio.load_tokenizer(base_dir)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-from finmerge.config import sha256_json
 from finmerge.core import storage
 
 # How an input enters the cache key: a model or finmerge folder by its fingerprint (the manifest digest when
@@ -32,13 +31,9 @@ def file_digest(uri: str | None) -> str | None:
 
 
 def parts_digest(uri: str, prefixes: tuple[str, ...]) -> str | None:
-    """Content identity of the files under ``prefixes`` in a folder finmerge wrote (from its manifest's
-    per-file sha256), or None for a folder without a manifest."""
-    manifest = storage.read_manifest(uri)
-    if manifest is None:
-        return None
-    picked = {f: e["sha256"] for f, e in sorted(manifest["files"].items()) if f.startswith(prefixes)}
-    return "parts:" + sha256_json([list(prefixes), picked])
+    """The files under ``prefixes`` of a folder finmerge wrote (None without a manifest), marked as a part."""
+    digest = storage.manifest_parts_digest(uri, prefixes)
+    return None if digest is None else "parts:" + digest
 
 
 def input_digest(kind: InputKind, value: Any, parts: tuple[str, ...] = ()) -> Any:
