@@ -38,7 +38,6 @@ from finmerge.runner.fingerprints import (  # noqa: F401 (re-exported for the fl
     InputKind,
     file_digest,
     input_digest,
-    parts_digest,
     sources_fingerprint,
 )
 
