@@ -469,14 +469,7 @@ def test_fact_recaps_restate_each_fact_and_leave_the_demo_models_keys_alone(tmp_
             stages.plan(DEMO_INSTRUCT, cfg, {"world": world, "base": str(base)}, ctx).key,
         )
         c = json.loads((Path(world) / "world.json").read_text())["companies"][0]
-        text = "".join(
-            r["text"] for r in _jsonl(Path(world) / "eval/test/heldout.jsonl") if r["company"] == c["name"]
-        )
-        text += "".join(
-            r["text"]
-            for r in _jsonl(Path(world) / "eval/validation/heldout.jsonl")
-            if r["company"] == c["name"]
-        )
+        text = "".join(r["text"] for r in _heldout(Path(world)) if r["company"] == c["name"])
         statements[recaps, len(extra)] = [text.count(f) for f in c["facts"].values()]
     (w2, b2, i2), (w5, b5, i5), (w2g, b2g, _) = keys[2, 0], keys[5, 0], keys[2, 1]
     assert w5 != w2 and (b5, i5) == (b2, i2)  # new filings: a new world, the same demo models
