@@ -123,7 +123,9 @@ class MergeConfig(Section):
     hash_inputs: bool = Field(
         True,
         description="Record the sha256 of every input weight file that has no finmerge manifest in the model "
-        "card (hashed beside the pass: a second core for its length). false: the card says 'not computed'.",
+        "card (hashed beside the pass: a second core for its length; remembered in the staging folder while "
+        "the file is unchanged, so merging the same models again reads nothing). false: the card says "
+        "'not computed'.",
     )
     exclude: list[str] = Field(
         default_factory=list, description="Regexes of tensor names taken from the domain model unmerged."

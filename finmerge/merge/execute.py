@@ -41,6 +41,7 @@ import torch
 import finmerge
 from finmerge.config import MergeConfig
 from finmerge.core import storage
+from finmerge.core.hash_cache import HashCache
 from finmerge.merge.card import model_card, recipe_yaml
 from finmerge.merge.method_registry import METHODS, ROLES, method_summary
 from finmerge.merge.model_files import check_tokenizer_source, write_model_files
@@ -55,8 +56,9 @@ _recipe = recipe_yaml  # the name tests/test_strict_config.py checks the recipe 
 KIND_COUNTS = {"merged": "tensors_merged", "copied": "tensors_copied", "taken": "tensors_excluded"}
 
 
-def _fingerprint_jobs(side, pool: cf.Executor) -> dict:
-    """Manifest digest (finmerge folders) or background sha256 jobs of the weight files."""
+def _fingerprint_jobs(side, pool: cf.Executor, hashes: HashCache) -> dict:
+    """Manifest digest (finmerge folders), else the weight files' sha256: the Hub's name for the blob, one
+    remembered from an earlier merge of the same unchanged file, or a background hashing job."""
     manifest_path = side.folder / storage.MANIFEST
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -67,7 +69,8 @@ def _fingerprint_jobs(side, pool: cf.Executor) -> dict:
         }
     return {
         "shards": {
-            f.name: hub_blob_sha256(f) or pool.submit(storage.sha256_file, f) for f in side.weights.files
+            f.name: hub_blob_sha256(f) or hashes.lookup(f) or pool.submit(hashes.sha256, f)
+            for f in side.weights.files
         }
     }
 
@@ -174,7 +177,8 @@ def merge_models_many(
     try:
         # cfg.hash_inputs: the sha256 of input shards without a manifest, for the cards that ask for them
         hashed = any(cfg.hash_inputs for _, cfg in jobs)
-        fps = {s.role: _fingerprint_jobs(s, pool) for s in tri.sides()} if hashed else {}
+        hashes = HashCache(staging_dir)
+        fps = {s.role: _fingerprint_jobs(s, pool, hashes) for s in tri.sides()} if hashed else {}
         with contextlib.ExitStack() as stack:
             outs = [
                 stack.enter_context(

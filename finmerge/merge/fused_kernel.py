@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
@@ -18,79 +19,123 @@ def fma32(typingctx, a, b, c):  # one rounding, as torch's add_(x, alpha=c) on C
     return types.float32(types.float32, types.float32, types.float32), codegen
 
 
+# Numba widens integer arithmetic on uint16 / uint32 to 64 bits, and LLVM then vectorises the loop only 4
+# lanes wide; these helpers keep every integer step in 32 bits (16 lanes under AVX-512).
+_I32 = ir.IntType(32)
+
+
+@intrinsic
+def widened(typingctx, x, sh):  # a bf16 / fp32 input's bits as float32 bits: zero-extend, shift left by sh
+    def codegen(context, builder, signature, args):
+        v, s = args
+        v = builder.zext(v, _I32) if v.type.width < 32 else builder.trunc(v, _I32) if v.type.width > 32 else v
+        return builder.shl(v, builder.trunc(s, _I32) if s.type.width > 32 else s)
+
+    return types.uint32(x, sh), codegen
+
+
+@intrinsic
+def float32_of(typingctx, u):  # the float32 whose bits are ``u``
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def exponent_bits(typingctx, u):  # the exponent field of float32 bits: all set (EXP) for Inf and NaN
+    def codegen(context, builder, signature, args):
+        return builder.and_(args[0], ir.Constant(_I32, 0x7F800000))
+
+    return types.uint32(types.uint32), codegen
+
+
+@intrinsic
+def abs_bits(typingctx, y):  # the bits of |y|: non-negative floats order like their bits, NaN above Inf
+    def codegen(context, builder, signature, args):
+        return builder.and_(builder.bitcast(args[0], _I32), ir.Constant(_I32, 0x7FFFFFFF))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def umax32(typingctx, a, b):
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.icmp_unsigned(">", args[0], args[1]), args[0], args[1])
+
+    return types.uint32(types.uint32, types.uint32), codegen
+
+
+@intrinsic
+def bf16_bits(typingctx, y):  # float32 → bfloat16 bits, round to nearest even (as torch), in the low half
+    def codegen(context, builder, signature, args):
+        u = builder.bitcast(args[0], _I32)
+        c16 = ir.Constant(_I32, 16)
+        odd = builder.and_(builder.lshr(u, c16), ir.Constant(_I32, 1))
+        return builder.lshr(builder.add(u, builder.add(odd, ir.Constant(_I32, 0x7FFF))), c16)
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, y):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.uint32(types.float32), codegen
+
+
 u32 = np.uint32
 EXP = u32(0x7F800000)  # a float32 whose exponent bits are all set is Inf or NaN
-ABS = u32(0x7FFFFFFF)
+ABS = u32(0x7FFFFFFF)  # the bits of |x|
 
 
-# Every loop below is a plain elementwise loop or an integer max reduction, so LLVM vectorises it:
-# |Δ| of floats compares as their bits (non-negative IEEE floats order like unsigned integers, and a
-# NaN's bits exceed Inf's), which makes the max reductions and the finiteness check integer work.
+# Each candidate is one loop over a tile: its sum, rounding, store and both max-|Δ| reductions per element,
+# in registers. Loop-invariant choices (first term, c = 1, terms left out) are selects LLVM vectorises.
+# |Δ| of floats compares as their bits, which makes the max reductions and the finiteness check integer work.
 @numba.njit(nogil=True, cache=True)
 def weighted_sums(b, i, d, shift, coefs, first, out, out_bf16, start, stop, diag):
     """Rows of ``out[k]`` = Σ_r coefs[k, r]·x_r over elements [start, stop); ``diag[k]`` gets the bits of
     max|y−d| and max|y−i| (rounded y; ≥ EXP when a value was not finite). ``first[k]``: the first
     nonzero term (3: none); the inputs' non-finite count goes to ``diag[k, 2]``."""
-    ub = np.empty(TILE, np.uint32)
-    ui = np.empty(TILE, np.uint32)
-    ud = np.empty(TILE, np.uint32)
-    acc = np.empty(TILE, np.float32)
-    dif = np.empty(TILE, np.float32)
-    fb, fi, fd = ub.view(np.float32), ui.view(np.float32), ud.view(np.float32)
-    ua, udif = acc.view(np.uint32), dif.view(np.uint32)
+    fb = np.empty(TILE, np.float32)
+    fi = np.empty(TILE, np.float32)
+    fd = np.empty(TILE, np.float32)
     sh = u32(shift)
     for s in range(start, stop, TILE):
         m = min(TILE, stop - s)
         bs, is_, ds = b[s : s + m], i[s : s + m], d[s : s + m]
-        for j in range(m):
-            ub[j] = u32(bs[j]) << sh
-        for j in range(m):
-            ui[j] = u32(is_[j]) << sh
-        for j in range(m):
-            ud[j] = u32(ds[j]) << sh
         bad = u32(0)
-        for j in range(m):
-            bad = max(bad, ub[j] & EXP, ui[j] & EXP, ud[j] & EXP)
+        for j in range(m):  # exact upcast (bf16: a 16-bit shift), and the inputs' finiteness
+            xb, xi, xd = widened(bs[j], sh), widened(is_[j], sh), widened(ds[j], sh)
+            fb[j], fi[j], fd[j] = float32_of(xb), float32_of(xi), float32_of(xd)
+            bad = umax32(bad, umax32(exponent_bits(xb), umax32(exponent_bits(xi), exponent_bits(xd))))
         for k in range(coefs.shape[0]):
-            ci, cd = coefs[k, 1], coefs[k, 2]
             f = first[k]
-            if f == 3:
-                acc[:m] = 0.0
-            else:
-                first_x = fb if f == 0 else (fi if f == 1 else fd)
-                c0 = coefs[k, f]
-                if c0 == 1.0:
-                    acc[:m] = first_x[:m]
-                else:
-                    for j in range(m):
-                        acc[j] = first_x[j] * c0
-            if f < 1 and ci != 0.0:
-                for j in range(m):
-                    acc[j] = fma32(fi[j], ci, acc[j])
-            if f < 2 and cd != 0.0:
-                for j in range(m):
-                    acc[j] = fma32(fd[j], cd, acc[j])
+            zero = f == 3  # every coefficient zero: the sum is +0
+            x0 = fb if f == 0 or zero else (fi if f == 1 else fd)
+            c0 = np.float32(0.0) if zero else coefs[k, f]
+            scale = c0 != 1.0  # c = 1 copies the first term (torch: no multiply)
+            use_i = f < 1 and coefs[k, 1] != 0.0
+            use_d = f < 2 and coefs[k, 2] != 0.0
+            ci, cd = coefs[k, 1], coefs[k, 2]
             o = out[k, s : s + m]
-            if out_bf16:  # round to nearest even, as torch's float → bfloat16
-                for j in range(m):
-                    u = ua[j]
-                    r = (u + (((u >> u32(16)) & u32(1)) + u32(0x7FFF))) >> u32(16)
-                    o[j] = r
-                    ua[j] = r << u32(16)
-            else:
-                for j in range(m):
-                    o[j] = ua[j]
             mc = u32(0)
-            for j in range(m):
-                dif[j] = acc[j] - fd[j]
-            for j in range(m):
-                mc = max(mc, udif[j] & ABS)
             mi = u32(0)
             for j in range(m):
-                dif[j] = acc[j] - fi[j]
-            for j in range(m):
-                mi = max(mi, udif[j] & ABS)
-            diag[k, 0] = max(diag[k, 0], mc)
-            diag[k, 1] = max(diag[k, 1], mi)
+                y = x0[j] * c0 if scale else x0[j]
+                y = fma32(fi[j], ci, y) if use_i else y  # torch's add_(x, alpha=c) is an FMA on CPU
+                y = fma32(fd[j], cd, y) if use_d else y
+                y = np.float32(0.0) if zero else y
+                if out_bf16:
+                    r = bf16_bits(y)
+                    o[j] = r
+                    y = float32_of(widened(r, u32(16)))
+                else:
+                    o[j] = float32_bits(y)
+                mc = umax32(mc, abs_bits(y - fd[j]))
+                mi = umax32(mi, abs_bits(y - fi[j]))
+            diag[k, 0] = umax32(diag[k, 0], mc)
+            diag[k, 1] = umax32(diag[k, 1], mi)
             if bad >= EXP:
                 diag[k, 2] = u32(1)

@@ -314,7 +314,8 @@ class ShardedWriter:
     :meth:`write` in the order given by :attr:`order` (row blocks of the current tensor, in order), then call
     :meth:`close`, which returns ``{file: sha256}`` and writes the index when there is more than one shard.
 
-    With ``background=True`` file writes and hashing run in one worker thread, overlapping the caller's compute;
+    With ``background=True`` file writes and hashing run in two worker threads (one each: sha256 and a write
+    into the page cache cost about the same, so each alone bounds the pass), overlapping the caller's compute;
     at most one write is in flight, so a block passed to :meth:`write` must stay unmodified only until the
     next :meth:`write` (or :meth:`close`) returns: two alternating buffers are enough.
     """
@@ -350,43 +351,56 @@ class ShardedWriter:
         self.shards = shards
         self.order = [nm for sh in shards for nm in sh.names]
         self.sha256: dict[str, str] = {}
-        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="safetensors-writer") if background else None
-        self._pending: cf.Future | None = None
+        self._pools = (
+            [cf.ThreadPoolExecutor(1, thread_name_prefix=f"safetensors-{what}") for what in ("write", "hash")]
+            if background
+            else []
+        )
+        self._pending: list[cf.Future] = []
         self._shard_i = -1
         self._name_i = -1
-        self._fh = None  # owned by the I/O side (_io_*), which may run in the worker thread
+        self._fh = None  # owned by the I/O side (_file_*), which may run in a worker thread
         self._hash = None
         self._left = 0  # bytes still expected for the current tensor
         self._next_tensor()
 
-    # -- I/O side: runs inline, or in the worker thread, strictly in submission order -------------------
-    def _io_open(self, file: str, header: bytes) -> None:
+    # -- I/O side: the file half and the hash half of each step run inline, or each in its worker thread,
+    # strictly in submission order ----------------------------------------------------------------------
+    def _file_open(self, file: str, header: bytes) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.folder / f".{file}.tmp", "wb")  # noqa: SIM115 - closed in _io_close
-        self._hash = hashlib.sha256()
-        self._io_write(header)
+        self._fh = open(self.folder / f".{file}.tmp", "wb")  # noqa: SIM115 - closed in _file_close
+        self._fh.write(header)
 
-    def _io_write(self, data, keepalive=None) -> None:
+    def _hash_open(self, file: str, header: bytes) -> None:
+        self._hash = hashlib.sha256(header)
+
+    def _file_write(self, data, keepalive=None) -> None:
         self._fh.write(data)
+
+    def _hash_write(self, data, keepalive=None) -> None:
         self._hash.update(data)
 
-    def _io_close(self, file: str) -> None:
+    def _file_close(self, file: str) -> None:
         self._fh.close()
         self._fh = None
         os.replace(self.folder / f".{file}.tmp", self.folder / file)
+
+    def _hash_close(self, file: str) -> None:
         self.sha256[file] = self._hash.hexdigest()
 
-    def _do(self, fn, *args) -> None:
-        if self._pool is None:
-            fn(*args)
+    def _do(self, step: str, *args) -> None:
+        halves = (getattr(self, f"_file_{step}"), getattr(self, f"_hash_{step}"))
+        if not self._pools:
+            for fn in halves:
+                fn(*args)
             return
         self._wait()
-        self._pending = self._pool.submit(fn, *args)
+        self._pending = [pool.submit(fn, *args) for pool, fn in zip(self._pools, halves, strict=True)]
 
     def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()  # re-raises a write error here
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()  # re-raises a write error here
 
     # -- planning side ---------------------------------------------------------------------------------
     def _open_shard(self, sh: _Shard) -> None:
@@ -399,7 +413,7 @@ class ShardedWriter:
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
-        self._do(self._io_open, sh.file, struct.pack("<Q", len(raw)) + raw)
+        self._do("open", sh.file, struct.pack("<Q", len(raw)) + raw)
 
     def _next_tensor(self) -> None:
         while True:
@@ -407,7 +421,7 @@ class ShardedWriter:
                 self._name_i += 1
             else:
                 if self._shard_i >= 0:
-                    self._do(self._io_close, self.shards[self._shard_i].file)
+                    self._do("close", self.shards[self._shard_i].file)
                 self._shard_i += 1
                 self._name_i = 0
                 if self._shard_i >= len(self.shards):
@@ -438,7 +452,7 @@ class ShardedWriter:
         data = memoryview(flat.view(torch.uint8).numpy())
         if data.nbytes > self._left:
             raise RuntimeError(f"{name}: more data than its shape {self.specs[name][1]}")
-        self._do(self._io_write, data, flat)
+        self._do("write", data, flat)
         self._left -= data.nbytes
         if self._left == 0:
             self._next_tensor()
@@ -448,9 +462,7 @@ class ShardedWriter:
         if self.current is not None:
             raise RuntimeError(f"writer closed before tensor {self.current!r} was complete")
         self._wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._shutdown()
         if len(self.shards) > 1:
             index = {
                 "metadata": {"total_size": sum(sh.nbytes for sh in self.shards)},
@@ -461,13 +473,16 @@ class ShardedWriter:
 
     def abort(self) -> None:
         """Release the file and the worker after an error (a no-op after :meth:`close`)."""
-        if self._pool is not None:
-            try:
-                self._wait()
-            except Exception:  # noqa: BLE001 - the caller is already handling the first error
-                pass
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the caller is already handling the first error
+            pass
+        self._shutdown()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+    def _shutdown(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._pools = []
