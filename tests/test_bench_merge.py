@@ -1,6 +1,6 @@
 """bench/merge.py stays runnable: tiny models give one JSON line, and on them our outputs equal mergekit's
 (task_arithmetic bit for bit; ties except at top-k ties); the K-candidate pass and the cold start are
-measured. No speed assertions."""
+measured, with the first merge of the inputs and the output floor. No speed assertions."""
 
 from tests.helpers import run_bench
 
@@ -27,7 +27,11 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
     # whole commands: ours is `finmerge merge` (its pass time from the manifest), mergekit's `mergekit-yaml`
     ta = res["methods"]["task_arithmetic"]["ours"]
     assert 0 < ta["pass_s"] < ta["s"] and 0 < ta["pass_share_of_read_bandwidth"] <= 1
+    first = res["methods"]["task_arithmetic"]["ours_first_merge"]  # inputs hashed, then remembered
+    assert first["s"] > 0 and res["methods"]["task_arithmetic"]["speedup_first_merge"] > 0
     many = res["candidates_in_one_pass"]
     assert many["k"] == 2 and many["one_pass_s"] > 0 and many["k_pass_s"] > 0 and many["ratio"] > 0
+    assert 0 < many["output_floor_one_s"] and 0 < many["output_floor_k_s"]
+    assert many["k_pass_vs_its_output_floor"] > 0
     cold = res["cold_start"]
     assert cold["merge_command_s"] > cold["help_s"] > 0 and cold["import_torch_s"] > 0

@@ -34,9 +34,8 @@ def test_a_remembered_sha256_holds_only_while_the_file_is_unchanged(tmp_path, se
     assert cache.lookup(f) is None
     assert cache.sha256(f) == _sha(f)
     assert cache.lookup(f) == _sha(f)
-    assert HashCache(tmp_path / "staging").lookup(tmp_path / "." / "w.safetensors") == _sha(
-        f
-    )  # another process
+    another_process = HashCache(tmp_path / "staging")
+    assert another_process.lookup(tmp_path / "." / "w.safetensors") == _sha(f)
 
     # rewritten in place with the same size, its mtime put back: the ctime still gives it away
     st = f.stat()
@@ -84,13 +83,15 @@ def test_merging_the_same_models_again_reuses_their_sha256(tmp_path, settled):
     cache = HashCache(staging)
     weights = sorted(Path(tri["instruct"]).glob("*.safetensors"))
     assert weights and all(cache.lookup(w) is None for w in weights)
-    merge_models(
-        tri["base"], tri["instruct"], tri["domain"], str(tmp_path / "a"), MergeConfig(), str(staging)
-    )
+
+    def merge(out: str) -> None:
+        merge_models(
+            tri["base"], tri["instruct"], tri["domain"], str(tmp_path / out), MergeConfig(), str(staging)
+        )
+
+    merge("a")
     assert all(cache.lookup(w) == _sha(w) for w in weights)
-    merge_models(
-        tri["base"], tri["instruct"], tri["domain"], str(tmp_path / "b"), MergeConfig(), str(staging)
-    )
+    merge("b")
     cards = [json.loads((tmp_path / o / "merge_report.json").read_text())["summary"]["inputs"] for o in "ab"]
     assert cards[0] == cards[1]
     assert cards[1]["instruct"]["shards"] == {w.name: _sha(w) for w in weights}
