@@ -59,9 +59,40 @@ def abs_bits(typingctx, y):  # the bits of |y|: non-negative floats order like t
 
 
 @intrinsic
+def low31(typingctx, u):  # float32 bits without the sign: the bits of |x|
+    def codegen(context, builder, signature, args):
+        return builder.and_(args[0], ir.Constant(_I32, 0x7FFFFFFF))
+
+    return types.uint32(types.uint32), codegen
+
+
+@intrinsic
 def umax32(typingctx, a, b):
     def codegen(context, builder, signature, args):
         return builder.select(builder.icmp_unsigned(">", args[0], args[1]), args[0], args[1])
+
+    return types.uint32(types.uint32, types.uint32), codegen
+
+
+@intrinsic
+def lowest_bit_value(typingctx, u):  # the bits of the value of non-negative float32 ``u``'s lowest set bit:
+    # u minus u with its lowest significand bit cleared (exact), or u itself when that bit is the implicit one
+    def codegen(context, builder, signature, args):
+        u = args[0]
+        frac = builder.and_(u, ir.Constant(_I32, 0x7FFFFF))
+        cleared = builder.and_(u, builder.sub(u, ir.Constant(_I32, 1)))
+        cleared = builder.select(builder.icmp_unsigned("!=", frac, ir.Constant(_I32, 0)), cleared, frac)
+        f = ir.FloatType()
+        diff = builder.fsub(builder.bitcast(u, f), builder.bitcast(cleared, f))
+        return builder.bitcast(diff, _I32)
+
+    return types.uint32(types.uint32), codegen
+
+
+@intrinsic
+def umin32(typingctx, a, b):
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.icmp_unsigned("<", args[0], args[1]), args[0], args[1])
 
     return types.uint32(types.uint32, types.uint32), codegen
 

@@ -14,7 +14,19 @@ import numba
 import numpy as np
 
 from finmerge.merge.fused import TILE
-from finmerge.merge.fused_kernel import ABS, EXP, u32
+from finmerge.merge.fused_kernel import (
+    EXP,  # noqa: F401 - fused_ties reads it as kernels.EXP
+    abs_bits,
+    bf16_bits,
+    exponent_bits,
+    float32_of,
+    low31,
+    lowest_bit_value,
+    u32,
+    umax32,
+    umin32,
+    widened,
+)
 
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
@@ -30,10 +42,10 @@ def _load(src, sh, table, dst):
             dst[j] = table[src[j]]
     else:
         for j in range(m):
-            dst[j] = u32(src[j]) << sh
+            dst[j] = widened(src[j], sh)
     bad = u32(0)
     for j in range(m):
-        bad = max(bad, dst[j] & EXP)
+        bad = umax32(bad, exponent_bits(dst[j]))
     return bad
 
 
@@ -41,13 +53,11 @@ def _load(src, sh, table, dst):
 def _abs_delta(x, b, sh, table, ux, ub, dd):
     """|x − b| of the slices ``x``, ``b`` as bits in ``dd``'s uint32 view (float32 subtraction, as torch's);
     returns the largest input exponent bits (``EXP``: a value was not finite)."""
-    bad = max(_load(x, sh, table, ux), _load(b, sh, table, ub))
+    bad = umax32(_load(x, sh, table, ux), _load(b, sh, table, ub))
     fx, fb = ux.view(np.float32), ub.view(np.float32)
     ud = dd.view(np.uint32)
     for j in range(x.size):
-        dd[j] = fx[j] - fb[j]
-    for j in range(x.size):
-        ud[j] &= ABS
+        ud[j] = abs_bits(fx[j] - fb[j])
     return bad
 
 
@@ -118,9 +128,12 @@ def tie_cutoff(values, index, thr, quota):
 @numba.njit(nogil=True, cache=True)
 def _keep(ud, m, thr, lim, keep):
     """keep[j] = |d| > thr, or |d| = thr for the ties up to the cutoff (``lim``: its index in the slice)."""
-    for j in range(m):
-        a = ud[j] & ABS
-        keep[j] = (a > thr) | ((a == thr) & (j <= lim))
+    t = u32(thr)
+    tied = min(m, max(0, lim + 1))  # ties at the threshold are kept up to the cutoff
+    for j in range(tied):
+        keep[j] = low31(ud[j]) >= t
+    for j in range(tied, m):
+        keep[j] = low31(ud[j]) > t
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
@@ -168,6 +181,8 @@ def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux,
     keep mask (draw below ``dthr``) to ``mask``, else the top-k keeps (``lim``: the cutoff in the chunk).
     ``ux``, ``ub``, ``keep``: scratch of the chunk's size (reused: a fresh megabyte is page-faulted). Returns (largest input exponent bits, Σ|d|, Σ|kept d|, exact): see :func:`l1_exact`."""
     m = x.size
+    if table.size == 0 and (mode == MASK or mode == MAGNITUDE):
+        return _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk)
     bad = _abs_delta(x, b, sh, table, ux, ub, absd)
     if mode == MASK:
         for j in range(m):
@@ -233,9 +248,9 @@ def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf1
     mx0 = mx1 = bad = u32(0)
     for s in range(start, stop, TILE):
         m = min(TILE, stop - s)
-        bad = max(bad, _load(b[s : s + m], sh, table, ub))
-        bad = max(bad, _load(x0[s : s + m], sh, table, u0))
-        bad = max(bad, _load(x1[s : s + m], sh, table, u1))
+        bad = umax32(bad, _load(b[s : s + m], sh, table, ub))
+        bad = umax32(bad, _load(x0[s : s + m], sh, table, u0))
+        bad = umax32(bad, _load(x1[s : s + m], sh, table, u1))
         _sparse(u0, ub, d0, keep, s, m, vec[0, 0], vec[0, 1], vec[0, 2], masks0, flags[0], scale0, w0)
         _sparse(u1, ub, d1, keep, s, m, vec[1, 0], vec[1, 1], vec[1, 2], masks1, flags[1], scale1, w1)
         if consensus:
@@ -260,25 +275,53 @@ def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf1
         for j in range(m):
             acc[j] = acc[j] + fb[j]
         for j in range(m):
-            bad = max(bad, ua[j] & EXP)
-        # |Δ| against the (unrounded) result, as torch's max_abs_diff(acc, x) reports it; d0 is free again
-        udif = d0.view(np.uint32)
+            bad = umax32(bad, exponent_bits(ua[j]))
+        # |Δ| against the (unrounded) result, as torch's max_abs_diff(acc, x) reports it
         for j in range(m):
-            d0[j] = f1[j] - acc[j]
+            mx1 = umax32(mx1, abs_bits(f1[j] - acc[j]))
         for j in range(m):
-            mx1 = max(mx1, udif[j] & ABS)
-        for j in range(m):
-            d0[j] = f0[j] - acc[j]
-        for j in range(m):
-            mx0 = max(mx0, udif[j] & ABS)
+            mx0 = umax32(mx0, abs_bits(f0[j] - acc[j]))
         o = out[s : s + m]
         if out_bf16:  # round to nearest even, as torch's float → bfloat16 (finite values)
             for j in range(m):
-                u = ua[j]
-                o[j] = (u + (((u >> u32(16)) & u32(1)) + u32(0x7FFF))) >> u32(16)
+                o[j] = bf16_bits(acc[j])
         else:
             for j in range(m):
                 o[j] = ua[j]
-    diag[0] = max(diag[0], mx1)
-    diag[1] = max(diag[1], mx0)
-    diag[2] = max(diag[2], bad)
+    diag[0] = umax32(diag[0], mx1)
+    diag[1] = umax32(diag[1], mx0)
+    diag[2] = umax32(diag[2], bad)
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk):
+    """:func:`l1_chunk` for bf16 / fp32 inputs in one loop over the chunk (about 3x faster than a loop per
+    step over a chunk that outgrows the L2 cache). Every float operation is the one :func:`l1_chunk` does;
+    ``reassoc`` only lets the two float64 sums be added in any order, which :func:`l1_exact` shows exact."""
+    m = x.size
+    t, dt = u32(thr), u32(dthr)
+    tied = min(m, max(0, lim + 1))
+    none = u32(0xFFFFFFFF)
+    bad = u32(0)
+    low = none
+    td = 0.0
+    tk = 0.0
+    for j in range(m):
+        ux, ub = widened(x[j], sh), widened(b[j], sh)
+        bad = umax32(bad, umax32(exponent_bits(ux), exponent_bits(ub)))
+        a = abs_bits(float32_of(ux) - float32_of(ub))
+        fa = float32_of(a)
+        if mode == MASK:
+            k = u32(draws[j]) < dt
+            mask[j] = k
+        else:
+            k = a >= t if j < tied else a > t
+        absd[j] = fa
+        fk = fa if k else F0
+        absk[j] = fk
+        td += np.float64(fa)
+        tk += np.float64(fk)
+        lsb = lowest_bit_value(a)  # see _min_lsb: the smallest over the nonzero ones
+        low = umin32(low, lsb if lsb != 0 else none)
+    q = np.float64(float32_of(low)) if low != none else 0.0
+    return bad, td, tk, (td == 0.0) or (td < q * 4503599627370496.0)
