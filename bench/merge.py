@@ -149,16 +149,21 @@ def make_models(root: Path, args) -> tuple[list[Path], int]:
     return folders, n_params
 
 
-def read_bandwidth(folders: list[Path]) -> float:
-    """GB/s reading every input byte once, as the merges do (page cache as it is after writing)."""
+def read_bandwidth(folders: list[Path], repeats: int = 3) -> float:
+    """GB/s reading every input byte once from the page cache, as the merges do (best of ``repeats``, after
+    the generated inputs are written back)."""
+    os.sync()
     buf = bytearray(64 << 20)
-    total, t0 = 0, time.perf_counter()
-    for f in folders:
-        for p in sorted(f.glob("*.safetensors")):
-            with open(p, "rb", buffering=0) as fh:
-                while n := fh.readinto(buf):
-                    total += n
-    return total / (time.perf_counter() - t0) / 1e9
+    best = 0.0
+    for _ in range(repeats):
+        total, t0 = 0, time.perf_counter()
+        for f in folders:
+            for p in sorted(f.glob("*.safetensors")):
+                with open(p, "rb", buffering=0) as fh:
+                    while n := fh.readinto(buf):
+                        total += n
+        best = max(best, total / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 # -- running and measuring ---------------------------------------------------------------------------------
@@ -173,7 +178,11 @@ def _status_kb(pid: int, field: str) -> int:
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd``; wall seconds, peak anonymous RSS (sampled every 20 ms) and peak total RSS (VmHWM)."""
+    """Run ``cmd``; wall seconds, peak anonymous RSS (sampled every 20 ms) and peak total RSS (VmHWM).
+
+    Dirty pages are written back first (untimed), so that no command pays for the writeback of what the
+    one before it (or the model generation) wrote: that made timings vary by up to 1.5x."""
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})  # fmt: skip
@@ -277,6 +286,7 @@ def candidates_in_one_pass(folders: list[Path], root: Path, k: int, repeats: int
         for rep in range(repeats):
             # the floor right before each pass: the page cache's state (writeback of earlier outputs,
             # memory to reclaim) changes what a write costs by 2x on a shared VM
+            os.sync()
             floor = output_floor(root, out_bytes, n)
             floors[n] = min(floors.get(n, floor), floor)
             out = root / f"many-{n}-{rep}"
