@@ -124,3 +124,23 @@ def test_corpus_commands_chain(tmp_path, capsys):
     assert out["output"] == str(tmp_path / "d") and out["kept"] == 1
     (dropped,) = [json.loads(x) for x in (tmp_path / "d" / "dropped.jsonl").read_text().splitlines()]
     assert dropped["id"] == "B#0" and dropped["duplicate_of"] == "A#0" and dropped["text"] == twin
+
+
+def test_a_stage_command_exits_as_a_normal_exit_would_without_the_teardown():
+    """What a normal exit does before the interpreter tears its modules down still happens, in its order:
+    a live non-daemon thread is waited for, atexit handlers run, unflushed output reaches the pipe."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, threading, time\n"
+        "from finmerge.cli import _exit_without_teardown\n"
+        "atexit.register(lambda: print('atexit ran', end=' '))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', end=' '))).start()\n"
+        "print('output', end=' ')\n"
+        "_exit_without_teardown(3)\n"
+        "print('never')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split() == ["output", "thread", "done", "atexit", "ran"]
