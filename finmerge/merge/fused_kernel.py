@@ -24,12 +24,18 @@ def fma32(typingctx, a, b, c):  # one rounding, as torch's add_(x, alpha=c) on C
 _I32 = ir.IntType(32)
 
 
+def _to32(builder, v):
+    """An unsigned integer value as 32 bits (zero-extended or truncated)."""
+    if v.type.width < 32:
+        return builder.zext(v, _I32)
+    return builder.trunc(v, _I32) if v.type.width > 32 else v
+
+
 @intrinsic
 def widened(typingctx, x, sh):  # a bf16 / fp32 input's bits as float32 bits: zero-extend, shift left by sh
     def codegen(context, builder, signature, args):
-        v, s = args
-        v = builder.zext(v, _I32) if v.type.width < 32 else builder.trunc(v, _I32) if v.type.width > 32 else v
-        return builder.shl(v, builder.trunc(s, _I32) if s.type.width > 32 else s)
+        v, s = (_to32(builder, a) for a in args)
+        return builder.shl(v, s)
 
     return types.uint32(x, sh), codegen
 
@@ -42,36 +48,48 @@ def float32_of(typingctx, u):  # the float32 whose bits are ``u``
     return types.float32(types.uint32), codegen
 
 
+def _masked(mask: int, from_float: bool):
+    """An intrinsic body: ``bits & mask``, of float32 bits (``from_float``: of a float32 value)."""
+
+    def codegen(context, builder, signature, args):
+        u = builder.bitcast(args[0], _I32) if from_float else args[0]
+        return builder.and_(u, ir.Constant(_I32, mask))
+
+    return codegen
+
+
+def _picked(op: str):
+    """An intrinsic body: ``a if a <op> b else b``, unsigned (``>``: the max, ``<``: the min)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.icmp_unsigned(op, args[0], args[1]), args[0], args[1])
+
+    return codegen
+
+
 @intrinsic
 def exponent_bits(typingctx, u):  # the exponent field of float32 bits: all set (EXP) for Inf and NaN
-    def codegen(context, builder, signature, args):
-        return builder.and_(args[0], ir.Constant(_I32, 0x7F800000))
-
-    return types.uint32(types.uint32), codegen
+    return types.uint32(types.uint32), _masked(0x7F800000, from_float=False)
 
 
 @intrinsic
 def abs_bits(typingctx, y):  # the bits of |y|: non-negative floats order like their bits, NaN above Inf
-    def codegen(context, builder, signature, args):
-        return builder.and_(builder.bitcast(args[0], _I32), ir.Constant(_I32, 0x7FFFFFFF))
-
-    return types.uint32(types.float32), codegen
+    return types.uint32(types.float32), _masked(0x7FFFFFFF, from_float=True)
 
 
 @intrinsic
 def low31(typingctx, u):  # float32 bits without the sign: the bits of |x|
-    def codegen(context, builder, signature, args):
-        return builder.and_(args[0], ir.Constant(_I32, 0x7FFFFFFF))
-
-    return types.uint32(types.uint32), codegen
+    return types.uint32(types.uint32), _masked(0x7FFFFFFF, from_float=False)
 
 
 @intrinsic
 def umax32(typingctx, a, b):
-    def codegen(context, builder, signature, args):
-        return builder.select(builder.icmp_unsigned(">", args[0], args[1]), args[0], args[1])
+    return types.uint32(types.uint32, types.uint32), _picked(">")
 
-    return types.uint32(types.uint32, types.uint32), codegen
+
+@intrinsic
+def umin32(typingctx, a, b):
+    return types.uint32(types.uint32, types.uint32), _picked("<")
 
 
 @intrinsic
@@ -87,14 +105,6 @@ def lowest_bit_value(typingctx, u):  # the bits of the value of non-negative flo
         return builder.bitcast(diff, _I32)
 
     return types.uint32(types.uint32), codegen
-
-
-@intrinsic
-def umin32(typingctx, a, b):
-    def codegen(context, builder, signature, args):
-        return builder.select(builder.icmp_unsigned("<", args[0], args[1]), args[0], args[1])
-
-    return types.uint32(types.uint32, types.uint32), codegen
 
 
 @intrinsic
