@@ -71,10 +71,11 @@ class HashCache:
 
     def sha256(self, path: str | Path) -> str:
         path = Path(path)
-        cached = self.lookup(path)
-        if cached is not None:
-            return cached
-        key = str(path.resolve())
+        return self.lookup(path) or self.remember(path)
+
+    def remember(self, path: str | Path) -> str:
+        """Hash ``path`` and remember its sha256 (unless it changed too recently or while being read)."""
+        key = str(Path(path).resolve())
         started = time.time_ns()
         before = os.stat(key)
         digest = storage.sha256_file(key)

@@ -69,7 +69,7 @@ def _fingerprint_jobs(side, pool: cf.Executor, hashes: HashCache) -> dict:
         }
     return {
         "shards": {
-            f.name: hub_blob_sha256(f) or hashes.lookup(f) or pool.submit(hashes.sha256, f)
+            f.name: hub_blob_sha256(f) or hashes.lookup(f) or pool.submit(hashes.remember, f)
             for f in side.weights.files
         }
     }

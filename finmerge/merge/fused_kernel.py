@@ -128,7 +128,6 @@ def float32_bits(typingctx, y):
 
 u32 = np.uint32
 EXP = u32(0x7F800000)  # a float32 whose exponent bits are all set is Inf or NaN
-ABS = u32(0x7FFFFFFF)  # the bits of |x|
 
 
 # Each candidate is one loop over a tile: its sum, rounding, store and both max-|Δ| reductions per element,

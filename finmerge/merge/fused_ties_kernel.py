@@ -146,32 +146,36 @@ def _sum_f64(v):
 
 
 @numba.njit(nogil=True, cache=True)
-def _min_lsb(v, scratch):
-    """The smallest value of a set bit over the non-negative float32 ``v`` (0 when all are 0): x minus x
-    with its lowest significand bit cleared (exact), or x itself when that bit is the implicit one."""
-    u, y = v.view(np.uint32), scratch.view(np.uint32)
+def _min_lsb(v):
+    """The smallest value of a set bit over the non-negative float32 ``v`` (0 when all are 0)."""
+    u = v.view(np.uint32)
+    none = u32(0xFFFFFFFF)
+    low = none
     for j in range(v.size):
-        w = u[j]
-        y[j] = w & (w - u32(1)) if (w & u32(0x7FFFFF)) != 0 else u32(0)
-    for j in range(v.size):
-        scratch[j] = v[j] - scratch[j]
-    low = u32(0xFFFFFFFF)
-    for j in range(v.size):
-        w = y[j]
-        low = min(low, w if w != 0 else u32(0xFFFFFFFF))
-    y[0] = low
-    return np.float64(scratch[0]) if low != u32(0xFFFFFFFF) else 0.0
+        lsb = lowest_bit_value(u[j])
+        low = umin32(low, lsb if lsb != 0 else none)
+    return _lsb_value(low, none)
 
 
 @numba.njit(nogil=True, cache=True)
-def l1_exact(absd, absk, scratch):
+def _lsb_value(low, none):
+    return np.float64(float32_of(low)) if low != none else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def _exact(td, q):
+    """Whether every partial sum of values that are multiples of ``q``, totalling ``td``, is exact."""
+    return (td == 0.0) or (td < q * 4503599627370496.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def l1_exact(absd, absk):
     """(Σ|d|, Σ|kept d|, exact) in float64. Every value is a multiple of the smallest set bit q and every
     partial sum of non-negative values is at most the total, so when the total is below 2⁵²·q every
     addition in *any* order is exact: torch's ``sum(dtype=float64)`` (whatever its order and thread
     count) then returns this very double. ``exact`` False: the caller asks torch (and |d| overflowed)."""
     td, tk = _sum_f64(absd), _sum_f64(absk)
-    q = _min_lsb(absd, scratch)
-    return td, tk, (td == 0.0) or (td < q * 4503599627370496.0)
+    return td, tk, _exact(td, _min_lsb(absd))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -193,7 +197,7 @@ def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux,
         _keep(absd.view(np.uint32), m, thr, lim, keep)
     for j in range(m):
         absk[j] = absd[j] if keep[j] else F0
-    td, tk, exact = l1_exact(absd, absk, ux.view(np.float32))
+    td, tk, exact = l1_exact(absd, absk)
     return bad, td, tk, exact
 
 
@@ -321,7 +325,6 @@ def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk):
         absk[j] = fk
         td += np.float64(fa)
         tk += np.float64(fk)
-        lsb = lowest_bit_value(a)  # see _min_lsb: the smallest over the nonzero ones
+        lsb = lowest_bit_value(a)  # as _min_lsb: the smallest over the nonzero ones
         low = umin32(low, lsb if lsb != 0 else none)
-    q = np.float64(float32_of(low)) if low != none else 0.0
-    return bad, td, tk, (td == 0.0) or (td < q * 4503599627370496.0)
+    return bad, td, tk, _exact(td, _lsb_value(low, none))
