@@ -216,6 +216,7 @@ class FusedTies(fused.TwoThreads):
             absd_t.numpy(),
             absk_t.numpy(),
             *scratch,
+            exact_only,
         )
         bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], sh, table, *args)
         if bad >= k.EXP:

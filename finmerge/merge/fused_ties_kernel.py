@@ -75,15 +75,16 @@ def magnitude_band(x, b, sh, table, lo, hi, band_v, band_i):
     flag = np.zeros(TILE, np.uint8)
     groups = flag.view(np.uint64)
     above, nb, bad, cap = 0, 0, u32(0), band_v.size
+    lo, hi = u32(lo), u32(hi)  # 32-bit compares and counts: 16 lanes, not 4 (see fused_kernel)
     for s in range(0, n, TILE):
         m = min(TILE, n - s)
         bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], sh, table, ux, ub, dd))
-        c = 0
+        c = u32(0)
         for j in range(m):
-            c += ud[j] > hi
-        above += c
+            c += u32(ud[j] > hi)
         for j in range(m):
             flag[j] = (ud[j] >= lo) & (ud[j] <= hi)
+        above += c
         for j in range(m, TILE):  # a short last tile: no stale flags
             flag[j] = 0
         for g in range(TILE // 8):
@@ -132,8 +133,9 @@ def _keep(ud, m, thr, lim, keep):
     tied = min(m, max(0, lim + 1))  # ties at the threshold are kept up to the cutoff
     for j in range(tied):
         keep[j] = low31(ud[j]) >= t
-    for j in range(tied, m):
-        keep[j] = low31(ud[j]) > t
+    rest, kept = ud[tied:m], keep[tied:m]  # from 0, as in _sparse
+    for j in range(rest.size):
+        kept[j] = low31(rest[j]) > t
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
@@ -179,14 +181,17 @@ def l1_exact(absd, absk):
 
 
 @numba.njit(nogil=True, cache=True)
-def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux, ub, keep):
+def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux, ub, keep, sums_only):
     """One chunk (slices ``x``, ``b``, ``mask``, ``absd``, ``absk``) of a task vector for the L1 rescale: |d|
     into ``absd`` and |kept d| into ``absk`` (float32, for torch's float64 sums); ``mode`` MASK writes the
     keep mask (draw below ``dthr``) to ``mask``, else the top-k keeps (``lim``: the cutoff in the chunk).
-    ``ux``, ``ub``, ``keep``: scratch of the chunk's size (reused: a fresh megabyte is page-faulted). Returns (largest input exponent bits, Σ|d|, Σ|kept d|, exact): see :func:`l1_exact`."""
+    ``ux``, ``ub``, ``keep``: scratch of the chunk's size (reused: a fresh megabyte is page-faulted).
+    ``sums_only``: bf16 / fp32 inputs may leave ``absd`` and ``absk`` unwritten (only a chunk that is not
+    ``exact`` needs them, and the caller then asks again). Returns (largest input exponent bits, Σ|d|,
+    Σ|kept d|, exact): see :func:`l1_exact`."""
     m = x.size
     if table.size == 0 and (mode == MASK or mode == MAGNITUDE):
-        return _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk)
+        return _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, not sums_only)
     bad = _abs_delta(x, b, sh, table, ux, ub, absd)
     if mode == MASK:
         for j in range(m):
@@ -215,10 +220,15 @@ def _sparse(ux, ub, dd, keep, s, m, mode, thr, cutoff, mask, use_scale, scale, w
     fx, fb = ux.view(np.float32), ub.view(np.float32)
     for j in range(m):
         dd[j] = fx[j] - fb[j]
-    if mode == MAGNITUDE:
-        _keep(dd.view(np.uint32), m, thr, cutoff - s, keep)
-        for j in range(m):
-            dd[j] = dd[j] if keep[j] else F0
+    if mode == MAGNITUDE:  # as integer work on the bits (+0.0 is 0): LLVM vectorises it, not a float select
+        ud = dd.view(np.uint32)
+        t = u32(thr)
+        tied = min(m, max(0, cutoff - s + 1))  # ties at the threshold are kept up to the cutoff (as _keep)
+        for j in range(tied):
+            ud[j] = ud[j] if low31(ud[j]) >= t else u32(0)
+        rest = ud[tied:m]  # indexed from 0: a loop from ``tied`` keeps numba's wraparound check, unvectorised
+        for j in range(rest.size):
+            rest[j] = rest[j] if low31(rest[j]) > t else u32(0)
     elif mode == MASK:
         msk = mask[s : s + m]
         for j in range(m):
@@ -298,10 +308,11 @@ def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf1
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk):
+def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, write):
     """:func:`l1_chunk` for bf16 / fp32 inputs in one loop over the chunk (about 3x faster than a loop per
     step over a chunk that outgrows the L2 cache). Every float operation is the one :func:`l1_chunk` does;
-    ``reassoc`` only lets the two float64 sums be added in any order, which :func:`l1_exact` shows exact."""
+    ``reassoc`` only lets the two float64 sums be added in any order, which :func:`l1_exact` shows exact.
+    ``write`` False leaves ``absd`` / ``absk`` alone: 8 bytes an element that only torch's sums read."""
     m = x.size
     t, dt = u32(thr), u32(dthr)
     tied = min(m, max(0, lim + 1))
@@ -320,9 +331,10 @@ def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk):
             mask[j] = k
         else:
             k = a >= t if j < tied else a > t
-        absd[j] = fa
         fk = fa if k else F0
-        absk[j] = fk
+        if write:
+            absd[j] = fa
+            absk[j] = fk
         td += np.float64(fa)
         tk += np.float64(fk)
         lsb = lowest_bit_value(a)  # as _min_lsb: the smallest over the nonzero ones
