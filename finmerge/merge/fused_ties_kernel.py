@@ -214,7 +214,7 @@ def draw_mask(draws, dthr, mask):
 
 
 @numba.njit(nogil=True, cache=True)
-def _sparse(ux, ub, dd, keep, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
+def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
     """One task vector's term of the tile at ``s`` into ``dd``, as torch's path forms it: d = x − b, dropped
     entries zeroed (magnitude: +0 as hardshrink writes it; mask: d·0), d·scale, d·w."""
     fx, fb = ux.view(np.float32), ub.view(np.float32)
@@ -254,7 +254,6 @@ def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf1
     (0 → 1); every product there is by 0 or 1, so torch's fused multiply-adds round the same."""
     ub, u0, u1 = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
     d0, d1, acc = np.empty(TILE, np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32)
-    keep = np.empty(TILE, np.uint8)
     fb, f0, f1 = ub.view(np.float32), u0.view(np.float32), u1.view(np.float32)
     ua = acc.view(np.uint32)
     scale0, scale1, w0, w1, lam, lin_div = f32s[0], f32s[1], f32s[2], f32s[3], f32s[4], f32s[5]
@@ -265,8 +264,8 @@ def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf1
         bad = umax32(bad, _load(b[s : s + m], sh, table, ub))
         bad = umax32(bad, _load(x0[s : s + m], sh, table, u0))
         bad = umax32(bad, _load(x1[s : s + m], sh, table, u1))
-        _sparse(u0, ub, d0, keep, s, m, vec[0, 0], vec[0, 1], vec[0, 2], masks0, flags[0], scale0, w0)
-        _sparse(u1, ub, d1, keep, s, m, vec[1, 0], vec[1, 1], vec[1, 2], masks1, flags[1], scale1, w1)
+        _sparse(u0, ub, d0, s, m, vec[0, 0], vec[0, 1], vec[0, 2], masks0, flags[0], scale0, w0)
+        _sparse(u1, ub, d1, s, m, vec[1, 0], vec[1, 1], vec[1, 2], masks1, flags[1], scale1, w1)
         if consensus:
             for j in range(m):
                 a, c = d0[j], d1[j]
