@@ -384,6 +384,8 @@ def main() -> None:
     args = ap.parse_args()
 
     t_start = time.perf_counter()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         log("generating three models")

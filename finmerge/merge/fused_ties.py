@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from finmerge.merge import fused
+from finmerge.merge import fused, pcg64
 from finmerge.merge.methods import CHUNK, tensor_seed
 
 # input dtype → left shift of its bits to float32 (fp16 is upcast through a table instead)
@@ -181,6 +181,15 @@ class FusedTies(fused.TwoThreads):
         rand = params.sparsification == "random"
         if rand:
             vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}", n, torch.uint8)
+        if rand and table.size == 0:  # bf16 / fp32: every chunk's draws and sums in one kernel call
+            states = np.zeros((-(-n // CHUNK), 4), np.uint64)
+            for c in range(len(states)):  # the generators methods._random_keep seeds, one per chunk
+                states[c] = pcg64.seeded_state((seed, c))
+            sums, exact = np.zeros((len(states), 2)), np.zeros(len(states), np.bool_)
+            dthr = round(density * 65536)
+            if k.dare_pass(xr, br, sh, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact) >= k.EXP:
+                return False
+            return [(float(s[0]), float(s[1])) if e else None for s, e in zip(sums, exact, strict=True)]
         sums = []
         for a in range(0, n, CHUNK):
             got = self._l1_chunk(xr, br, sh, table, density, seed, params, vec, ws, i, a, exact_only=True)

@@ -27,6 +27,7 @@ from finmerge.merge.fused_kernel import (
     umin32,
     widened,
 )
+from finmerge.merge.pcg64 import fill as pcg64_fill
 
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
@@ -204,6 +205,32 @@ def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux,
         absk[j] = absd[j] if keep[j] else F0
     td, tk, exact = l1_exact(absd, absk)
     return bad, td, tk, exact
+
+
+@numba.njit(nogil=True, cache=True)
+def dare_pass(x, b, sh, states, chunk, dthr, mask, rescale, sums, exact):
+    """dare's keep mask of a whole task vector of bf16 / fp32 inputs (``x``, ``b``: raw) and, with
+    ``rescale``, each chunk's L1 sums: ``sums[c]`` = (Σ|d|, Σ|kept d|), ``exact[c]`` as :func:`l1_exact`.
+    Chunk c's draws are the words of the generator ``states[c]`` (see :mod:`finmerge.merge.pcg64`), four
+    16-bit draws each, as ``methods._random_keep`` makes them. Returns the largest input exponent bits
+    (with ``rescale``: the inputs are not read without it)."""
+    n = b.size
+    words = np.empty((chunk + 3) // 4, np.uint64)
+    draws = words.view(np.uint16)
+    unused = np.empty(0, np.float32)
+    bad = u32(0)
+    for c in range(states.shape[0]):
+        a = c * chunk
+        m = min(chunk, n - a)
+        pcg64_fill(states[c], words[: (m + 3) // 4])
+        if rescale:
+            xs, bs, ms = x[a : a + m], b[a : a + m], mask[a : a + m]
+            got = _l1_chunk_fused(xs, bs, sh, MASK, 0, -1, draws[:m], dthr, ms, unused, unused, False)
+            bad = umax32(bad, got[0])
+            sums[c, 0], sums[c, 1], exact[c] = got[1], got[2], got[3]
+        else:
+            draw_mask(draws[:m], dthr, mask[a : a + m])
+    return bad
 
 
 @numba.njit(nogil=True, cache=True)
