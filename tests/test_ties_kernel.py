@@ -261,3 +261,43 @@ def test_a_non_finite_input_is_named_with_the_kernels_on(triplets, tmp_path, mon
     with pytest.raises(MergeError, match=rf"input domain tensor {name} .*1 NaN"):
         _merge({**src, "domain": str(bad)}, tmp_path / "out", MergeConfig(method="ties", density=0.5))
     assert not (tmp_path / "out").exists()
+
+
+def test_candidates_in_one_pass_share_decisions_and_write_what_separate_merges_write(
+    triplets, tmp_path, monkeypatch
+):
+    """A sweep's candidates differ in weights and λ, which the top-k thresholds and dare's masks and
+    rescale do not depend on: one pass makes each tensor's decisions once per (method, densities, seed),
+    and every candidate still writes the bytes a merge of its own writes."""
+    from finmerge.merge.execute import merge_models_many
+
+    monkeypatch.setenv("FINMERGE_FUSED", "1")
+    made = []
+    decide = fused_ties.FusedTies._decide
+
+    def spy(self, name, params, *args, **kw):
+        made.append((name, params.sparsification, params.density_instruct, params.seed))
+        return decide(self, name, params, *args, **kw)
+
+    monkeypatch.setattr(fused_ties.FusedTies, "_decide", spy)
+    tri = triplets["bf16"]
+    jobs = {
+        "ties": MergeConfig(method="ties", density=0.5),
+        "ties-weights": MergeConfig(method="ties", density=0.5, alpha=0.5, beta=1.25, lambda_scale=0.8),
+        "ties-denser": MergeConfig(method="ties", density=0.7),
+        "dare": MergeConfig(method="dare_ties", density=0.5, seed=3),
+        "dare-weights": MergeConfig(method="dare_ties", density=0.5, seed=3, alpha=0.75),
+        "dare-other-seed": MergeConfig(method="dare_ties", density=0.5, seed=4),
+    }
+    merge_models_many(
+        tri["base"], tri["instruct"], tri["domain"],
+        [(str(tmp_path / "many" / k), cfg) for k, cfg in jobs.items()], str(tmp_path / "st"),
+    )  # fmt: skip
+    per_tensor = {}
+    for name, *decision in made:
+        per_tensor.setdefault(name, []).append(tuple(decision))
+    assert per_tensor and all(len(d) == 4 == len(set(d)) for d in per_tensor.values()), per_tensor
+    monkeypatch.setenv("FINMERGE_FUSED", "0")  # each candidate on its own, through the torch path
+    for key, cfg in jobs.items():
+        _merge(tri, tmp_path / "one" / key, cfg)
+        assert _content(tmp_path / "many" / key) == _content(tmp_path / "one" / key), key

@@ -100,6 +100,7 @@ class FusedTies(fused.TwoThreads):
     def __init__(self, threads: int | None = None):
         super().__init__(threads)
         self.k = _kernels()
+        self._decided: dict = {}  # the decisions made for the current tensor, by what they depend on
 
     def _map(self, fn, args: list) -> list:
         if self.pool is None or len(args) == 1:
@@ -114,6 +115,22 @@ class FusedTies(fused.TwoThreads):
         sh = SHIFTS[dtype]
         table = _fp16_table() if dtype == torch.float16 else _NO_TABLE
         b, xs = _raw(base), [_raw(x["instruct"]), _raw(x["domain"])]
+        # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
+        # thresholds, dare's masks and rescale) do not depend on: a tensor's decisions are made once each.
+        tensor = (name, str(dtype), b.size, *(a.ctypes.data for a in (b, *xs)))
+        if self._decided.get("tensor") != tensor:
+            self._decided = {"tensor": tensor}
+        key = (params.sparsification, params.density_instruct, params.density_domain, params.seed, params.rescale)
+        vecs = self._decided.get(key)
+        if vecs is None:  # each kept decision has its own mask buffers (slot)
+            vecs = self._decide(name, params, b, xs, sh, table, ws, slot=len(self._decided) - 1)
+            if vecs is None:
+                return None
+            self._decided[key] = vecs
+        return self._combine(b, xs, sh, table, vecs, params, x, out_dtype, ws, tag)
+
+    def _decide(self, name: str, params, b, xs, sh, table, ws, slot: int) -> list[_Vector] | None:
+        """Each task vector's decisions (see :class:`_Vector`); None when a value is not finite."""
         densities = (params.density_instruct, params.density_domain)
         sparse = params.sparsification is not None
         vecs = [_Vector() for _ in xs]
@@ -127,7 +144,7 @@ class FusedTies(fused.TwoThreads):
         todo = [i for i in range(2) if sparse and densities[i] < 1]
         todo = [i for i in todo if params.sparsification == "random" or params.rescale]
         seeds = [tensor_seed(params.seed, name, role) for role in ("instruct", "domain")]
-        args = [(xs[i], b, sh, table, densities[i], seeds[i], params, vecs[i], ws, i) for i in todo]
+        args = [(xs[i], b, sh, table, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
         for a, sums in zip(args, self._map(self._second_pass, args), strict=True):
             if sums is False:
                 return None
@@ -136,12 +153,12 @@ class FusedTies(fused.TwoThreads):
             before = after = 0.0
             for c, got in enumerate(sums):  # added up chunk by chunk, as the torch path does
                 if got is None:  # torch's own sums, here on the calling thread
-                    got = self._l1_chunk(*a, c * CHUNK, exact_only=False)
+                    got = self._l1_chunk(*a[:-1], c * CHUNK, exact_only=False)
                 before += got[0]
                 after += got[1]
             if before >= 1e-7 and after >= 1e-7:
                 a[7].scale = before / after
-        return self._combine(b, xs, sh, table, vecs, params, x, out_dtype, ws, tag)
+        return vecs
 
     def _magnitude(self, xr, br, sh, table, density, ws, i):
         """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite)."""
@@ -173,14 +190,14 @@ class FusedTies(fused.TwoThreads):
         quota = want - int(np.count_nonzero(w > thr))
         return int(thr), int(k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
 
-    def _second_pass(self, xr, br, sh, table, density, seed, params, vec: _Vector, ws, i):
+    def _second_pass(self, xr, br, sh, table, density, seed, params, vec: _Vector, ws, i, slot):
         """dare's keep mask (the torch path's draws) and, with ``rescale``, the per-chunk L1 sums
         ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk ``l1_exact`` cannot vouch for); False: not finite."""
         k = self.k
         n = br.size
         rand = params.sparsification == "random"
         if rand:
-            vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}", n, torch.uint8)
+            vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}.{slot}", n, torch.uint8)
         if rand and table.size == 0:  # bf16 / fp32: every chunk's draws and sums in one kernel call
             states = np.zeros((-(-n // CHUNK), 4), np.uint64)
             for c in range(len(states)):  # the generators methods._random_keep seeds, one per chunk
