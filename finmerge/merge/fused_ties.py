@@ -120,7 +120,13 @@ class FusedTies(fused.TwoThreads):
         tensor = (name, str(dtype), b.size, *(a.ctypes.data for a in (b, *xs)))
         if self._decided.get("tensor") != tensor:
             self._decided = {"tensor": tensor}
-        key = (params.sparsification, params.density_instruct, params.density_domain, params.seed, params.rescale)
+        key = (
+            params.sparsification,
+            params.density_instruct,
+            params.density_domain,
+            params.seed,
+            params.rescale,
+        )
         vecs = self._decided.get(key)
         if vecs is None:  # each kept decision has its own mask buffers (slot)
             vecs = self._decide(name, params, b, xs, sh, table, ws, slot=len(self._decided) - 1)
