@@ -14,7 +14,8 @@ In the same script, so every figure is a ratio of two timings taken here:
   ones (their sha256 remembered in the staging folder while the files are unchanged);
 * K = `--candidates` coefficient sets merged in one pass (`merge_models_many`, what the sweep uses)
   against one (task_arithmetic, library calls in child processes), and each against the floor of merely
-  writing and hashing its K outputs' bytes;
+  writing and hashing its K outputs' bytes; the same for `--candidates-methods` (ties: the top-k
+  thresholds are made once per tensor for all K);
 * cold start: `finmerge merge` on tiny models (all fixed costs, no work to speak of) against
   `python -c "import torch"` and `finmerge --help`.
 
@@ -51,9 +52,9 @@ CHILD_MANY = """
 import json, sys
 from finmerge.config import MergeConfig
 from finmerge.merge.execute import merge_models_many
-base, inst, cpt, out, staging, k = sys.argv[1:7]
+base, inst, cpt, out, staging, k, method = sys.argv[1:8]
 grid = [(a, b) for a in (0.5, 0.75, 1.0, 1.25, 1.5) for b in (0.75, 1.0, 1.25)][: int(k)]
-jobs = [(f"{out}/c{i}", MergeConfig(alpha=a, beta=b, dtype="bfloat16", shard_size_mb=500, hash_inputs=False)) for i, (a, b) in enumerate(grid)]
+jobs = [(f"{out}/c{i}", MergeConfig(method=method, density=0.5, alpha=a, beta=b, dtype="bfloat16", shard_size_mb=500, hash_inputs=False)) for i, (a, b) in enumerate(grid)]
 res = merge_models_many(base, inst, cpt, jobs, staging)
 print(json.dumps({"pass_s": res[0]["metrics"]["merge/pass_seconds"], "fused_share": res[0]["metrics"]["merge/fused_share"]}))
 """
@@ -275,10 +276,12 @@ def output_floor(root: Path, nbytes: int, k: int) -> float:
     return seconds
 
 
-def candidates_in_one_pass(folders: list[Path], root: Path, k: int, repeats: int, out_bytes: int) -> dict:
-    """K coefficient sets in one pass against one, best of ``repeats`` each (library calls, fresh processes),
-    and each against the floor of writing and hashing its outputs (:func:`output_floor`, best of ``repeats``,
-    each measured right before a pass)."""
+def candidates_in_one_pass(
+    folders: list[Path], root: Path, k: int, repeats: int, out_bytes: int, method: str = "task_arithmetic"
+) -> dict:
+    """K coefficient sets (α, β; density 0.5) in one pass against one, best of ``repeats`` each (library
+    calls, fresh processes), and each against the floor of writing and hashing its outputs
+    (:func:`output_floor`, best of ``repeats``, each measured right before a pass)."""
     args = [str(f) for f in folders]
     times, floors = {}, {}
     for n in (1, k):
@@ -291,7 +294,7 @@ def candidates_in_one_pass(folders: list[Path], root: Path, k: int, repeats: int
             floors[n] = min(floors.get(n, floor), floor)
             out = root / f"many-{n}-{rep}"
             r = run_measured(
-                [sys.executable, "-c", CHILD_MANY, *args, str(out), str(root / "staging"), str(n)]
+                [sys.executable, "-c", CHILD_MANY, *args, str(out), str(root / "staging"), str(n), method]
             )
             r.update(json.loads(r.pop("stdout")))
             best = r if best is None or r["pass_s"] < best["pass_s"] else best
@@ -373,6 +376,9 @@ def main() -> None:
     ap.add_argument("--shard-mb", type=int, default=1000, help="input shard size")
     ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare_ties"])
     ap.add_argument("--candidates", type=int, default=9, help="K of the one-pass measurement (0: skip)")
+    ap.add_argument(
+        "--candidates-methods", nargs="*", default=["ties"], help="also time the K-candidate pass of these"
+    )
     ap.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
     ap.add_argument(
         "--repeats",
@@ -409,8 +415,10 @@ def main() -> None:
             for tool in ("ours", "mergekit"):
                 out = root / f"{tool}-{method}"
                 log(f"{method}: {tool}")
-                # the first method's commands (a few seconds each): best of --repeats; the others once
-                for rep in range(args.repeats if method == args.methods[0] else 1):
+                # ours (seconds each) best of --repeats for every method, so that the methods' ratios to
+                # task_arithmetic compare like with like; mergekit's first method too, its others once
+                # (minutes each at 0.95B)
+                for rep in range(args.repeats if tool == "ours" or method == args.methods[0] else 1):
                     shutil.rmtree(out, ignore_errors=True)
                     got = (
                         ours(folders, out, root, method)
@@ -442,6 +450,13 @@ def main() -> None:
             log(f"{args.candidates} candidates in one pass against one")
             many = candidates_in_one_pass(folders, root, args.candidates, args.repeats, input_bytes // 3)
             log(json.dumps(many))
+            for method in args.candidates_methods:  # ties / dare: each tensor's decisions made once for all K
+                log(f"{args.candidates} {method} candidates in one pass against one")
+                got = candidates_in_one_pass(
+                    folders, root, args.candidates, args.repeats, input_bytes // 3, method
+                )
+                many[method] = {k: v for k, v in got.items() if k in ("one_pass_s", "k_pass_s", "ratio")}
+                log(json.dumps(many[method]))
         cold = None
         if not args.no_cold_start:
             log("cold start")

@@ -1,6 +1,7 @@
 """bench/merge.py stays runnable: tiny models give one JSON line, and on them our outputs equal mergekit's
-(task_arithmetic bit for bit; ties except at top-k ties); the K-candidate pass and the cold start are
-measured, with the first merge of the inputs and the output floor. No speed assertions."""
+(task_arithmetic bit for bit; ties except at top-k ties); the K-candidate pass (task_arithmetic and ties)
+and the cold start are measured, with the first merge of the inputs and the output floor. No speed
+assertions."""
 
 from tests.helpers import run_bench
 
@@ -33,5 +34,6 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
     assert many["k"] == 2 and many["one_pass_s"] > 0 and many["k_pass_s"] > 0 and many["ratio"] > 0
     assert 0 < many["output_floor_one_s"] and 0 < many["output_floor_k_s"]
     assert many["k_pass_vs_its_output_floor"] > 0
+    assert many["ties"]["one_pass_s"] > 0 and many["ties"]["k_pass_s"] > 0  # decisions shared by the K
     cold = res["cold_start"]
     assert cold["merge_command_s"] > cold["help_s"] > 0 and cold["import_torch_s"] > 0
