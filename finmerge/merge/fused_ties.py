@@ -100,7 +100,8 @@ class FusedTies(fused.TwoThreads):
     def __init__(self, threads: int | None = None):
         super().__init__(threads)
         self.k = _kernels()
-        self._decided: dict = {}  # the decisions made for the current tensor, by what they depend on
+        self._tensor: tuple = ()  # the tensor of the decisions in _decided
+        self._decided: dict = {}  # its decisions, by what they depend on
 
     def _map(self, fn, args: list) -> list:
         if self.pool is None or len(args) == 1:
@@ -118,8 +119,8 @@ class FusedTies(fused.TwoThreads):
         # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
         # thresholds, dare's masks and rescale) do not depend on: a tensor's decisions are made once each.
         tensor = (name, str(dtype), b.size, *(a.ctypes.data for a in (b, *xs)))
-        if self._decided.get("tensor") != tensor:
-            self._decided = {"tensor": tensor}
+        if tensor != self._tensor:
+            self._tensor, self._decided = tensor, {}
         key = (
             params.sparsification,
             params.density_instruct,
@@ -128,8 +129,8 @@ class FusedTies(fused.TwoThreads):
             params.rescale,
         )
         vecs = self._decided.get(key)
-        if vecs is None:  # each kept decision has its own mask buffers (slot)
-            vecs = self._decide(name, params, b, xs, sh, table, ws, slot=len(self._decided) - 1)
+        if vecs is None:  # each set of decisions kept has mask buffers of its own (slot)
+            vecs = self._decide(name, params, b, xs, sh, table, ws, slot=len(self._decided))
             if vecs is None:
                 return None
             self._decided[key] = vecs

@@ -85,18 +85,16 @@ def fill(state, out):
     h1, l1 = _advance(hi, lo, ih, il, q)
     h2, l2 = _advance(hi, lo, ih, il, 2 * q)
     h3, l3 = _advance(hi, lo, ih, il, 3 * q)
-    for w in range(q):
+    o0, o1, o2, o3, tail = out[:q], out[q : 2 * q], out[2 * q : 3 * q], out[3 * q : 4 * q], out[4 * q :]
+    for w in range(q):  # each chain's words indexed from 0 (an offset index keeps a wraparound check)
         h0, l0 = muladd128(h0, l0, M_HI, M_LO, ih, il)
         h1, l1 = muladd128(h1, l1, M_HI, M_LO, ih, il)
         h2, l2 = muladd128(h2, l2, M_HI, M_LO, ih, il)
         h3, l3 = muladd128(h3, l3, M_HI, M_LO, ih, il)
-        out[w] = xsl_rr(h0, l0)
-        out[q + w] = xsl_rr(h1, l1)
-        out[2 * q + w] = xsl_rr(h2, l2)
-        out[3 * q + w] = xsl_rr(h3, l3)
-    for w in range(4 * q, n):
+        o0[w], o1[w], o2[w], o3[w] = xsl_rr(h0, l0), xsl_rr(h1, l1), xsl_rr(h2, l2), xsl_rr(h3, l3)
+    for w in range(tail.size):
         h3, l3 = muladd128(h3, l3, M_HI, M_LO, ih, il)
-        out[w] = xsl_rr(h3, l3)
+        tail[w] = xsl_rr(h3, l3)
     state[0], state[1] = h3, l3
 
 
