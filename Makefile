@@ -51,7 +51,7 @@ stack: $(STAMP)  ## start the local dev stack (moto S3, mlflow server, prefect s
 stack-down: $(STAMP)  ## stop the local dev stack, leaving nothing running
 	$(VENV)/bin/finmerge stack down
 
-bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each; ~15 min, ~12 GB of temp disk for merge)
+bench: $(STAMP)  ## run the benchmarks in bench/ (one JSON line each; ~20 min, ~12 GB of temp disk for merge)
 	@for f in bench/*.py; do echo "# $$f"; $(PY) $$f || exit 1; done
 
 screenshots: $(STAMP)  ## photograph the Prefect and MLflow UIs into docs/img/ (installs Debian chromium if missing)
