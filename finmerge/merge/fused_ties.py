@@ -10,7 +10,8 @@ Bit-identical to the torch path, and tested so (``tests/test_ties_kernel.py``):
 * magnitude top-k: the threshold is the exact k-th largest |Δ| (a sample brackets it, one pass collects the
   bracket with indices, ``np.partition`` selects: the same value any exact selection gives) and ties at the
   threshold are kept lowest index first, up to the same quota;
-* dare: the same PCG64 draws per chunk (numpy's ``random_raw``, as ``methods._random_keep``), and the L1
+* dare: the same PCG64 draws per chunk (``methods._random_keep``'s numpy ``random_raw`` words, made inside the
+  kernel by :mod:`finmerge.merge.pcg64` for bf16 / fp32 inputs), and the L1
   norms summed by the very torch call the torch path makes (``sum(dtype=float64)`` of the same float32
   values, chunk by chunk, on the calling thread), so the rescale factor is the same double;
 * the combination: the torch path's float32 operations in its order (see ``fused_ties_kernel.combine``).
