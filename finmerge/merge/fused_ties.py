@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from finmerge.merge import fused, pcg64
+from finmerge.merge import fused
 from finmerge.merge.methods import CHUNK, tensor_seed
 
 # input dtype → left shift of its bits to float32 (fp16 is upcast through a table instead)
@@ -207,6 +207,8 @@ class FusedTies(fused.TwoThreads):
         if rand:
             vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}.{slot}", n, torch.uint8)
         if rand and table.size == 0:  # bf16 / fp32: every chunk's draws and sums in one kernel call
+            from finmerge.merge import pcg64  # numba, loaded on first use (as _kernels)
+
             states = np.zeros((-(-n // CHUNK), 4), np.uint64)
             for c in range(len(states)):  # the generators methods._random_keep seeds, one per chunk
                 states[c] = pcg64.seeded_state((seed, c))
