@@ -281,7 +281,8 @@ def candidates_in_one_pass(
 ) -> dict:
     """K coefficient sets (α, β; density 0.5) in one pass against one, best of ``repeats`` each (library
     calls, fresh processes), and each against the floor of writing and hashing its outputs
-    (:func:`output_floor`, best of ``repeats``, each measured right before a pass)."""
+    (:func:`output_floor`, best of ``repeats``, each measured right before a pass; ``out_bytes`` 0: no
+    floor)."""
     args = [str(f) for f in folders]
     times, floors = {}, {}
     for n in (1, k):
@@ -289,9 +290,10 @@ def candidates_in_one_pass(
         for rep in range(repeats):
             # the floor right before each pass: the page cache's state (writeback of earlier outputs,
             # memory to reclaim) changes what a write costs by 2x on a shared VM
-            os.sync()
-            floor = output_floor(root, out_bytes, n)
-            floors[n] = min(floors.get(n, floor), floor)
+            if out_bytes:
+                os.sync()
+                floor = output_floor(root, out_bytes, n)
+                floors[n] = min(floors.get(n, floor), floor)
             out = root / f"many-{n}-{rep}"
             r = run_measured(
                 [sys.executable, "-c", CHILD_MANY, *args, str(out), str(root / "staging"), str(n), method]
@@ -300,18 +302,20 @@ def candidates_in_one_pass(
             best = r if best is None or r["pass_s"] < best["pass_s"] else best
             shutil.rmtree(out, ignore_errors=True)
         times[n] = best
-    return {
+    row = {
         "k": k,
         "one_pass_s": round(times[1]["pass_s"], 3),
         "k_pass_s": round(times[k]["pass_s"], 3),
         "ratio": round(times[k]["pass_s"] / times[1]["pass_s"], 2),
         "one_command_s": times[1]["s"],
         "k_command_s": times[k]["s"],
-        "output_floor_one_s": round(floors[1], 3),
-        "output_floor_k_s": round(floors[k], 3),
-        "k_pass_vs_its_output_floor": round(times[k]["pass_s"] / floors[k], 2),
         "fused_share": times[k]["fused_share"],
     }
+    if floors:
+        row["output_floor_one_s"] = round(floors[1], 3)
+        row["output_floor_k_s"] = round(floors[k], 3)
+        row["k_pass_vs_its_output_floor"] = round(times[k]["pass_s"] / floors[k], 2)
+    return row
 
 
 def cold_start(root: Path, repeats: int) -> dict:
@@ -384,7 +388,7 @@ def main() -> None:
         "--repeats",
         type=int,
         default=3,
-        help="best of N for the first method's commands, the K-pass and cold start",
+        help="best of N for our commands, mergekit's first method, the K-pass and cold start",
     )
     ap.add_argument("--workdir", help="where to put the models (default: a temp dir; needs ~5 GB per 1B)")
     args = ap.parse_args()
@@ -452,9 +456,7 @@ def main() -> None:
             log(json.dumps(many))
             for method in args.candidates_methods:  # ties / dare: each tensor's decisions made once for all K
                 log(f"{args.candidates} {method} candidates in one pass against one")
-                got = candidates_in_one_pass(
-                    folders, root, args.candidates, args.repeats, input_bytes // 3, method
-                )
+                got = candidates_in_one_pass(folders, root, args.candidates, args.repeats, 0, method)
                 many[method] = {k: v for k, v in got.items() if k in ("one_pass_s", "k_pass_s", "ratio")}
                 log(json.dumps(many[method]))
         cold = None
