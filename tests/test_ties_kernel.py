@@ -167,9 +167,16 @@ def test_l1_sums_are_torch_sums_where_proven_exact_and_left_to_torch_elsewhere()
             v = (rng.standard_normal(n) * 10.0 ** rng.uniform(-9, 1, n)).astype(np.float32)
         else:  # many zeros, a few large values
             v = (rng.standard_normal(n) * (rng.random(n) < 0.01) * 1e3).astype(np.float32)
-        absd = np.abs(v)
-        absk = np.where(rng.random(n) < 0.5, absd, np.float32(0)).astype(np.float32)
-        td, tk, exact = k.l1_exact(absd, absk)
+        # fp32 inputs x = v over a zero base, so d = v; half the entries drawn to keep
+        x, b = v.view(np.uint32), np.zeros(n, np.uint32)
+        draws = rng.integers(0, 65536, n).astype(np.uint16)
+        absd, absk, mask = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.uint8)
+        args = (x, b, 0, np.zeros(0, np.uint32), k.MASK, 0, -1, draws, 32768, mask)
+        bad, td, tk, exact = k.l1_chunk(*args, absd, absk, True)
+        assert bad < k.EXP
+        assert np.array_equal(absd, np.abs(v)) and np.array_equal(mask, draws < 32768)
+        assert np.array_equal(absk, np.where(draws < 32768, np.abs(v), np.float32(0)))
+        assert k.l1_chunk(*args, absd[:0], absk[:0], False)[1:] == (td, tk, exact)  # sums without the arrays
         seen.add(bool(exact))
         want = (float(torch.from_numpy(absd).sum(dtype=torch.float64)),
                 float(torch.from_numpy(absk).sum(dtype=torch.float64)))  # fmt: skip
@@ -189,15 +196,16 @@ def test_dare_on_wide_range_fp32_takes_torch_sums_and_stays_identical():
         _assert_same(*_both(method, cfg, x, torch.float32))
 
 
-def test_non_finite_inputs_are_left_to_the_torch_path():
-    x = _inputs((64, 64), torch.bfloat16, seed=1)
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])  # fp16 inputs are upcast through a table
+def test_non_finite_inputs_are_left_to_the_torch_path(dtype):
+    x = _inputs((64, 64), DTYPES[dtype], seed=1)
     for role, value in (("instruct", float("inf")), ("base", float("nan")), ("domain", -float("inf"))):
         bad = {**x, role: x[role].clone()}
         bad[role][3, 5] = value
         for method in ("ties", "dare_ties"):
             kernel = fused_ties.FusedTies(threads=1)
             params = METHODS[method].tensor_params(MergeConfig(method=method, density=0.5), {})
-            assert kernel("w", params, bad, torch.bfloat16, Scratch(), "f") is None, (role, method)
+            assert kernel("w", params, bad, DTYPES[dtype], Scratch(), "f") is None, (role, method)
             kernel.close()
 
 

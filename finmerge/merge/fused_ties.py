@@ -200,13 +200,12 @@ class FusedTies(fused.TwoThreads):
 
     def _second_pass(self, xr, br, sh, table, density, seed, params, vec: _Vector, ws, i, slot):
         """dare's keep mask (the torch path's draws) and, with ``rescale``, the per-chunk L1 sums
-        ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk ``l1_exact`` cannot vouch for); False: not finite."""
+        ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk whose ``exact`` is False); False: not finite."""
         k = self.k
         n = br.size
         rand = params.sparsification == "random"
-        if rand:
+        if rand:  # every chunk's draws and sums in one kernel call
             vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}.{slot}", n, torch.uint8)
-        if rand and table.size == 0:  # bf16 / fp32: every chunk's draws and sums in one kernel call
             from finmerge.merge import pcg64  # numba, loaded on first use (as _kernels)
 
             states = np.zeros((-(-n // CHUNK), 4), np.uint64)
@@ -214,7 +213,8 @@ class FusedTies(fused.TwoThreads):
                 states[c] = pcg64.seeded_state((seed, c))
             sums, exact = np.zeros((len(states), 2)), np.zeros(len(states), np.bool_)
             dthr = round(density * 65536)
-            if k.dare_pass(xr, br, sh, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact) >= k.EXP:
+            got = k.dare_pass(xr, br, sh, table, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact)
+            if got >= k.EXP:
                 return False
             return [(float(s[0]), float(s[1])) if e else None for s, e in zip(sums, exact, strict=True)]
         sums = []
@@ -226,8 +226,9 @@ class FusedTies(fused.TwoThreads):
         return sums
 
     def _l1_chunk(self, xr, br, sh, table, density, seed, params, vec, ws, i, a, exact_only):
-        """One chunk of :meth:`_second_pass`; with ``exact_only`` False the sums come from torch's own call
-        (on the calling thread: torch's reduction order depends on its thread count)."""
+        """One chunk's L1 sums for the rescale (top-k kept vectors, and any chunk that ``exact`` cannot vouch
+        for); with ``exact_only`` False the sums come from torch's own call (on the calling thread: torch's
+        reduction order depends on its thread count)."""
         k = self.k
         m = min(CHUNK, br.size - a)
         rand = vec.mode == k.MASK
@@ -235,12 +236,8 @@ class FusedTies(fused.TwoThreads):
         if rand:  # methods._random_keep's draws: PCG64 seeded by (seed, chunk index), four per word
             draws = np.random.PCG64((seed, a // CHUNK)).random_raw((m + 3) // 4).view(np.uint16)[:m]
         dthr = round(density * 65536)
-        if not params.rescale:
-            k.draw_mask(draws, dthr, vec.mask[a : a + m])
-            return None
         c = min(CHUNK, br.size)
         absd_t, absk_t = ws.get(f"tl1d{i}", (c,))[:m], ws.get(f"tl1k{i}", (c,))[:m]
-        scratch = (_bits(ws, f"tl1x{i}", c), _bits(ws, f"tl1b{i}", c), _bits(ws, f"tl1m{i}", c, torch.uint8))
         mask = vec.mask[a : a + m] if rand else vec.mask
         args = (
             vec.mode,
@@ -251,8 +248,7 @@ class FusedTies(fused.TwoThreads):
             mask,
             absd_t.numpy(),
             absk_t.numpy(),
-            *scratch,
-            exact_only,
+            not exact_only,
         )
         bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], sh, table, *args)
         if bad >= k.EXP:

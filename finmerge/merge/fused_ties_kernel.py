@@ -128,92 +128,26 @@ def tie_cutoff(values, index, thr, quota):
 
 
 @numba.njit(nogil=True, cache=True)
-def _keep(ud, m, thr, lim, keep):
-    """keep[j] = |d| > thr, or |d| = thr for the ties up to the cutoff (``lim``: its index in the slice)."""
-    t = u32(thr)
-    tied = min(m, max(0, lim + 1))  # ties at the threshold are kept up to the cutoff
-    for j in range(tied):
-        keep[j] = low31(ud[j]) >= t
-    rest, kept = ud[tied:m], keep[tied:m]  # from 0, as in _sparse
-    for j in range(rest.size):
-        kept[j] = low31(rest[j]) > t
-
-
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _sum_f64(v):
-    """Σ v in float64, in any order (``reassoc`` lets LLVM vectorise it): exact where :func:`l1_exact` says."""
-    t = 0.0
-    for j in range(v.size):
-        t += np.float64(v[j])
-    return t
-
-
-@numba.njit(nogil=True, cache=True)
-def _min_lsb(v):
-    """The smallest value of a set bit over the non-negative float32 ``v`` (0 when all are 0)."""
-    u = v.view(np.uint32)
-    none = u32(0xFFFFFFFF)
-    low = none
-    for j in range(v.size):
-        lsb = lowest_bit_value(u[j])
-        low = umin32(low, lsb if lsb != 0 else none)
-    return _lsb_value(low, none)
-
-
-@numba.njit(nogil=True, cache=True)
 def _lsb_value(low, none):
     return np.float64(float32_of(low)) if low != none else 0.0
 
 
 @numba.njit(nogil=True, cache=True)
 def _exact(td, q):
-    """Whether every partial sum of values that are multiples of ``q``, totalling ``td``, is exact."""
+    """Whether Σ|d| = ``td`` is exact in any order: every value is a multiple of the smallest set bit ``q``
+    and every partial sum of non-negative values is at most the total, so when the total is below 2⁵²·q
+    every addition in *any* order is exact, and torch's ``sum(dtype=float64)`` (whatever its order and
+    thread count) returns this very double. False: the caller asks torch (and when |d| overflowed)."""
     return (td == 0.0) or (td < q * 4503599627370496.0)
 
 
 @numba.njit(nogil=True, cache=True)
-def l1_exact(absd, absk):
-    """(Σ|d|, Σ|kept d|, exact) in float64. Every value is a multiple of the smallest set bit q and every
-    partial sum of non-negative values is at most the total, so when the total is below 2⁵²·q every
-    addition in *any* order is exact: torch's ``sum(dtype=float64)`` (whatever its order and thread
-    count) then returns this very double. ``exact`` False: the caller asks torch (and |d| overflowed)."""
-    td, tk = _sum_f64(absd), _sum_f64(absk)
-    return td, tk, _exact(td, _min_lsb(absd))
-
-
-@numba.njit(nogil=True, cache=True)
-def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, ux, ub, keep, sums_only):
-    """One chunk (slices ``x``, ``b``, ``mask``, ``absd``, ``absk``) of a task vector for the L1 rescale: |d|
-    into ``absd`` and |kept d| into ``absk`` (float32, for torch's float64 sums); ``mode`` MASK writes the
-    keep mask (draw below ``dthr``) to ``mask``, else the top-k keeps (``lim``: the cutoff in the chunk).
-    ``ux``, ``ub``, ``keep``: scratch of the chunk's size (reused: a fresh megabyte is page-faulted).
-    ``sums_only``: bf16 / fp32 inputs may leave ``absd`` and ``absk`` unwritten (only a chunk that is not
-    ``exact`` needs them, and the caller then asks again). Returns (largest input exponent bits, Σ|d|,
-    Σ|kept d|, exact): see :func:`l1_exact`."""
-    m = x.size
-    if table.size == 0 and (mode == MASK or mode == MAGNITUDE):
-        return _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, not sums_only)
-    bad = _abs_delta(x, b, sh, table, ux, ub, absd)
-    if mode == MASK:
-        for j in range(m):
-            mask[j] = draws[j] < dthr
-        for j in range(m):
-            keep[j] = mask[j]
-    else:
-        _keep(absd.view(np.uint32), m, thr, lim, keep)
-    for j in range(m):
-        absk[j] = absd[j] if keep[j] else F0
-    td, tk, exact = l1_exact(absd, absk)
-    return bad, td, tk, exact
-
-
-@numba.njit(nogil=True, cache=True)
-def dare_pass(x, b, sh, states, chunk, dthr, mask, rescale, sums, exact):
-    """dare's keep mask of a whole task vector of bf16 / fp32 inputs (``x``, ``b``: raw) and, with
-    ``rescale``, each chunk's L1 sums: ``sums[c]`` = (Σ|d|, Σ|kept d|), ``exact[c]`` as :func:`l1_exact`.
-    Chunk c's draws are the words of the generator ``states[c]`` (see :mod:`finmerge.merge.pcg64`), four
-    16-bit draws each, as ``methods._random_keep`` makes them. Returns the largest input exponent bits
-    (with ``rescale``: the inputs are not read without it)."""
+def dare_pass(x, b, sh, table, states, chunk, dthr, mask, rescale, sums, exact):
+    """dare's keep mask of a whole task vector (``x``, ``b``: raw inputs) and, with ``rescale``, each chunk's
+    L1 sums: ``sums[c]`` = (Σ|d|, Σ|kept d|), ``exact[c]`` as :func:`l1_chunk`'s. Chunk c's draws are the
+    words of the generator ``states[c]`` (see :mod:`finmerge.merge.pcg64`), four 16-bit draws each, as
+    ``methods._random_keep`` makes them. Returns the largest input exponent bits (with ``rescale``: the
+    inputs are not read without it)."""
     n = b.size
     words = np.empty((chunk + 3) // 4, np.uint64)
     draws = words.view(np.uint16)
@@ -225,7 +159,7 @@ def dare_pass(x, b, sh, states, chunk, dthr, mask, rescale, sums, exact):
         pcg64_fill(states[c], words[: (m + 3) // 4])
         if rescale:
             xs, bs, ms = x[a : a + m], b[a : a + m], mask[a : a + m]
-            got = _l1_chunk_fused(xs, bs, sh, MASK, 0, -1, draws[:m], dthr, ms, unused, unused, False)
+            got = l1_chunk(xs, bs, sh, table, MASK, 0, -1, draws[:m], dthr, ms, unused, unused, False)
             bad = umax32(bad, got[0])
             sums[c, 0], sums[c, 1], exact[c] = got[1], got[2], got[3]
         else:
@@ -250,7 +184,7 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
     if mode == MAGNITUDE:  # as integer work on the bits (+0.0 is 0): LLVM vectorises it, not a float select
         ud = dd.view(np.uint32)
         t = u32(thr)
-        tied = min(m, max(0, cutoff - s + 1))  # ties at the threshold are kept up to the cutoff (as _keep)
+        tied = min(m, max(0, cutoff - s + 1))  # ties at the threshold are kept up to the cutoff (as l1_chunk)
         for j in range(tied):
             ud[j] = ud[j] if low31(ud[j]) >= t else u32(0)
         rest = ud[tied:m]  # indexed from 0: a loop from ``tied`` keeps numba's wraparound check, unvectorised
@@ -334,11 +268,14 @@ def combine(b, x0, x1, sh, table, vec, masks0, masks1, f32s, flags, out, out_bf1
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, write):
-    """:func:`l1_chunk` for bf16 / fp32 inputs in one loop over the chunk (about 3x faster than a loop per
-    step over a chunk that outgrows the L2 cache). Every float operation is the one :func:`l1_chunk` does;
-    ``reassoc`` only lets the two float64 sums be added in any order, which :func:`l1_exact` shows exact.
-    ``write`` False leaves ``absd`` / ``absk`` alone: 8 bytes an element that only torch's sums read."""
+def l1_chunk(x, b, sh, table, mode, thr, lim, draws, dthr, mask, absd, absk, write):
+    """One chunk (slices ``x``, ``b``, ``mask``, ``absd``, ``absk``) of a task vector for the L1 rescale, in
+    one loop (about 3x faster than a loop per step over a chunk that outgrows the L2 cache): ``mode`` MASK
+    writes the keep mask (draw below ``dthr``) to ``mask``, MAGNITUDE keeps the top-k (``lim``: the tie
+    cutoff in the chunk). Returns (largest input exponent bits, Σ|d|, Σ|kept d|, exact): the float64 sums
+    (``reassoc`` only lets them be added in any order, which ``exact`` says is safe, see :func:`_exact`).
+    ``write``: |d| into ``absd`` and |kept d| into ``absk`` (float32), for torch's own float64 sums of a
+    chunk that is not ``exact``; False leaves them alone (8 bytes an element that nothing else reads)."""
     m = x.size
     t, dt = u32(thr), u32(dthr)
     tied = min(m, max(0, lim + 1))
@@ -347,8 +284,10 @@ def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, wri
     low = none
     td = 0.0
     tk = 0.0
+    lookup = table.size != 0  # fp16: the exact upcast by table (loop-invariant: LLVM unswitches it)
     for j in range(m):
-        ux, ub = widened(x[j], sh), widened(b[j], sh)
+        ux = table[x[j]] if lookup else widened(x[j], sh)
+        ub = table[b[j]] if lookup else widened(b[j], sh)
         bad = umax32(bad, umax32(exponent_bits(ux), exponent_bits(ub)))
         a = abs_bits(float32_of(ux) - float32_of(ub))
         fa = float32_of(a)
@@ -363,6 +302,6 @@ def _l1_chunk_fused(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, wri
             absk[j] = fk
         td += np.float64(fa)
         tk += np.float64(fk)
-        lsb = lowest_bit_value(a)  # as _min_lsb: the smallest over the nonzero ones
+        lsb = lowest_bit_value(a)  # the smallest set bit over the nonzero ones (see _exact)
         low = umin32(low, lsb if lsb != 0 else none)
     return bad, td, tk, _exact(td, _lsb_value(low, none))
