@@ -1,5 +1,5 @@
 """The fused linear-merge kernel writes bit for bit what the torch path writes (weights and the per-tensor
-max |Δ| of merge_report.json), for bf16 and fp32 inputs, odd shapes and an extended vocab; and K candidates
+max |Δ| of merge_report.json), for bf16, fp16 and fp32 inputs and outputs, odd shapes and an extended vocab; and K candidates
 merged in one pass equal K separate merges."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def triplets(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("fused")
     return {
         "bf16": _triplet(root / "bf16", dtype=torch.bfloat16, committed=False),
+        "fp16": _triplet(root / "fp16", dtype=torch.float16, committed=False),
         "fp32": _triplet(root / "fp32", committed=False),
         "vocab": _triplet(root / "vocab", extra_tokens=EXTRA_TOKENS, committed=False),
     }
@@ -42,6 +43,7 @@ CONFIGS = {
     "normalized": MergeConfig(alpha=0.75, beta=1.0, lambda_scale=0.7, normalize=True),
     "to-fp32": MergeConfig(alpha=0.5, beta=0.5, dtype="float32"),
     "to-bf16": MergeConfig(alpha=1.0, beta=0.9, dtype="bfloat16"),
+    "to-fp16": MergeConfig(alpha=0.8, beta=1.1, dtype="float16"),
 }
 
 
@@ -61,7 +63,7 @@ def _merge(tri: dict, out: Path, cfg: MergeConfig, **kw) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(CONFIGS))
-@pytest.mark.parametrize("inputs", ["bf16", "fp32", "vocab"])
+@pytest.mark.parametrize("inputs", ["bf16", "fp16", "fp32", "vocab"])
 def test_fused_kernel_writes_what_the_torch_path_writes(triplets, tmp_path, monkeypatch, inputs, case):
     tri, cfg = triplets[inputs], CONFIGS[case]
     # odd blocks: 7 rows of 64 — tiles and the two threads' halves end mid-row
@@ -76,12 +78,25 @@ def test_fused_kernel_writes_what_the_torch_path_writes(triplets, tmp_path, monk
     assert a["report"] == b["report"]
 
 
-def test_kernel_on_random_values_with_ties_and_tails():
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("inp", "out"), [("bf16", "bf16"), ("fp16", "fp16"), ("fp16", "fp32"), ("bf16", "fp16")]
+)
+def test_kernel_on_random_values_with_ties_and_tails(inp, out):
     """Element-level check on 50,001 values (not a multiple of the tile) per coefficient set, all at once:
-    the rounding ties of bf16 and the FMA of torch's add_(alpha) are where a naive kernel differs."""
+    the rounding ties of bf16 / fp16 and the FMA of torch's add_(alpha) are where a naive kernel differs;
+    a tenth of the values are fp16 subnormals (below 6.1e-5), whose conversions either way must be exact."""
     g = torch.Generator().manual_seed(7)
     n = 50_001
-    x = {r: (torch.randn(n, generator=g) * 0.02).bfloat16() for r in ("base", "instruct", "domain")}
+    tiny = torch.rand(n, generator=g) < 0.1
+    x = {
+        r: torch.where(tiny, torch.randn(n, generator=g) * 2e-5, torch.randn(n, generator=g) * 0.02).to(
+            DTYPES[inp]
+        )
+        for r in ("base", "instruct", "domain")
+    }
     coefs = [
         (-1.0, 1.0, 1.0),
         (0.3, 0.3, 0.4),
@@ -89,8 +104,10 @@ def test_kernel_on_random_values_with_ties_and_tails():
         (0.0, 0.0, 0.0),
         (0.0, 1.0, 0.0),
     ]
-    out = np.empty((len(coefs), n), np.uint16)
-    diag = fused.FusedWeightedSums(threads=2)(x, coefs, out)
+    dtype = DTYPES[out]
+    bits = torch.int32 if out == "fp32" else torch.int16
+    result = np.empty((len(coefs), n), fused.SUPPORTED_OUTPUTS[dtype])
+    diag = fused.FusedWeightedSums(threads=2)(x, coefs, result)
     for k, (cb, ci, cd) in enumerate(coefs):
         terms = [
             (x[r].float(), c)
@@ -100,9 +117,9 @@ def test_kernel_on_random_values_with_ties_and_tails():
         acc = torch.zeros(n)
         for j, (v, c) in enumerate(terms):
             acc = (v.clone() if c == 1.0 else torch.mul(v, c)) if j == 0 else acc.add_(v, alpha=c)
-        want = acc.bfloat16()
-        got = torch.from_numpy(out[k].view(np.int16)).view(torch.bfloat16)
-        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), coefs[k]
+        want = acc.to(dtype)
+        got = torch.from_numpy(result[k]).view(bits).view(dtype)
+        assert torch.equal(got.view(bits), want.view(bits)), coefs[k]
         assert diag[k] == (float((want.float() - x["domain"].float()).abs().max()),
                            float((want.float() - x["instruct"].float()).abs().max()))  # fmt: skip
 

@@ -7,15 +7,16 @@ per 2,048-element tile that stays in L1, for K coefficient sets at once: a sweep
 read of the inputs.
 
 Bit-identical to the torch path by construction, and tested so:
-* inputs are upcast exactly (bf16 → fp32 is a 16-bit shift); fp32 inputs are used as they are;
+* inputs are upcast exactly (bf16 → fp32 is a 16-bit shift, fp16 → fp32 the hardware's conversion); fp32
+  inputs are used as they are;
 * ``Σ c_k·x_k`` is evaluated as torch evaluates it: terms with ``c = 0`` left out, the first term copied
   (``c = 1``) or multiplied, every further term added with one fused multiply-add (``add_(x, alpha=c)``
   is an FMA on CPU);
-* one rounding to the output dtype, round-to-nearest-even (torch's float → bfloat16);
+* one rounding to the output dtype, round-to-nearest-even (torch's float → bfloat16 / float16);
 * max |y − θ_cpt| and max |y − θ_inst| on the rounded output, in fp32, for ``merge_report.json``.
 
 Any non-finite value in a block makes the caller redo that block on the torch path, which names the input
-and the rows. Other dtypes (fp16, fp64) take the torch path; ties and dare have kernels of their own
+and the rows. Other dtypes (fp64, mixed) take the torch path; ties and dare have kernels of their own
 (:mod:`finmerge.merge.fused_ties`), slerp takes the torch path.
 """
 
@@ -30,8 +31,14 @@ import numpy as np
 import torch
 
 TILE = 2048
-SUPPORTED_INPUTS = {torch.bfloat16: (np.uint16, 16), torch.float32: (np.uint32, 0)}
-SUPPORTED_OUTPUTS = {torch.bfloat16: np.uint16, torch.float32: np.uint32}
+# the integer type that carries each float format's bits to the kernel (fp16 as *signed*: see fused_kernel),
+# and the left shift that makes an input's bits float32 bits
+SUPPORTED_INPUTS = {
+    torch.bfloat16: (np.uint16, 16),
+    torch.float16: (np.int16, 0),
+    torch.float32: (np.uint32, 0),
+}
+SUPPORTED_OUTPUTS = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32: np.uint32}
 
 
 # Below this many merged elements (about a 16M-parameter model) the kernel's one-time costs (importing numba,
@@ -64,11 +71,10 @@ def _kernel():
 
 
 def _raw(t: torch.Tensor) -> np.ndarray:
-    """The bits of a contiguous bf16 / fp32 tensor as a flat uint16 / uint32 array (no copy)."""
+    """The bits of a contiguous bf16 / fp16 / fp32 tensor as a flat uint16 / int16 / uint32 array (no copy)."""
     flat = t.reshape(-1)
-    if t.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy().view(np.uint16)
-    return flat.view(torch.int32).numpy().view(np.uint32)
+    bits = torch.int16 if t.element_size() == 2 else torch.int32
+    return flat.view(bits).numpy().view(SUPPORTED_INPUTS[t.dtype][0])
 
 
 def _first_terms(coefs: np.ndarray) -> np.ndarray:
@@ -96,19 +102,16 @@ class FusedWeightedSums(TwoThreads):
         self.kernel = _kernel()
 
     def __call__(self, x: dict[str, torch.Tensor], coefs: list[tuple[float, float, float]], out: np.ndarray):
-        """Fill ``out`` (K × n, uint16 for bf16 output, uint32 for fp32) from the blocks ``x`` by role; returns
+        """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``; returns
         per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
         b, i, d = (_raw(x[r]) for r in ("base", "instruct", "domain"))
         shift = SUPPORTED_INPUTS[x["base"].dtype][1]
         c = np.asarray(coefs, dtype=np.float32).reshape(-1, 3)
         first = _first_terms(c)
         n = b.size
-        out_bf16 = out.dtype == np.uint16
         parts = self._split(n)
         diags = [np.zeros((c.shape[0], 3), np.uint32) for _ in parts]
-        args = [
-            (b, i, d, shift, c, first, out, out_bf16, s, e, g) for (s, e), g in zip(parts, diags, strict=True)
-        ]
+        args = [(b, i, d, shift, c, first, out, s, e, g) for (s, e), g in zip(parts, diags, strict=True)]
         if self.pool is None or len(parts) == 1:
             for a in args:
                 self.kernel(*a)

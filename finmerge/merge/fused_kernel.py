@@ -31,13 +31,56 @@ def _to32(builder, v):
     return builder.trunc(v, _I32) if v.type.width > 32 else v
 
 
+# numba has no float16 on the CPU, so fp16 values travel as their bits in *signed* 16-bit integers: the type
+# of an input (or output) array says its float format at compile time, and each format gets its own machine
+# code (no per-element test). uint16: bf16 bits; int16: fp16 bits; uint32: float32 bits.
+_HALF, _FLOAT = ir.HalfType(), ir.FloatType()
+
+
 @intrinsic
-def widened(typingctx, x, sh):  # a bf16 / fp32 input's bits as float32 bits: zero-extend, shift left by sh
+def widened(typingctx, x, sh):  # an input's bits as float32 bits (exact): bf16 / fp32 zero-extended and
+    # shifted left by sh; fp16 (int16) converted by the hardware (F16C's vcvtph2ps; sh unused)
     def codegen(context, builder, signature, args):
+        if signature.args[0] == types.int16:
+            return builder.bitcast(builder.fpext(builder.bitcast(args[0], _HALF), _FLOAT), _I32)
         v, s = (_to32(builder, a) for a in args)
         return builder.shl(v, s)
 
     return types.uint32(x, sh), codegen
+
+
+@intrinsic
+def stored(typingctx, out, y):  # float32 y rounded once to the element type of array ``out``, as its bits:
+    # bf16 (uint16) and fp16 (int16) to nearest even, as torch rounds; float32 (uint32) as it is
+    kind = out.dtype
+
+    def codegen(context, builder, signature, args):
+        u = builder.bitcast(args[1], _I32)
+        if kind == types.uint16:
+            c16 = ir.Constant(_I32, 16)
+            odd = builder.and_(builder.lshr(u, c16), ir.Constant(_I32, 1))
+            u = builder.lshr(builder.add(u, builder.add(odd, ir.Constant(_I32, 0x7FFF))), c16)
+            return builder.trunc(u, ir.IntType(16))
+        if kind == types.int16:  # IEEE round to nearest even (F16C's vcvtps2ph), overflow to ±Inf
+            return builder.bitcast(builder.fptrunc(args[1], _HALF), ir.IntType(16))
+        return u
+
+    return kind(out, types.float32), codegen
+
+
+@intrinsic
+def value_of(typingctx, out, r):  # the float32 value of bits ``r`` as :func:`stored` wrote them in ``out``
+    kind = out.dtype
+
+    def codegen(context, builder, signature, args):
+        r = args[1]
+        if kind == types.uint16:
+            return builder.bitcast(builder.shl(builder.zext(r, _I32), ir.Constant(_I32, 16)), _FLOAT)
+        if kind == types.int16:
+            return builder.fpext(builder.bitcast(r, _HALF), _FLOAT)
+        return builder.bitcast(r, _FLOAT)
+
+    return types.float32(out, kind), codegen
 
 
 @intrinsic
@@ -118,14 +161,6 @@ def bf16_bits(typingctx, y):  # float32 → bfloat16 bits, round to nearest even
     return types.uint32(types.float32), codegen
 
 
-@intrinsic
-def float32_bits(typingctx, y):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], _I32)
-
-    return types.uint32(types.float32), codegen
-
-
 u32 = np.uint32
 EXP = u32(0x7F800000)  # a float32 whose exponent bits are all set is Inf or NaN
 
@@ -134,8 +169,9 @@ EXP = u32(0x7F800000)  # a float32 whose exponent bits are all set is Inf or NaN
 # in registers. Loop-invariant choices (first term, c = 1, terms left out) are selects LLVM vectorises.
 # |Δ| of floats compares as their bits, which makes the max reductions and the finiteness check integer work.
 @numba.njit(nogil=True, cache=True)
-def weighted_sums(b, i, d, shift, coefs, first, out, out_bf16, start, stop, diag):
-    """Rows of ``out[k]`` = Σ_r coefs[k, r]·x_r over elements [start, stop); ``diag[k]`` gets the bits of
+def weighted_sums(b, i, d, shift, coefs, first, out, start, stop, diag):
+    """Rows of ``out[k]`` = Σ_r coefs[k, r]·x_r over elements [start, stop), rounded to ``out``'s format
+    (uint16: bf16, int16: fp16, uint32: float32); ``diag[k]`` gets the bits of
     max|y−d| and max|y−i| (rounded y; ≥ EXP when a value was not finite). ``first[k]``: the first
     nonzero term (3: none); the inputs' non-finite count goes to ``diag[k, 2]``."""
     fb = np.empty(TILE, np.float32)
@@ -146,7 +182,7 @@ def weighted_sums(b, i, d, shift, coefs, first, out, out_bf16, start, stop, diag
         m = min(TILE, stop - s)
         bs, is_, ds = b[s : s + m], i[s : s + m], d[s : s + m]
         bad = u32(0)
-        for j in range(m):  # exact upcast (bf16: a 16-bit shift), and the inputs' finiteness
+        for j in range(m):  # exact upcast (bf16: a 16-bit shift; fp16: F16C), and the inputs' finiteness
             xb, xi, xd = widened(bs[j], sh), widened(is_[j], sh), widened(ds[j], sh)
             fb[j], fi[j], fd[j] = float32_of(xb), float32_of(xi), float32_of(xd)
             bad = umax32(bad, umax32(exponent_bits(xb), umax32(exponent_bits(xi), exponent_bits(xd))))
@@ -167,12 +203,9 @@ def weighted_sums(b, i, d, shift, coefs, first, out, out_bf16, start, stop, diag
                 y = fma32(fi[j], ci, y) if use_i else y  # torch's add_(x, alpha=c) is an FMA on CPU
                 y = fma32(fd[j], cd, y) if use_d else y
                 y = np.float32(0.0) if zero else y
-                if out_bf16:
-                    r = bf16_bits(y)
-                    o[j] = r
-                    y = float32_of(widened(r, u32(16)))
-                else:
-                    o[j] = float32_bits(y)
+                r = stored(o, y)
+                o[j] = r
+                y = value_of(o, r)  # the diagnostics compare the rounded output
                 mc = umax32(mc, abs_bits(y - fd[j]))
                 mi = umax32(mi, abs_bits(y - fi[j]))
             diag[k, 0] = umax32(diag[k, 0], mc)

@@ -254,4 +254,4 @@ def merge_pass_many(
 
 
 # the integer type whose bits the fused kernel writes for each output dtype
-_OUT_BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+_OUT_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
