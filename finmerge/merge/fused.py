@@ -70,7 +70,7 @@ def _kernel():
     return weighted_sums
 
 
-def _raw(t: torch.Tensor) -> np.ndarray:
+def raw_bits(t: torch.Tensor) -> np.ndarray:
     """The bits of a contiguous bf16 / fp16 / fp32 tensor as a flat uint16 / int16 / uint32 array (no copy)."""
     flat = t.reshape(-1)
     bits = torch.int16 if t.element_size() == 2 else torch.int32
@@ -104,7 +104,7 @@ class FusedWeightedSums(TwoThreads):
     def __call__(self, x: dict[str, torch.Tensor], coefs: list[tuple[float, float, float]], out: np.ndarray):
         """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``; returns
         per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
-        b, i, d = (_raw(x[r]) for r in ("base", "instruct", "domain"))
+        b, i, d = (raw_bits(x[r]) for r in ("base", "instruct", "domain"))
         shift = SUPPORTED_INPUTS[x["base"].dtype][1]
         c = np.asarray(coefs, dtype=np.float32).reshape(-1, 3)
         first = _first_terms(c)

@@ -150,17 +150,6 @@ def lowest_bit_value(typingctx, u):  # the bits of the value of non-negative flo
     return types.uint32(types.uint32), codegen
 
 
-@intrinsic
-def bf16_bits(typingctx, y):  # float32 → bfloat16 bits, round to nearest even (as torch), in the low half
-    def codegen(context, builder, signature, args):
-        u = builder.bitcast(args[0], _I32)
-        c16 = ir.Constant(_I32, 16)
-        odd = builder.and_(builder.lshr(u, c16), ir.Constant(_I32, 1))
-        return builder.lshr(builder.add(u, builder.add(odd, ir.Constant(_I32, 0x7FFF))), c16)
-
-    return types.uint32(types.float32), codegen
-
-
 u32 = np.uint32
 EXP = u32(0x7F800000)  # a float32 whose exponent bits are all set is Inf or NaN
 

@@ -11,7 +11,7 @@ Bit-identical to the torch path, and tested so (``tests/test_ties_kernel.py``):
   bracket with indices, ``np.partition`` selects: the same value any exact selection gives) and ties at the
   threshold are kept lowest index first, up to the same quota;
 * dare: the same PCG64 draws per chunk (``methods._random_keep``'s numpy ``random_raw`` words, made inside the
-  kernel by :mod:`finmerge.merge.pcg64` for bf16 / fp32 inputs), and the L1
+  kernel by :mod:`finmerge.merge.pcg64`), and the L1
   norms summed by the very torch call the torch path makes (``sum(dtype=float64)`` of the same float32
   values, chunk by chunk, on the calling thread), so the rescale factor is the same double;
 * the combination: the torch path's float32 operations in its order (see ``fused_ties_kernel.combine``).
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from finmerge.merge import fused
+from finmerge.merge.fused import raw_bits
 from finmerge.merge.methods import CHUNK, tensor_seed
 
-# input dtype → left shift of its bits to float32 (fp16 is upcast through a table instead)
+# input dtype → left shift of its bits to float32 (fp16, carried as int16, is converted instead)
 SHIFTS = {torch.bfloat16: 16, torch.float16: 0, torch.float32: 0}
 BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed from a sample
 SAMPLE = 1 << 16  # sample size: its quantile's error is σ ≤ 0.002 ...
@@ -40,8 +41,9 @@ NO_MASK = np.zeros(0, np.uint8)
 
 
 def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
-    """Inputs of one float dtype (bf16, fp16, fp32), float32 compute, a float output (bf16 and fp32 are
-    written by the kernel, others rounded by torch from its float32 result); ``FINMERGE_FUSED=0`` says no."""
+    """Inputs of one float dtype (bf16, fp16, fp32), float32 compute, a float output (bf16, fp16 and fp32
+    are written by the kernel, others rounded by torch from its float32 result); ``FINMERGE_FUSED=0`` says
+    no."""
     if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
     dts = set(in_dtypes)
@@ -61,15 +63,6 @@ def _kernels():
     return fused_ties_kernel
 
 
-@lru_cache(maxsize=1)
-def _fp16_table() -> np.ndarray:
-    """float32 bits of every fp16 value: the exact upcast, by lookup."""
-    return np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
-
-
-_NO_TABLE = np.zeros(0, np.uint32)
-
-
 @dataclass
 class _Vector:
     """One task vector's decisions: mode (0 whole, MAGNITUDE, MASK), threshold bits, last kept tie."""
@@ -79,13 +72,6 @@ class _Vector:
     cutoff: int = -1
     mask: np.ndarray = field(default_factory=lambda: NO_MASK)
     scale: float = 1.0
-
-
-def _raw(t: torch.Tensor) -> np.ndarray:
-    flat = t.reshape(-1)
-    if t.element_size() == 2:
-        return flat.view(torch.int16).numpy().view(np.uint16)
-    return flat.view(torch.int32).numpy().view(np.uint32)
 
 
 def _bits(ws, key: str, n: int, dtype=torch.int32) -> np.ndarray:
@@ -115,8 +101,7 @@ class FusedTies(fused.TwoThreads):
         base = x["base"]
         dtype = base.dtype
         sh = SHIFTS[dtype]
-        table = _fp16_table() if dtype == torch.float16 else _NO_TABLE
-        b, xs = _raw(base), [_raw(x["instruct"]), _raw(x["domain"])]
+        b, xs = raw_bits(base), [raw_bits(x["instruct"]), raw_bits(x["domain"])]
         # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
         # thresholds, dare's masks and rescale) do not depend on: a tensor's decisions are made once each.
         tensor = (name, str(dtype), b.size, *(a.ctypes.data for a in (b, *xs)))
@@ -131,20 +116,20 @@ class FusedTies(fused.TwoThreads):
         )
         vecs = self._decided.get(key)
         if vecs is None:  # each set of decisions kept has mask buffers of its own (slot)
-            vecs = self._decide(name, params, b, xs, sh, table, ws, slot=len(self._decided))
+            vecs = self._decide(name, params, b, xs, sh, ws, slot=len(self._decided))
             if vecs is None:
                 return None
             self._decided[key] = vecs
-        return self._combine(b, xs, sh, table, vecs, params, x, out_dtype, ws, tag)
+        return self._combine(b, xs, sh, vecs, params, x, out_dtype, ws, tag)
 
-    def _decide(self, name: str, params, b, xs, sh, table, ws, slot: int) -> list[_Vector] | None:
+    def _decide(self, name: str, params, b, xs, sh, ws, slot: int) -> list[_Vector] | None:
         """Each task vector's decisions (see :class:`_Vector`); None when a value is not finite."""
         densities = (params.density_instruct, params.density_domain)
         sparse = params.sparsification is not None
         vecs = [_Vector() for _ in xs]
         if sparse and params.sparsification == "magnitude":
             todo = [(i,) for i in range(2) if densities[i] < 1]
-            found = self._map(lambda i: self._magnitude(xs[i], b, sh, table, densities[i], ws, i), todo)
+            found = self._map(lambda i: self._magnitude(xs[i], b, sh, densities[i], ws, i), todo)
             for (i,), got in zip(todo, found, strict=True):
                 if got is None:
                     return None
@@ -152,8 +137,8 @@ class FusedTies(fused.TwoThreads):
         todo = [i for i in range(2) if sparse and densities[i] < 1]
         todo = [i for i in todo if params.sparsification == "random" or params.rescale]
         seeds = [tensor_seed(params.seed, name, role) for role in ("instruct", "domain")]
-        args = [(xs[i], b, sh, table, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
-        for a, sums in zip(args, self._map(self._second_pass, args), strict=True):
+        args = [(xs[i], b, sh, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
+        for i, a, sums in zip(todo, args, self._map(self._second_pass, args), strict=True):
             if sums is False:
                 return None
             if not params.rescale:
@@ -165,10 +150,10 @@ class FusedTies(fused.TwoThreads):
                 before += got[0]
                 after += got[1]
             if before >= 1e-7 and after >= 1e-7:
-                a[7].scale = before / after
+                vecs[i].scale = before / after
         return vecs
 
-    def _magnitude(self, xr, br, sh, table, density, ws, i):
+    def _magnitude(self, xr, br, sh, density, ws, i):
         """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite)."""
         k = self.k
         n = br.size
@@ -182,7 +167,7 @@ class FusedTies(fused.TwoThreads):
             part = np.partition(sample, [lo_i, hi_i])
             cap = n // 16 + 4096
             band_v, band_i = _bits(ws, f"tband{i}", cap), _bits(ws, f"tbandi{i}", cap, torch.int64)
-            above, nb, bad = k.magnitude_band(xr, br, sh, table, part[lo_i], part[hi_i], band_v, band_i)
+            above, nb, bad = k.magnitude_band(xr, br, sh, part[lo_i], part[hi_i], band_v, band_i)
             if bad >= k.EXP:
                 return None
             need = want - above
@@ -192,13 +177,13 @@ class FusedTies(fused.TwoThreads):
                 quota = want - above - int(np.count_nonzero(inside > thr))
                 return int(thr), int(k.tie_cutoff(inside, band_i[:nb], thr, quota))
         w = _bits(ws, f"tfull{i}", n)  # small tensor, or the sample missed: select on the whole vector
-        if k.abs_deltas(xr, br, sh, table, w) >= k.EXP:
+        if k.abs_deltas(xr, br, sh, w) >= k.EXP:
             return None
         thr = np.partition(w, n - want)[n - want]
         quota = want - int(np.count_nonzero(w > thr))
         return int(thr), int(k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
 
-    def _second_pass(self, xr, br, sh, table, density, seed, params, vec: _Vector, ws, i, slot):
+    def _second_pass(self, xr, br, sh, density, seed, params, vec: _Vector, ws, i, slot):
         """dare's keep mask (the torch path's draws) and, with ``rescale``, the per-chunk L1 sums
         ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk whose ``exact`` is False); False: not finite."""
         k = self.k
@@ -213,19 +198,19 @@ class FusedTies(fused.TwoThreads):
                 states[c] = pcg64.seeded_state((seed, c))
             sums, exact = np.zeros((len(states), 2)), np.zeros(len(states), np.bool_)
             dthr = round(density * 65536)
-            got = k.dare_pass(xr, br, sh, table, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact)
+            got = k.dare_pass(xr, br, sh, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact)
             if got >= k.EXP:
                 return False
             return [(float(s[0]), float(s[1])) if e else None for s, e in zip(sums, exact, strict=True)]
         sums = []
         for a in range(0, n, CHUNK):
-            got = self._l1_chunk(xr, br, sh, table, density, seed, params, vec, ws, i, a, exact_only=True)
+            got = self._l1_chunk(xr, br, sh, density, seed, params, vec, ws, i, a, exact_only=True)
             if got is False:
                 return False
             sums.append(got)
         return sums
 
-    def _l1_chunk(self, xr, br, sh, table, density, seed, params, vec, ws, i, a, exact_only):
+    def _l1_chunk(self, xr, br, sh, density, seed, params, vec, ws, i, a, exact_only):
         """One chunk's L1 sums for the rescale (top-k kept vectors, and any chunk that ``exact`` cannot vouch
         for); with ``exact_only`` False the sums come from torch's own call (on the calling thread: torch's
         reduction order depends on its thread count)."""
@@ -250,7 +235,7 @@ class FusedTies(fused.TwoThreads):
             absk_t.numpy(),
             not exact_only,
         )
-        bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], sh, table, *args)
+        bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], sh, *args)
         if bad >= k.EXP:
             return False
         if exact:
@@ -259,17 +244,14 @@ class FusedTies(fused.TwoThreads):
             return None
         return float(absd_t.sum(dtype=torch.float64)), float(absk_t.sum(dtype=torch.float64))
 
-    def _combine(self, b, xs, sh, table, vecs, params, x, out_dtype, ws, tag):
+    def _combine(self, b, xs, sh, vecs, params, x, out_dtype, ws, tag):
         k = self.k
         shape = x["domain"].shape
         n = b.size
         acc = ws.get(f"acc{tag}", shape, torch.float32)
-        y = acc
-        if out_dtype == torch.bfloat16:
-            y = ws.get(f"y{tag}", shape, out_dtype)
-            out = y.view(torch.int16).numpy().reshape(-1).view(np.uint16)
-        else:
-            out = acc.view(torch.int32).numpy().reshape(-1).view(np.uint32)
+        direct = out_dtype in fused.SUPPORTED_OUTPUTS  # the kernel rounds to these and writes them
+        y = acc if out_dtype == torch.float32 or not direct else ws.get(f"y{tag}", shape, out_dtype)
+        out = raw_bits(y)
         total = params.alpha + params.beta
         f32s = np.array(
             [vecs[0].scale, vecs[1].scale, params.alpha, params.beta, params.lambda_scale,
@@ -282,14 +264,13 @@ class FusedTies(fused.TwoThreads):
         vec = np.array([[v.mode, v.thr, v.cutoff] for v in vecs], np.int64)
         parts = self._split(n)
         diags = [np.zeros(3, np.uint32) for _ in parts]
-        common = (b, xs[0], xs[1], sh, table, vec, vecs[0].mask, vecs[1].mask, f32s, flags, out)
-        bf16 = out_dtype == torch.bfloat16
-        self._map(k.combine, [(*common, bf16, s, e, g) for (s, e), g in zip(parts, diags, strict=True)])
+        common = (b, xs[0], xs[1], sh, vec, vecs[0].mask, vecs[1].mask, f32s, flags, out)
+        self._map(k.combine, [(*common, s, e, g) for (s, e), g in zip(parts, diags, strict=True)])
         diag = np.maximum.reduce(diags)
         if diag[2] >= k.EXP:
             return None
-        if out_dtype != torch.bfloat16:  # bf16 was written by the kernel; fp16 is rounded by torch
-            y = acc if out_dtype == torch.float32 else ws.get(f"y{tag}", shape, out_dtype).copy_(acc)
+        if not direct:  # another float dtype: torch rounds the float32 result
+            y = ws.get(f"y{tag}", shape, out_dtype).copy_(acc)
         dc, di = diag[:2].copy().view(np.float32)
         return y, float(dc), float(di)
 
@@ -302,8 +283,8 @@ class FusedTies(fused.TwoThreads):
 
 def _upcast(raw: np.ndarray, sh: int) -> np.ndarray:
     """A few raw values as float32 (the sample: exact, as the kernels upcast)."""
-    if raw.dtype == np.uint16 and sh == 0:
-        return _fp16_table()[raw].view(np.float32)
+    if raw.dtype == np.int16:  # fp16 bits
+        return raw.view(np.float16).astype(np.float32)
     if raw.dtype == np.uint16:
         return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return raw.view(np.float32)
