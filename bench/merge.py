@@ -1,11 +1,11 @@
 """Benchmark: finmerge's merge against mergekit (`mergekit-yaml`), as whole commands, on three bf16 models.
 
-Generates three sharded bf16 Llama-style models that share a base (random, no download): base ~ N(0, 0.02),
+Generates three sharded bf16 (or, with `--dtype float16`, fp16) Llama-style models that share a base (random, no download): base ~ N(0, 0.02),
 instruct and cpt = base + N(0, 0.01) each. Then, for task_arithmetic, ties and dare_ties, runs the two
 *commands* a user runs — `finmerge merge …` (tracked in a SQLite MLflow store, created before the timings) and
 `mergekit-yaml …` — in child processes on the same inputs, and records wall time, peak anonymous RSS
 (sampled from /proc: the inputs are file-backed and the kernel can drop them) and peak total RSS. Outputs
-are compared tensor by tensor (bit-identical share, max difference in bf16 ulps); dare draws different
+are compared tensor by tensor (bit-identical share, max difference in ulps of the dtype); dare draws different
 random masks in the two tools, so only its changed share is compared.
 
 In the same script, so every figure is a ratio of two timings taken here:
@@ -52,9 +52,9 @@ CHILD_MANY = """
 import json, sys
 from finmerge.config import MergeConfig
 from finmerge.merge.execute import merge_models_many
-base, inst, cpt, out, staging, k, method = sys.argv[1:8]
+base, inst, cpt, out, staging, k, method, dtype = sys.argv[1:9]
 grid = [(a, b) for a in (0.5, 0.75, 1.0, 1.25, 1.5) for b in (0.75, 1.0, 1.25)][: int(k)]
-jobs = [(f"{out}/c{i}", MergeConfig(method=method, density=0.5, alpha=a, beta=b, dtype="bfloat16", shard_size_mb=500, hash_inputs=False)) for i, (a, b) in enumerate(grid)]
+jobs = [(f"{out}/c{i}", MergeConfig(method=method, density=0.5, alpha=a, beta=b, dtype=dtype, shard_size_mb=500, hash_inputs=False)) for i, (a, b) in enumerate(grid)]
 res = merge_models_many(base, inst, cpt, jobs, staging)
 print(json.dumps({"pass_s": res[0]["metrics"]["merge/pass_seconds"], "fused_share": res[0]["metrics"]["merge/fused_share"]}))
 """
@@ -93,7 +93,7 @@ def make_models(root: Path, args) -> tuple[list[Path], int]:
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": args.hidden,
         "intermediate_size": args.intermediate, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
         "num_key_value_heads": args.heads, "vocab_size": args.vocab, "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": args.dtype, "bos_token_id": 1,
         "eos_token_id": 2,
     }  # fmt: skip
     folders = [root / n for n in ("base", "instruct", "cpt")]
@@ -131,7 +131,7 @@ def make_models(root: Path, args) -> tuple[list[Path], int]:
                 s.append({})
             size = 0
         for s, v in zip(shards, values, strict=True):
-            s[-1][name] = v.to(torch.bfloat16)
+            s[-1][name] = v.to(getattr(torch, args.dtype))
         weight_map[name] = f"model-{len(shards[0]):05d}.safetensors"
         size += nbytes
         n_params += base.numel()
@@ -215,13 +215,13 @@ def tracking_store(root: Path) -> dict:
     return {"uri": uri, "creation_s": created["s"]}
 
 
-def ours(folders: list[Path], out: Path, root: Path, method: str) -> dict:
+def ours(folders: list[Path], out: Path, root: Path, method: str, dtype: str = "bfloat16") -> dict:
     """The `finmerge merge` command, tracked in the existing SQLite store (what a user runs)."""
     exe = str(Path(sys.executable).with_name("finmerge"))
     base, inst, cpt = (str(f) for f in folders)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     cmd = [exe, "merge", "--base", base, "--instruct", inst, "--domain", cpt, "--out", str(out),
-           "--method", method, "--dtype", "bfloat16", "--set", "merge.density=0.5",
+           "--method", method, "--dtype", dtype, "--set", "merge.density=0.5",
            "--set", "merge.shard_size_mb=500", "--set", f"storage.staging_dir={root / 'staging'}"]  # fmt: skip
     row = run_measured(cmd, env)
     manifest = json.loads((out / storage.MANIFEST).read_text())
@@ -229,7 +229,7 @@ def ours(folders: list[Path], out: Path, root: Path, method: str) -> dict:
     return row
 
 
-def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
+def mergekit(folders: list[Path], out: Path, method: str, tmp: Path, dtype: str = "bfloat16") -> dict:
     base, inst, cpt = (str(f) for f in folders)
     params = {"density": 0.5} if METHODS[method].takes_density else {}
     doc = {
@@ -237,7 +237,7 @@ def mergekit(folders: list[Path], out: Path, method: str, tmp: Path) -> dict:
         "base_model": base,
         "models": [{"model": m, "parameters": {"weight": 1.0, **params}} for m in (inst, cpt)],
         "dtype": "float32",
-        "out_dtype": "bfloat16",
+        "out_dtype": dtype,
     }
     cfg = tmp / f"mergekit-{method}.yaml"
     cfg.write_text(json.dumps(doc))
@@ -277,7 +277,13 @@ def output_floor(root: Path, nbytes: int, k: int) -> float:
 
 
 def candidates_in_one_pass(
-    folders: list[Path], root: Path, k: int, repeats: int, out_bytes: int, method: str = "task_arithmetic"
+    folders: list[Path],
+    root: Path,
+    k: int,
+    repeats: int,
+    out_bytes: int,
+    method: str = "task_arithmetic",
+    dtype: str = "bfloat16",
 ) -> dict:
     """K coefficient sets (α, β; density 0.5) in one pass against one, best of ``repeats`` each (library
     calls, fresh processes), and each against the floor of writing and hashing its outputs
@@ -296,7 +302,17 @@ def candidates_in_one_pass(
                 floors[n] = min(floors.get(n, floor), floor)
             out = root / f"many-{n}-{rep}"
             r = run_measured(
-                [sys.executable, "-c", CHILD_MANY, *args, str(out), str(root / "staging"), str(n), method]
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD_MANY,
+                    *args,
+                    str(out),
+                    str(root / "staging"),
+                    str(n),
+                    method,
+                    dtype,
+                ]
             )
             r.update(json.loads(r.pop("stdout")))
             best = r if best is None or r["pass_s"] < best["pass_s"] else best
@@ -321,7 +337,9 @@ def candidates_in_one_pass(
 def cold_start(root: Path, repeats: int) -> dict:
     """Fixed costs of a command: `finmerge merge` on three tiny models against importing torch (best of
     ``repeats``)."""
-    args = argparse.Namespace(hidden=64, intermediate=128, layers=2, heads=4, vocab=64, shard_mb=1000)
+    args = argparse.Namespace(
+        hidden=64, intermediate=128, layers=2, heads=4, vocab=64, shard_mb=1000, dtype="bfloat16"
+    )
     folders, _ = make_models(root / "tiny", args)
     exe = str(Path(sys.executable).with_name("finmerge"))
     runs: dict[str, list[float]] = {"merge_command": [], "import_torch": [], "help": []}
@@ -344,8 +362,8 @@ def _tensors(folder: Path):
                 yield name, fh.get_tensor(name)
 
 
-def compare(a: Path, b: Path) -> dict:
-    """Share of bit-identical values and the largest difference in units of bf16 rounding (ulps)."""
+def compare(a: Path, b: Path, dtype: str = "bfloat16") -> dict:
+    """Share of bit-identical values and the largest difference in units of ``dtype``'s rounding (ulps)."""
     other = dict(_tensors(b))
     same = total = 0
     worst = 0.0
@@ -354,7 +372,7 @@ def compare(a: Path, b: Path) -> dict:
         xf, yf = x.float(), y.float()
         same += int((x == y).sum())
         total += x.numel()
-        ulp = torch.finfo(torch.bfloat16).eps * torch.maximum(xf.abs(), yf.abs()).clamp_min(1e-30)
+        ulp = torch.finfo(getattr(torch, dtype)).eps * torch.maximum(xf.abs(), yf.abs()).clamp_min(1e-30)
         worst = max(worst, float(((xf - yf).abs() / ulp).max()))
     return {
         "identical_share": round(same / total, 6),
@@ -390,6 +408,7 @@ def main() -> None:
         default=3,
         help="best of N for our commands, mergekit's first method, the K-pass and cold start",
     )
+    ap.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16", help="of the models")
     ap.add_argument("--workdir", help="where to put the models (default: a temp dir; needs ~5 GB per 1B)")
     args = ap.parse_args()
 
@@ -413,7 +432,7 @@ def main() -> None:
                 # the first merge of these inputs hashes them for the model card; later ones (below, and
                 # every other method) find their sha256 remembered in the staging folder
                 log(f"{method}: ours, first merge of these inputs")
-                row["ours_first_merge"] = ours(folders, root / "first", root, method)
+                row["ours_first_merge"] = ours(folders, root / "first", root, method, args.dtype)
                 row["ours_first_merge"].pop("stdout", None)
                 shutil.rmtree(root / "first")
             for tool in ("ours", "mergekit"):
@@ -425,9 +444,9 @@ def main() -> None:
                 for rep in range(args.repeats if tool == "ours" or method == args.methods[0] else 1):
                     shutil.rmtree(out, ignore_errors=True)
                     got = (
-                        ours(folders, out, root, method)
+                        ours(folders, out, root, method, args.dtype)
                         if tool == "ours"
-                        else mergekit(folders, out, method, root)
+                        else mergekit(folders, out, method, root, args.dtype)
                     )
                     row[tool] = got if rep == 0 or got["s"] < row[tool]["s"] else row[tool]
                 if tool == "ours":
@@ -438,7 +457,7 @@ def main() -> None:
                 for tool in ("ours", "mergekit"):
                     row[tool]["changed_share"] = kept_share(root / f"{tool}-{method}", folders)
             else:
-                row["equality"] = compare(root / f"ours-{method}", root / f"mergekit-{method}")
+                row["equality"] = compare(root / f"ours-{method}", root / f"mergekit-{method}", args.dtype)
             row["speedup"] = round(row["mergekit"]["s"] / row["ours"]["s"], 3)
             if "ours_first_merge" in row:
                 row["speedup_first_merge"] = round(row["mergekit"]["s"] / row["ours_first_merge"]["s"], 3)
@@ -452,11 +471,15 @@ def main() -> None:
         many = None
         if args.candidates > 1:
             log(f"{args.candidates} candidates in one pass against one")
-            many = candidates_in_one_pass(folders, root, args.candidates, args.repeats, input_bytes // 3)
+            many = candidates_in_one_pass(
+                folders, root, args.candidates, args.repeats, input_bytes // 3, dtype=args.dtype
+            )
             log(json.dumps(many))
             for method in args.candidates_methods:  # ties / dare: each tensor's decisions made once for all K
                 log(f"{args.candidates} {method} candidates in one pass against one")
-                got = candidates_in_one_pass(folders, root, args.candidates, args.repeats, 0, method)
+                got = candidates_in_one_pass(
+                    folders, root, args.candidates, args.repeats, 0, method, args.dtype
+                )
                 many[method] = {k: v for k, v in got.items() if k in ("one_pass_s", "k_pass_s", "ratio")}
                 log(json.dumps(many[method]))
         cold = None
@@ -467,6 +490,7 @@ def main() -> None:
     ta = results.get("task_arithmetic", {}).get("ours", {}).get("s")
     summary = {
         "bench": "merge",
+        "dtype": args.dtype,
         "params_per_model": n_params,
         "input_gb": round(input_bytes / 1e9, 3),
         "read_gb_per_s": round(bw, 3),

@@ -37,3 +37,15 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
     assert many["ties"]["one_pass_s"] > 0 and many["ties"]["k_pass_s"] > 0  # decisions shared by the K
     cold = res["cold_start"]
     assert cold["merge_command_s"] > cold["help_s"] > 0 and cold["import_torch_s"] > 0
+
+
+def test_bench_merge_on_fp16_models():
+    """`--dtype float16`: fp16 models and outputs on both sides, and task_arithmetic still equal to mergekit's."""
+    res = run_bench(
+        "merge.py", *TINY, "--dtype", "float16", "--methods", "task_arithmetic", "--candidates", "0",
+        "--no-cold-start", "--repeats", "1",
+    )  # fmt: skip
+    assert res["dtype"] == "float16"
+    row = res["methods"]["task_arithmetic"]
+    assert row["equality"] == {"identical_share": 1.0, "max_diff_ulps": 0.0, "missing": []}
+    assert row["ours"]["s"] > 0 and row["mergekit"]["s"] > 0
