@@ -78,6 +78,21 @@ def test_fused_kernel_writes_what_the_torch_path_writes(triplets, tmp_path, monk
     assert a["report"] == b["report"]
 
 
+def test_fp16_takes_the_torch_path_on_a_cpu_without_fp16_conversions(triplets, tmp_path, monkeypatch):
+    """The kernels' fp16 code relies on the CPU's conversions (F16C); without them fp16 merges are the
+    torch path's, the same bytes. ties' kernel decides the same way."""
+    from finmerge.merge import fused_ties
+
+    assert fused.fp16_convertible({torch.float16}) is True  # this machine (and CI) has F16C
+    monkeypatch.setattr(fused, "_hardware_fp16", lambda: False)
+    assert not fused.available([torch.float16], torch.bfloat16)
+    assert not fused.available([torch.bfloat16], torch.float16)
+    assert not fused_ties.available([torch.float16], torch.float16, torch.float32)
+    assert fused.available([torch.bfloat16], torch.float32)  # other formats are not affected
+    got = _merge(triplets["fp16"], tmp_path / "m", CONFIGS["paper"], block_elems=7 * 64)
+    assert got["metrics"]["merge/fused_share"] == 0.0
+
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import os
+import platform
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,7 +54,28 @@ def available(in_dtypes, out_dtype: torch.dtype) -> bool:
     if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
     dts = set(in_dtypes)
-    return len(dts) == 1 and dts <= SUPPORTED_INPUTS.keys() and out_dtype in SUPPORTED_OUTPUTS
+    return (
+        len(dts) == 1
+        and dts <= SUPPORTED_INPUTS.keys()
+        and out_dtype in SUPPORTED_OUTPUTS
+        and fp16_convertible({*dts, out_dtype})
+    )
+
+
+def fp16_convertible(dtypes) -> bool:
+    """fp16 in the kernels relies on the CPU converting it (x86's F16C, any 64-bit ARM); elsewhere it takes
+    the torch path rather than a conversion routine the JIT may not find."""
+    return torch.float16 not in dtypes or _hardware_fp16()
+
+
+@lru_cache(maxsize=1)
+def _hardware_fp16() -> bool:
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        return "f16c" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
 
 
 def worth_it(total_elements: int) -> bool:

@@ -52,6 +52,7 @@ def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> 
         and dts <= SHIFTS.keys()
         and compute_dtype == torch.float32
         and out_dtype.is_floating_point
+        and fused.fp16_convertible({*dts, out_dtype})
     )
 
 
