@@ -319,7 +319,10 @@ def test_preflight_lists_every_mismatch_and_writes_nothing(fp32, tmp_path):
     sd = load_file(str(dom / "model.safetensors"))
     del sd["model.layers.1.mlp.up_proj.weight"]
     sd["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(32, 64)
-    sd["model.layers.0.self_attn.k_proj.weight"] = sd["model.layers.0.self_attn.k_proj.weight"].half()
+    # float formats may differ (each is upcast exactly); an integer tensor where the others hold floats may not
+    sd["model.layers.0.self_attn.k_proj.weight"] = sd["model.layers.0.self_attn.k_proj.weight"].to(
+        torch.int32
+    )
     sd["extra.weight"] = torch.zeros(3)
     save_file(sd, str(dom / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "out"

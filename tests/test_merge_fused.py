@@ -1,5 +1,5 @@
 """The fused linear-merge kernel writes bit for bit what the torch path writes (weights and the per-tensor
-max |Δ| of merge_report.json), for bf16, fp16 and fp32 inputs and outputs, odd shapes and an extended vocab; and K candidates
+max |Δ| of merge_report.json), for bf16, fp16 and fp32 inputs (also mixed) and outputs, odd shapes and an extended vocab; and K candidates
 merged in one pass equal K separate merges."""
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ def _kernel_on_tiny_models(monkeypatch):
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("fused")
+    bf16 = _triplet(root / "bf16", dtype=torch.bfloat16, committed=False)
+    fp16 = _triplet(root / "fp16", dtype=torch.float16, committed=False)
+    fp32 = _triplet(root / "fp32", committed=False)
     return {
-        "bf16": _triplet(root / "bf16", dtype=torch.bfloat16, committed=False),
-        "fp16": _triplet(root / "fp16", dtype=torch.float16, committed=False),
-        "fp32": _triplet(root / "fp32", committed=False),
+        "bf16": bf16,
+        "fp16": fp16,
+        "fp32": fp32,
         "vocab": _triplet(root / "vocab", extra_tokens=EXTRA_TOKENS, committed=False),
+        # each input in its own format: a bf16 base and instruct with an fp32 CPT (master weights kept),
+        # and all three formats at once
+        "bf16-fp32-cpt": {**bf16, "domain": fp32["domain"]},
+        "three-formats": {"base": fp16["base"], "instruct": bf16["instruct"], "domain": fp32["domain"]},
     }
 
 
@@ -63,7 +70,7 @@ def _merge(tri: dict, out: Path, cfg: MergeConfig, **kw) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(CONFIGS))
-@pytest.mark.parametrize("inputs", ["bf16", "fp16", "fp32", "vocab"])
+@pytest.mark.parametrize("inputs", ["bf16", "fp16", "fp32", "vocab", "bf16-fp32-cpt", "three-formats"])
 def test_fused_kernel_writes_what_the_torch_path_writes(triplets, tmp_path, monkeypatch, inputs, case):
     tri, cfg = triplets[inputs], CONFIGS[case]
     # odd blocks: 7 rows of 64 — tiles and the two threads' halves end mid-row

@@ -171,7 +171,7 @@ def test_l1_sums_are_torch_sums_where_proven_exact_and_left_to_torch_elsewhere()
         x, b = v.view(np.uint32), np.zeros(n, np.uint32)
         draws = rng.integers(0, 65536, n).astype(np.uint16)
         absd, absk, mask = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.uint8)
-        args = (x, b, 0, k.MASK, 0, -1, draws, 32768, mask)
+        args = (x, b, k.MASK, 0, -1, draws, 32768, mask)
         bad, td, tk, exact = k.l1_chunk(*args, absd, absk, True)
         assert bad < k.EXP
         assert np.array_equal(absd, np.abs(v)) and np.array_equal(mask, draws < 32768)
@@ -216,7 +216,7 @@ def test_fp16_inputs_upcast_every_value_exactly():
     raw = np.arange(65536, dtype=np.uint16).view(np.int16)
     want = torch.from_numpy(raw.copy()).view(torch.float16).float().numpy().view(np.uint32)
     got = np.empty(raw.size, np.uint32)
-    assert k._load(raw, 0, got) == k.EXP  # Inf and NaN are among them
+    assert k._load(raw, got) == k.EXP  # Inf and NaN are among them
     finite = (want & 0x7F800000) != 0x7F800000
     assert np.array_equal(got[finite], want[finite])  # subnormals included
     # a NaN's payload may differ (the conversion quiets a signalling NaN): what matters is that it reads as
@@ -229,11 +229,15 @@ def test_fp16_inputs_upcast_every_value_exactly():
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("ties")
+    bf16 = _triplet(root / "bf16", dtype=torch.bfloat16, committed=False)
+    fp32 = _triplet(root / "fp32", committed=False)
     return {
-        "bf16": _triplet(root / "bf16", dtype=torch.bfloat16, committed=False),
+        "bf16": bf16,
         "fp16-vocab": _triplet(
             root / "fp16", dtype=torch.float16, extra_tokens=EXTRA_TOKENS, committed=False
         ),
+        # continual pretraining that kept fp32 master weights of a bf16 base: each input in its own format
+        "bf16-fp32-cpt": {**bf16, "domain": fp32["domain"]},
     }
 
 
@@ -246,7 +250,7 @@ E2E = {
 
 
 @pytest.mark.parametrize("case", sorted(E2E))
-@pytest.mark.parametrize("inputs", ["bf16", "fp16-vocab"])
+@pytest.mark.parametrize("inputs", ["bf16", "fp16-vocab", "bf16-fp32-cpt"])
 def test_merge_with_the_kernels_writes_what_the_torch_path_writes(
     triplets, tmp_path, monkeypatch, inputs, case
 ):

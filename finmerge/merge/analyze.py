@@ -158,9 +158,7 @@ def analyze_vectors(
     inputs = tuple(uris.values())
     storage.check_output(out_uri, "analyze", inputs, overwrite)
     folders = stage_triplet(uris, staging_dir, allow_pickle)
-    tri = load_triplet(
-        uris, folders, policy="shared", allow_float_dtype_mismatch=True, trust_remote_code=True
-    )
+    tri = load_triplet(uris, folders, policy="shared", trust_remote_code=True)
     vocab_sizes = {v for v in (tri.base.vocab_size, tri.instruct.vocab_size, tri.domain.vocab_size) if v}
 
     tensors: list[dict] = []

@@ -107,7 +107,6 @@ def merge_models(
     trust_remote_code: bool = False,
     *,
     allow_pickle: bool = False,
-    allow_float_dtype_mismatch: bool = False,
     block_elems: int = 1 << 20,
     overwrite: bool = False,
 ) -> dict:
@@ -115,10 +114,10 @@ def merge_models(
 
     Extra keyword arguments (not in :class:`MergeConfig`): ``allow_pickle`` (``models.allow_pickle``) converts
     pickle-only inputs to safetensors in staging with ``torch.load(weights_only=True)`` instead of refusing
-    them; ``allow_float_dtype_mismatch`` lets inputs store a
-    tensor in different float dtypes (all are upcast anyway); ``block_elems`` is the row-block size of the
-    streaming pass (elements per input block); ``overwrite`` lets ``out_uri``
-    replace something that is not a finmerge merge output (never an input: see ``storage.check_output``).
+    them; ``block_elems`` is the row-block size of the streaming pass (elements per input block); ``overwrite``
+    lets ``out_uri`` replace something that is not a finmerge merge output (never an input: see
+    ``storage.check_output``). The inputs may store float tensors in different formats (bf16, fp16, fp32):
+    each is upcast exactly, and ``cfg.dtype`` names the output's.
     """
     return merge_models_many(
         base_uri,
@@ -128,7 +127,6 @@ def merge_models(
         staging_dir,
         trust_remote_code,
         allow_pickle=allow_pickle,
-        allow_float_dtype_mismatch=allow_float_dtype_mismatch,
         block_elems=block_elems,
         overwrite=overwrite,
     )[0]
@@ -143,7 +141,6 @@ def merge_models_many(
     trust_remote_code: bool = False,
     *,
     allow_pickle: bool = False,
-    allow_float_dtype_mismatch: bool = False,
     block_elems: int = 1 << 20,
     overwrite: bool = False,
 ) -> list[dict]:
@@ -164,7 +161,6 @@ def merge_models_many(
         uris,
         folders,
         policy="merge",
-        allow_float_dtype_mismatch=allow_float_dtype_mismatch,
         trust_remote_code=trust_remote_code,
     )
     check_tokenizer_source(tri.domain.folder, domain_uri, trust_remote_code)

@@ -33,14 +33,10 @@ import numpy as np
 import torch
 
 TILE = 2048
-# the integer type that carries each float format's bits to the kernel (fp16 as *signed*: see fused_kernel),
-# and the left shift that makes an input's bits float32 bits
-SUPPORTED_INPUTS = {
-    torch.bfloat16: (np.uint16, 16),
-    torch.float16: (np.int16, 0),
-    torch.float32: (np.uint32, 0),
-}
+# the integer type that carries each float format's bits to the kernels, which it also names there (fp16 as
+# *signed*: see fused_kernel); inputs and output may each be in any of them
 SUPPORTED_OUTPUTS = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32: np.uint32}
+SUPPORTED_INPUTS = SUPPORTED_OUTPUTS
 
 
 # Below this many merged elements (about a 16M-parameter model) the kernel's one-time costs (importing numba,
@@ -55,8 +51,7 @@ def available(in_dtypes, out_dtype: torch.dtype) -> bool:
         return False
     dts = set(in_dtypes)
     return (
-        len(dts) == 1
-        and dts <= SUPPORTED_INPUTS.keys()
+        dts <= SUPPORTED_INPUTS.keys()
         and out_dtype in SUPPORTED_OUTPUTS
         and fp16_convertible({*dts, out_dtype})
     )
@@ -97,7 +92,7 @@ def raw_bits(t: torch.Tensor) -> np.ndarray:
     """The bits of a contiguous bf16 / fp16 / fp32 tensor as a flat uint16 / int16 / uint32 array (no copy)."""
     flat = t.reshape(-1)
     bits = torch.int16 if t.element_size() == 2 else torch.int32
-    return flat.view(bits).numpy().view(SUPPORTED_INPUTS[t.dtype][0])
+    return flat.view(bits).numpy().view(SUPPORTED_INPUTS[t.dtype])
 
 
 def _first_terms(coefs: np.ndarray) -> np.ndarray:
@@ -128,13 +123,12 @@ class FusedWeightedSums(TwoThreads):
         """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``; returns
         per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
         b, i, d = (raw_bits(x[r]) for r in ("base", "instruct", "domain"))
-        shift = SUPPORTED_INPUTS[x["base"].dtype][1]
         c = np.asarray(coefs, dtype=np.float32).reshape(-1, 3)
         first = _first_terms(c)
         n = b.size
         parts = self._split(n)
         diags = [np.zeros((c.shape[0], 3), np.uint32) for _ in parts]
-        args = [(b, i, d, shift, c, first, out, s, e, g) for (s, e), g in zip(parts, diags, strict=True)]
+        args = [(b, i, d, c, first, out, s, e, g) for (s, e), g in zip(parts, diags, strict=True)]
         if self.pool is None or len(parts) == 1:
             for a in args:
                 self.kernel(*a)

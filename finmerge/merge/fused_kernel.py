@@ -38,15 +38,17 @@ _HALF, _FLOAT = ir.HalfType(), ir.FloatType()
 
 
 @intrinsic
-def widened(typingctx, x, sh):  # an input's bits as float32 bits (exact): bf16 / fp32 zero-extended and
-    # shifted left by sh; fp16 (int16) converted by the hardware (F16C's vcvtph2ps; sh unused)
+def widened(typingctx, x):  # an input's bits as float32 bits, exactly, by the type that carries them:
+    # bf16 (uint16) shifted left by 16, fp16 (int16) converted by the hardware (F16C), float32 (uint32) as is
     def codegen(context, builder, signature, args):
-        if signature.args[0] == types.int16:
-            return builder.bitcast(builder.fpext(builder.bitcast(args[0], _HALF), _FLOAT), _I32)
-        v, s = (_to32(builder, a) for a in args)
-        return builder.shl(v, s)
+        kind, v = signature.args[0], args[0]
+        if kind == types.int16:
+            return builder.bitcast(builder.fpext(builder.bitcast(v, _HALF), _FLOAT), _I32)
+        if kind == types.uint16:
+            return builder.shl(builder.zext(v, _I32), ir.Constant(_I32, 16))
+        return _to32(builder, v)
 
-    return types.uint32(x, sh), codegen
+    return types.uint32(x), codegen
 
 
 @intrinsic
@@ -158,21 +160,20 @@ EXP = u32(0x7F800000)  # a float32 whose exponent bits are all set is Inf or NaN
 # in registers. Loop-invariant choices (first term, c = 1, terms left out) are selects LLVM vectorises.
 # |Δ| of floats compares as their bits, which makes the max reductions and the finiteness check integer work.
 @numba.njit(nogil=True, cache=True)
-def weighted_sums(b, i, d, shift, coefs, first, out, start, stop, diag):
+def weighted_sums(b, i, d, coefs, first, out, start, stop, diag):
     """Rows of ``out[k]`` = Σ_r coefs[k, r]·x_r over elements [start, stop), rounded to ``out``'s format
-    (uint16: bf16, int16: fp16, uint32: float32); ``diag[k]`` gets the bits of
+    (uint16: bf16, int16: fp16, uint32: float32; each input in its own); ``diag[k]`` gets the bits of
     max|y−d| and max|y−i| (rounded y; ≥ EXP when a value was not finite). ``first[k]``: the first
     nonzero term (3: none); the inputs' non-finite count goes to ``diag[k, 2]``."""
     fb = np.empty(TILE, np.float32)
     fi = np.empty(TILE, np.float32)
     fd = np.empty(TILE, np.float32)
-    sh = u32(shift)
     for s in range(start, stop, TILE):
         m = min(TILE, stop - s)
         bs, is_, ds = b[s : s + m], i[s : s + m], d[s : s + m]
         bad = u32(0)
         for j in range(m):  # exact upcast (bf16: a 16-bit shift; fp16: F16C), and the inputs' finiteness
-            xb, xi, xd = widened(bs[j], sh), widened(is_[j], sh), widened(ds[j], sh)
+            xb, xi, xd = widened(bs[j]), widened(is_[j]), widened(ds[j])
             fb[j], fi[j], fd[j] = float32_of(xb), float32_of(xi), float32_of(xd)
             bad = umax32(bad, umax32(exponent_bits(xb), umax32(exponent_bits(xi), exponent_bits(xd))))
         for k in range(coefs.shape[0]):

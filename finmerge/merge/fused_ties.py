@@ -32,8 +32,6 @@ from finmerge.merge import fused
 from finmerge.merge.fused import raw_bits
 from finmerge.merge.methods import CHUNK, tensor_seed
 
-# input dtype → left shift of its bits to float32 (fp16, carried as int16, is converted instead)
-SHIFTS = {torch.bfloat16: 16, torch.float16: 0, torch.float32: 0}
 BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed from a sample
 SAMPLE = 1 << 16  # sample size: its quantile's error is σ ≤ 0.002 ...
 BRACKET = 0.006  # ... so ±3σ misses about once in 400 vectors (then the whole-vector selection decides)
@@ -41,15 +39,14 @@ NO_MASK = np.zeros(0, np.uint8)
 
 
 def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
-    """Inputs of one float dtype (bf16, fp16, fp32), float32 compute, a float output (bf16, fp16 and fp32
+    """Inputs in bf16, fp16 or fp32 (each in its own), float32 compute, a float output (bf16, fp16 and fp32
     are written by the kernel, others rounded by torch from its float32 result); ``FINMERGE_FUSED=0`` says
     no."""
     if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
     dts = set(in_dtypes)
     return (
-        len(dts) == 1
-        and dts <= SHIFTS.keys()
+        dts <= fused.SUPPORTED_INPUTS.keys()
         and compute_dtype == torch.float32
         and out_dtype.is_floating_point
         and fused.fp16_convertible({*dts, out_dtype})
@@ -100,12 +97,10 @@ class FusedTies(fused.TwoThreads):
         """``(y, max|y−θ_cpt|, max|y−θ_inst|)`` for one tensor, as the torch path returns them, or None
         when a value is not finite (the caller then takes the torch path)."""
         base = x["base"]
-        dtype = base.dtype
-        sh = SHIFTS[dtype]
         b, xs = raw_bits(base), [raw_bits(x["instruct"]), raw_bits(x["domain"])]
         # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
         # thresholds, dare's masks and rescale) do not depend on: a tensor's decisions are made once each.
-        tensor = (name, str(dtype), b.size, *(a.ctypes.data for a in (b, *xs)))
+        tensor = (name, b.size, *(str(a.dtype) for a in (b, *xs)), *(a.ctypes.data for a in (b, *xs)))
         if tensor != self._tensor:
             self._tensor, self._decided = tensor, {}
         key = (
@@ -117,20 +112,20 @@ class FusedTies(fused.TwoThreads):
         )
         vecs = self._decided.get(key)
         if vecs is None:  # each set of decisions kept has mask buffers of its own (slot)
-            vecs = self._decide(name, params, b, xs, sh, ws, slot=len(self._decided))
+            vecs = self._decide(name, params, b, xs, ws, slot=len(self._decided))
             if vecs is None:
                 return None
             self._decided[key] = vecs
-        return self._combine(b, xs, sh, vecs, params, x, out_dtype, ws, tag)
+        return self._combine(b, xs, vecs, params, x, out_dtype, ws, tag)
 
-    def _decide(self, name: str, params, b, xs, sh, ws, slot: int) -> list[_Vector] | None:
+    def _decide(self, name: str, params, b, xs, ws, slot: int) -> list[_Vector] | None:
         """Each task vector's decisions (see :class:`_Vector`); None when a value is not finite."""
         densities = (params.density_instruct, params.density_domain)
         sparse = params.sparsification is not None
         vecs = [_Vector() for _ in xs]
         if sparse and params.sparsification == "magnitude":
             todo = [(i,) for i in range(2) if densities[i] < 1]
-            found = self._map(lambda i: self._magnitude(xs[i], b, sh, densities[i], ws, i), todo)
+            found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i), todo)
             for (i,), got in zip(todo, found, strict=True):
                 if got is None:
                     return None
@@ -138,7 +133,7 @@ class FusedTies(fused.TwoThreads):
         todo = [i for i in range(2) if sparse and densities[i] < 1]
         todo = [i for i in todo if params.sparsification == "random" or params.rescale]
         seeds = [tensor_seed(params.seed, name, role) for role in ("instruct", "domain")]
-        args = [(xs[i], b, sh, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
+        args = [(xs[i], b, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
         for i, a, sums in zip(todo, args, self._map(self._second_pass, args), strict=True):
             if sums is False:
                 return None
@@ -154,21 +149,21 @@ class FusedTies(fused.TwoThreads):
                 vecs[i].scale = before / after
         return vecs
 
-    def _magnitude(self, xr, br, sh, density, ws, i):
+    def _magnitude(self, xr, br, density, ws, i):
         """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite)."""
         k = self.k
         n = br.size
         want = max(1, int(density * n))
         if n > BAND_MIN:
             idx = np.random.default_rng(n).integers(n, size=SAMPLE)
-            sample = np.abs(_upcast(xr[idx], sh) - _upcast(br[idx], sh)).view(np.uint32)
+            sample = np.abs(_upcast(xr[idx]) - _upcast(br[idx])).view(np.uint32)
             q = 1.0 - want / n
             lo_i = max(1, int((q - BRACKET) * SAMPLE)) - 1
             hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
             part = np.partition(sample, [lo_i, hi_i])
             cap = n // 16 + 4096
             band_v, band_i = _bits(ws, f"tband{i}", cap), _bits(ws, f"tbandi{i}", cap, torch.int64)
-            above, nb, bad = k.magnitude_band(xr, br, sh, part[lo_i], part[hi_i], band_v, band_i)
+            above, nb, bad = k.magnitude_band(xr, br, part[lo_i], part[hi_i], band_v, band_i)
             if bad >= k.EXP:
                 return None
             need = want - above
@@ -178,13 +173,13 @@ class FusedTies(fused.TwoThreads):
                 quota = want - above - int(np.count_nonzero(inside > thr))
                 return int(thr), int(k.tie_cutoff(inside, band_i[:nb], thr, quota))
         w = _bits(ws, f"tfull{i}", n)  # small tensor, or the sample missed: select on the whole vector
-        if k.abs_deltas(xr, br, sh, w) >= k.EXP:
+        if k.abs_deltas(xr, br, w) >= k.EXP:
             return None
         thr = np.partition(w, n - want)[n - want]
         quota = want - int(np.count_nonzero(w > thr))
         return int(thr), int(k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
 
-    def _second_pass(self, xr, br, sh, density, seed, params, vec: _Vector, ws, i, slot):
+    def _second_pass(self, xr, br, density, seed, params, vec: _Vector, ws, i, slot):
         """dare's keep mask (the torch path's draws) and, with ``rescale``, the per-chunk L1 sums
         ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk whose ``exact`` is False); False: not finite."""
         k = self.k
@@ -199,19 +194,19 @@ class FusedTies(fused.TwoThreads):
                 states[c] = pcg64.seeded_state((seed, c))
             sums, exact = np.zeros((len(states), 2)), np.zeros(len(states), np.bool_)
             dthr = round(density * 65536)
-            got = k.dare_pass(xr, br, sh, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact)
+            got = k.dare_pass(xr, br, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact)
             if got >= k.EXP:
                 return False
             return [(float(s[0]), float(s[1])) if e else None for s, e in zip(sums, exact, strict=True)]
         sums = []
         for a in range(0, n, CHUNK):
-            got = self._l1_chunk(xr, br, sh, density, seed, params, vec, ws, i, a, exact_only=True)
+            got = self._l1_chunk(xr, br, density, seed, params, vec, ws, i, a, exact_only=True)
             if got is False:
                 return False
             sums.append(got)
         return sums
 
-    def _l1_chunk(self, xr, br, sh, density, seed, params, vec, ws, i, a, exact_only):
+    def _l1_chunk(self, xr, br, density, seed, params, vec, ws, i, a, exact_only):
         """One chunk's L1 sums for the rescale (top-k kept vectors, and any chunk that ``exact`` cannot vouch
         for); with ``exact_only`` False the sums come from torch's own call (on the calling thread: torch's
         reduction order depends on its thread count)."""
@@ -236,7 +231,7 @@ class FusedTies(fused.TwoThreads):
             absk_t.numpy(),
             not exact_only,
         )
-        bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], sh, *args)
+        bad, td, tk, exact = k.l1_chunk(xr[a : a + m], br[a : a + m], *args)
         if bad >= k.EXP:
             return False
         if exact:
@@ -245,7 +240,7 @@ class FusedTies(fused.TwoThreads):
             return None
         return float(absd_t.sum(dtype=torch.float64)), float(absk_t.sum(dtype=torch.float64))
 
-    def _combine(self, b, xs, sh, vecs, params, x, out_dtype, ws, tag):
+    def _combine(self, b, xs, vecs, params, x, out_dtype, ws, tag):
         k = self.k
         shape = x["domain"].shape
         n = b.size
@@ -265,7 +260,7 @@ class FusedTies(fused.TwoThreads):
         vec = np.array([[v.mode, v.thr, v.cutoff] for v in vecs], np.int64)
         parts = self._split(n)
         diags = [np.zeros(3, np.uint32) for _ in parts]
-        common = (b, xs[0], xs[1], sh, vec, vecs[0].mask, vecs[1].mask, f32s, flags, out)
+        common = (b, xs[0], xs[1], vec, vecs[0].mask, vecs[1].mask, f32s, flags, out)
         self._map(k.combine, [(*common, s, e, g) for (s, e), g in zip(parts, diags, strict=True)])
         diag = np.maximum.reduce(diags)
         if diag[2] >= k.EXP:
@@ -282,7 +277,7 @@ class FusedTies(fused.TwoThreads):
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
-def _upcast(raw: np.ndarray, sh: int) -> np.ndarray:
+def _upcast(raw: np.ndarray) -> np.ndarray:
     """A few raw values as float32 (the sample: exact, as the kernels upcast)."""
     if raw.dtype == np.int16:  # fp16 bits
         return raw.view(np.float16).astype(np.float32)

@@ -1,7 +1,8 @@
 """The numba kernels behind :mod:`finmerge.merge.fused_ties` (a module of its own so that numba can cache it).
 
-Inputs are raw bits (uint16 for bf16, int16 for fp16, uint32 for fp32: see ``fused_kernel``), upcast exactly
-per tile: bf16 by a 16-bit shift, fp16 by the hardware's conversion, chosen at compile time. |Δ| values are
+Inputs are raw bits (uint16 for bf16, int16 for fp16, uint32 for fp32: see ``fused_kernel``; each input in
+its own), upcast exactly per tile: bf16 by a 16-bit shift, fp16 by the hardware's conversion, chosen at
+compile time. |Δ| values are
 handled as their bits: non-negative floats order like unsigned integers, so thresholds, counts and maxima
 are integer work. Inner loops index slices from 0 (an offset index ``a[s + j]`` keeps numba's
 wraparound check and LLVM then does not vectorise: about 10× slower). Every kernel reports whether an input (or the output) was not finite; the caller then
@@ -35,11 +36,11 @@ MAGNITUDE, MASK = 1, 2  # how a task vector is sparsified in combine(); 0: kept 
 
 
 @numba.njit(nogil=True, cache=True)
-def _load(src, sh, dst):
+def _load(src, dst):
     """``src`` (a slice) upcast to float32 bits in ``dst``; returns the largest exponent bits seen."""
     m = src.size
     for j in range(m):
-        dst[j] = widened(src[j], sh)
+        dst[j] = widened(src[j])
     bad = u32(0)
     for j in range(m):
         bad = umax32(bad, exponent_bits(dst[j]))
@@ -47,10 +48,10 @@ def _load(src, sh, dst):
 
 
 @numba.njit(nogil=True, cache=True)
-def _abs_delta(x, b, sh, ux, ub, dd):
+def _abs_delta(x, b, ux, ub, dd):
     """|x − b| of the slices ``x``, ``b`` as bits in ``dd``'s uint32 view (float32 subtraction, as torch's);
     returns the largest input exponent bits (``EXP``: a value was not finite)."""
-    bad = umax32(_load(x, sh, ux), _load(b, sh, ub))
+    bad = umax32(_load(x, ux), _load(b, ub))
     fx, fb = ux.view(np.float32), ub.view(np.float32)
     ud = dd.view(np.uint32)
     for j in range(x.size):
@@ -59,7 +60,7 @@ def _abs_delta(x, b, sh, ux, ub, dd):
 
 
 @numba.njit(nogil=True, cache=True)
-def magnitude_band(x, b, sh, lo, hi, band_v, band_i):
+def magnitude_band(x, b, lo, hi, band_v, band_i):
     """One pass over |x − b|: how many exceed ``hi``, and the values in [lo, hi] (bits) with their indices,
     in index order, into ``band_v`` / ``band_i``. Returns (above, in band (-1: more than fit), bad).
 
@@ -75,7 +76,7 @@ def magnitude_band(x, b, sh, lo, hi, band_v, band_i):
     lo, hi = u32(lo), u32(hi)  # 32-bit compares and counts: 16 lanes, not 4 (see fused_kernel)
     for s in range(0, n, TILE):
         m = min(TILE, n - s)
-        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], sh, ux, ub, dd))
+        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], ux, ub, dd))
         c = u32(0)
         for j in range(m):
             c += u32(ud[j] > hi)
@@ -97,7 +98,7 @@ def magnitude_band(x, b, sh, lo, hi, band_v, band_i):
 
 
 @numba.njit(nogil=True, cache=True)
-def abs_deltas(x, b, sh, out):
+def abs_deltas(x, b, out):
     """|x − b| of the whole tensor as bits into ``out``; returns the largest input exponent bits."""
     n = b.size
     ux, ub = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
@@ -105,7 +106,7 @@ def abs_deltas(x, b, sh, out):
     for s in range(0, n, TILE):
         m = min(TILE, n - s)
         o = out[s : s + m].view(np.float32)
-        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], sh, ux, ub, o))
+        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], ux, ub, o))
     return bad
 
 
@@ -138,7 +139,7 @@ def _exact(td, q):
 
 
 @numba.njit(nogil=True, cache=True)
-def dare_pass(x, b, sh, states, chunk, dthr, mask, rescale, sums, exact):
+def dare_pass(x, b, states, chunk, dthr, mask, rescale, sums, exact):
     """dare's keep mask of a whole task vector (``x``, ``b``: raw inputs) and, with ``rescale``, each chunk's
     L1 sums: ``sums[c]`` = (Σ|d|, Σ|kept d|), ``exact[c]`` as :func:`l1_chunk`'s. Chunk c's draws are the
     words of the generator ``states[c]`` (see :mod:`finmerge.merge.pcg64`), four 16-bit draws each, as
@@ -155,7 +156,7 @@ def dare_pass(x, b, sh, states, chunk, dthr, mask, rescale, sums, exact):
         pcg64_fill(states[c], words[: (m + 3) // 4])
         if rescale:
             xs, bs, ms = x[a : a + m], b[a : a + m], mask[a : a + m]
-            got = l1_chunk(xs, bs, sh, MASK, 0, -1, draws[:m], dthr, ms, unused, unused, False)
+            got = l1_chunk(xs, bs, MASK, 0, -1, draws[:m], dthr, ms, unused, unused, False)
             bad = umax32(bad, got[0])
             sums[c, 0], sums[c, 1], exact[c] = got[1], got[2], got[3]
         else:
@@ -198,7 +199,7 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
 
 
 @numba.njit(nogil=True, cache=True)
-def combine(b, x0, x1, sh, vec, masks0, masks1, f32s, flags, out, start, stop, diag):
+def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag):
     """Merged elements [start, stop) of two task vectors, written to ``out`` in its format (uint16: bf16,
     int16: fp16, both rounded to nearest even as torch rounds; uint32: float32). ``vec[i]`` = (mode, threshold bits, tie cutoff index) of vector i; ``f32s`` =
     (scale0, scale1, w0, w1, λ, linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
@@ -218,9 +219,9 @@ def combine(b, x0, x1, sh, vec, masks0, masks1, f32s, flags, out, start, stop, d
     mx0 = mx1 = bad = u32(0)
     for s in range(start, stop, TILE):
         m = min(TILE, stop - s)
-        bad = umax32(bad, _load(b[s : s + m], sh, ub))
-        bad = umax32(bad, _load(x0[s : s + m], sh, u0))
-        bad = umax32(bad, _load(x1[s : s + m], sh, u1))
+        bad = umax32(bad, _load(b[s : s + m], ub))
+        bad = umax32(bad, _load(x0[s : s + m], u0))
+        bad = umax32(bad, _load(x1[s : s + m], u1))
         _sparse(u0, ub, d0, s, m, vec[0, 0], vec[0, 1], vec[0, 2], masks0, flags[0], scale0, w0)
         _sparse(u1, ub, d1, s, m, vec[1, 0], vec[1, 1], vec[1, 2], masks1, flags[1], scale1, w1)
         if consensus:
@@ -260,7 +261,7 @@ def combine(b, x0, x1, sh, vec, masks0, masks1, f32s, flags, out, start, stop, d
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def l1_chunk(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, write):
+def l1_chunk(x, b, mode, thr, lim, draws, dthr, mask, absd, absk, write):
     """One chunk (slices ``x``, ``b``, ``mask``, ``absd``, ``absk``) of a task vector for the L1 rescale, in
     one loop (about 3x faster than a loop per step over a chunk that outgrows the L2 cache): ``mode`` MASK
     writes the keep mask (draw below ``dthr``) to ``mask``, MAGNITUDE keeps the top-k (``lim``: the tie
@@ -277,7 +278,7 @@ def l1_chunk(x, b, sh, mode, thr, lim, draws, dthr, mask, absd, absk, write):
     td = 0.0
     tk = 0.0
     for j in range(m):
-        ux, ub = widened(x[j], sh), widened(b[j], sh)
+        ux, ub = widened(x[j]), widened(b[j])
         bad = umax32(bad, umax32(exponent_bits(ux), exponent_bits(ub)))
         a = abs_bits(float32_of(ux) - float32_of(ub))
         fa = float32_of(a)

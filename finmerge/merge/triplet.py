@@ -1,6 +1,7 @@
 """Preflight for base / instruct / domain (CPT) model triplets, from config.json and safetensors headers only.
 
-:func:`load_triplet` reads no tensor data. It checks architecture fields, tensor names, shapes and dtypes, and
+:func:`load_triplet` reads no tensor data. It checks architecture fields, tensor names, shapes and dtypes (float
+formats may differ between the models: each is upcast exactly; integer tensors may not), and
 the vocab policy, collects *every* problem, and raises one :class:`PreflightError` listing them all, so a bad
 input is reported before any compute, download of more data, or write.
 
@@ -196,7 +197,6 @@ def load_triplet(
     folders: dict[str, Path],
     *,
     policy: Literal["merge", "shared"] = "merge",
-    allow_float_dtype_mismatch: bool = False,
     trust_remote_code: bool = False,
 ) -> Triplet:
     """Inspect and cross-check the three models; raise :class:`PreflightError` listing every problem."""
@@ -233,8 +233,10 @@ def load_triplet(
         for r, i in infos.items():
             if i.torch_dtype is None:
                 problems.append(f"tensor {name}: unsupported dtype {i.dtype} in {r}")
+        # Float formats may differ (continual pretraining often keeps fp32 master weights of a bf16 base):
+        # every input is upcast exactly, and merge.dtype names the output's. Integer tensors must match.
         dtypes = {i.dtype for i in infos.values()}
-        if len(dtypes) > 1 and not (allow_float_dtype_mismatch and all(i.is_float for i in infos.values())):
+        if len(dtypes) > 1 and not all(i.is_float for i in infos.values()):
             problems.append(
                 f"tensor {name}: dtype differs: " + ", ".join(f"{r}={i.dtype}" for r, i in infos.items())
             )
