@@ -209,6 +209,32 @@ def test_pretrain_stage_reports_and_commits_a_loadable_model(base, tokens, tmp_p
     assert res["checkpoints"] == {}  # checkpoint_every unset
 
 
+def test_the_cpt_of_a_bf16_base_keeps_fp32_weights_and_merges_with_it(base, tokens, tmp_path, monkeypatch):
+    """Continual pretraining keeps fp32 weights (the domain vector's small deltas would not survive bf16),
+    so a bf16 base's CPT is fp32: the merge takes that triplet, each input in its own format, through the
+    kernels, and writes the instruct model's bf16."""
+    from finmerge.config import MergeConfig
+    from finmerge.merge.execute import merge_models
+
+    b16 = {}
+    for role in ("base", "instruct"):  # a bf16 base and its instruct model (here the same weights)
+        model = modelio.load_causal_lm(base).to(torch.bfloat16)
+        model.save_pretrained(str(tmp_path / role), safe_serialization=True)
+        modelio.load_tokenizer(base).save_pretrained(str(tmp_path / role))
+        b16[role] = str(tmp_path / role)
+    cfg = PretrainConfig(lr=5e-3, warmup_steps=1, max_steps=2, batch_size=4, checkpoint_every=None)
+    res = pretrain(b16["base"], tokens["uri"], str(tmp_path / "cpt"), cfg, str(tmp_path / "st"))
+    cpt = storage.local_path(res["uri"])
+    assert {v.dtype for v in load_file(str(cpt / "model.safetensors")).values()} == {torch.float32}
+    monkeypatch.setenv("FINMERGE_FUSED", "1")  # a tiny model: force the kernels
+    got = merge_models(
+        b16["base"], b16["instruct"], str(cpt), str(tmp_path / "m"), MergeConfig(), str(tmp_path / "st")
+    )
+    assert got["metrics"]["merge/fused_share"] == 1.0
+    merged = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {v.dtype for v in merged.values()} == {torch.bfloat16}
+
+
 def test_foreign_tokens_are_a_clear_error(base, tokens, tmp_path):
     small = tiny_model(tmp_path / "small", shape=modelio_shape(vocab=259))
     with pytest.raises(ValueError, match=r"outside the model's vocabulary \(259\)"):
