@@ -1,12 +1,12 @@
 """Benchmark: finmerge's merge against mergekit (`mergekit-yaml`), as whole commands, on three bf16 models.
 
-Generates three sharded bf16 (or, with `--dtype float16`, fp16) Llama-style models that share a base (random, no download): base ~ N(0, 0.02),
-instruct and cpt = base + N(0, 0.01) each. Then, for task_arithmetic, ties and dare_ties, runs the two
-*commands* a user runs — `finmerge merge …` (tracked in a SQLite MLflow store, created before the timings) and
-`mergekit-yaml …` — in child processes on the same inputs, and records wall time, peak anonymous RSS
-(sampled from /proc: the inputs are file-backed and the kernel can drop them) and peak total RSS. Outputs
-are compared tensor by tensor (bit-identical share, max difference in ulps of the dtype); dare draws different
-random masks in the two tools, so only its changed share is compared.
+Generates three sharded bf16 (or, with `--dtype float16`, fp16) Llama-style models that share a base (random,
+no download): base ~ N(0, 0.02), instruct and cpt = base + N(0, 0.01) each. Then, for task_arithmetic, ties
+and dare_ties, runs the two *commands* a user runs — `finmerge merge …` (tracked in a SQLite MLflow store,
+created before the timings) and `mergekit-yaml …` — in child processes on the same inputs, and records wall
+time, peak anonymous RSS (sampled from /proc: the inputs are file-backed and the kernel can drop them) and
+peak total RSS. Outputs are compared tensor by tensor (bit-identical share, max difference in ulps of the
+dtype); dare draws different random masks in the two tools, so only its changed share is compared.
 
 In the same script, so every figure is a ratio of two timings taken here:
 * the read bandwidth of the inputs (page cache), and the merge pass (`merge/seconds`) as a share of it;

@@ -40,7 +40,7 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
 
 
 def test_bench_merge_on_fp16_models():
-    """`--dtype float16`: fp16 models and outputs on both sides, and task_arithmetic still equal to mergekit's."""
+    """`--dtype float16`: fp16 models and outputs on both sides; task_arithmetic still equals mergekit's."""
     res = run_bench(
         "merge.py", *TINY, "--dtype", "float16", "--methods", "task_arithmetic", "--candidates", "0",
         "--no-cold-start", "--repeats", "1",

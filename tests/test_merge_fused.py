@@ -1,6 +1,6 @@
 """The fused linear-merge kernel writes bit for bit what the torch path writes (weights and the per-tensor
-max |Δ| of merge_report.json), for bf16, fp16 and fp32 inputs (also mixed) and outputs, odd shapes and an extended vocab; and K candidates
-merged in one pass equal K separate merges."""
+max |Δ| of merge_report.json), for bf16, fp16 and fp32 inputs (also mixed) and outputs, odd shapes and an
+extended vocab; and K candidates merged in one pass equal K separate merges."""
 
 from __future__ import annotations
 

@@ -120,8 +120,8 @@ class FusedWeightedSums(TwoThreads):
         self.kernel = _kernel()
 
     def __call__(self, x: dict[str, torch.Tensor], coefs: list[tuple[float, float, float]], out: np.ndarray):
-        """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``; returns
-        per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
+        """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``;
+        returns per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
         b, i, d = (raw_bits(x[r]) for r in ("base", "instruct", "domain"))
         c = np.asarray(coefs, dtype=np.float32).reshape(-1, 3)
         first = _first_terms(c)

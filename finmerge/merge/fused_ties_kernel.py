@@ -2,11 +2,11 @@
 
 Inputs are raw bits (uint16 for bf16, int16 for fp16, uint32 for fp32: see ``fused_kernel``; each input in
 its own), upcast exactly per tile: bf16 by a 16-bit shift, fp16 by the hardware's conversion, chosen at
-compile time. |Δ| values are
-handled as their bits: non-negative floats order like unsigned integers, so thresholds, counts and maxima
-are integer work. Inner loops index slices from 0 (an offset index ``a[s + j]`` keeps numba's
-wraparound check and LLVM then does not vectorise: about 10× slower). Every kernel reports whether an input (or the output) was not finite; the caller then
-redoes the tensor on the torch path, which names the input and raises.
+compile time. |Δ| values are handled as their bits: non-negative floats order like unsigned integers, so
+thresholds, counts and maxima are integer work. Inner loops index slices from 0 (an offset index
+``a[s + j]`` keeps numba's wraparound check and LLVM then does not vectorise: about 10× slower). Every
+kernel reports whether an input (or the output) was not finite; the caller then redoes the tensor on the
+torch path, which names the input and raises.
 """
 
 from __future__ import annotations
@@ -201,10 +201,11 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
 @numba.njit(nogil=True, cache=True)
 def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag):
     """Merged elements [start, stop) of two task vectors, written to ``out`` in its format (uint16: bf16,
-    int16: fp16, both rounded to nearest even as torch rounds; uint32: float32). ``vec[i]`` = (mode, threshold bits, tie cutoff index) of vector i; ``f32s`` =
-    (scale0, scale1, w0, w1, λ, linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
-    use λ). ``diag`` gets the bits of max|y−x1| and max|y−x0| over the float32 result (what the torch path
-    reports) and, at [2], the largest exponent bits of the inputs and the result (``EXP``: not finite).
+    int16: fp16, both rounded to nearest even as torch rounds; uint32: float32). ``vec[i]`` = (mode,
+    threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor);
+    ``flags`` = (use scale0, use scale1, consensus, normalize, use λ). ``diag`` gets the bits of max|y−x1|
+    and max|y−x0| over the float32 result (what the torch path reports) and, at [2], the largest exponent
+    bits of the inputs and the result (``EXP``: not finite).
 
     Per element, the torch path's operations in its order, each rounded as it rounds them (see
     :func:`finmerge.merge.methods.generalized_task_arithmetic`): the sign election keeps d where its sign is
