@@ -343,19 +343,22 @@ def test_preflight_lists_every_mismatch_and_writes_nothing(fp32, tmp_path):
     assert not out.exists() and no_partials(tmp_path)
 
 
-def test_nan_or_overflow_is_an_error_and_nothing_is_committed(fp32, tmp_path):
+@pytest.mark.parametrize("fused", ["1", "0"])  # the kernels (forced on these tiny models) and the torch path
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties"])
+def test_nan_or_overflow_is_an_error_and_nothing_is_committed(fp32, tmp_path, monkeypatch, method, fused):
+    monkeypatch.setenv("FINMERGE_FUSED", fused)
     dom = _copy_model(fp32["domain"], tmp_path / "dom")
     sd = load_file(str(dom / "model.safetensors"))
     sd["model.layers.1.self_attn.o_proj.weight"][3, 5] = float("nan")
     save_file(sd, str(dom / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(MergeError, match="input domain tensor model.layers.1.self_attn.o_proj.weight"):
-        run({**fp32, "domain": str(dom)}, tmp_path / "out")
+        run({**fp32, "domain": str(dom)}, tmp_path / "out", method=method)
     assert not (tmp_path / "out").exists() and no_partials(tmp_path)
-    # finite inputs whose merge overflows the output dtype
-    sd["model.layers.1.self_attn.o_proj.weight"][3, 5] = 1e5
+    # finite inputs whose merge overflows the output dtype (density 1: ties and dare keep every entry)
+    sd["model.layers.1.self_attn.o_proj.weight"][3, 5] = 2e5  # halved by a disjoint mean, still > 65504
     save_file(sd, str(dom / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(MergeError, match="output tensor model.layers.1.self_attn.o_proj.weight"):
-        run({**fp32, "domain": str(dom)}, tmp_path / "out", dtype="float16")
+        run({**fp32, "domain": str(dom)}, tmp_path / "out", dtype="float16", method=method, density=1.0)
     assert not (tmp_path / "out").exists() and no_partials(tmp_path)
 
 

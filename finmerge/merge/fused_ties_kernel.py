@@ -26,6 +26,7 @@ from finmerge.merge.fused_kernel import (
     u32,
     umax32,
     umin32,
+    value_of,
     widened,
 )
 from finmerge.merge.pcg64 import fill as pcg64_fill
@@ -205,7 +206,7 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
     threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor);
     ``flags`` = (use scale0, use scale1, consensus, normalize, use λ). ``diag`` gets the bits of max|y−x1|
     and max|y−x0| over the float32 result (what the torch path reports) and, at [2], the largest exponent
-    bits of the inputs and the result (``EXP``: not finite).
+    bits of the inputs, the result and the rounded output (``EXP``: not finite).
 
     Per element, the torch path's operations in its order, each rounded as it rounds them (see
     :func:`finmerge.merge.methods.generalized_task_arithmetic`): the sign election keeps d where its sign is
@@ -255,7 +256,10 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
             mx0 = umax32(mx0, abs_bits(f0[j] - acc[j]))
         o = out[s : s + m]
         for j in range(m):
-            o[j] = stored(o, acc[j])
+            r = stored(o, acc[j])
+            o[j] = r
+            # a finite result beyond the output format's range is rounded to Inf: not finite either
+            bad = umax32(bad, exponent_bits(abs_bits(value_of(o, r))))
     diag[0] = umax32(diag[0], mx1)
     diag[1] = umax32(diag[1], mx0)
     diag[2] = umax32(diag[2], bad)

@@ -88,6 +88,8 @@ def _torch_block(plan: TensorPlan, name, a, b, in_shared, x, ws: Scratch, tag: s
         di = max_abs_diff(acc, x["instruct"], ws)
         if not (math.isfinite(dc) and math.isfinite(di)) or not bool(torch.isfinite(acc).all()):
             _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc, models)
+        if y is not acc and not bool(torch.isfinite(y).all()):  # finite, but beyond the output dtype's range
+            _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, y.to(compute_dtype), models)
         return y, dc, di
     xf = {
         r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
