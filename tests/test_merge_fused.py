@@ -128,7 +128,7 @@ def test_kernel_on_random_values_with_ties_and_tails(inp, out):
     ]
     dtype = DTYPES[out]
     bits = torch.int32 if out == "fp32" else torch.int16
-    result = np.empty((len(coefs), n), fused.SUPPORTED_OUTPUTS[dtype])
+    result = np.empty((len(coefs), n), fused.FORMAT_BITS[dtype])
     diag = fused.FusedWeightedSums(threads=2)(x, coefs, result)
     for k, (cb, ci, cd) in enumerate(coefs):
         terms = [

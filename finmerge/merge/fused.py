@@ -33,10 +33,9 @@ import numpy as np
 import torch
 
 TILE = 2048
-# the integer type that carries each float format's bits to the kernels, which it also names there (fp16 as
-# *signed*: see fused_kernel); inputs and output may each be in any of them
-SUPPORTED_OUTPUTS = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32: np.uint32}
-SUPPORTED_INPUTS = SUPPORTED_OUTPUTS
+# the float formats the kernels take, each with the integer type that carries its bits there and names the
+# format to them (fp16 as *signed*: see fused_kernel); inputs and output may each be in any of them
+FORMAT_BITS = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32: np.uint32}
 
 
 # Below this many merged elements (about a 16M-parameter model) the kernel's one-time costs (importing numba,
@@ -50,11 +49,7 @@ def available(in_dtypes, out_dtype: torch.dtype) -> bool:
     if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
     dts = set(in_dtypes)
-    return (
-        dts <= SUPPORTED_INPUTS.keys()
-        and out_dtype in SUPPORTED_OUTPUTS
-        and fp16_convertible({*dts, out_dtype})
-    )
+    return dts <= FORMAT_BITS.keys() and out_dtype in FORMAT_BITS and fp16_convertible({*dts, out_dtype})
 
 
 def fp16_convertible(dtypes) -> bool:
@@ -88,11 +83,15 @@ def _kernel():
     return weighted_sums
 
 
+def bits(t: torch.Tensor) -> np.ndarray:
+    """The bits of a contiguous bf16 / fp16 / fp32 tensor as a uint16 / int16 / uint32 array of its shape (no
+    copy): what the kernels read and write."""
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32).numpy().view(FORMAT_BITS[t.dtype])
+
+
 def raw_bits(t: torch.Tensor) -> np.ndarray:
-    """The bits of a contiguous bf16 / fp16 / fp32 tensor as a flat uint16 / int16 / uint32 array (no copy)."""
-    flat = t.reshape(-1)
-    bits = torch.int16 if t.element_size() == 2 else torch.int32
-    return flat.view(bits).numpy().view(SUPPORTED_INPUTS[t.dtype])
+    """:func:`bits`, flat."""
+    return bits(t.reshape(-1))
 
 
 def _first_terms(coefs: np.ndarray) -> np.ndarray:

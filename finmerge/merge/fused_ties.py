@@ -46,7 +46,7 @@ def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> 
         return False
     dts = set(in_dtypes)
     return (
-        dts <= fused.SUPPORTED_INPUTS.keys()
+        dts <= fused.FORMAT_BITS.keys()
         and compute_dtype == torch.float32
         and out_dtype.is_floating_point
         and fused.fp16_convertible({*dts, out_dtype})
@@ -134,7 +134,7 @@ class FusedTies(fused.TwoThreads):
         todo = [i for i in todo if params.sparsification == "random" or params.rescale]
         seeds = [tensor_seed(params.seed, name, role) for role in ("instruct", "domain")]
         args = [(xs[i], b, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
-        for i, a, sums in zip(todo, args, self._map(self._second_pass, args), strict=True):
+        for i, sums in zip(todo, self._map(self._second_pass, args), strict=True):
             if sums is False:
                 return None
             if not params.rescale:
@@ -142,7 +142,9 @@ class FusedTies(fused.TwoThreads):
             before = after = 0.0
             for c, got in enumerate(sums):  # added up chunk by chunk, as the torch path does
                 if got is None:  # torch's own sums, here on the calling thread
-                    got = self._l1_chunk(*a[:-1], c * CHUNK, exact_only=False)
+                    got = self._l1_chunk(
+                        xs[i], b, densities[i], seeds[i], params, vecs[i], ws, i, c * CHUNK, exact_only=False
+                    )
                 before += got[0]
                 after += got[1]
             if before >= 1e-7 and after >= 1e-7:
@@ -245,7 +247,7 @@ class FusedTies(fused.TwoThreads):
         shape = x["domain"].shape
         n = b.size
         acc = ws.get(f"acc{tag}", shape, torch.float32)
-        direct = out_dtype in fused.SUPPORTED_OUTPUTS  # the kernel rounds to these and writes them
+        direct = out_dtype in fused.FORMAT_BITS  # the kernel rounds to these and writes them
         y = acc if out_dtype == torch.float32 or not direct else ws.get(f"y{tag}", shape, out_dtype)
         out = raw_bits(y)
         total = params.alpha + params.beta

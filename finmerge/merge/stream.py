@@ -203,15 +203,11 @@ def merge_pass_many(
                     kernel = kernel or fused.FusedWeightedSums()
                     bshape = x["domain"].shape
                     n = x["domain"].numel()
-                    out = ws.get(f"fused{par}", (len(tplans), n), _OUT_BITS[plan.dtype])
-                    diag = kernel(
-                        x,
-                        [q.params.coeffs for q in tplans],
-                        out.numpy().view(fused.SUPPORTED_OUTPUTS[plan.dtype]),
-                    )
+                    out = ws.get(f"fused{par}", (len(tplans), n), plan.dtype)
+                    diag = kernel(x, [q.params.coeffs for q in tplans], fused.bits(out))
                     if diag is not None:
                         for k, (w, st) in enumerate(zip(writers, tstats, strict=True)):
-                            w.write(name, out[k].view(plan.dtype).view(bshape))
+                            w.write(name, out[k].view(bshape))
                             st.add(*diag[k])
                         counts["fused_elements"] += n
                         continue
@@ -253,7 +249,3 @@ def merge_pass_many(
         for m in models.values():
             m.__exit__(None, None, None)
     return reports
-
-
-# the integer type whose bits the fused kernel writes for each output dtype
-_OUT_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
