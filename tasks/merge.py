@@ -10,9 +10,11 @@ def _work(c: StageCall) -> dict:
     return merge_models(*c.args("base", "instruct", "domain"), c.out_uri, c.section, c.staging_dir, **flags)
 
 
-# merge.sweep only says which candidates to try: each candidate is a merge section of its own.
+# merge.sweep only says which candidates to try: each candidate is a merge section of its own;
+# merge.direct_writes changes how the bytes reach the disk, not which.
 MERGE = Stage("merge", "merge", dict.fromkeys(("base", "instruct", "domain"), "model"),
-              code=("finmerge.merge", "finmerge.models"), work=_work, key_exclude=("sweep",))  # fmt: skip
+              code=("finmerge.merge", "finmerge.models"), work=_work,
+              key_exclude=("sweep", "direct_writes"))  # fmt: skip
 
 
 def _work_many(c: StageCall) -> dict:

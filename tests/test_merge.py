@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -168,6 +169,32 @@ def test_task_arithmetic_matches_reference_and_sharding_is_transparent(fp32, tmp
     # tiny row blocks stream the same bytes
     run(fp32, tmp_path / "blocks", block_elems=100)
     assert_bit_equal(weights(tmp_path / "blocks"), one)
+
+
+def test_inputs_that_cannot_be_mapped_are_read_with_pread(fp32, tmp_path, monkeypatch):
+    """Inputs are mapped from the page cache; a file system that refuses to map a file (some FUSE mounts)
+    gets it read with pread instead: the same bytes, and one refused try per file."""
+    import errno
+    import mmap
+
+    from finmerge.models import safetensors_stream
+
+    run(fp32, tmp_path / "mapped")
+    real, refused = mmap.mmap, []
+
+    def refusing(fileno, *args, **kwargs):
+        if fileno < 0:  # anonymous memory (the writer's buffers) is not the file system's to refuse
+            return real(fileno, *args, **kwargs)
+        refused.append(os.readlink(f"/proc/self/fd/{fileno}"))
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(safetensors_stream.mmap, "mmap", refusing)
+    run(fp32, tmp_path / "read")
+    inputs = sorted(
+        str(p.resolve()) for r in ("base", "instruct", "domain") for p in Path(fp32[r]).glob("*.safetensors")
+    )
+    assert sorted(refused) == inputs
+    assert_bit_equal(weights(tmp_path / "read"), weights(tmp_path / "mapped"))
 
 
 def test_linear_is_normalised_weighted_average(fp32, tmp_path):

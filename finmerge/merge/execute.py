@@ -192,7 +192,9 @@ def merge_models_many(
             writers = []
             for out, (_, cfg) in zip(outs, jobs, strict=True):
                 shard_bytes = max(0, cfg.shard_size_mb) * 1_000_000
-                writers.append(ShardedWriter(out.path, specs, shard_bytes, background=True))
+                writers.append(
+                    ShardedWriter(out.path, specs, shard_bytes, background=True, direct=cfg.direct_writes)
+                )
                 stack.callback(writers[-1].abort)
             paths: dict = {}
             t_pass = time.perf_counter()

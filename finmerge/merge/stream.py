@@ -1,6 +1,6 @@
 """The streaming pass: execute a per-tensor plan block by block, checking values, into a sharded writer.
 
-Tensors are read in row blocks from the memory-mapped safetensors inputs, upcast to the compute dtype,
+Tensors are read in row blocks mapped from the safetensors inputs (no copy), upcast to the compute dtype,
 combined by their method (:mod:`finmerge.merge.method_registry`) and rounded once to the output dtype, so
 peak memory is a few row blocks (``block_elems``), independent of model and tensor size; whole-tensor
 methods (ties, dare, slerp) see all shared rows of a tensor at once.
@@ -54,11 +54,17 @@ def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor, models: dict) -> None
 
 
 def _read(model, name: str, a, b, ws: Scratch, key: str) -> torch.Tensor:
-    """Rows [a, b) of ``name`` into a reused buffer (whole 0-d / 1-row tensors through safetensors)."""
+    """Rows [a, b) of ``name`` mapped from the page cache; where a file cannot be mapped (some FUSE mounts)
+    read into a reused buffer. Whole 0-d / 1-row tensors go through safetensors."""
     info = model.tensors[name]
     dtype = info.torch_dtype
     if a is None or not info.shape or dtype is None or info.offset < 0:
         return model.read(name, a, b)
+    if info.file not in model.unmappable:
+        try:
+            return model.view(name, a, b)
+        except OSError:
+            model.unmappable.add(info.file)
     return model.read_into(name, a, b, ws.get(key, (b - a, *info.shape[1:]), dtype))
 
 
