@@ -114,15 +114,19 @@ def test_a_write_refused_after_the_open_continues_through_the_page_cache(tmp_pat
 
 
 def test_other_write_errors_are_raised(tmp_path, monkeypatch):
+    """A write error (here a full disk) reaches the caller by close() at the latest; a second close() does
+    not raise it again."""
+
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(direct_file.os, "pwrite", full)
     f = DirectFile(tmp_path / "out.bin")
     with pytest.raises(OSError) as err:
-        f.write(b"x" * (CHUNK + 1))
+        f.write(b"x" * (CHUNK + 1))  # one buffer handed to the writing thread
+        f.close()
     assert err.value.errno == errno.ENOSPC
-    f.close()  # closing after the error does not raise again: the buffered tail is dropped with the file
+    f.close()
 
 
 @pytest.mark.parametrize("direct", [True, False])
