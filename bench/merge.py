@@ -14,7 +14,8 @@ In the same script, so every figure is a ratio of two timings taken here:
   ones (their sha256 remembered in the staging folder while the files are unchanged);
 * K = `--candidates` coefficient sets merged in one pass (`merge_models_many`, what the sweep uses)
   against one (task_arithmetic, library calls in child processes), and each against the floor of merely
-  writing and hashing its K outputs' bytes; the same for `--candidates-methods` (ties: the top-k
+  writing and hashing its K outputs' bytes (through the page cache, as mergekit writes, and around it, as
+  finmerge's writer does where the file system allows); the same for `--candidates-methods` (ties: the top-k
   thresholds are made once per tensor for all K);
 * cold start: `finmerge merge` on tiny models (all fixed costs, no work to speak of) against
   `python -c "import torch"` and `finmerge --help`.
@@ -245,10 +246,13 @@ def mergekit(folders: list[Path], out: Path, method: str, tmp: Path, dtype: str 
     return run_measured([exe, str(cfg), str(out), "--out-shard-size", "500M", "--random-seed", "0"])
 
 
-def output_floor(root: Path, nbytes: int, k: int) -> float:
-    """Seconds to write ``k`` files of ``nbytes`` into the page cache and sha256 them, each file by a writing
-    and a hashing thread (as finmerge's writer), all at once: what any tool that leaves k hashed outputs of
-    that size spends, with no merging at all."""
+def output_floor(root: Path, nbytes: int, k: int, direct: bool = False) -> float:
+    """Seconds to write ``k`` files of ``nbytes`` and sha256 them, each file by a writing and a hashing thread
+    (as finmerge's writer), all at once: what any tool that leaves k hashed outputs of that size spends, with
+    no merging at all. Through the page cache (what mergekit's writes cost), or with ``direct`` as finmerge
+    writes its shards (``merge.direct_writes``: O_DIRECT where the file system allows it)."""
+    from finmerge.models.direct_file import DirectFile
+
     chunk = memoryview(os.urandom(64 << 20))
 
     def pieces():
@@ -256,7 +260,7 @@ def output_floor(root: Path, nbytes: int, k: int) -> float:
             yield chunk[: min(len(chunk), nbytes - off)]
 
     def write(i: int) -> None:
-        with open(root / f"floor-{i}", "wb") as fh:
+        with DirectFile(root / f"floor-{i}", direct=direct) as fh:
             for piece in pieces():
                 fh.write(piece)
 
@@ -297,9 +301,10 @@ def candidates_in_one_pass(
             # the floor right before each pass: the page cache's state (writeback of earlier outputs,
             # memory to reclaim) changes what a write costs by 2x on a shared VM
             if out_bytes:
-                os.sync()
-                floor = output_floor(root, out_bytes, n)
-                floors[n] = min(floors.get(n, floor), floor)
+                for direct in (False, True):
+                    os.sync()
+                    floor = output_floor(root, out_bytes, n, direct)
+                    floors[n, direct] = min(floors.get((n, direct), floor), floor)
             out = root / f"many-{n}-{rep}"
             r = run_measured(
                 [
@@ -328,9 +333,10 @@ def candidates_in_one_pass(
         "fused_share": times[k]["fused_share"],
     }
     if floors:
-        row["output_floor_one_s"] = round(floors[1], 3)
-        row["output_floor_k_s"] = round(floors[k], 3)
-        row["k_pass_vs_its_output_floor"] = round(times[k]["pass_s"] / floors[k], 2)
+        for direct, how in ((False, "page_cache"), (True, "direct")):
+            row[f"output_floor_one_{how}_s"] = round(floors[1, direct], 3)
+            row[f"output_floor_k_{how}_s"] = round(floors[k, direct], 3)
+        row["k_pass_vs_its_direct_output_floor"] = round(times[k]["pass_s"] / floors[k, True], 2)
     return row
 
 

@@ -14,7 +14,7 @@ import torch
 
 from finmerge.models import direct_file
 from finmerge.models.direct_file import CHUNK, DirectFile
-from finmerge.models.safetensors_stream import ShardedWriter
+from finmerge.models.shard_writer import ShardedWriter
 
 # a header of odd length, blocks of odd sizes, one larger than the buffer, a tail that is not whole blocks
 SIZES = [123, 5, 4096 - 128, CHUNK + 77, 3 * 4096, 1, CHUNK - 9000, 10_001]

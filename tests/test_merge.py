@@ -197,6 +197,58 @@ def test_inputs_that_cannot_be_mapped_are_read_with_pread(fp32, tmp_path, monkey
     assert_bit_equal(weights(tmp_path / "read"), weights(tmp_path / "mapped"))
 
 
+_TRUNCATE_WHILE_MERGING = """
+import os, sys
+from finmerge.config import MergeConfig
+from finmerge.merge.execute import merge_models
+from finmerge.models import safetensors_stream
+
+base, inst, dom, out, staging = sys.argv[1:6]
+mapped = safetensors_stream.SafetensorsModel.view
+
+
+def view(self, name, a, b):  # the domain model's file is cut short in place right after its first mapping
+    t = mapped(self, name, a, b)
+    if str(self.folder) == dom:
+        os.truncate(self.tensors[name].file, self.tensors[name].offset)
+    return t
+
+
+safetensors_stream.SafetensorsModel.view = view
+merge_models(base, inst, dom, out, MergeConfig(), staging)
+"""
+
+
+def test_an_input_cut_short_in_place_during_the_merge_ends_it_and_commits_nothing(bf16, tmp_path):
+    """Inputs are mapped: a file truncated in place while the merge reads it ends the process with SIGBUS
+    (docs/reliability.md), not with an error message. The output is not committed."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    roles = {r: tmp_path / r for r in ("base", "instruct", "domain")}
+    for r, dest in roles.items():
+        shutil.copytree(bf16[r], dest)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _TRUNCATE_WHILE_MERGING,
+            *map(str, roles.values()),
+            str(out),
+            str(tmp_path / "st"),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGBUS, proc.stderr[-2000:]
+    assert not out.exists()
+
+
 def test_linear_is_normalised_weighted_average(fp32, tmp_path):
     i, d = weights(fp32["instruct"]), weights(fp32["domain"])
     run(fp32, tmp_path / "lin", method="linear", alpha=1.0, beta=3.0)
@@ -245,9 +297,11 @@ def test_report_card_recipe_and_meta(fp32, tmp_path):
         "merge/fused_share",  # merged elements the fused kernel computed (fp32 inputs: all)
         "merge/candidates_in_pass",
         "merge/pass_seconds",
+        "merge/kernel_load_seconds",  # 0 here: the torch path loads no kernels
     }
     # a tiny model: below fused.MIN_ELEMENTS the torch path does it (tests/test_merge_fused.py forces the kernel)
     assert res["metrics"]["merge/fused_share"] == 0.0 and res["metrics"]["merge/candidates_in_pass"] == 1
+    assert res["metrics"]["merge/kernel_load_seconds"] < 0.05
     assert res["metrics"]["merge/n_tensors"] == n and res["metrics"]["merge/max_abs_delta_vs_cpt"] > 0
     for a in res["artifacts"]:
         assert (out / a).stat().st_size > 0

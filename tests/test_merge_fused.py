@@ -185,3 +185,36 @@ def test_candidates_that_cannot_share_a_pass_are_refused_before_writing(triplets
     with pytest.raises(MergeError, match="merge them separately"):
         merge_models_many(tri["base"], tri["instruct"], tri["domain"], jobs, str(tmp_path / "st"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+_KERNEL_WITHOUT_SCIPY_LINALG = """
+import sys
+import numpy as np, torch
+preloaded = sys.argv[1] == "1"
+if preloaded:
+    import scipy.linalg  # a user's own code had it loaded: numba keeps its BLAS
+from finmerge.merge import fused
+x = {r: torch.full((16384,), v, dtype=torch.bfloat16) for r, v in (("base", 1.0), ("instruct", 2.0), ("domain", 3.0))}
+out = torch.empty((1, 16384), dtype=torch.bfloat16)
+fused.FusedWeightedSums(threads=1)(x, [(-1.0, 1.0, 1.0)], fused.bits(out))
+loaded = "scipy.linalg" in sys.modules
+import numba.np.arraymath, scipy.linalg  # importable again afterwards
+print(loaded, numba.np.arraymath._HAVE_BLAS, float(out[0, 0]), float(out[0, -1]))
+"""
+
+
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_the_kernels_start_numba_without_scipy_linalg_unless_it_was_loaded(preloaded):
+    """numba's CPU target imports scipy.linalg (0.15 s) only for np.dot & co., which no kernel calls: it is
+    hidden while the target starts, and importable again afterwards. Loaded before, it stays in use."""
+    import subprocess
+    import sys
+
+    got = subprocess.run(
+        [sys.executable, "-c", _KERNEL_WITHOUT_SCIPY_LINALG, str(int(preloaded))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    assert got == [str(preloaded), str(preloaded), "4.0", "4.0"]

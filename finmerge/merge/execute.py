@@ -32,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -42,13 +43,14 @@ import finmerge
 from finmerge.config import MergeConfig
 from finmerge.core import storage
 from finmerge.core.hash_cache import HashCache
+from finmerge.merge import fused
 from finmerge.merge.card import model_card, recipe_yaml
-from finmerge.merge.method_registry import METHODS, ROLES, method_summary
+from finmerge.merge.method_registry import METHODS, ROLES, GeneralizedTaskArithmetic, method_summary
 from finmerge.merge.model_files import check_tokenizer_source, write_model_files
 from finmerge.merge.plan import build_plan, compute_dtype, resolve_dtype
 from finmerge.merge.stream import MergeError, dtype_name, merge_pass_many
 from finmerge.merge.triplet import load_triplet, stage_triplet
-from finmerge.models.safetensors_stream import ShardedWriter
+from finmerge.models.shard_writer import ShardedWriter
 
 __all__ = ["MergeError", "merge_from_recipe", "merge_models", "merge_models_many"]
 _recipe = recipe_yaml  # the name tests/test_strict_config.py checks the recipe schema through
@@ -197,6 +199,9 @@ def merge_models_many(
                 )
                 stack.callback(writers[-1].abort)
             paths: dict = {}
+            t_load = time.perf_counter()
+            _load_kernels(plans)
+            load_s = time.perf_counter() - t_load
             t_pass = time.perf_counter()
             reports = merge_pass_many(tri, plans, writers, calc_dtype, block_elems, paths)
             shard_shas = [w.close() for w in writers]
@@ -215,9 +220,17 @@ def merge_models_many(
                 )
                 out.meta["metrics"]["merge/candidates_in_pass"] = float(len(jobs))
                 out.meta["metrics"]["merge/pass_seconds"] = pass_s  # reading, merging, writing the shards
+                out.meta["metrics"]["merge/kernel_load_seconds"] = load_s  # numba's start, before the pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [out.result() for out in outs]
+
+
+def _load_kernels(plans: list[dict]) -> None:
+    """The numba kernels the pass will use, loaded before it (nothing for models small enough for torch)."""
+    merged = [p for plan in plans for p in plan.values() if p.kind == "merged"]
+    if merged and fused.worth_it(sum(math.prod(p.shape) for p in plans[0].values() if p.kind == "merged")):
+        fused.load(ties=any(isinstance(p.method, GeneralizedTaskArithmetic) for p in merged))
 
 
 def _check_shared_pass(plans: list[dict]) -> None:

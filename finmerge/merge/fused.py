@@ -26,6 +26,7 @@ import concurrent.futures as cf
 import math
 import os
 import platform
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,9 +76,40 @@ def worth_it(total_elements: int) -> bool:
 
 
 @lru_cache(maxsize=1)
+def numba_target() -> None:
+    """Start numba's CPU target without scipy.linalg: the target's first use imports it (0.15 s of CPU, about
+    a tenth of a 0.4B merge's pass) only to see whether ``np.dot`` and the like may call BLAS inside kernels,
+    and none of ours does. Hidden while the target loads, scipy.linalg is seen as absent, as where scipy is
+    not installed; so numba code compiled later in this process cannot use ``np.dot`` (finmerge has none).
+    Nothing is hidden when numba or scipy.linalg was in use before."""
+    import numba  # noqa: F401 (imports scipy's top package, which is cheap)
+    from numba.core.registry import cpu_target
+
+    hide = "scipy.linalg" not in sys.modules and "numba.np.arraymath" not in sys.modules
+    if hide:
+        sys.modules["scipy.linalg"] = None  # `import scipy.linalg` raises ImportError meanwhile
+    try:
+        cpu_target.target_context.refresh()  # what the first call of a kernel would do
+    finally:
+        if hide and sys.modules.get("scipy.linalg", 0) is None:
+            del sys.modules["scipy.linalg"]
+
+
+def load(ties: bool = False) -> None:
+    """Start numba and import the kernels now, as the pass's first block would: the merge times this apart
+    (``merge/kernel_load_seconds``), so that its pass time is the streaming's alone."""
+    _kernel()
+    if ties:
+        from finmerge.merge import fused_ties
+
+        fused_ties._kernels()
+
+
+@lru_cache(maxsize=1)
 def _kernel():
     """Imported on first use: numba compiles it once per dtype combination (seconds) and caches the machine
     code on disk (``__pycache__``, or ``NUMBA_CACHE_DIR``), so later processes load it in milliseconds."""
+    numba_target()
     from finmerge.merge.fused_kernel import weighted_sums
 
     return weighted_sums

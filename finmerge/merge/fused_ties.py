@@ -56,6 +56,7 @@ def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> 
 @lru_cache(maxsize=1)
 def _kernels():
     """Imported on first use (numba compiles once and caches the machine code on disk, like fused.py)."""
+    fused.numba_target()
     from finmerge.merge import fused_ties_kernel
 
     return fused_ties_kernel

@@ -20,7 +20,7 @@ from finmerge.merge.method_registry import ROLES, GeneralizedTaskArithmetic, Wei
 from finmerge.merge.methods import Scratch, max_abs_diff
 from finmerge.merge.plan import TensorPlan
 from finmerge.merge.triplet import Triplet
-from finmerge.models.safetensors_stream import ShardedWriter
+from finmerge.models.shard_writer import ShardedWriter
 
 
 class MergeError(ValueError):
