@@ -441,20 +441,23 @@ def main() -> None:
                 row["ours_first_merge"] = ours(folders, root / "first", root, method, args.dtype)
                 row["ours_first_merge"].pop("stdout", None)
                 shutil.rmtree(root / "first")
-            for tool in ("ours", "mergekit"):
-                out = root / f"{tool}-{method}"
-                log(f"{method}: {tool}")
-                # ours (seconds each) best of --repeats for every method, so that the methods' ratios to
-                # task_arithmetic compare like with like; mergekit's first method too, its others once
-                # (minutes each at 0.95B)
-                for rep in range(args.repeats if tool == "ours" or method == args.methods[0] else 1):
+            # ours (seconds each) best of --repeats for every method, so that the methods' ratios to
+            # task_arithmetic compare like with like; mergekit's first method too, its others once (minutes
+            # each at 0.95B). The tools take turns (ours, mergekit, ours, ...): a shared VM's speed drifts by
+            # tens of percent within minutes, and each tool should meet the same phases of it.
+            reps = {"ours": args.repeats, "mergekit": args.repeats if method == args.methods[0] else 1}
+            for rep in range(args.repeats):
+                for tool in [t for t in ("ours", "mergekit") if rep < reps[t]]:
+                    out = root / f"{tool}-{method}"
+                    log(f"{method}: {tool} ({rep + 1}/{reps[tool]})")
                     shutil.rmtree(out, ignore_errors=True)
                     got = (
                         ours(folders, out, root, method, args.dtype)
                         if tool == "ours"
                         else mergekit(folders, out, method, root, args.dtype)
                     )
-                    row[tool] = got if rep == 0 or got["s"] < row[tool]["s"] else row[tool]
+                    row[tool] = got if tool not in row or got["s"] < row[tool]["s"] else row[tool]
+            for tool in ("ours", "mergekit"):
                 if tool == "ours":
                     row[tool]["pass_share_of_read_bandwidth"] = _share(input_bytes, row[tool]["pass_s"], bw)
                 row[tool].pop("stdout", None)

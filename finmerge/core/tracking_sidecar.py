@@ -192,7 +192,7 @@ def start(force: bool = False) -> Sidecar | None:
 
 # MLflow imports these when they are installed, for dataframes and model flavours; the tracking calls made here
 # never need them, and MLflow loads without them as its skinny install does. Hidden, `import mlflow` takes
-# ~0.5 s less CPU, on a two-core machine the command's to use.
+# ~0.5 s less CPU, which on a two-core machine goes to the command.
 OPTIONAL_IMPORTS = ("pandas", "scipy")
 
 

@@ -216,9 +216,8 @@ class SafetensorsModel:
         self._stack: contextlib.ExitStack | None = None
         self._handles: dict[Path, object] = {}
         self._fds: dict[Path, int] = {}
-        self.unmappable: set[Path] = (
-            set()
-        )  # files whose mapping failed: read with pread (the caller's choice)
+        # files whose mapping failed (some FUSE mounts): the caller reads them with read_into instead
+        self.unmappable: set[Path] = set()
 
     def _check_index(self) -> None:
         """Each tensor the index names is in the shard it names (else loaders fail later, less clearly)."""
