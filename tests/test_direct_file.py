@@ -152,3 +152,19 @@ def test_sharded_writer_shards_are_the_same_either_way(tmp_path, direct):
         for name, t in load_file(tmp_path / "out" / file).items():
             assert torch.equal(t, tensors[name])
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_the_file_gets_the_permissions_open_gives_it(tmp_path):
+    """Mode 0o666 less the umask, as ``open(path, "wb")`` creates files (a group-writable umask stays so)."""
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        with DirectFile(tmp_path / "direct.bin") as f:
+            f.write(b"x")
+        with open(tmp_path / "open.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    modes = {stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("direct.bin", "open.bin")}
+    assert modes == {0o664}

@@ -33,13 +33,13 @@ class DirectFile:
         self.direct = False
         if direct and hasattr(os, "O_DIRECT"):
             try:
-                self.fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                self.fd = os.open(path, flags | os.O_DIRECT, 0o666)  # less the umask, as open() does
                 self.direct = True
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
         if not self.direct:
-            self.fd = os.open(path, flags, 0o644)
+            self.fd = os.open(path, flags, 0o666)
         self._bufs = [mmap.mmap(-1, CHUNK) for _ in range(2)]  # page-aligned, as O_DIRECT needs
         self._views = [memoryview(b) for b in self._bufs]
         self._cur = 0  # the buffer being filled
