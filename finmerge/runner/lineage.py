@@ -21,6 +21,8 @@ def log_datasets(p, run: tracking.Run) -> None:
     """The stage's dataset inputs as the run's MLflow inputs (name, digest, source, schema), so a model's
     lineage reaches its data in the MLflow UI. Lineage is a record, not the work: a dataset that cannot be
     described is logged by name, digest and source only, and a failure to log is a warning."""
+    if not p.stage.datasets:
+        return  # a stage without dataset inputs (merge): pyarrow, which describes them, stays unloaded
     from finmerge.corpus.dataset_info import dataset_description
 
     by_context: dict[str, list[dict]] = {}
