@@ -32,7 +32,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from finmerge.merge.card import model_card, recipe_yaml
 from finmerge.merge.method_registry import METHODS, ROLES, GeneralizedTaskArithmetic, method_summary
 from finmerge.merge.model_files import check_tokenizer_source, write_model_files
 from finmerge.merge.plan import build_plan, compute_dtype, resolve_dtype
-from finmerge.merge.stream import MergeError, dtype_name, merge_pass_many
+from finmerge.merge.stream import MergeError, dtype_name, kernels_worth_it, merge_pass_many
 from finmerge.merge.triplet import load_triplet, stage_triplet
 from finmerge.models.shard_writer import ShardedWriter
 
@@ -229,7 +228,7 @@ def merge_models_many(
 def _load_kernels(plans: list[dict]) -> None:
     """The numba kernels the pass will use, loaded before it (nothing for models small enough for torch)."""
     merged = [p for plan in plans for p in plan.values() if p.kind == "merged"]
-    if merged and fused.worth_it(sum(math.prod(p.shape) for p in plans[0].values() if p.kind == "merged")):
+    if merged and kernels_worth_it(plans[0]):
         fused.load(ties=any(isinstance(p.method, GeneralizedTaskArithmetic) for p in merged))
 
 

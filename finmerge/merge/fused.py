@@ -16,7 +16,7 @@ Bit-identical to the torch path by construction, and tested so:
 * max |y − θ_cpt| and max |y − θ_inst| on the rounded output, in fp32, for ``merge_report.json``.
 
 Any non-finite value in a block makes the caller redo that block on the torch path, which names the input
-and the rows. Other dtypes (fp64, mixed) take the torch path; ties and dare have kernels of their own
+and the rows. Other dtypes (fp64) take the torch path; ties and dare have kernels of their own
 (:mod:`finmerge.merge.fused_ties`), slerp takes the torch path.
 """
 

@@ -55,18 +55,13 @@ def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor, models: dict) -> None
 
 
 def _read(model, name: str, a, b, ws: Scratch, key: str) -> torch.Tensor:
-    """Rows [a, b) of ``name`` mapped from the page cache; where a file cannot be mapped (some FUSE mounts)
-    read into a reused buffer. Whole 0-d / 1-row tensors go through safetensors."""
+    """Rows [a, b) of ``name`` mapped from the page cache (``ws[key]`` the buffer where a file cannot be
+    mapped). Whole 0-d / 1-row tensors go through safetensors."""
     info = model.tensors[name]
     dtype = info.torch_dtype
     if a is None or not info.shape or dtype is None or info.offset < 0:
         return model.read(name, a, b)
-    if info.file not in model.unmappable:
-        try:
-            return model.view(name, a, b)
-        except OSError:
-            model.unmappable.add(info.file)
-    return model.read_into(name, a, b, ws.get(key, (b - a, *info.shape[1:]), dtype))
+    return model.rows(name, a, b, lambda: ws.get(key, (b - a, *info.shape[1:]), dtype))
 
 
 @dataclass
@@ -149,6 +144,12 @@ def _exact_f32(coeffs) -> bool:
     return all(c == 0.0 or np.float32(c) != 0.0 for c in coeffs)
 
 
+def kernels_worth_it(plans: dict[str, TensorPlan]) -> bool:
+    """Whether the pass takes the numba kernels for these tensors (:func:`fused.worth_it` of the merged
+    elements: small models stay on torch, whose start costs less)."""
+    return fused.worth_it(sum(math.prod(p.shape) for p in plans.values() if p.kind == "merged"))
+
+
 def merge_pass(
     tri: Triplet, plans: dict[str, TensorPlan], writer: ShardedWriter, compute_dtype, block_elems: int
 ) -> list[dict]:
@@ -177,7 +178,7 @@ def merge_pass_many(
         raise ValueError("merge_pass_many: the outputs must hold the same tensors")
     ws = Scratch()
     kernel = ties = None
-    use_fused = fused.worth_it(sum(math.prod(p.shape) for p in plans[0].values() if p.kind == "merged"))
+    use_fused = kernels_worth_it(plans[0])
     k_blocks = 0
     reports: list[list[dict]] = [[] for _ in plans]
     for m in models.values():

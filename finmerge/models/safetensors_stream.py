@@ -25,7 +25,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,8 +216,7 @@ class SafetensorsModel:
         self._stack: contextlib.ExitStack | None = None
         self._handles: dict[Path, object] = {}
         self._fds: dict[Path, int] = {}
-        # files whose mapping failed (some FUSE mounts): the caller reads them with read_into instead
-        self.unmappable: set[Path] = set()
+        self._unmappable: set[Path] = set()  # files whose mapping failed (some FUSE mounts): read with pread
 
     def _check_index(self) -> None:
         """Each tensor the index names is in the shard it names (else loaders fail later, less clearly)."""
@@ -254,9 +253,21 @@ class SafetensorsModel:
             self._handles[path] = h
         return h
 
+    def rows(self, name: str, start: int, stop: int, buffer: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Rows ``[start, stop)`` of ``name``: mapped (:meth:`view`); from a file that cannot be mapped, read
+        with ``pread`` into ``buffer()`` (a reusable buffer of the rows' shape and the tensor's dtype), after
+        one refused try per file."""
+        info = self.tensors[name]
+        if info.file not in self._unmappable:
+            try:
+                return self.view(name, start, stop)
+            except OSError:
+                self._unmappable.add(info.file)
+        return self.read_into(name, start, stop, buffer())
+
     def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
         """Rows ``[start, stop)`` of ``name`` read with ``pread`` straight into ``out`` (a reusable buffer of
-        the tensor's dtype and the rows' shape): for files that cannot be mapped (:meth:`view`)."""
+        the tensor's dtype and the rows' shape): for files that cannot be mapped (:meth:`rows`)."""
         info = self.tensors[name]
         row_bytes = math.prod(info.shape[1:]) * out.element_size()
         view = memoryview(out.view(torch.uint8).numpy()).cast("B")
