@@ -128,7 +128,7 @@ def test_kernel_on_random_values_with_ties_and_tails(inp, out):
     ]
     dtype = DTYPES[out]
     bits = torch.int32 if out == "fp32" else torch.int16
-    result = np.empty((len(coefs), n), fused.FORMAT_BITS[dtype])
+    result = np.empty((len(coefs), n), fused.format_bits(dtype))
     diag = fused.FusedWeightedSums(threads=2)(x, coefs, result)
     for k, (cb, ci, cd) in enumerate(coefs):
         terms = [
@@ -218,3 +218,37 @@ def test_the_kernels_start_numba_without_scipy_linalg_unless_it_was_loaded(prelo
         check=True,
     ).stdout.split()
     assert got == [str(preloaded), str(preloaded), "4.0", "4.0"]
+
+
+_MERGE_AND_SAY_WHAT_LOADED = """
+import sys
+from finmerge.config import MergeConfig
+from finmerge.merge.execute import merge_models
+base, inst, dom, out, staging, method = sys.argv[1:7]
+merge_models(base, inst, dom, out, MergeConfig(method=method, density=0.5), staging)
+print("torch" in sys.modules, "numba" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "method, torch_loaded", [("task_arithmetic", False), ("linear", False), ("ties", True)]
+)
+def test_a_linear_merge_on_the_kernels_never_imports_torch(triplets, tmp_path, method, torch_loaded):
+    """Importing torch takes about a second, as long as a 0.4B merge's pass: the linear methods read, combine
+    and write numpy arrays of the tensors' bits, so the merge runs without it (ties and dare still combine
+    through torch tensors). The bytes are the torch path's, as the other tests here check."""
+    import os
+    import subprocess
+    import sys
+
+    tri = triplets["bf16"]
+    env = {**os.environ, "FINMERGE_FUSED": "1"}
+    args = [tri["base"], tri["instruct"], tri["domain"], str(tmp_path / "out"), str(tmp_path / "st"), method]
+    got = subprocess.run(
+        [sys.executable, "-c", _MERGE_AND_SAY_WHAT_LOADED, *args],
+        capture_output=True, text=True, timeout=300, env=env, check=True,
+    ).stdout.split()  # fmt: skip
+    assert got == [str(torch_loaded), "True"]
+    want = merge_models(tri["base"], tri["instruct"], tri["domain"], str(tmp_path / "here"),
+                        MergeConfig(method=method, density=0.5), str(tmp_path / "st2"))  # fmt: skip
+    assert _content(tmp_path / "out") == _content(want["uri"])

@@ -14,7 +14,7 @@ from finmerge.merge import fused_ties
 from finmerge.merge.method_registry import METHODS
 from finmerge.merge.methods import Scratch
 from finmerge.merge.plan import TensorPlan
-from finmerge.merge.stream import _torch_block
+from finmerge.merge.torch_block import torch_block
 from tests.helpers import with_bad_value
 from tests.test_merge import EXTRA_TOKENS, _triplet
 from tests.test_merge_fused import _content, _merge
@@ -54,7 +54,7 @@ def _both(method: str, cfg: MergeConfig, x: dict, out_dtype=torch.bfloat16, thre
     params = m.tensor_params(cfg, {})
     shape = tuple(x["domain"].shape)
     plan = TensorPlan(name, "merged", shape, out_dtype, None, None, method=m, params=params)
-    want = _torch_block(plan, name, None, None, True, x, Scratch(), "t", torch.float32, {})
+    want = torch_block(plan, name, None, None, True, x, Scratch(), "t", torch.float32, {})
     kernel = fused_ties.FusedTies(threads=threads)
     try:
         got = kernel(name, params, x, out_dtype, Scratch(), "f")

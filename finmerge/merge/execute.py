@@ -32,11 +32,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
+import math
 import re
 import time
 from pathlib import Path
-
-import torch
 
 import finmerge
 from finmerge.config import MergeConfig
@@ -313,7 +312,7 @@ def _counts(plans: dict, report: list[dict], tri, shard_sha: dict) -> dict:
         "tensors_vocab_extended": sum(1 for t in report if t["rows_domain_only"]),
         "rows_domain_only": int(tri.vocab["rows_domain_only"]),
         "shards": len(shard_sha),
-        "parameters": sum(int(torch.Size(p.shape).numel()) for p in plans.values()),
+        "parameters": sum(math.prod(p.shape) for p in plans.values()),
     }
 
 

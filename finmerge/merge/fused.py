@@ -31,12 +31,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from finmerge.models import dtypes
 
 TILE = 2048
 # the float formats the kernels take, each with the integer type that carries its bits there and names the
 # format to them (fp16 as *signed*: see fused_kernel); inputs and output may each be in any of them
-FORMAT_BITS = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32: np.uint32}
+FORMAT_BITS = {"bfloat16": np.uint16, "float16": np.int16, "float32": np.uint32}
 
 
 # Below this many merged elements (about a 16M-parameter model) the kernel's one-time costs (importing numba,
@@ -44,19 +45,19 @@ FORMAT_BITS = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32
 MIN_ELEMENTS = 16_000_000
 
 
-def available(in_dtypes, out_dtype: torch.dtype) -> bool:
-    """Whether the fused kernel handles inputs of ``in_dtypes`` written as ``out_dtype``, and is allowed
-    (``FINMERGE_FUSED=0`` forces the torch path, e.g. to compare the two)."""
+def available(in_dtypes, out_dtype) -> bool:
+    """Whether the fused kernel handles inputs of ``in_dtypes`` written as ``out_dtype`` (DTypes or torch's),
+    and is allowed (``FINMERGE_FUSED=0`` forces the torch path, e.g. to compare the two)."""
     if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
-    dts = set(in_dtypes)
-    return dts <= FORMAT_BITS.keys() and out_dtype in FORMAT_BITS and fp16_convertible({*dts, out_dtype})
+    names = {dtypes.of(d).name for d in (*in_dtypes, out_dtype)}
+    return names <= FORMAT_BITS.keys() and fp16_convertible(names)
 
 
-def fp16_convertible(dtypes) -> bool:
+def fp16_convertible(types) -> bool:
     """fp16 in the kernels relies on the CPU converting it (x86's F16C, any 64-bit ARM); elsewhere it takes
     the torch path rather than a conversion routine the JIT may not find."""
-    return torch.float16 not in dtypes or _hardware_fp16()
+    return "float16" not in {dtypes.of(d).name for d in types} or _hardware_fp16()
 
 
 @lru_cache(maxsize=1)
@@ -115,15 +116,29 @@ def _kernel():
     return weighted_sums
 
 
-def bits(t: torch.Tensor) -> np.ndarray:
-    """The bits of a contiguous bf16 / fp16 / fp32 tensor as a uint16 / int16 / uint32 array of its shape (no
-    copy): what the kernels read and write."""
-    return t.view(torch.int16 if t.element_size() == 2 else torch.int32).numpy().view(FORMAT_BITS[t.dtype])
+def format_bits(dtype) -> type:
+    """The integer type that carries a bf16 / fp16 / fp32 value's bits in the kernels: uint16 / int16 / uint32."""
+    return FORMAT_BITS[dtypes.of(dtype).name]
 
 
-def raw_bits(t: torch.Tensor) -> np.ndarray:
+def formatted(a: np.ndarray, dtype) -> np.ndarray:
+    """The bits array ``a`` of a bf16 / fp16 / fp32 tensor (:attr:`~finmerge.models.dtypes.DType.bits`) as the
+    array of :func:`format_bits` the kernels read and write (no copy)."""
+    return a.view(format_bits(dtype))
+
+
+def bits(t) -> np.ndarray:
+    """The bits of a contiguous bf16 / fp16 / fp32 torch tensor as a uint16 / int16 / uint32 array of its shape
+    (no copy): what the kernels read and write."""
+    return formatted(dtypes.to_bits(t), t.dtype)
+
+
+def raw_bits(t) -> np.ndarray:
     """:func:`bits`, flat."""
     return bits(t.reshape(-1))
+
+
+ROLES_ORDER = ("base", "instruct", "domain")
 
 
 def _first_terms(coefs: np.ndarray) -> np.ndarray:
@@ -150,10 +165,13 @@ class FusedWeightedSums(TwoThreads):
         super().__init__(threads)
         self.kernel = _kernel()
 
-    def __call__(self, x: dict[str, torch.Tensor], coefs: list[tuple[float, float, float]], out: np.ndarray):
-        """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``;
-        returns per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
-        b, i, d = (raw_bits(x[r]) for r in ("base", "instruct", "domain"))
+    def __call__(self, x: dict[str, np.ndarray], coefs: list[tuple[float, float, float]], out: np.ndarray):
+        """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``
+        (torch tensors, or bits arrays already :func:`formatted`); returns per-candidate
+        ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
+        b, i, d = (
+            v.reshape(-1) if isinstance(v, np.ndarray) else raw_bits(v) for v in (x[r] for r in ROLES_ORDER)
+        )
         c = np.asarray(coefs, dtype=np.float32).reshape(-1, 3)
         first = _first_terms(c)
         n = b.size

@@ -31,6 +31,7 @@ import torch
 from finmerge.merge import fused
 from finmerge.merge.fused import raw_bits
 from finmerge.merge.methods import CHUNK, tensor_seed
+from finmerge.models import dtypes
 
 BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed from a sample
 SAMPLE = 1 << 16  # sample size: its quantile's error is σ ≤ 0.002 ...
@@ -38,18 +39,19 @@ BRACKET = 0.006  # ... so ±3σ misses about once in 400 vectors (then the whole
 NO_MASK = np.zeros(0, np.uint8)
 
 
-def available(in_dtypes, out_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
+def available(in_dtypes, out_dtype, compute_dtype) -> bool:
     """Inputs in bf16, fp16 or fp32 (each in its own), float32 compute, a float output (bf16, fp16 and fp32
     are written by the kernel, others rounded by torch from its float32 result); ``FINMERGE_FUSED=0`` says
-    no."""
+    no. Dtypes as :class:`~finmerge.models.dtypes.DType` or torch's."""
     if os.environ.get("FINMERGE_FUSED", "auto") == "0":
         return False
-    dts = set(in_dtypes)
+    names = {dtypes.of(d).name for d in in_dtypes}
+    out = dtypes.of(out_dtype)
     return (
-        dts <= fused.FORMAT_BITS.keys()
-        and compute_dtype == torch.float32
-        and out_dtype.is_floating_point
-        and fused.fp16_convertible({*dts, out_dtype})
+        names <= fused.FORMAT_BITS.keys()
+        and dtypes.of(compute_dtype) == dtypes.FLOAT32
+        and out.is_floating_point
+        and fused.fp16_convertible({*names, out})
     )
 
 
@@ -248,7 +250,7 @@ class FusedTies(fused.TwoThreads):
         shape = x["domain"].shape
         n = b.size
         acc = ws.get(f"acc{tag}", shape, torch.float32)
-        direct = out_dtype in fused.FORMAT_BITS  # the kernel rounds to these and writes them
+        direct = dtypes.of(out_dtype).name in fused.FORMAT_BITS  # the kernel rounds to these and writes them
         y = acc if out_dtype == torch.float32 or not direct else ws.get(f"y{tag}", shape, out_dtype)
         out = raw_bits(y)
         total = params.alpha + params.beta

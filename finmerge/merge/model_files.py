@@ -8,8 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 from finmerge.merge.stream import MergeError, dtype_name
 from finmerge.merge.triplet import Triplet
 from finmerge.models.mlflow_model import write_mlflow_model
@@ -95,7 +93,7 @@ def _copy_matching(src: Path, dst: Path, names, patterns) -> list[str]:
     return copied
 
 
-def write_model_files(tri: Triplet, out: Path, out_dtype: torch.dtype, trust_remote_code: bool) -> list[str]:
+def write_model_files(tri: Triplet, out: Path, out_dtype, trust_remote_code: bool) -> list[str]:
     """config.json, generation config, tokenizer (domain) + chat template (instruct), custom code, and the
     MLflow model files that make the folder loadable by stock MLflow (:mod:`finmerge.models.mlflow_model`)."""
     warnings: list[str] = []

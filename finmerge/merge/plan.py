@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from finmerge.config import MergeConfig, TensorRule
 from finmerge.merge.method_registry import METHODS, ROLES, RULE_OVERRIDES, MergeMethod, MethodParams
 from finmerge.merge.triplet import PreflightError, Triplet
-from finmerge.models.safetensors_stream import NAME_TO_TORCH, row_blocks
+from finmerge.models import dtypes
+from finmerge.models.dtypes import DType
+from finmerge.models.safetensors_stream import row_blocks
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,15 @@ class TensorPlan:
     name: str
     kind: Literal["merged", "copied", "taken"]
     shape: tuple[int, ...]
-    dtype: torch.dtype  # of the output tensor
+    dtype: DType  # of the output tensor (torch's dtype is taken too, and converted)
     shared_rows: int | None  # rows all three models have when the domain model extends the vocab
     rule: str | None  # pattern of the rule that matched, if any
     source: str | None = None  # taken: the model it comes from
     method: MergeMethod | None = None  # merged
     params: MethodParams | None = None  # merged: the method's parameters for this tensor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", dtypes.of(self.dtype))
 
     @property
     def whole_tensor(self) -> bool:
@@ -54,22 +57,22 @@ class TensorPlan:
         return head
 
 
-def resolve_dtype(requested: str, instruct_config: dict) -> torch.dtype:
+def resolve_dtype(requested: str, instruct_config: dict) -> DType:
     """``auto`` = the instruct model's ``dtype``/``torch_dtype`` (float32 when absent or not a float dtype)."""
     if requested != "auto":
-        return NAME_TO_TORCH[requested]
+        return dtypes.OUTPUT[requested]
     for key in ("dtype", "torch_dtype"):
         val = instruct_config.get(key) or (instruct_config.get("text_config") or {}).get(key)
-        if isinstance(val, str) and val.replace("torch.", "") in NAME_TO_TORCH:
-            return NAME_TO_TORCH[val.replace("torch.", "")]
-    return torch.float32
+        if isinstance(val, str) and val.replace("torch.", "") in dtypes.OUTPUT:
+            return dtypes.OUTPUT[val.replace("torch.", "")]
+    return dtypes.FLOAT32
 
 
-def compute_dtype(tri: Triplet) -> torch.dtype:
+def compute_dtype(tri: Triplet) -> DType:
     """float32, or float64 when any input stores a tensor in float64."""
-    if any(tri.info(r, n).torch_dtype == torch.float64 for r in ROLES for n in tri.names):
-        return torch.float64
-    return torch.float32
+    if any(tri.info(r, n).dtype == "F64" for r in ROLES for n in tri.names):
+        return dtypes.FLOAT64
+    return dtypes.FLOAT32
 
 
 def _rules(cfg: MergeConfig) -> list[tuple[TensorRule, re.Pattern]]:
@@ -80,7 +83,7 @@ def _rules(cfg: MergeConfig) -> list[tuple[TensorRule, re.Pattern]]:
         raise PreflightError([f"merge.rules / merge.exclude: invalid regex ({exc})"]) from exc
 
 
-def build_plan(tri: Triplet, cfg: MergeConfig, out_dtype: torch.dtype) -> dict[str, TensorPlan]:
+def build_plan(tri: Triplet, cfg: MergeConfig, out_dtype: DType) -> dict[str, TensorPlan]:
     """The plan of every tensor, in the inputs' order."""
     rules = _rules(cfg)
     plans: dict[str, TensorPlan] = {}
@@ -95,10 +98,10 @@ def build_plan(tri: Triplet, cfg: MergeConfig, out_dtype: torch.dtype) -> dict[s
         }
         if rule is not None and rule.source != "merge":
             src = tri.info(rule.source, name)
-            dtype = out_dtype if src.is_float else src.torch_dtype
+            dtype = out_dtype if src.is_float else src.dt
             plans[name] = TensorPlan(kind="taken", dtype=dtype, source=rule.source, **common)
         elif not ii.is_float:
-            plans[name] = TensorPlan(kind="copied", dtype=ii.torch_dtype, **common)
+            plans[name] = TensorPlan(kind="copied", dtype=ii.dt, **common)
         else:
             over = {k: getattr(rule, k) for k in RULE_OVERRIDES if rule and getattr(rule, k) is not None}
             method = METHODS[over.get("method", cfg.method)]

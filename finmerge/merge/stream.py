@@ -13,55 +13,64 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from finmerge.merge import fused, fused_ties
+from finmerge.merge import fused
 from finmerge.merge.method_registry import ROLES, GeneralizedTaskArithmetic, WeightedSum
-from finmerge.merge.methods import Scratch, max_abs_diff
 from finmerge.merge.plan import TensorPlan
-from finmerge.merge.triplet import Triplet
+from finmerge.merge.triplet import MergeError, Triplet
+from finmerge.models import dtypes
 from finmerge.models.shard_writer import ShardedWriter
 
-
-class MergeError(ValueError):
-    """A problem found while merging (non-finite values, integer tensors that differ); nothing is committed."""
+__all__ = ["MergeError", "dtype_name", "kernels_worth_it", "merge_pass", "merge_pass_many"]
 
 
-def dtype_name(dt: torch.dtype) -> str:
-    return str(dt).replace("torch.", "")
+def dtype_name(dt) -> str:
+    return dtypes.of(dt).name
 
 
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        n_nan = int(torch.isnan(t).sum())
-        n_inf = int(torch.isinf(t).sum())
-        raise MergeError(f"{what}: {n_nan} NaN and {n_inf} Inf value(s)")
+class _Buffers:
+    """Named numpy buffers reused from block to block: a fresh large allocation is page-faulted on every use,
+    which costs more than the arithmetic (the torch path has its own, :class:`~finmerge.merge.methods.Scratch`)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        n = math.prod(shape)
+        buf = self._bufs.get(key)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            buf = self._bufs[key] = np.empty(max(n, 1), dtype=dtype)
+        return buf[:n].reshape(shape)
 
 
-def _max_abs(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> float:
-    """max |x − y| (NaN when either holds a NaN, or both an Inf), using ``out`` as scratch."""
-    if x.numel() == 0:
-        return 0.0
-    torch.sub(x, y, out=out)
-    return float(out.abs_().max())
-
-
-def _diagnose(name: str, a, b, xf: dict, yf: torch.Tensor, models: dict) -> None:
-    rows = "" if a is None else f" (rows {a}:{b})"
-    for r, v in xf.items():
-        _check_finite(v, f"input {r} tensor {name}{rows} in {models[r].tensors[name].file}")
-    _check_finite(yf, f"output tensor {name}{rows}")
-    raise MergeError(f"tensor {name}{rows}: non-finite |Δ| between finite output and inputs")
-
-
-def _read(model, name: str, a, b, ws: Scratch, key: str) -> torch.Tensor:
-    """Rows [a, b) of ``name`` mapped from the page cache (``ws[key]`` the buffer where a file cannot be
-    mapped). Whole 0-d / 1-row tensors go through safetensors."""
+def _read(model, name: str, a, b, bufs: _Buffers, key: str) -> np.ndarray:
+    """Rows [a, b) of ``name`` (all of a 0-d tensor) as its bits, mapped from the page cache (``bufs[key]``
+    the buffer where a file cannot be mapped)."""
     info = model.tensors[name]
-    dtype = info.torch_dtype
-    if a is None or not info.shape or dtype is None or info.offset < 0:
-        return model.read(name, a, b)
-    return model.rows(name, a, b, lambda: ws.get(key, (b - a, *info.shape[1:]), dtype))
+    shape = info.shape if a is None else (b - a, *info.shape[1:])
+    return model.rows(name, a, b, lambda: bufs.get(key, shape, info.dt.bits))
+
+
+class _TorchPath:
+    """The torch path (:mod:`finmerge.merge.torch_block`, and torch with it), loaded by the first block that
+    takes it: a linear merge on the kernels never imports torch (about a second)."""
+
+    def __init__(self) -> None:
+        self.ws = None
+
+    def inputs(self, x: dict[str, np.ndarray], types: dict) -> dict:
+        from finmerge.models.dtypes import to_torch
+
+        if self.ws is None:
+            from finmerge.merge.methods import Scratch
+
+            self.ws = Scratch()
+        return {r: to_torch(v, types[r]) for r, v in x.items()}
+
+    def block(self, *args):
+        from finmerge.merge.torch_block import torch_block
+
+        return torch_block(*args[:6], self.ws, *args[6:])
 
 
 @dataclass
@@ -75,68 +84,23 @@ class _TensorStats:
             self.d_inst = max(self.d_inst or 0.0, di)
 
 
-def _torch_block(plan: TensorPlan, name, a, b, in_shared, x, ws: Scratch, tag: str, compute_dtype, models):
-    """One candidate's output block on the torch path; ``(y, max|y−θ_cpt|, max|y−θ_inst| or None)``.
-    ``tag`` names this candidate's buffers (the writer may still be writing the previous block from them)."""
-    kind, out_dtype = plan.kind, plan.dtype
-    roles = tuple(x)
-    bshape = x["domain"].shape
-    whole = in_shared and plan.whole_tensor
-    if whole and plan.method.raw_inputs:
-        # ties / dare on the raw inputs: converted chunk by chunk inside, never as whole fp32 copies
-        acc = plan.method.combine(name, plan.params, x, ws.get(f"acc{tag}", bshape, compute_dtype), ws)
-        y = acc if out_dtype == compute_dtype else ws.get(f"y{tag}", bshape, out_dtype).copy_(acc)
-        dc = max_abs_diff(acc, x["domain"], ws)
-        di = max_abs_diff(acc, x["instruct"], ws)
-        if not (math.isfinite(dc) and math.isfinite(di)) or not bool(torch.isfinite(acc).all()):
-            _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, acc, models)
-        if y is not acc and not bool(torch.isfinite(y).all()):  # finite, but beyond the output dtype's range
-            _diagnose(name, a, b, {r: v.to(compute_dtype) for r, v in x.items()}, y.to(compute_dtype), models)
-        return y, dc, di
-    xf = {
-        r: v if v.dtype == compute_dtype else ws.get(f"x_{r}", v.shape, compute_dtype).copy_(v)
-        for r, v in x.items()
-    }
-    if kind == "taken" or not in_shared:
-        src = x[plan.source] if kind == "taken" and in_shared else x["domain"]
-        y = src if src.dtype == out_dtype else ws.get(f"y{tag}", bshape, out_dtype).copy_(src)
-    else:
-        acc = plan.method.combine(name, plan.params, xf, ws.get(f"acc{tag}", bshape, compute_dtype), ws)
-        y = acc if out_dtype == compute_dtype else ws.get(f"y{tag}", bshape, out_dtype).copy_(acc)
-    # t0 / t1 are the method's delta buffers, free again once the block is combined
-    yf = y if y.dtype == compute_dtype else ws.get("t0", bshape, compute_dtype).copy_(y)
-    # Non-finite values in the output or in an input it is compared with show up as a
-    # non-finite |Δ|; the base is checked apart (it may take no part in either).
-    diff = ws.get("t1", bshape, compute_dtype)
-    dc = _max_abs(yf, xf["domain"], diff)
-    di = _max_abs(yf, xf["instruct"], diff) if in_shared else 0.0
-    idle = [r for r in roles if r == "base" and not plan.uses_base]
-    if not (math.isfinite(dc) and math.isfinite(di)) or any(
-        not bool(torch.isfinite(xf[r]).all()) for r in idle
-    ):
-        _diagnose(name, a, b, xf, yf, models)
-    return y, dc, (di if in_shared else None)
-
-
-def _fusable(plans: list[TensorPlan], x: dict, in_shared: bool) -> bool:
+def _fusable(plans: list[TensorPlan], types: dict, in_shared: bool) -> bool:
     p = plans[0]
     return (
         in_shared
         and p.kind == "merged"
         and all(isinstance(q.method, WeightedSum) and _exact_f32(q.params.coeffs) for q in plans)
-        and fused.available((v.dtype for v in x.values()), p.dtype)
+        and fused.available(types.values(), p.dtype)
     )
 
 
-def _ties_fusable(q: TensorPlan, x: dict, whole: bool, compute_dtype) -> bool:
+def _ties_fusable(q: TensorPlan, types: dict, n: int, whole: bool, compute_dtype) -> bool:
     """ties / dare on a whole tensor, in dtypes the kernels take (:mod:`finmerge.merge.fused_ties`)."""
-    return (
-        whole
-        and q.kind == "merged"
-        and isinstance(q.method, GeneralizedTaskArithmetic)
-        and x["domain"].numel() > 0
-        and fused_ties.available((v.dtype for v in x.values()), q.dtype, compute_dtype)
-    )
+    if not (whole and q.kind == "merged" and isinstance(q.method, GeneralizedTaskArithmetic) and n > 0):
+        return False
+    from finmerge.merge import fused_ties
+
+    return fused_ties.available(types.values(), q.dtype, compute_dtype)
 
 
 def _exact_f32(coeffs) -> bool:
@@ -176,14 +140,14 @@ def merge_pass_many(
     order = writers[0].order
     if any(w.order != order for w in writers):
         raise ValueError("merge_pass_many: the outputs must hold the same tensors")
-    ws = Scratch()
+    bufs, torch_path = _Buffers(), _TorchPath()
     kernel = ties = None
     use_fused = kernels_worth_it(plans[0])
     k_blocks = 0
     reports: list[list[dict]] = [[] for _ in plans]
     for m in models.values():
         m.__enter__()
-    # Every object alive now (torch's and numba's modules: ~10^5 of them) outlives the pass, yet each full
+    # Every object alive now (the imported modules' ~10^5 of them) outlives the pass, yet each full
     # collection that the pass's allocations trigger would walk them all: 4 % of a merge's CPU. Frozen, the
     # collector skips them until the pass ends (unless a caller froze them already).
     freeze = gc.get_freeze_count() == 0
@@ -199,49 +163,55 @@ def merge_pass_many(
             tstats = [_TensorStats() for _ in tplans]
             for a, b, in_shared in plan.blocks(block_elems):
                 roles = ROLES if in_shared else ("domain",)
+                types = {r: models[r].tensors[name].dt for r in roles}
                 k_blocks += 1
                 par = k_blocks % 2  # buffers the writers may still be writing from alternate between blocks
                 # Raw blocks may go to the writers as they are (copied / taken tensors, domain-only rows), so
                 # they alternate too; a whole-tensor block is never written raw and gets one buffer set.
                 whole = in_shared and plan.whole_tensor
-                x = {r: _read(models[r], name, a, b, ws, f"raw_{r}{'' if whole else par}") for r in roles}
+                x = {r: _read(models[r], name, a, b, bufs, f"raw_{r}{'' if whole else par}") for r in roles}
+                n = x["domain"].size
                 if plan.kind == "copied":
                     for r in ("base", "domain"):
-                        if not torch.equal(x[r], x["instruct"]):
+                        if not np.array_equal(x[r], x["instruct"]):
                             raise MergeError(f"non-float tensor {name} differs between instruct and {r}")
                     for w, st in zip(writers, tstats, strict=True):
                         w.write(name, x["instruct"])
                         st.add(0.0, 0.0)
                     continue
-                if use_fused and _fusable(tplans, x, in_shared):
+                if use_fused and _fusable(tplans, types, in_shared):
                     kernel = kernel or fused.FusedWeightedSums()
                     bshape = x["domain"].shape
-                    n = x["domain"].numel()
-                    out = ws.get(f"fused{par}", (len(tplans), n), plan.dtype)
-                    diag = kernel(x, [q.params.coeffs for q in tplans], fused.bits(out))
+                    out = bufs.get(f"fused{par}", (len(tplans), n), fused.format_bits(plan.dtype))
+                    xb = {r: fused.formatted(v, types[r]) for r, v in x.items()}
+                    diag = kernel(xb, [q.params.coeffs for q in tplans], out)
                     if diag is not None:
                         for k, (w, st) in enumerate(zip(writers, tstats, strict=True)):
-                            w.write(name, out[k].view(bshape))
+                            w.write(name, out[k].reshape(bshape))
                             st.add(*diag[k])
                         counts["fused_elements"] += n
                         continue
                     # a non-finite value: the torch path names the input and rows (and raises)
+                xt = torch_path.inputs(x, types)
                 all_fused = True
                 for k, (q, w, st) in enumerate(zip(tplans, writers, tstats, strict=True)):
                     tag = f"{k}_{par}"
                     res = None
-                    if use_fused and _ties_fusable(q, x, whole, compute_dtype):
-                        ties = ties or fused_ties.FusedTies()
-                        res = ties(name, q.params, x, q.dtype, ws, tag)  # None: a non-finite value
+                    if use_fused and _ties_fusable(q, types, n, whole, compute_dtype):
+                        if ties is None:
+                            from finmerge.merge.fused_ties import FusedTies
+
+                            ties = FusedTies()
+                        res = ties(name, q.params, xt, q.dtype.torch, torch_path.ws, tag)  # None: not finite
                     if res is None:
                         all_fused = False
-                        res = _torch_block(q, name, a, b, in_shared, x, ws, tag, compute_dtype, models)
+                        res = torch_path.block(q, name, a, b, in_shared, xt, tag, compute_dtype, models)
                     y, dc, di = res
                     w.write(name, y)
                     st.add(dc, di)
                 if in_shared and plan.kind == "merged":
-                    counts["fused_elements" if all_fused else "torch_elements"] += x["domain"].numel()
-                del x
+                    counts["fused_elements" if all_fused else "torch_elements"] += n
+                del x, xt
             for q, st, report in zip(tplans, tstats, reports, strict=True):
                 report.append(
                     {

@@ -36,6 +36,10 @@ CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+class MergeError(ValueError):
+    """A problem found while merging (non-finite values, integer tensors that differ); nothing is committed."""
+
+
 class PreflightError(ValueError):
     """The inputs cannot be merged; ``problems`` lists every reason."""
 
@@ -231,7 +235,7 @@ def load_triplet(
             continue
         infos = {r: s.weights.tensors[name] for r, s in sides.items()}
         for r, i in infos.items():
-            if i.torch_dtype is None:
+            if i.dt is None:
                 problems.append(f"tensor {name}: unsupported dtype {i.dtype} in {r}")
         # Float formats may differ (continual pretraining often keeps fp32 master weights of a bf16 base):
         # every input is upcast exactly, and merge.dtype names the output's. Integer tensors must match.

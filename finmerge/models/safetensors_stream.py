@@ -29,36 +29,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from finmerge.models import dtypes
 from finmerge.models import loading as modelio
 
-ST_TO_TORCH: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-for _st, _attr in [
-    ("F8_E4M3", "float8_e4m3fn"),
-    ("F8_E5M2", "float8_e5m2"),
-    ("U16", "uint16"),
-    ("U32", "uint32"),
-    ("U64", "uint64"),
-]:
-    if hasattr(torch, _attr):
-        ST_TO_TORCH[_st] = getattr(torch, _attr)
-TORCH_TO_ST = {v: k for k, v in ST_TO_TORCH.items()}
-
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; the module names it from 3.13
-
-NAME_TO_TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -120,11 +96,11 @@ def _entry(path: Path, name: str, entry) -> tuple[str, tuple[int, ...], int, int
     begin, end = entry["data_offsets"]
     if not 0 <= begin <= end:
         raise modelio.ModelFormatError(f"{path}: tensor {name}: invalid data_offsets [{begin}, {end}]")
-    torch_dtype = ST_TO_TORCH.get(dtype)
-    if torch_dtype is not None and end - begin != tensor_bytes(torch_dtype, shape):
+    dt = dtypes.BY_ST.get(dtype)
+    if dt is not None and end - begin != tensor_bytes(dt, shape):
         raise modelio.ModelFormatError(
             f"{path}: tensor {name}: the header gives shape {list(shape)} {dtype} "
-            f"({tensor_bytes(torch_dtype, shape)} bytes) but data_offsets span {end - begin} bytes"
+            f"({tensor_bytes(dt, shape)} bytes) but data_offsets span {end - begin} bytes"
         )
     return dtype, shape, begin, end
 
@@ -181,12 +157,13 @@ class TensorInfo:
     offset: int = -1  # absolute byte offset of the data in ``file`` (-1: unknown)
 
     @property
-    def torch_dtype(self) -> torch.dtype | None:
-        return ST_TO_TORCH.get(self.dtype)
+    def dt(self) -> dtypes.DType | None:
+        """The element type, or None for a safetensors code finmerge does not know."""
+        return dtypes.BY_ST.get(self.dtype)
 
     @property
     def is_float(self) -> bool:
-        dt = self.torch_dtype
+        dt = self.dt
         return dt is not None and dt.is_floating_point
 
     @property
@@ -253,10 +230,13 @@ class SafetensorsModel:
             self._handles[path] = h
         return h
 
-    def rows(self, name: str, start: int, stop: int, buffer: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Rows ``[start, stop)`` of ``name``: mapped (:meth:`view`); from a file that cannot be mapped, read
-        with ``pread`` into ``buffer()`` (a reusable buffer of the rows' shape and the tensor's dtype), after
-        one refused try per file."""
+    def rows(
+        self, name: str, start: int | None, stop: int | None, buffer: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``name`` (the whole tensor when both are None) as its bits
+        (:attr:`~finmerge.models.dtypes.DType.bits`): mapped (:meth:`view`); from a file that cannot be mapped,
+        read with ``pread`` into ``buffer()`` (a reusable bits array of the rows' shape), after one refused try
+        per file."""
         info = self.tensors[name]
         if info.file not in self._unmappable:
             try:
@@ -265,16 +245,31 @@ class SafetensorsModel:
                 self._unmappable.add(info.file)
         return self.read_into(name, start, stop, buffer())
 
-    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
-        """Rows ``[start, stop)`` of ``name`` read with ``pread`` straight into ``out`` (a reusable buffer of
-        the tensor's dtype and the rows' shape): for files that cannot be mapped (:meth:`rows`)."""
+    def _span(self, name: str, start: int | None, stop: int | None) -> tuple[tuple[int, ...], int]:
+        """(shape, absolute byte offset) of rows ``[start, stop)`` of ``name``, or of all of it."""
         info = self.tensors[name]
-        row_bytes = math.prod(info.shape[1:]) * out.element_size()
-        view = memoryview(out.view(torch.uint8).numpy()).cast("B")
-        fd = self._fds.get(info.file)
+        if info.dt is None:
+            raise modelio.ModelFormatError(f"{info.file}: tensor {name}: unsupported dtype {info.dtype}")
+        if start is None and stop is None:
+            return info.shape, info.offset
+        if not info.shape:
+            raise ValueError(f"{name}: cannot slice rows of a 0-d tensor")
+        row = math.prod(info.shape[1:])
+        return (stop - start, *info.shape[1:]), info.offset + start * row * info.dt.itemsize
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
         if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
-        pos, done = info.offset + start * row_bytes, 0
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def read_into(self, name: str, start: int | None, stop: int | None, out: np.ndarray) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``name`` read with ``pread`` straight into ``out`` (a reusable array of the
+        rows' shape and size): for files that cannot be mapped (:meth:`rows`)."""
+        info = self.tensors[name]
+        _, pos = self._span(name, start, stop)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        fd, done = self._fd(info.file), 0
         while done < len(view):
             n = os.preadv(fd, [view[done:]], pos + done)
             if n <= 0:
@@ -282,39 +277,36 @@ class SafetensorsModel:
             done += n
         return out
 
-    def view(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows ``[start, stop)`` of ``name`` mapped from the page cache: no copy, no buffer of ours.
+    def view(self, name: str, start: int | None, stop: int | None) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``name`` (all of it when both are None) mapped from the page cache, as its
+        bits: no copy, no buffer of ours.
 
         Copying 2.24 GB out of the page cache with ``pread`` took 0.44 s of CPU, mapping it 0.14 s
         (``bench/merge.py``'s 0.37B inputs), and a whole-tensor method then holds no copy of its tensors.
         The mapping is private and writable (a write would stay in this process; nothing writes), lives as
-        long as the tensor does, and on Linux ≥ 5.14 its pages are mapped in one call
+        long as the array does, and on Linux ≥ 5.14 its pages are mapped in one call
         (``MADV_POPULATE_READ``) rather than faulted in one by one. A file truncated in place while mapped
         ends the process with SIGBUS (nothing is committed then: the output is written to temporary names)."""
         info = self.tensors[name]
-        rows = (stop - start, *info.shape[1:])
-        n = math.prod(rows)
+        shape, begin = self._span(name, start, stop)
+        n = math.prod(shape)
         if n == 0:
-            return torch.empty(rows, dtype=info.torch_dtype)
-        size = torch.empty((), dtype=info.torch_dtype).element_size()
-        begin = info.offset + start * math.prod(info.shape[1:]) * size
-        fd = self._fds.get(info.file)
-        if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+            return np.empty(shape, dtype=info.dt.bits)
         base = begin - begin % mmap.ALLOCATIONGRANULARITY
         mm = mmap.mmap(
-            fd,
-            begin + n * size - base,
+            self._fd(info.file),
+            begin + n * info.dt.itemsize - base,
             flags=mmap.MAP_PRIVATE,
             prot=mmap.PROT_READ | mmap.PROT_WRITE,
             offset=base,
         )
         with contextlib.suppress(OSError, ValueError):  # Linux < 5.14: the pages fault in as they are read
             mm.madvise(_MADV_POPULATE_READ)
-        return torch.frombuffer(mm, dtype=info.torch_dtype, count=n, offset=begin - base).view(rows)
+        return np.frombuffer(mm, dtype=info.dt.bits, count=n, offset=begin - base).reshape(shape)
 
-    def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        """Rows ``[start, stop)`` of tensor ``name`` (the whole tensor when both are None), in its own dtype."""
+    def read(self, name: str, start: int | None = None, stop: int | None = None):
+        """Rows ``[start, stop)`` of tensor ``name`` (the whole tensor when both are None) as a torch tensor in
+        its own dtype, through the safetensors library (which imports torch)."""
         info = self.tensors[name]
         h = self._handle(info.file)
         if start is None and stop is None:
@@ -340,5 +332,6 @@ def row_blocks(
         yield a, min(stop, a + step)
 
 
-def tensor_bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+def tensor_bytes(dtype, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of ``dtype`` (a :class:`~finmerge.models.dtypes.DType`, torch's dtype or its name)."""
+    return dtypes.nbytes(dtype, shape)

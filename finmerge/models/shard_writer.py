@@ -10,10 +10,11 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from finmerge.models import dtypes
 from finmerge.models.direct_file import DirectFile
-from finmerge.models.safetensors_stream import INDEX_NAME, SINGLE_NAME, TORCH_TO_ST, natural_key, tensor_bytes
+from finmerge.models.safetensors_stream import INDEX_NAME, SINGLE_NAME, natural_key, tensor_bytes
 
 
 @dataclass
@@ -26,7 +27,8 @@ class _Shard:
 class ShardedWriter:
     """Writes tensors to HF-layout safetensors shards without buffering them.
 
-    ``specs`` is ``[(name, torch dtype, shape), ...]``. Shards are packed greedily (in natural name order) up to
+    ``specs`` is ``[(name, dtype, shape), ...]`` (a :class:`~finmerge.models.dtypes.DType` or torch's dtype).
+    Shards are packed greedily (in natural name order) up to
     ``max_shard_bytes`` of tensor data; a tensor larger than that gets a shard of its own. Feed data with
     :meth:`write` in the order given by :attr:`order` (row blocks of the current tensor, in order), then call
     :meth:`close`, which returns ``{file: sha256}`` and writes the index when there is more than one shard.
@@ -43,19 +45,21 @@ class ShardedWriter:
     def __init__(
         self,
         folder: str | Path,
-        specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        specs: list[tuple[str, object, tuple[int, ...]]],
         max_shard_bytes: int,
         background: bool = False,
         direct: bool = True,
     ):
         self.folder = Path(folder)
         self.direct = direct
-        self.specs = {name: (dtype, tuple(shape)) for name, dtype, shape in specs}
+        self.specs: dict[str, tuple[dtypes.DType, tuple[int, ...]]] = {}
+        for name, dtype, shape in specs:
+            try:
+                self.specs[name] = (dtypes.of(dtype), tuple(shape))
+            except ValueError:
+                raise ValueError(f"{name}: dtype {dtype} cannot be written to safetensors") from None
         if len(self.specs) != len(specs):
             raise ValueError("duplicate tensor names")
-        for name, (dtype, _) in self.specs.items():
-            if dtype not in TORCH_TO_ST:
-                raise ValueError(f"{name}: dtype {dtype} cannot be written to safetensors")
         shards: list[_Shard] = []
         for name in sorted(self.specs, key=natural_key):
             nb = tensor_bytes(*self.specs[name])
@@ -67,9 +71,7 @@ class ShardedWriter:
         for k, sh in enumerate(shards, 1):
             sh.file = SINGLE_NAME if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
             # Within a shard, widest dtypes first so every tensor's data stays aligned to its element size.
-            sh.names.sort(
-                key=lambda nm: (-torch.empty((), dtype=self.specs[nm][0]).element_size(), natural_key(nm))
-            )
+            sh.names.sort(key=lambda nm: (-self.specs[nm][0].itemsize, natural_key(nm)))
         self.shards = shards
         self.order = [nm for sh in shards for nm in sh.names]
         self.sha256: dict[str, str] = {}
@@ -131,7 +133,7 @@ class ShardedWriter:
         for nm in sh.names:
             dtype, shape = self.specs[nm]
             nb = tensor_bytes(dtype, shape)
-            header[nm] = {"dtype": TORCH_TO_ST[dtype], "shape": list(shape), "data_offsets": [off, off + nb]}
+            header[nm] = {"dtype": dtype.st, "shape": list(shape), "data_offsets": [off, off + nb]}
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
@@ -161,17 +163,24 @@ class ShardedWriter:
         return self.shards[self._shard_i].names[self._name_i]
 
     # -- API -------------------------------------------------------------------------------------------
-    def write(self, name: str, block: torch.Tensor) -> None:
-        """Append the next row block of tensor ``name`` (must be the current tensor, in its planned dtype)."""
-        if block.numel() == 0 and name in self.specs:
-            return  # zero-size tensors are all header
+    def write(self, name: str, block) -> None:
+        """Append the next row block of tensor ``name`` (must be the current tensor): a torch tensor in its
+        planned dtype, or a numpy array of its bits (:attr:`~finmerge.models.dtypes.DType.bits`)."""
+        if block.size == 0 if isinstance(block, np.ndarray) else block.numel() == 0:
+            if name in self.specs:
+                return  # zero-size tensors are all header
         if name != self.current:
             raise RuntimeError(f"writer expected tensor {self.current!r}, got {name!r}")
         dtype, _ = self.specs[name]
-        if block.dtype != dtype:
-            raise RuntimeError(f"{name}: block dtype {block.dtype}, planned {dtype}")
-        flat = block.detach().to("cpu").contiguous().reshape(-1)
-        data = memoryview(flat.view(torch.uint8).numpy())
+        if isinstance(block, np.ndarray):
+            if block.dtype.itemsize != dtype.itemsize:
+                raise RuntimeError(f"{name}: block of {block.dtype} bits, planned {dtype}")
+            flat = np.ascontiguousarray(block).reshape(-1)
+        else:
+            if dtypes.of(block.dtype) != dtype:
+                raise RuntimeError(f"{name}: block dtype {block.dtype}, planned {dtype}")
+            flat = dtypes.to_bits(block.detach().to("cpu").contiguous().reshape(-1))
+        data = memoryview(flat.view(np.uint8))
         if data.nbytes > self._left:
             raise RuntimeError(f"{name}: more data than its shape {self.specs[name][1]}")
         self._do("write", data, flat)
