@@ -248,7 +248,7 @@ def test_a_linear_merge_on_the_kernels_never_imports_torch(triplets, tmp_path, m
         [sys.executable, "-c", _MERGE_AND_SAY_WHAT_LOADED, *args],
         capture_output=True, text=True, timeout=300, env=env, check=True,
     ).stdout.split()  # fmt: skip
-    assert got == [str(torch_loaded), "True"]
+    assert got == ["False", "True"]
     want = merge_models(tri["base"], tri["instruct"], tri["domain"], str(tmp_path / "here"),
                         MergeConfig(method=method, density=0.5), str(tmp_path / "st2"))  # fmt: skip
     assert _content(tmp_path / "out") == _content(want["uri"])

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from finmerge.config import MergeConfig
-from finmerge.merge import fused_ties
+from finmerge.merge import fused, fused_ties
 from finmerge.merge.method_registry import METHODS
 from finmerge.merge.methods import Scratch
 from finmerge.merge.plan import TensorPlan
+from finmerge.merge.stream import Buffers
 from finmerge.merge.torch_block import torch_block
+from finmerge.models import dtypes
 from tests.helpers import with_bad_value
 from tests.test_merge import EXTRA_TOKENS, _triplet
 from tests.test_merge_fused import _content, _merge
@@ -57,10 +59,21 @@ def _both(method: str, cfg: MergeConfig, x: dict, out_dtype=torch.bfloat16, thre
     want = torch_block(plan, name, None, None, True, x, Scratch(), "t", torch.float32, {})
     kernel = fused_ties.FusedTies(threads=threads)
     try:
-        got = kernel(name, params, x, out_dtype, Scratch(), "f")
+        got = _fused(kernel, name, params, x, out_dtype)
     finally:
         kernel.close()
     return (None if got is None else _bits(*got)), _bits(*want)
+
+
+def _fused(kernel, name: str, params, x: dict[str, torch.Tensor], out_dtype):
+    """The kernel on torch tensors, as the pass calls it (their bits in, the output's bits out): ``(y, dc, di)``
+    with ``y`` a torch tensor again, or None."""
+    got = kernel(name, params, {r: fused.bits(v) for r, v in x.items()}, dtypes.of(out_dtype), Buffers(), "f")
+    if got is None:
+        return None
+    y, dc, di = got
+    dt = dtypes.of(out_dtype)
+    return dtypes.to_torch(y.view(dt.bits), dt), dc, di
 
 
 def _bits(y: torch.Tensor, dc: float, di: float):
@@ -205,7 +218,7 @@ def test_non_finite_inputs_are_left_to_the_torch_path(dtype):
         for method in ("ties", "dare_ties"):
             kernel = fused_ties.FusedTies(threads=1)
             params = METHODS[method].tensor_params(MergeConfig(method=method, density=0.5), {})
-            assert kernel("w", params, bad, DTYPES[dtype], Scratch(), "f") is None, (role, method)
+            assert _fused(kernel, "w", params, bad, DTYPES[dtype]) is None, (role, method)
             kernel.close()
 
 

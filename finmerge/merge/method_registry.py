@@ -12,6 +12,7 @@ subclass here and add an instance to :data:`METHODS`; the config, the CLI and th
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -22,6 +23,15 @@ if TYPE_CHECKING:
     from finmerge.merge.methods import Scratch
 
 ROLES = ("base", "instruct", "domain")
+CHUNK = 1 << 18  # elements per step of the elementwise phases (torch's and the kernels'): they stay in cache
+
+
+def tensor_seed(seed: int, name: str, role: str) -> int:
+    """A seed per (seed, tensor, model): dare draws the same whatever order tensors are merged in (chunks of
+    each tensor draw from seeds derived from this, so threads and block sizes do not matter either)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{name}\0{role}".encode())) % 2**62
+
+
 Sparsify = Literal["magnitude", "random"] | None
 
 
@@ -201,7 +211,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
             normalize=params.normalize,
             rescale=params.rescale,
             lambda_scale=params.lambda_scale,
-            seeds=[methods.tensor_seed(params.seed, name, r) for r in ("instruct", "domain")],
+            seeds=[tensor_seed(params.seed, name, r) for r in ("instruct", "domain")],
             scratch=scratch,
             out=acc,
         )

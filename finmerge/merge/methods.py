@@ -17,13 +17,12 @@ uses which function, with which parameters, is declared in :mod:`finmerge.merge.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from finmerge.merge.method_registry import Sparsify
+from finmerge.merge.method_registry import CHUNK, Sparsify, tensor_seed  # noqa: F401 (tensor_seed: callers')
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,6 @@ class VectorSpec:
 
     weight: float
     density: float = 1.0
-
-
-def tensor_seed(seed: int, name: str, role: str) -> int:
-    """A seed per (seed, tensor, model): dare draws the same whatever order tensors are merged in (chunks of
-    each tensor draw from seeds derived from this, so threads and block sizes do not matter either)."""
-    return (seed * 1_000_003 + zlib.crc32(f"{name}\0{role}".encode())) % 2**62
 
 
 class Scratch:
@@ -54,9 +47,6 @@ class Scratch:
         if buf is None or buf.dtype != dtype or buf.numel() < n:
             buf = self._bufs[key] = torch.empty(max(n, 1), dtype=dtype)
         return buf[:n].view(shape)
-
-
-CHUNK = 1 << 18  # elements per step of the elementwise phase: its temporaries stay in cache
 
 
 @dataclass

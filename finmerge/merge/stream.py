@@ -28,7 +28,7 @@ def dtype_name(dt) -> str:
     return dtypes.of(dt).name
 
 
-class _Buffers:
+class Buffers:
     """Named numpy buffers reused from block to block: a fresh large allocation is page-faulted on every use,
     which costs more than the arithmetic (the torch path has its own, :class:`~finmerge.merge.methods.Scratch`)."""
 
@@ -43,7 +43,7 @@ class _Buffers:
         return buf[:n].reshape(shape)
 
 
-def _read(model, name: str, a, b, bufs: _Buffers, key: str) -> np.ndarray:
+def _read(model, name: str, a, b, bufs: Buffers, key: str) -> np.ndarray:
     """Rows [a, b) of ``name`` (all of a 0-d tensor) as its bits, mapped from the page cache (``bufs[key]``
     the buffer where a file cannot be mapped)."""
     info = model.tensors[name]
@@ -140,7 +140,7 @@ def merge_pass_many(
     order = writers[0].order
     if any(w.order != order for w in writers):
         raise ValueError("merge_pass_many: the outputs must hold the same tensors")
-    bufs, torch_path = _Buffers(), _TorchPath()
+    bufs, torch_path = Buffers(), _TorchPath()
     kernel = ties = None
     use_fused = kernels_worth_it(plans[0])
     k_blocks = 0
@@ -192,7 +192,7 @@ def merge_pass_many(
                         counts["fused_elements"] += n
                         continue
                     # a non-finite value: the torch path names the input and rows (and raises)
-                xt = torch_path.inputs(x, types)
+                xt = None  # the inputs as torch tensors, made when a candidate takes the torch path
                 all_fused = True
                 for k, (q, w, st) in enumerate(zip(tplans, writers, tstats, strict=True)):
                     tag = f"{k}_{par}"
@@ -202,9 +202,12 @@ def merge_pass_many(
                             from finmerge.merge.fused_ties import FusedTies
 
                             ties = FusedTies()
-                        res = ties(name, q.params, xt, q.dtype.torch, torch_path.ws, tag)  # None: not finite
+                        xb = {r: fused.formatted(v, types[r]) for r, v in x.items()}
+                        res = ties(name, q.params, xb, q.dtype, bufs, tag)  # None: a value not finite
                     if res is None:
                         all_fused = False
+                        if xt is None:
+                            xt = torch_path.inputs(x, types)
                         res = torch_path.block(q, name, a, b, in_shared, xt, tag, compute_dtype, models)
                     y, dc, di = res
                     w.write(name, y)
