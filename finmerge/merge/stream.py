@@ -67,10 +67,11 @@ class _TorchPath:
             self.ws = Scratch()
         return {r: to_torch(v, types[r]) for r, v in x.items()}
 
-    def block(self, *args):
+    def block(self, plan: TensorPlan, name: str, a, b, in_shared: bool, xt: dict, tag: str, compute, models):
+        """:func:`~finmerge.merge.torch_block.torch_block` with this pass's torch buffers."""
         from finmerge.merge.torch_block import torch_block
 
-        return torch_block(*args[:6], self.ws, *args[6:])
+        return torch_block(plan, name, a, b, in_shared, xt, self.ws, tag, compute, models)
 
 
 @dataclass
