@@ -129,7 +129,7 @@ def test_kernel_on_random_values_with_ties_and_tails(inp, out):
     dtype = DTYPES[out]
     bits = torch.int32 if out == "fp32" else torch.int16
     result = np.empty((len(coefs), n), fused.format_bits(dtype))
-    diag = fused.FusedWeightedSums(threads=2)(x, coefs, result)
+    diag = fused.FusedWeightedSums(threads=2)({r: fused.bits(v) for r, v in x.items()}, coefs, result)
     for k, (cb, ci, cd) in enumerate(coefs):
         terms = [
             (x[r].float(), c)
@@ -196,7 +196,7 @@ if preloaded:
 from finmerge.merge import fused
 x = {r: torch.full((16384,), v, dtype=torch.bfloat16) for r, v in (("base", 1.0), ("instruct", 2.0), ("domain", 3.0))}
 out = torch.empty((1, 16384), dtype=torch.bfloat16)
-fused.FusedWeightedSums(threads=1)(x, [(-1.0, 1.0, 1.0)], fused.bits(out))
+fused.FusedWeightedSums(threads=1)({r: fused.bits(v) for r, v in x.items()}, [(-1.0, 1.0, 1.0)], fused.bits(out))
 loaded = "scipy.linalg" in sys.modules
 import numba.np.arraymath, scipy.linalg  # importable again afterwards
 print(loaded, numba.np.arraymath._HAVE_BLAS, float(out[0, 0]), float(out[0, -1]))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finmerge.merge.method_registry import ROLES
 from finmerge.models import dtypes
 
 TILE = 2048
@@ -40,8 +41,10 @@ TILE = 2048
 FORMAT_BITS = {"bfloat16": np.uint16, "float16": np.int16, "float32": np.uint32}
 
 
-# Below this many merged elements (about a 16M-parameter model) the kernel's one-time costs (importing numba,
-# loading its cached machine code: ~0.5 s) exceed what it saves.
+# Below this many merged elements (about a 16M-parameter model) the torch path is kept: the kernels' one-time
+# costs (numba's import and loading its cached machine code, ~0.3 s; compiling it on a first run, ~0.5 s)
+# exceed what they save when torch is loaded already. Where it is not, the torch path imports it (~1 s), yet a
+# command on such a model waits as long for its tracking side process (MLflow's import): the same wall time.
 MIN_ELEMENTS = 16_000_000
 
 
@@ -133,14 +136,6 @@ def bits(t) -> np.ndarray:
     return formatted(dtypes.to_bits(t), t.dtype)
 
 
-def raw_bits(t) -> np.ndarray:
-    """:func:`bits`, flat."""
-    return bits(t.reshape(-1))
-
-
-ROLES_ORDER = ("base", "instruct", "domain")
-
-
 def _first_terms(coefs: np.ndarray) -> np.ndarray:
     nonzero = coefs != 0.0
     return np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 3).astype(np.int64)
@@ -167,11 +162,9 @@ class FusedWeightedSums(TwoThreads):
 
     def __call__(self, x: dict[str, np.ndarray], coefs: list[tuple[float, float, float]], out: np.ndarray):
         """Fill ``out`` (K × n: uint16 for bf16 output, int16 for fp16, uint32 for fp32) from the blocks ``x``
-        (torch tensors, or bits arrays already :func:`formatted`); returns per-candidate
-        ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a value was not finite."""
-        b, i, d = (
-            v.reshape(-1) if isinstance(v, np.ndarray) else raw_bits(v) for v in (x[r] for r in ROLES_ORDER)
-        )
+        (their bits, :func:`formatted`); returns per-candidate ``(max|y−θ_cpt|, max|y−θ_inst|)``, or None if a
+        value was not finite."""
+        b, i, d = (x[r].reshape(-1) for r in ROLES)
         c = np.asarray(coefs, dtype=np.float32).reshape(-1, 3)
         first = _first_terms(c)
         n = b.size

@@ -111,7 +111,7 @@ def _exact_f32(coeffs) -> bool:
 
 def kernels_worth_it(plans: dict[str, TensorPlan]) -> bool:
     """Whether the pass takes the numba kernels for these tensors (:func:`fused.worth_it` of the merged
-    elements: small models stay on torch, whose start costs less)."""
+    elements: small models stay on torch, see :data:`fused.MIN_ELEMENTS`)."""
     return fused.worth_it(sum(math.prod(p.shape) for p in plans.values() if p.kind == "merged"))
 
 

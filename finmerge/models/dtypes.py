@@ -58,7 +58,7 @@ _ALL = [
 ]
 BY_ST: dict[str, DType] = {d.st: d for d in _ALL}
 BY_NAME: dict[str, DType] = {d.name: d for d in _ALL}
-FLOAT32, FLOAT64, BFLOAT16, FLOAT16 = (BY_NAME[n] for n in ("float32", "float64", "bfloat16", "float16"))
+FLOAT32, FLOAT64 = BY_NAME["float32"], BY_NAME["float64"]
 # the output dtypes a merge may ask for by name (``merge.dtype``)
 OUTPUT = {n: BY_NAME[n] for n in ("float32", "bfloat16", "float16")}
 
@@ -76,11 +76,6 @@ def of(dtype: Any) -> DType:
 
 def nbytes(dtype: Any, shape: tuple[int, ...]) -> int:
     return math.prod(shape) * of(dtype).itemsize
-
-
-def is_torch(t: Any) -> bool:
-    """Whether ``t`` is a torch tensor, without importing torch to ask."""
-    return type(t).__module__.startswith("torch")
 
 
 def to_torch(a: np.ndarray, dtype: DType):
