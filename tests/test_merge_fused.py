@@ -230,13 +230,11 @@ print("torch" in sys.modules, "numba" in sys.modules)
 """
 
 
-@pytest.mark.parametrize(
-    "method, torch_loaded", [("task_arithmetic", False), ("linear", False), ("ties", True)]
-)
-def test_a_linear_merge_on_the_kernels_never_imports_torch(triplets, tmp_path, method, torch_loaded):
-    """Importing torch takes about a second, as long as a 0.4B merge's pass: the linear methods read, combine
-    and write numpy arrays of the tensors' bits, so the merge runs without it (ties and dare still combine
-    through torch tensors). The bytes are the torch path's, as the other tests here check."""
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear", "ties", "dare_ties"])
+def test_a_merge_on_the_kernels_never_imports_torch(triplets, tmp_path, method):
+    """Importing torch takes about a second, as long as a 0.4B merge's pass: the kernels read, combine and
+    write numpy arrays of the tensors' bits, so the merge runs without it. The bytes are the torch path's,
+    as the other tests here check."""
     import os
     import subprocess
     import sys
