@@ -70,10 +70,6 @@ class _Vector:
     scale: float = 1.0
 
 
-def _bits(bufs, key: str, n: int, dtype=np.uint32) -> np.ndarray:
-    return bufs.get(key, (n,), dtype)
-
-
 class FusedTies(fused.TwoThreads):
     """Merges whole tensors for :class:`~finmerge.merge.method_registry.GeneralizedTaskArithmetic`
     methods; decisions per vector and the combination's halves run on two threads (the kernels release
@@ -91,9 +87,9 @@ class FusedTies(fused.TwoThreads):
         return [f.result() for f in [self.pool.submit(fn, *a) for a in args]]
 
     def __call__(self, name: str, params, x: dict[str, np.ndarray], out_dtype, ws, tag: str):
-        """``(y, max|y−θ_cpt|, max|y−θ_inst|)`` for one tensor, as the torch path returns them (``y`` as the bits
-        of ``out_dtype``, :func:`fused.format_bits`), or None when a value is not finite (the caller then takes
-        the torch path). ``x``: the inputs as :func:`fused.formatted` bits; ``ws``: reusable numpy buffers
+        """``(y, max|y−θ_cpt|, max|y−θ_inst|)`` for one tensor, as the torch path returns them (``y`` as the
+        bits of ``out_dtype``, :func:`fused.format_bits`), or None when a value is not finite (the caller then
+        takes the torch path). ``x``: the inputs as :func:`fused.formatted` bits; ``ws``: reusable numpy buffers
         (``get(key, shape, numpy dtype)``)."""
         b, xs = x["base"].reshape(-1), [x["instruct"].reshape(-1), x["domain"].reshape(-1)]
         # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
@@ -162,7 +158,7 @@ class FusedTies(fused.TwoThreads):
             hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
             part = np.partition(sample, [lo_i, hi_i])
             cap = n // 16 + 4096
-            band_v, band_i = _bits(ws, f"tband{i}", cap), _bits(ws, f"tbandi{i}", cap, np.int64)
+            band_v, band_i = ws.get(f"tband{i}", (cap,), np.uint32), ws.get(f"tbandi{i}", (cap,), np.int64)
             above, nb, bad = k.magnitude_band(xr, br, part[lo_i], part[hi_i], band_v, band_i)
             if bad >= k.EXP:
                 return None
@@ -172,7 +168,9 @@ class FusedTies(fused.TwoThreads):
                 thr = np.partition(inside, nb - need)[nb - need]
                 quota = want - above - int(np.count_nonzero(inside > thr))
                 return int(thr), int(k.tie_cutoff(inside, band_i[:nb], thr, quota))
-        w = _bits(ws, f"tfull{i}", n)  # small tensor, or the sample missed: select on the whole vector
+        w = ws.get(
+            f"tfull{i}", (n,), np.uint32
+        )  # small tensor, or the sample missed: select on the whole vector
         if k.abs_deltas(xr, br, w) >= k.EXP:
             return None
         thr = np.partition(w, n - want)[n - want]
@@ -186,7 +184,7 @@ class FusedTies(fused.TwoThreads):
         n = br.size
         rand = params.sparsification == "random"
         if rand:  # every chunk's draws and sums in one kernel call
-            vec.mode, vec.mask = k.MASK, _bits(ws, f"tmask{i}.{slot}", n, np.uint8)
+            vec.mode, vec.mask = k.MASK, ws.get(f"tmask{i}.{slot}", (n,), np.uint8)
             from finmerge.merge import pcg64  # numba, loaded on first use (as _kernels)
 
             states = np.zeros((-(-n // CHUNK), 4), np.uint64)

@@ -51,6 +51,11 @@ def _read(model, name: str, a, b, bufs: Buffers, key: str) -> np.ndarray:
     return model.rows(name, a, b, lambda: bufs.get(key, shape, info.dt.bits))
 
 
+def _kernel_inputs(x: dict[str, np.ndarray], types: dict) -> dict[str, np.ndarray]:
+    """The blocks' bits as the kernels take them (:func:`fused.formatted`; no copy)."""
+    return {r: fused.formatted(v, types[r]) for r, v in x.items()}
+
+
 class _TorchPath:
     """The torch path (:mod:`finmerge.merge.torch_block`, and torch with it), loaded by the first block that
     takes it: a linear merge on the kernels never imports torch (about a second)."""
@@ -184,8 +189,7 @@ def merge_pass_many(
                     kernel = kernel or fused.FusedWeightedSums()
                     bshape = x["domain"].shape
                     out = bufs.get(f"fused{par}", (len(tplans), n), fused.format_bits(plan.dtype))
-                    xb = {r: fused.formatted(v, types[r]) for r, v in x.items()}
-                    diag = kernel(xb, [q.params.coeffs for q in tplans], out)
+                    diag = kernel(_kernel_inputs(x, types), [q.params.coeffs for q in tplans], out)
                     if diag is not None:
                         for k, (w, st) in enumerate(zip(writers, tstats, strict=True)):
                             w.write(name, out[k].reshape(bshape))
@@ -193,7 +197,9 @@ def merge_pass_many(
                         counts["fused_elements"] += n
                         continue
                     # a non-finite value: the torch path names the input and rows (and raises)
-                xt = None  # the inputs as torch tensors, made when a candidate takes the torch path
+                xb = xt = (
+                    None  # the inputs as the kernels / torch take them, made when a candidate needs them
+                )
                 all_fused = True
                 for k, (q, w, st) in enumerate(zip(tplans, writers, tstats, strict=True)):
                     tag = f"{k}_{par}"
@@ -203,7 +209,7 @@ def merge_pass_many(
                             from finmerge.merge.fused_ties import FusedTies
 
                             ties = FusedTies()
-                        xb = {r: fused.formatted(v, types[r]) for r, v in x.items()}
+                        xb = xb or _kernel_inputs(x, types)
                         res = ties(name, q.params, xb, q.dtype, bufs, tag)  # None: a value not finite
                     if res is None:
                         all_fused = False
@@ -215,7 +221,7 @@ def merge_pass_many(
                     st.add(dc, di)
                 if in_shared and plan.kind == "merged":
                     counts["fused_elements" if all_fused else "torch_elements"] += n
-                del x, xt
+                del x, xb, xt
             for q, st, report in zip(tplans, tstats, reports, strict=True):
                 report.append(
                     {

@@ -75,6 +75,7 @@ def of(dtype: Any) -> DType:
 
 
 def nbytes(dtype: Any, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of ``dtype`` (anything :func:`of` takes) and ``shape``."""
     return math.prod(shape) * of(dtype).itemsize
 
 
@@ -90,7 +91,4 @@ def to_bits(t) -> np.ndarray:
     """The bits of a contiguous torch tensor as a numpy array of its shape (no copy): :func:`to_torch` undone."""
     import torch
 
-    dt = of(t.dtype)
-    if dt.st == "BOOL":
-        return t.numpy()
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dt.itemsize]).numpy()
+    return t.view(getattr(torch, np.dtype(of(t.dtype).bits).name)).numpy()  # torch names numpy's types alike

@@ -97,10 +97,10 @@ def _entry(path: Path, name: str, entry) -> tuple[str, tuple[int, ...], int, int
     if not 0 <= begin <= end:
         raise modelio.ModelFormatError(f"{path}: tensor {name}: invalid data_offsets [{begin}, {end}]")
     dt = dtypes.BY_ST.get(dtype)
-    if dt is not None and end - begin != tensor_bytes(dt, shape):
+    if dt is not None and end - begin != dtypes.nbytes(dt, shape):
         raise modelio.ModelFormatError(
             f"{path}: tensor {name}: the header gives shape {list(shape)} {dtype} "
-            f"({tensor_bytes(dt, shape)} bytes) but data_offsets span {end - begin} bytes"
+            f"({dtypes.nbytes(dt, shape)} bytes) but data_offsets span {end - begin} bytes"
         )
     return dtype, shape, begin, end
 
@@ -330,8 +330,3 @@ def row_blocks(
     step = max(1, target_elems // row)
     for a in range(start, stop, step):
         yield a, min(stop, a + step)
-
-
-def tensor_bytes(dtype, shape: tuple[int, ...]) -> int:
-    """Bytes of a tensor of ``dtype`` (a :class:`~finmerge.models.dtypes.DType`, torch's dtype or its name)."""
-    return dtypes.nbytes(dtype, shape)

@@ -14,7 +14,7 @@ import numpy as np
 
 from finmerge.models import dtypes
 from finmerge.models.direct_file import DirectFile
-from finmerge.models.safetensors_stream import INDEX_NAME, SINGLE_NAME, natural_key, tensor_bytes
+from finmerge.models.safetensors_stream import INDEX_NAME, SINGLE_NAME, natural_key
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ShardedWriter:
             raise ValueError("duplicate tensor names")
         shards: list[_Shard] = []
         for name in sorted(self.specs, key=natural_key):
-            nb = tensor_bytes(*self.specs[name])
+            nb = dtypes.nbytes(*self.specs[name])
             if not shards or (shards[-1].names and shards[-1].nbytes + nb > max_shard_bytes):
                 shards.append(_Shard(file=""))
             shards[-1].names.append(name)
@@ -132,7 +132,7 @@ class ShardedWriter:
         off = 0
         for nm in sh.names:
             dtype, shape = self.specs[nm]
-            nb = tensor_bytes(dtype, shape)
+            nb = dtypes.nbytes(dtype, shape)
             header[nm] = {"dtype": dtype.st, "shape": list(shape), "data_offsets": [off, off + nb]}
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -152,7 +152,7 @@ class ShardedWriter:
                     self._left = 0
                     return
                 self._open_shard(self.shards[self._shard_i])
-            self._left = tensor_bytes(*self.specs[self.current])
+            self._left = dtypes.nbytes(*self.specs[self.current])
             if self._left:
                 return
 
