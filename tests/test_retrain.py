@@ -3,6 +3,7 @@ whole loop: fixture filings land on S3 → retrain → a promoted champion, with
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import threading
@@ -111,6 +112,40 @@ def test_line_lock_admits_one_holder_per_line(prefect_harness):
         t.join(30)
     assert "error" not in box
     with line_lock("retrain", "fm-lock-test", wait_s=5):  # released on exit
+        pass
+
+
+def test_line_lock_bounds_the_wait_for_a_holder_not_for_a_slow_api(prefect_harness, monkeypatch):
+    """On a loaded machine one request to the API can take longer than the whole wait. The first contender
+    must still get the line, and no slot may be lost to a cut-off request (CI once had both stand down)."""
+    from prefect.client.orchestration._concurrency_limits.client import ConcurrencyLimitAsyncClient
+
+    with line_lock("retrain", "fm-slow-api", wait_s=0):  # a free line is taken even with no wait at all
+        pass
+    real = ConcurrencyLimitAsyncClient.increment_concurrency_slots_with_lease
+
+    async def slow(self, *args, **kwargs):
+        await asyncio.sleep(1.0)
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConcurrencyLimitAsyncClient, "increment_concurrency_slots_with_lease", slow)
+    stood_down = threading.Event()
+
+    def contender():
+        try:
+            with line_lock("retrain", "fm-slow-api", wait_s=0.3):
+                stood_down.wait(30)  # hold until the other has its answer
+                return "held"
+        except LineBusy as exc:
+            stood_down.set()
+            return str(exc)
+
+    (ta, a), (tb, b) = _in_thread(contender), _in_thread(contender)
+    ta.join(90), tb.join(90)
+    outcomes = sorted([a["result"], b["result"]])
+    assert outcomes[1] == "held" and "is held by another run" in outcomes[0], outcomes
+    monkeypatch.undo()
+    with line_lock("retrain", "fm-slow-api", wait_s=0):  # both released: no slot left behind
         pass
 
 

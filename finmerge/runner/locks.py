@@ -7,6 +7,10 @@ share a Prefect API. The slot is held under a lease that the holder renews; a ho
 when its lease runs out. (Without a Prefect server, processes on one host share the ephemeral API's database,
 so the lock still holds there; a crashed holder's lease is then only reclaimed by a server.)
 
+The wait is bounded between attempts, never by cancelling one: Prefect's own ``timeout_seconds`` cancels the
+request in flight, so on a slow API a slot the server granted could be lost to a cancelled caller (held until
+its lease ran out) and every contender would stand down. Each attempt here asks once and gets a real answer.
+
 The library reaches these locks through :func:`finmerge.core.services.line_lock`, never by importing this module.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -46,23 +51,52 @@ def ensure_limit(name: str) -> None:
             pass  # created by a concurrent caller between our read and create
 
 
+def _denied_after(exc: BaseException) -> float | None:
+    """Seconds the server asks us to wait when ``exc`` is its "no free slot" answer (HTTP 423); None when
+    ``exc`` is any other failure, which is not ours to retry."""
+    import httpx
+
+    cause = exc.__cause__
+    if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+        return float(cause.response.headers.get("Retry-After", 0.5))
+    return None
+
+
 @contextmanager
 def line_lock(purpose: str, line: str, wait_s: float | None, lease_s: float = 600.0) -> Iterator[str]:
-    """Hold the lock ``purpose`` of model line ``line``; raise :class:`LineBusy` after ``wait_s`` seconds
-    (None: wait as long as it takes). Yields the limit's name."""
-    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
+    """Hold the lock ``purpose`` of model line ``line``; raise :class:`LineBusy` when it is still held after
+    ``wait_s`` seconds (None: wait as long as it takes). At least one attempt is always made, and an attempt
+    is never cut short. Yields the limit's name."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     name = lock_name(purpose, line)
     ensure_limit(name)
+    start = time.monotonic()
     with ExitStack() as held:
-        try:
-            held.enter_context(
-                concurrency(name, occupy=1, timeout_seconds=wait_s, lease_duration=lease_s, strict=True)
-            )
-        except (AcquireConcurrencySlotTimeoutError, TimeoutError) as exc:
-            raise LineBusy(
-                f"{line}: {purpose} lock {name!r} is held by another run (waited {wait_s}s)"
-            ) from exc
+        while True:
+            try:
+                # max_retries=0: one request, answered "granted" or 423; the waiting is this loop's
+                held.enter_context(
+                    concurrency(
+                        name,
+                        occupy=1,
+                        max_retries=None if wait_s is None else 0,
+                        lease_duration=lease_s,
+                        strict=True,
+                    )
+                )
+                break
+            except ConcurrencySlotAcquisitionError as exc:
+                retry_after = _denied_after(exc)
+                if retry_after is None or wait_s is None:  # with no bound Prefect retries 423s itself
+                    raise
+                left = start + wait_s - time.monotonic()
+                if left <= 0:
+                    raise LineBusy(
+                        f"{line}: {purpose} lock {name!r} is held by another run "
+                        f"(waited {time.monotonic() - start:.1f}s of {wait_s}s)"
+                    ) from exc
+                time.sleep(min(retry_after, left))
         log.info("holding %s", name)
         yield name
