@@ -4,7 +4,6 @@ card ``README.md`` (recipe, formula of the method, inputs with digests, vocab po
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 
@@ -41,8 +40,9 @@ def recipe_yaml(cfg: MergeConfig, uris: dict, summary: dict) -> str:
     return head + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
 
 
-def model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
-    """The merged model's card, written by the one model-card writer (:mod:`finmerge.models.card`)."""
+def model_card(cfg: MergeConfig, s: dict) -> str:
+    """The merged model's card, written by the one model-card writer (:mod:`finmerge.models.card`). Nothing
+    in it names the output folder: the same merge written elsewhere has the same folder digest."""
     a, b = cfg.alpha, cfg.beta
     excluded = ", ".join(f"`{e}`" for e in cfg.exclude) or "none"
     recipe = "\n".join([
@@ -90,7 +90,9 @@ def model_card(cfg: MergeConfig, s: dict, out_uri: str) -> str:
         "A finance LLM built by finmerge: the instruction vector of an instruct model and the domain vector of a "
         "continually pretrained (CPT) model, added to their common base model."
     )
-    title = Path(storage.normalize(out_uri)).name
     return card.model_card(
-        title, body=intro, sections=sections, tags=("finmerge", "merge", cfg.method.replace("_", "-"))
+        f"finmerge merged model ({cfg.method})",
+        body=intro,
+        sections=sections,
+        tags=("finmerge", "merge", cfg.method.replace("_", "-")),
     )

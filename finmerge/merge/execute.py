@@ -292,7 +292,7 @@ def _finish_output(
         json.dumps({"summary": summary, "tensors": report}, indent=2, ensure_ascii=False) + "\n"
     )
     (out.path / "merge_recipe.yaml").write_text(recipe_yaml(cfg, uris, summary), encoding="utf-8")
-    (out.path / "README.md").write_text(model_card(cfg, summary, out_uri), encoding="utf-8")
+    (out.path / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
     out.meta["counts"] = counts
     out.meta["metrics"] = {
         "merge/max_abs_delta_vs_cpt": float(max_cpt),
