@@ -195,8 +195,9 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
     if use_scale:
         for j in range(m):
             dd[j] = dd[j] * scale
-    for j in range(m):
-        dd[j] = dd[j] * w
+    if w != F1:  # d·1 is d, bit for bit
+        for j in range(m):
+            dd[j] = dd[j] * w
 
 
 @numba.njit(nogil=True, cache=True)
@@ -247,12 +248,10 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
                 acc[j] = acc[j] * lam
         for j in range(m):
             acc[j] = acc[j] + fb[j]
-        for j in range(m):
-            bad = umax32(bad, exponent_bits(ua[j]))
         # |Δ| against the (unrounded) result, as torch's max_abs_diff(acc, x) reports it
         for j in range(m):
+            bad = umax32(bad, exponent_bits(ua[j]))
             mx1 = umax32(mx1, abs_bits(f1[j] - acc[j]))
-        for j in range(m):
             mx0 = umax32(mx0, abs_bits(f0[j] - acc[j]))
         o = out[s : s + m]
         for j in range(m):
