@@ -51,15 +51,35 @@ def ensure_limit(name: str) -> None:
             pass  # created by a concurrent caller between our read and create
 
 
+def _is_denial(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the API's "no free slot" answer (HTTP 423 Locked)."""
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423
+
+
+class _QuietDenials(logging.Filter):
+    """Prefect's acquisition service logs every request it could not complete at ERROR, and with
+    ``max_retries=0`` that includes each "line busy" answer, which is this module's normal waiting. Drop
+    exactly those records (a 423 in the item's future); any other failure is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) != 2 or args[0] != "ConcurrencySlotAcquisitionWithLeaseService":
+            return True
+        future = args[1][-1] if isinstance(args[1], tuple) and args[1] else None
+        done = getattr(future, "done", lambda: False)()
+        return not (done and not future.cancelled() and _is_denial(future.exception()))
+
+
+_QUIET = _QuietDenials()
+
+
 def _denied_after(exc: BaseException) -> float | None:
     """Seconds the server asks us to wait when ``exc`` is its "no free slot" answer (HTTP 423); None when
     ``exc`` is any other failure, which is not ours to retry."""
-    import httpx
-
     cause = exc.__cause__
-    if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-        return float(cause.response.headers.get("Retry-After", 0.5))
-    return None
+    return float(cause.response.headers.get("Retry-After", 0.5)) if _is_denial(cause) else None
 
 
 @contextmanager
@@ -72,6 +92,9 @@ def line_lock(purpose: str, line: str, wait_s: float | None, lease_s: float = 60
 
     name = lock_name(purpose, line)
     ensure_limit(name)
+    service_log = logging.getLogger("prefect._internal.concurrency")
+    if _QUIET not in service_log.filters:
+        service_log.addFilter(_QUIET)
     start = time.monotonic()
     with ExitStack() as held:
         while True:
