@@ -65,24 +65,29 @@ def magnitude_band(x, b, lo, hi, band_v, band_i):
     """One pass over |x − b|: how many exceed ``hi``, and the values in [lo, hi] (bits) with their indices,
     in index order, into ``band_v`` / ``band_i``. Returns (above, in band (-1: more than fit), bad).
 
-    The band holds ~2% of the values: a vectorised loop flags them, and the scalar compaction visits only
-    the groups of 8 with a flag (read as one uint64), about one in six."""
+    The band holds ~1.7% of the values: a vectorised loop flags them, and the scalar compaction visits only
+    the groups of 8 with a flag (read as one uint64), about one in eight."""
     n = b.size
-    ux, ub = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
-    dd = np.empty(TILE, np.float32)
-    ud = dd.view(np.uint32)
+    ud = np.empty(TILE, np.uint32)
     flag = np.zeros(TILE, np.uint8)
     groups = flag.view(np.uint64)
     above, nb, bad, cap = 0, 0, u32(0), band_v.size
     lo, hi = u32(lo), u32(hi)  # 32-bit compares and counts: 16 lanes, not 4 (see fused_kernel)
+    span = hi - lo  # lo ≤ |Δ| ≤ hi as one unsigned compare: |Δ| − lo wraps above span when |Δ| < lo
     for s in range(0, n, TILE):
         m = min(TILE, n - s)
-        bad = max(bad, _abs_delta(x[s : s + m], b[s : s + m], ux, ub, dd))
+        xs, bs = x[s : s + m], b[s : s + m]
+        e = u32(0)
+        for j in range(m):  # load, finiteness and |Δ| in one loop: no tile of upcast inputs to store
+            wx, wb = widened(xs[j]), widened(bs[j])
+            e = umax32(e, umax32(exponent_bits(wx), exponent_bits(wb)))
+            ud[j] = abs_bits(float32_of(wx) - float32_of(wb))
+        bad = max(bad, e)
         c = u32(0)
         for j in range(m):
             c += u32(ud[j] > hi)
         for j in range(m):
-            flag[j] = (ud[j] >= lo) & (ud[j] <= hi)
+            flag[j] = u32(ud[j] - lo) <= span
         above += c
         for j in range(m, TILE):  # a short last tile: no stale flags
             flag[j] = 0
