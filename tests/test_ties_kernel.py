@@ -98,6 +98,9 @@ CASES = {
     "ties-unnormalized": ("ties", MergeConfig(method="ties", density=0.7, normalize=False)),
     "ties-full": ("ties", MergeConfig(method="ties", density=1.0)),
     "ties-cancel": ("ties", MergeConfig(method="ties", density=0.5, alpha=1.0, beta=-1.0)),
+    # divisors all powers of two (the kernel multiplies by their reciprocals), then one that is not (3)
+    "ties-halves": ("ties", MergeConfig(method="ties", density=0.5, alpha=0.5, beta=0.5)),
+    "ties-pow2-uneven": ("ties", MergeConfig(method="ties", density=0.6, alpha=2.0, beta=1.0)),
     "dare_ties": ("dare_ties", MergeConfig(method="dare_ties", density=0.5, seed=3)),
     "dare_ties-uneven": (
         "dare_ties",
@@ -107,6 +110,7 @@ CASES = {
     "dare_ties-no-rescale": ("dare_ties", MergeConfig(method="dare_ties", density=0.5, rescale=False)),
     "dare_ties-full": ("dare_ties", MergeConfig(method="dare_ties", density=1.0, lambda_scale=0.7)),
     "dare_linear": ("dare_linear", MergeConfig(method="dare_linear", density=0.4, normalize=True, beta=0.3)),
+    "dare_linear-halved": ("dare_linear", MergeConfig(method="dare_linear", density=0.4, normalize=True)),
 }
 
 
@@ -146,6 +150,18 @@ def test_threshold_exact_whether_the_sample_brackets_it_or_misses(monkeypatch, s
         x = _inputs((97, 1013), torch.bfloat16, seed=seed, kind=kind)
         for density in (0.05, 0.5, 0.97):
             _assert_same(*_both("ties", MergeConfig(method="ties", density=density), x))
+
+
+def test_divisors_that_are_powers_of_two_become_exact_reciprocals():
+    """The normalisation divides by w0, w1, w0 + w1 (or 1 for 0) and the linear sum by α + β: the kernel
+    multiplies by reciprocals only when all are powers of two, where that is exact (the cases above compare
+    both ways to the torch path); the default α = β = 1 is such a case."""
+    f = np.float32
+    assert fused_ties._reciprocals([f(1), f(1), f(2), f(2)]) == [1, 1, 0.5, 0.5]
+    assert fused_ties._reciprocals([f(2), f(-2), f(0), f(1)]) == [0.5, -0.5, 1, 1]
+    assert fused_ties._reciprocals([f(2), f(1), f(3), f(3)]) is None
+    assert fused_ties._reciprocals([f(1), f(0.6), f(1) + f(0.6), f(1.6)]) is None
+    assert fused_ties._reciprocals([f(2.0**-140)]) is None  # 1/d would overflow float32
 
 
 def test_ties_at_the_threshold_keep_the_lowest_indices(monkeypatch):

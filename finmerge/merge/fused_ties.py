@@ -250,13 +250,16 @@ class FusedTies(fused.TwoThreads):
         y = ws.get(f"y{tag}", shape, fused.format_bits(out_dtype))  # rounded and written by the kernel
         out = y.reshape(-1)
         total = params.alpha + params.beta
+        lin_div = 1.0 if abs(total) < 1e-8 else total
+        w0, w1 = np.float32(params.alpha), np.float32(params.beta)
+        recs = _reciprocals([w0, w1, w0 + w1, np.float32(lin_div)])  # w0 + w1 in float32, as the kernel adds
         f32s = np.array(
-            [vecs[0].scale, vecs[1].scale, params.alpha, params.beta, params.lambda_scale,
-             1.0 if abs(total) < 1e-8 else total], np.float32,
-        )  # fmt: skip
+            [vecs[0].scale, vecs[1].scale, w0, w1, params.lambda_scale, lin_div, *(recs or [1.0] * 4)],
+            np.float32,
+        )
         flags = np.array(
             [vecs[0].scale != 1.0, vecs[1].scale != 1.0, params.consensus, params.normalize,
-             params.lambda_scale != 1.0], np.bool_,
+             params.lambda_scale != 1.0, recs is not None], np.bool_,
         )  # fmt: skip
         vec = np.array([[v.mode, v.thr, v.cutoff] for v in vecs], np.int64)
         parts = self._split(n)
@@ -274,6 +277,23 @@ class FusedTies(fused.TwoThreads):
             return [(0, n)]
         step = -(-n // self.threads // fused.TILE) * fused.TILE
         return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _reciprocals(divisors) -> list[np.float32] | None:
+    """1/d of each float32 divisor (1 for 0, which the kernel divides by 1 instead) when every one is a power
+    of two: then x·(1/d) is x/d, bit for bit (1/d is exact and both round the same exact quotient). None
+    otherwise: the kernel divides. α = β = 1 (the default) gives divisors 1, 1, 2."""
+    out = []
+    for d in divisors:
+        if d == 0:
+            out.append(np.float32(1.0))
+            continue
+        with np.errstate(over="ignore"):  # 1/d of a subnormal d overflows: then divide
+            r = np.float32(1.0) / np.float32(d)
+        if np.frexp(np.float32(d))[0] not in (0.5, -0.5) or not np.isfinite(r):
+            return None
+        out.append(r)
+    return out
 
 
 @lru_cache(maxsize=32)

@@ -209,8 +209,10 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
 def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag):
     """Merged elements [start, stop) of two task vectors, written to ``out`` in its format (uint16: bf16,
     int16: fp16, both rounded to nearest even as torch rounds; uint32: float32). ``vec[i]`` = (mode,
-    threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor);
-    ``flags`` = (use scale0, use scale1, consensus, normalize, use λ). ``diag`` gets the bits of max|y−x1|
+    threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor,
+    1/w0, 1/w1, 1/(w0 + w1), 1/linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
+    use λ, multiply by the reciprocals: every divisor is a power of two, so x/d is x·(1/d) exactly, and a
+    multiplication costs less than a division; a divisor 0 stands for 1, and so does its reciprocal). ``diag`` gets the bits of max|y−x1|
     and max|y−x0| over the float32 result (what the torch path reports) and, at [2], the largest exponent
     bits of the inputs, the result and the rounded output (``EXP``: not finite).
 
@@ -223,7 +225,8 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
     fb, f0, f1 = ub.view(np.float32), u0.view(np.float32), u1.view(np.float32)
     ua = acc.view(np.uint32)
     scale0, scale1, w0, w1, lam, lin_div = f32s[0], f32s[1], f32s[2], f32s[3], f32s[4], f32s[5]
-    consensus, normalize, use_lam = flags[2], flags[3], flags[4]
+    consensus, normalize, use_lam, recip = flags[2], flags[3], flags[4], flags[5]
+    r0, r1, r01, lin_rec = f32s[6], f32s[7], f32s[8], f32s[9]
     mx0 = mx1 = bad = u32(0)
     for s in range(start, stop, TILE):
         m = min(TILE, stop - s)
@@ -239,13 +242,19 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
                 g0 = a if ((a > F0) & pos) | ((a < F0) & neg) else F0
                 g1 = c if ((c > F0) & pos) | ((c < F0) & neg) else F0
                 acc[j] = g0 + g1
-                if normalize:
+                if normalize and recip:  # the divisor below is w0, w1, w0 + w1 or 0
+                    n0, n1 = g0 != F0, g1 != F0
+                    acc[j] = acc[j] * (r01 if n0 & n1 else (r0 if n0 else (r1 if n1 else F1)))
+                elif normalize:
                     dv = (F0 + (F1 if g0 != F0 else F0) * w0) + (F1 if g1 != F0 else F0) * w1
                     acc[j] = acc[j] / (F1 if dv == F0 else dv)
         else:
             for j in range(m):
                 acc[j] = d0[j] + d1[j]
-            if normalize:
+            if normalize and recip:
+                for j in range(m):
+                    acc[j] = acc[j] * lin_rec
+            elif normalize:
                 for j in range(m):
                     acc[j] = acc[j] / lin_div
         if use_lam:
