@@ -212,9 +212,10 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
     threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor,
     1/w0, 1/w1, 1/(w0 + w1), 1/linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
     use λ, multiply by the reciprocals: every divisor is a power of two, so x/d is x·(1/d) exactly, and a
-    multiplication costs less than a division; a divisor 0 stands for 1, and so does its reciprocal). ``diag`` gets the bits of max|y−x1|
-    and max|y−x0| over the float32 result (what the torch path reports) and, at [2], the largest exponent
-    bits of the inputs, the result and the rounded output (``EXP``: not finite).
+    multiplication costs less than a division; a divisor 0 stands for 1, and so does its reciprocal).
+    ``diag`` gets the bits of max|y−x1| and max|y−x0| over the float32 result (what the torch path
+    reports) and, at [2], the largest exponent bits of the inputs, the result and the rounded output
+    (``EXP``: not finite).
 
     Per element, the torch path's operations in its order, each rounded as it rounds them (see
     :func:`finmerge.merge.methods.generalized_task_arithmetic`): the sign election keeps d where its sign is
