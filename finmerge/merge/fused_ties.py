@@ -21,7 +21,6 @@ Any non-finite input or result sends the tensor back to the torch path, which na
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -42,14 +41,7 @@ NO_MASK = np.zeros(0, np.uint8)
 def available(in_dtypes, out_dtype, compute_dtype) -> bool:
     """Inputs and output in bf16, fp16 or fp32 (each in its own), float32 compute; ``FINMERGE_FUSED=0`` says
     no. Dtypes as :class:`~finmerge.models.dtypes.DType` or torch's."""
-    if os.environ.get("FINMERGE_FUSED", "auto") == "0":
-        return False
-    names = {dtypes.of(d).name for d in (*in_dtypes, out_dtype)}
-    return (
-        names <= fused.FORMAT_BITS.keys()
-        and dtypes.of(compute_dtype) == dtypes.FLOAT32
-        and fused.fp16_convertible(names)
-    )
+    return fused.available(in_dtypes, out_dtype) and dtypes.of(compute_dtype) == dtypes.FLOAT32
 
 
 @lru_cache(maxsize=1)
