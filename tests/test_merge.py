@@ -298,6 +298,7 @@ def test_report_card_recipe_and_meta(fp32, tmp_path):
         "merge/candidates_in_pass",
         "merge/pass_seconds",
         "merge/kernel_load_seconds",  # 0 here: the torch path loads no kernels
+        "merge/decisions_remembered",  # ties / dare task vectors decided by an earlier merge (0: linear)
     }
     # a tiny model: below fused.MIN_ELEMENTS the torch path does it (tests/test_merge_fused.py forces the kernel)
     assert res["metrics"]["merge/fused_share"] == 0.0 and res["metrics"]["merge/candidates_in_pass"] == 1

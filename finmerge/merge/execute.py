@@ -43,6 +43,7 @@ from finmerge.core import storage
 from finmerge.core.hash_cache import HashCache
 from finmerge.merge import fused
 from finmerge.merge.card import model_card, recipe_yaml
+from finmerge.merge.decision_memory import DecisionMemory, model_identity
 from finmerge.merge.method_registry import METHODS, ROLES, GeneralizedTaskArithmetic, method_summary
 from finmerge.merge.model_files import check_tokenizer_source, write_model_files
 from finmerge.merge.plan import build_plan, compute_dtype, resolve_dtype
@@ -175,6 +176,11 @@ def merge_models_many(
         hashed = any(cfg.hash_inputs for _, cfg in jobs)
         hashes = HashCache(staging_dir)
         fps = {s.role: _fingerprint_jobs(s, pool, hashes) for s in tri.sides()} if hashed else {}
+        # ties' and dare's decisions, remembered by the digests of the models a task vector joins: known now
+        # for models hashed before (a retrain's base and instruct), learnt beside the pass for the others
+        memory = (
+            DecisionMemory(staging_dir, {r: model_identity(fp) for r, fp in fps.items()}) if hashed else None
+        )
         with contextlib.ExitStack() as stack:
             outs = [
                 stack.enter_context(
@@ -201,10 +207,12 @@ def merge_models_many(
             _load_kernels(plans)
             load_s = time.perf_counter() - t_load
             t_pass = time.perf_counter()
-            reports = merge_pass_many(tri, plans, writers, calc_dtype, block_elems, paths)
+            reports = merge_pass_many(tri, plans, writers, calc_dtype, block_elems, paths, memory)
             shard_shas = [w.close() for w in writers]
             pass_s = time.perf_counter() - t_pass
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
+            if memory is not None:
+                memory.save({r: model_identity(fp) for r, fp in fingerprints.items()})
             seconds = time.perf_counter() - t0
             for out, (out_uri, cfg), plan, report, shard_sha in zip(
                 outs, jobs, plans, reports, shard_shas, strict=True
@@ -217,6 +225,8 @@ def merge_models_many(
                     1, paths["fused_elements"] + paths["torch_elements"]
                 )
                 out.meta["metrics"]["merge/candidates_in_pass"] = float(len(jobs))
+                # task vectors whose ties / dare decisions an earlier merge made (see decision_memory)
+                out.meta["metrics"]["merge/decisions_remembered"] = float(memory.hits if memory else 0)
                 out.meta["metrics"]["merge/pass_seconds"] = pass_s  # reading, merging, writing the shards
                 out.meta["metrics"]["merge/kernel_load_seconds"] = load_s  # numba's start, before the pass
     finally:

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from finmerge.merge import fused
+from finmerge.merge.decision_memory import DecisionMemory
 from finmerge.merge.method_registry import CHUNK, tensor_seed
 from finmerge.models import dtypes
 
@@ -36,6 +37,8 @@ BRACKET = 0.0085  # ... so ±3σ misses about once in 400 vectors (then the whol
 # (2¹⁶ and ±0.006 bracket half as many values, but gathering and selecting the sample costs more than that
 # saves: the decisions of a 2.9M-value vector take 3.3 ms instead of 3.7)
 NO_MASK = np.zeros(0, np.uint8)
+VECTORS = ("instruct", "domain")  # the task vectors' models, in the order the kernels take them
+NO_BAND, NO_INDEX = np.zeros(0, np.uint32), np.zeros(0, np.int64)
 
 
 def available(in_dtypes, out_dtype, compute_dtype) -> bool:
@@ -69,9 +72,10 @@ class FusedTies(fused.TwoThreads):
     methods; decisions per vector and the combination's halves run on two threads (the kernels release
     the GIL). Torch's own reductions stay on the calling thread, where the torch path runs them."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, memory: DecisionMemory | None = None):
         super().__init__(threads)
         self.k = _kernels()
+        self.memory = memory  # decisions of earlier merges of the same vectors; this one's kept for later
         self._tensor: tuple = ()  # the tensor of the decisions in _decided
         self._decided: dict = {}  # its decisions, by what they depend on
 
@@ -110,22 +114,52 @@ class FusedTies(fused.TwoThreads):
         """Each task vector's decisions (see :class:`_Vector`); None when a value is not finite."""
         densities = (params.density_instruct, params.density_domain)
         sparse = params.sparsification is not None
+        magnitude = params.sparsification == "magnitude"
         vecs = [_Vector() for _ in xs]
-        if sparse and params.sparsification == "magnitude":
-            todo = [(i,) for i in range(2) if densities[i] < 1]
-            found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i), todo)
+        # what a vector's decisions depend on besides its two models (the memory's key), when it has any
+        # worth remembering: the top-k threshold, the rescale factor (dare's mask is redrawn from its seed)
+        items = [
+            (name, b.size, str(b.dtype), str(xs[i].dtype), params.sparsification, densities[i],
+             None if magnitude else params.seed, params.rescale)
+            if sparse and densities[i] < 1 and (magnitude or params.rescale) else None
+            for i in range(2)
+        ]  # fmt: skip
+        known = [
+            self.memory.get(VECTORS[i], items[i]) if self.memory and items[i] else None for i in range(2)
+        ]
+        if sparse and magnitude:
+            todo = [i for i in range(2) if densities[i] < 1]
+            for i in [i for i in todo if known[i]]:
+                vecs[i] = _Vector(self.k.MAGNITUDE, known[i]["thr"], known[i]["cutoff"])
+            todo = [(i,) for i in todo if not known[i]]
+            halves = len(todo) == 1  # one vector to decide: its band pass in halves on both threads
+            found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i, halves), todo)
             for (i,), got in zip(todo, found, strict=True):
                 if got is None:
                     return None
                 vecs[i] = _Vector(self.k.MAGNITUDE, *got)
         todo = [i for i in range(2) if sparse and densities[i] < 1]
-        todo = [i for i in todo if params.sparsification == "random" or params.rescale]
-        seeds = [tensor_seed(params.seed, name, role) for role in ("instruct", "domain")]
-        args = [(xs[i], b, densities[i], seeds[i], params, vecs[i], ws, i, slot) for i in todo]
-        for i, sums in zip(todo, self._map(self._second_pass, args), strict=True):
+        todo = [i for i in todo if not magnitude or (params.rescale and not known[i])]
+        seeds = [tensor_seed(params.seed, name, role) for role in VECTORS]
+        for i in todo:  # made here, not on the threads that fill it (Buffers.get is not thread-safe)
+            if not magnitude:
+                vecs[i].mode, vecs[i].mask = self.k.MASK, ws.get(f"tmask{i}.{slot}", (b.size,), np.uint8)
+        chunks = -(-b.size // CHUNK)
+        summing = [i for i in todo if params.rescale and not known[i]]
+        # one vector to sum (a retrain's τ_fin; τ_inst's rescale remembered): its chunks in halves on both threads
+        halves = len(summing) == 1 and self.threads > 1 and chunks > 1
+        tasks = [(i, r) for i in todo
+                 for r in ([(0, chunks // 2), (chunks // 2, chunks)] if halves and i in summing else [(0, chunks)])]  # fmt: skip
+        args = [(xs[i], b, densities[i], seeds[i], params, vecs[i], ws, i, not known[i], r) for i, r in tasks]
+        found: dict[int, list | bool] = {}
+        for (i, _), got in zip(tasks, self._map(self._second_pass, args), strict=True):
+            prev = found.get(i, [])
+            found[i] = False if got is False or prev is False else prev + got  # in chunk order
+        for i in todo:
+            sums = found[i]
             if sums is False:
                 return None
-            if not params.rescale:
+            if not params.rescale or known[i]:
                 continue
             before = after = 0.0
             for c, got in enumerate(sums):  # added up chunk by chunk, as the torch path does
@@ -137,10 +171,16 @@ class FusedTies(fused.TwoThreads):
                 after += got[1]
             if before >= 1e-7 and after >= 1e-7:
                 vecs[i].scale = before / after
+        for i, v in enumerate(vecs):
+            if known[i] and params.rescale:
+                v.scale = known[i]["scale"]
+            elif items[i] and self.memory:
+                self.memory.put(VECTORS[i], items[i], {"thr": v.thr, "cutoff": v.cutoff, "scale": v.scale})
         return vecs
 
-    def _magnitude(self, xr, br, density, ws, i):
-        """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite)."""
+    def _magnitude(self, xr, br, density, ws, i, halves=False):
+        """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite);
+        ``halves``: the band pass on both threads (the only vector deciding)."""
         k = self.k
         n = br.size
         want = max(1, int(density * n))
@@ -151,17 +191,16 @@ class FusedTies(fused.TwoThreads):
             lo_i = max(1, int((q - BRACKET) * SAMPLE)) - 1
             hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
             part = np.partition(sample, [lo_i, hi_i])
-            cap = n // 16 + 4096
-            band_v, band_i = ws.get(f"tband{i}", (cap,), np.uint32), ws.get(f"tbandi{i}", (cap,), np.int64)
-            above, nb, bad = k.magnitude_band(xr, br, part[lo_i], part[hi_i], band_v, band_i)
-            if bad >= k.EXP:
+            got = self._band(xr, br, part[lo_i], part[hi_i], ws, i, halves)
+            if got is None:
                 return None
+            above, inside, index = got
             need = want - above
-            if 0 < need <= nb:
-                inside = band_v[:nb]
+            if 0 < need <= inside.size:
+                nb = inside.size
                 thr = np.partition(inside, nb - need)[nb - need]
                 quota = want - above - int(np.count_nonzero(inside > thr))
-                return int(thr), int(k.tie_cutoff(inside, band_i[:nb], thr, quota))
+                return int(thr), int(k.tie_cutoff(inside, index, thr, quota))
         w = ws.get(
             f"tfull{i}", (n,), np.uint32
         )  # small tensor, or the sample missed: select on the whole vector
@@ -171,34 +210,61 @@ class FusedTies(fused.TwoThreads):
         quota = want - int(np.count_nonzero(w > thr))
         return int(thr), int(k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
 
-    def _second_pass(self, xr, br, density, seed, params, vec: _Vector, ws, i, slot):
-        """dare's keep mask (the torch path's draws) and, with ``rescale``, the per-chunk L1 sums
-        ``[(Σ|d|, Σ|kept d|) or None]`` (None: a chunk whose ``exact`` is False); False: not finite."""
+    def _band(self, xr, br, lo, hi, ws, i, halves):
+        """:func:`~finmerge.merge.fused_ties_kernel.magnitude_band` of the vector (in two halves on two
+        threads with ``halves``, the bands joined in index order): ``(above, band values, their indices)``;
+        an empty band when it overflowed (the caller then selects on the whole vector); None: not finite."""
+        n = br.size
+        parts = self._split(n) if halves else [(0, n)]
+        cap = n // 16 + 4096
+        bufs = [(ws.get(f"tband{i}.{h}", (cap,), np.uint32), ws.get(f"tbandi{i}.{h}", (cap,), np.int64))
+                for h in range(len(parts))]  # fmt: skip
+        args = [(xr[s:e], br[s:e], lo, hi, v, ix) for (s, e), (v, ix) in zip(parts, bufs, strict=True)]
+        found = self._map(self.k.magnitude_band, args)
+        if max(bad for _, _, bad in found) >= self.k.EXP:
+            return None
+        above = sum(int(a) for a, _, _ in found)
+        if any(nb < 0 for _, nb, _ in found):
+            return above, NO_BAND, NO_INDEX
+        if len(parts) == 1:
+            nb = found[0][1]
+            return above, bufs[0][0][:nb], bufs[0][1][:nb]
+        values = np.concatenate([v[:nb] for (v, _), (_, nb, _) in zip(bufs, found, strict=True)])
+        index = np.concatenate(
+            [ix[:nb] + s for (s, _), (_, ix), (_, nb, _) in zip(parts, bufs, found, strict=True)]
+        )  # each half's indices count from its start
+        return above, values, index
+
+    def _second_pass(self, xr, br, density, seed, params, vec: _Vector, ws, i, sums_wanted, chunks):
+        """dare's keep mask (the torch path's draws; ``vec.mask`` is the caller's) and, with ``rescale`` (and
+        ``sums_wanted``: no remembered rescale factor), the L1 sums ``[(Σ|d|, Σ|kept d|) or None]`` (None: a
+        chunk whose ``exact`` is False) of the ``chunks`` (first, end); False: not finite."""
         k = self.k
         n = br.size
-        rand = params.sparsification == "random"
-        if rand:  # every chunk's draws and sums in one kernel call
-            vec.mode, vec.mask = k.MASK, ws.get(f"tmask{i}.{slot}", (n,), np.uint8)
+        c0, c1 = chunks
+        if vec.mode == k.MASK:  # these chunks' draws and sums in one kernel call
             from finmerge.merge import pcg64  # numba, loaded on first use (as _kernels)
 
-            states = np.zeros((-(-n // CHUNK), 4), np.uint64)
-            for c in range(len(states)):  # the generators methods._random_keep seeds, one per chunk
-                states[c] = pcg64.seeded_state((seed, c))
+            states = np.zeros((c1 - c0, 4), np.uint64)
+            for c in range(c0, c1):  # the generators methods._random_keep seeds, one per chunk
+                states[c - c0] = pcg64.seeded_state((seed, c))
             sums, exact = np.zeros((len(states), 2)), np.zeros(len(states), np.bool_)
             dthr = round(density * 65536)
-            got = k.dare_pass(xr, br, states, CHUNK, dthr, vec.mask, params.rescale, sums, exact)
+            a, e = c0 * CHUNK, min(n, c1 * CHUNK)
+            want = params.rescale and sums_wanted
+            got = k.dare_pass(xr[a:e], br[a:e], states, CHUNK, dthr, vec.mask[a:e], want, sums, exact)
             if got >= k.EXP:
                 return False
             return [(float(s[0]), float(s[1])) if e else None for s, e in zip(sums, exact, strict=True)]
         sums = []
-        for a in range(0, n, CHUNK):
-            got = self._l1_chunk(xr, br, density, seed, params, vec, ws, i, a, exact_only=True)
+        for a in range(c0 * CHUNK, min(n, c1 * CHUNK), CHUNK):
+            got = self._l1_chunk(xr, br, density, seed, params, vec, ws, i, a, exact_only=True, h=int(c0 > 0))
             if got is False:
                 return False
             sums.append(got)
         return sums
 
-    def _l1_chunk(self, xr, br, density, seed, params, vec, ws, i, a, exact_only):
+    def _l1_chunk(self, xr, br, density, seed, params, vec, ws, i, a, exact_only, h=0):
         """One chunk's L1 sums for the rescale (top-k kept vectors, and any chunk that ``exact`` cannot vouch
         for); with ``exact_only`` False the sums come from torch's own call (on the calling thread: torch's
         reduction order depends on its thread count)."""
@@ -209,8 +275,11 @@ class FusedTies(fused.TwoThreads):
         if rand:  # methods._random_keep's draws: PCG64 seeded by (seed, chunk index), four per word
             draws = np.random.PCG64((seed, a // CHUNK)).random_raw((m + 3) // 4).view(np.uint16)[:m]
         dthr = round(density * 65536)
-        c = min(CHUNK, br.size)
-        absd, absk = ws.get(f"tl1d{i}", (c,), np.float32)[:m], ws.get(f"tl1k{i}", (c,), np.float32)[:m]
+        c = min(CHUNK, br.size)  # scratch of its own per half: two threads may sum one vector (_second_pass)
+        absd, absk = (
+            ws.get(f"tl1d{i}.{h}", (c,), np.float32)[:m],
+            ws.get(f"tl1k{i}.{h}", (c,), np.float32)[:m],
+        )
         mask = vec.mask[a : a + m] if rand else vec.mask
         args = (
             vec.mode,

@@ -134,12 +134,14 @@ def merge_pass_many(
     compute_dtype,
     block_elems: int,
     stats: dict | None = None,
+    memory=None,
 ) -> list[list[dict]]:
     """K merges of the same three models in one read of the inputs: ``plans[k]`` written to ``writers[k]``
     (same tensors, shapes and output dtypes; the coefficients and methods may differ). Linear methods take
     the fused kernel (:mod:`finmerge.merge.fused`) when the dtypes allow, ties / dare theirs
     (:mod:`finmerge.merge.fused_ties`), everything else the torch path (the same bytes either way);
-    ``stats`` (if given) gets the merged elements (per candidate) that each path computed."""
+    ``stats`` (if given) gets the merged elements (per candidate) that each path computed; ``memory``: a
+    :class:`~finmerge.merge.decision_memory.DecisionMemory` for ties' and dare's decisions."""
     counts = stats if stats is not None else {}
     counts.update(fused_elements=0, torch_elements=0)
     models = {r: getattr(tri, r).weights for r in ROLES}
@@ -208,7 +210,7 @@ def merge_pass_many(
                         if ties is None:
                             from finmerge.merge.fused_ties import FusedTies
 
-                            ties = FusedTies()
+                            ties = FusedTies(memory=memory)
                         xb = xb or _kernel_inputs(x, types)
                         res = ties(name, q.params, xb, q.dtype, bufs, tag)  # None: a value not finite
                     if res is None:
