@@ -17,6 +17,11 @@ In the same script, so every figure is a ratio of two timings taken here:
   writing and hashing its K outputs' bytes (through the page cache, as mergekit writes, and around it, as
   finmerge's writer does where the file system allows); the same for `--candidates-methods` (ties: the top-k
   thresholds are made once per tensor for all K);
+* a retrain of ties / dare: a fourth model (another continual pretraining of the base, "cpt2") merged with
+  base and instruct when the decisions of base → instruct are remembered from the merge with cpt
+  (``merge-decisions.sqlite``), as on a scheduled retrain, and a repeat of that merge (both vectors
+  remembered); each against our task_arithmetic, and the retrain's output against a merge that decided
+  everything (byte for byte). The other ties / dare figures forget the decisions before each command;
 * cold start: `finmerge merge` on tiny models (all fixed costs, no work to speak of) against
   `python -c "import torch"` and `finmerge --help`.
 
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from finmerge.core import storage  # noqa: E402 (after the path setup)
+from finmerge.merge import decision_memory  # noqa: E402 (after the path setup)
 from finmerge.merge.method_registry import METHODS  # noqa: E402 (after the path setup; torch-free)
 
 CHILD_MANY = """
@@ -89,7 +95,8 @@ def llama_tensors(hidden: int, inter: int, layers: int, vocab: int) -> list[tupl
 
 
 def make_models(root: Path, args) -> tuple[list[Path], int]:
-    """Write base / instruct / cpt as sharded safetensors HF folders; returns folders and parameter count."""
+    """Write base / instruct / cpt / cpt2 (the next retrain's domain model) as sharded safetensors HF folders;
+    returns the folders and the parameter count."""
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": args.hidden,
         "intermediate_size": args.intermediate, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
@@ -97,7 +104,7 @@ def make_models(root: Path, args) -> tuple[list[Path], int]:
         "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": args.dtype, "bos_token_id": 1,
         "eos_token_id": 2,
     }  # fmt: skip
-    folders = [root / n for n in ("base", "instruct", "cpt")]
+    folders = [root / n for n in ("base", "instruct", "cpt", "cpt2")]
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -126,6 +133,7 @@ def make_models(root: Path, args) -> tuple[list[Path], int]:
             base + torch.randn(shape, generator=g) * 0.01,
             base + torch.randn(shape, generator=g) * 0.01,
         ]
+        values.append(base + torch.randn(shape, generator=g) * 0.01)  # drawn last: the others as before
         nbytes = base.numel() * 2
         if size and size + nbytes > limit:
             for s in shards:
@@ -216,8 +224,13 @@ def tracking_store(root: Path) -> dict:
     return {"uri": uri, "creation_s": created["s"]}
 
 
-def ours(folders: list[Path], out: Path, root: Path, method: str, dtype: str = "bfloat16") -> dict:
-    """The `finmerge merge` command, tracked in the existing SQLite store (what a user runs)."""
+def ours(
+    folders: list[Path], out: Path, root: Path, method: str, dtype: str = "bfloat16", remember: bool = False
+) -> dict:
+    """The `finmerge merge` command, tracked in the existing SQLite store (what a user runs); unless
+    ``remember``, ties' and dare's decisions of earlier commands are forgotten first (a first merge)."""
+    if not remember:
+        (root / "staging" / decision_memory.FILE_NAME).unlink(missing_ok=True)
     exe = str(Path(sys.executable).with_name("finmerge"))
     base, inst, cpt = (str(f) for f in folders)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
@@ -227,7 +240,38 @@ def ours(folders: list[Path], out: Path, root: Path, method: str, dtype: str = "
     row = run_measured(cmd, env)
     manifest = json.loads((out / storage.MANIFEST).read_text())
     row["pass_s"] = round(manifest["meta"]["metrics"]["merge/pass_seconds"], 3)
+    row["decisions_remembered"] = int(manifest["meta"]["metrics"].get("merge/decisions_remembered", 0))
     return row
+
+
+def retrain(folders: list[Path], root: Path, method: str, repeats: int, dtype: str) -> dict:
+    """A scheduled retrain's merge (base, instruct, the new cpt2) with base → instruct's decisions remembered
+    from the merge with cpt, and a repeat of the cpt merge (both remembered); best of ``repeats`` each, taking
+    turns. The retrain's output is checked byte for byte against a cpt2 merge that decides everything."""
+    base, inst, cpt, cpt2 = folders
+    memory = root / "staging" / decision_memory.FILE_NAME
+    ours([base, inst, cpt2], root / "decided", root, method, dtype)  # also hashes cpt2, as TA's inputs are
+    ours([base, inst, cpt], root / "first", root, method, dtype)
+    snapshot = root / "decisions-after-cpt.sqlite"
+    shutil.copyfile(memory, snapshot)
+    best: dict = {}
+    for _ in range(repeats):
+        shutil.copyfile(snapshot, memory)
+        for kind, domain in (("retrain", cpt2), ("repeat", cpt)):
+            out = root / kind
+            shutil.rmtree(out, ignore_errors=True)
+            got = ours([base, inst, domain], out, root, method, dtype, remember=True)
+            got.pop("stdout", None)
+            best[kind] = got if kind not in best or got["s"] < best[kind]["s"] else best[kind]
+    same = [p.name for p in sorted((root / "decided").iterdir()) if p.suffix in (".safetensors", ".json")]
+    best["retrain"]["identical_to_deciding"] = all(
+        (root / "retrain" / n).read_bytes() == (root / "decided" / n).read_bytes()
+        for n in same
+        if n != storage.MANIFEST
+    )
+    for kind in ("decided", "first", "retrain", "repeat"):
+        shutil.rmtree(root / kind, ignore_errors=True)
+    return best
 
 
 def mergekit(folders: list[Path], out: Path, method: str, tmp: Path, dtype: str = "bfloat16") -> dict:
@@ -352,7 +396,7 @@ def cold_start(root: Path, repeats: int) -> dict:
     for rep in range(repeats):
         runs["import_torch"].append(run_measured([sys.executable, "-c", "import torch"])["s"])
         runs["help"].append(run_measured([exe, "--help"])["s"])
-        r = ours(folders, root / f"tiny-out-{rep}", root, "task_arithmetic")
+        r = ours(folders[:3], root / f"tiny-out-{rep}", root, "task_arithmetic")
         runs["merge_command"].append(r["s"])
     best = {k: min(v) for k, v in runs.items()}
     return {
@@ -408,6 +452,7 @@ def main() -> None:
         "--candidates-methods", nargs="*", default=["ties"], help="also time the K-candidate pass of these"
     )
     ap.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
+    ap.add_argument("--no-retrain", action="store_true", help="skip the ties / dare retrain measurement")
     ap.add_argument(
         "--repeats",
         type=int,
@@ -425,6 +470,7 @@ def main() -> None:
         root = Path(tmp)
         log("generating three models")
         folders, n_params = make_models(root, args)
+        folders, cpt2 = folders[:3], folders[3]
         input_bytes = sum(p.stat().st_size for f in folders for p in f.glob("*.safetensors"))
         bw = read_bandwidth(folders)
         log(
@@ -473,6 +519,13 @@ def main() -> None:
             row["anon_rss_ratio"] = round(
                 row["ours"]["anon_rss_mb"] / max(row["mergekit"]["anon_rss_mb"], 1), 3
             )
+            if METHODS[method].sparsification and not args.no_retrain:
+                log(f"{method}: ours, a retrain (base → instruct's decisions remembered) and a repeat")
+                got = retrain([*folders, cpt2], root, method, args.repeats, args.dtype)
+                ta = results.get("task_arithmetic", {}).get("ours", {}).get("s")
+                for kind, r in got.items():
+                    r["vs_task_arithmetic"] = round(r["s"] / ta, 3) if ta else None
+                    row[f"ours_{kind}"] = r
             results[method] = row
             for tool in ("ours", "mergekit"):
                 shutil.rmtree(root / f"{tool}-{method}", ignore_errors=True)

@@ -1,15 +1,16 @@
 """bench/merge.py stays runnable: tiny models give one JSON line, and on them our outputs equal mergekit's
-(task_arithmetic bit for bit; ties except at top-k ties); the K-candidate pass (task_arithmetic and ties)
-and the cold start are measured, with the first merge of the inputs and the output floor. No speed
-assertions."""
+(task_arithmetic bit for bit; ties except at top-k ties); the K-candidate pass (task_arithmetic and ties),
+ties' retrain (decisions remembered; its output equal to deciding) and the cold start are measured, with
+the first merge of the inputs and the output floor. No speed assertions."""
 
 from tests.helpers import run_bench
 
 TINY = ["--hidden", "64", "--intermediate", "176", "--layers", "2", "--heads", "4", "--vocab", "500"]
 
 
-def test_bench_merge_prints_one_json_line_and_outputs_agree():
+def test_bench_merge_prints_one_json_line_and_outputs_agree(monkeypatch):
     # dare's drop is compared with mergekit's in tests/test_merge_methods.py; here the bench's plumbing
+    monkeypatch.setenv("FINMERGE_FUSED", "1")  # tiny models: the kernels, whose decisions a retrain remembers
     res = run_bench(
         "merge.py", *TINY, "--methods", "task_arithmetic", "ties", "--candidates", "2", "--repeats", "1"
     )
@@ -35,6 +36,12 @@ def test_bench_merge_prints_one_json_line_and_outputs_agree():
     for how in ("page_cache", "direct"):  # writing and hashing the outputs, the way mergekit does and ours
         assert 0 < many[f"output_floor_one_{how}_s"] and 0 < many[f"output_floor_k_{how}_s"]
     assert many["k_pass_vs_its_direct_output_floor"] > 0
+    ties = res["methods"]["ties"]  # a retrain remembers base → instruct's decisions, a repeat both vectors'
+    assert ties["ours"]["decisions_remembered"] == 0  # the figure compared with mergekit decides everything
+    remembered = ties["ours_retrain"]["decisions_remembered"]
+    assert remembered > 0 and ties["ours_repeat"]["decisions_remembered"] == 2 * remembered
+    assert ties["ours_retrain"]["identical_to_deciding"] is True
+    assert ties["ours_retrain"]["vs_task_arithmetic"] > 0 and ties["ours_repeat"]["vs_task_arithmetic"] > 0
     assert many["ties"]["one_pass_s"] > 0 and many["ties"]["k_pass_s"] > 0  # decisions shared by the K
     cold = res["cold_start"]
     assert cold["merge_command_s"] > cold["help_s"] > 0 and cold["import_torch_s"] > 0
