@@ -64,7 +64,7 @@ def test_remembered_decisions_write_the_same_bytes_without_deciding_again(tmp_pa
     _assert_same(_run(cfg, x, again), want)
     assert again.hits == 2
     # top-k vectors need no pass at all; dare's masks are drawn again from their seeds, without the L1 sums
-    assert decided == ([] if method == "ties" else [("sums", False)] * 2)
+    assert decided == ([] if method == "ties" else [("sums", False)] * 2)  # dare's masks, one task each
     assert again.save(IDS) == 0  # nothing new
 
 
@@ -90,7 +90,7 @@ def test_one_vector_to_decide_splits_its_pass_and_agrees(tmp_path, monkeypatch, 
     split = {
         "ties": [("top-k", True)],
         "ties-rescale-lambda": [("sums", True), ("sums", True), ("top-k", True)],
-        "dare_ties": [("sums", False), ("sums", True), ("sums", True)],
+        "dare_ties": [("sums", False), ("sums", False), ("sums", True), ("sums", True)],
     }
     assert sorted(decided) == split[case]
 
