@@ -124,8 +124,9 @@ class MergeConfig(Section):
         True,
         description="Record the sha256 of every input weight file that has no finmerge manifest in the model "
         "card (hashed beside the pass: a second core for its length; remembered in the staging folder while "
-        "the file is unchanged, so merging the same models again reads nothing). false: the card says "
-        "'not computed'.",
+        "the file is unchanged, so merging the same models again reads nothing). The digests also key ties' and "
+        "dare's remembered per-tensor decisions (a retrain's base → instruct vector is decided once). false: "
+        "the card says 'not computed', and nothing is remembered.",
     )
     direct_writes: bool = Field(
         True,
