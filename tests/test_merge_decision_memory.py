@@ -157,7 +157,9 @@ def test_a_broken_memory_file_only_costs_the_decisions(triplets, tmp_path, monke
 
 
 def test_model_identity_needs_every_digest():
-    assert decision_memory.model_identity({"manifest_digest": "m", "shards": {"a": None}}) == "manifest:m"
+    assert decision_memory.model_identity({"manifest_digest": "m", "shards": {"a": None}}).startswith(
+        "manifest:"
+    )
     assert decision_memory.model_identity({"shards": {"a": "x", "b": "y"}}).startswith("shards:")
     assert decision_memory.model_identity({"shards": {"a": "x", "b": None}}) is None
     assert decision_memory.model_identity({"shards": {}}) is None
@@ -169,3 +171,29 @@ def _copied(folder) -> int:
 
     report = json.loads((folder / "merge_report.json").read_text())["tensors"]
     return sum(1 for t in report if t["kind"] != "merged")
+
+
+def test_a_shard_rewritten_in_a_finmerge_folder_is_decided_again(triplets, tmp_path, monkeypatch):
+    """A finmerge folder is identified by its manifest's digest, recorded when it was written: the shards'
+    size and times go with it, so a shard changed in place since then does not reuse its old decisions."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("FINMERGE_FUSED", "1")
+    monkeypatch.setattr(hash_cache, "SETTLE_NS", 0)
+    cfg = MergeConfig(method="ties", density=0.5)
+    tri = triplets["bf16"]
+    _merge(tri, tmp_path / "cpt", cfg)  # a finmerge folder (with a manifest) as the next domain model
+    cycle = {**tri, "domain": str(tmp_path / "cpt")}
+    first = _merge(cycle, tmp_path / "one", cfg)
+    vectors = first["metrics"]["merge/decisions_remembered"] * 2  # base → instruct remembered, cpt decided
+    assert _merge(cycle, tmp_path / "two", cfg)["metrics"]["merge/decisions_remembered"] == vectors
+    shard = tmp_path / "cpt" / "model.safetensors"
+    tensors = load_file(shard)
+    name = next(k for k in sorted(tensors) if k.endswith("down_proj.weight"))
+    tensors[name] = tensors[name].flip(0).contiguous()  # other weights, same size: only the times tell
+    save_file(tensors, shard, metadata={"format": "pt"})
+    got = _merge(cycle, tmp_path / "three", cfg)
+    assert got["metrics"]["merge/decisions_remembered"] == vectors / 2
+    monkeypatch.setenv("FINMERGE_FUSED", "0")
+    _merge(cycle, tmp_path / "torch", cfg)
+    assert _content(tmp_path / "three") == _content(tmp_path / "torch")

@@ -32,14 +32,20 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS decisions (
     vector TEXT NOT NULL, item TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (vector, item))"""
 
 
-def model_identity(fingerprint: dict | None) -> str | None:
-    """One digest for a model from its card's fingerprint (manifest digest or every shard's sha256); None
-    when any part is unknown (not hashed, or still being hashed)."""
+def model_identity(fingerprint: dict | None, files: list[Path] = ()) -> str | None:
+    """One digest for a model from its card's fingerprint (every shard's sha256, or a finmerge manifest's
+    digest); None when any part is unknown (not hashed, or still being hashed). A manifest's digest is what
+    finmerge recorded when it wrote the folder, not a hash of the files now: the weight ``files``' size and
+    times go with it, so that a shard rewritten in the folder since then is decided again."""
     if not fingerprint:
         return None
     shards = fingerprint.get("shards") or {}
     if fingerprint.get("manifest_digest"):
-        return "manifest:" + str(fingerprint["manifest_digest"])
+        try:
+            stats = [(f.name, *_stat(f)) for f in sorted(files)]
+        except OSError:
+            return None
+        return "manifest:" + json.dumps([fingerprint["manifest_digest"], stats])
     if not shards or not all(isinstance(v, str) and v for v in shards.values()):
         return None
     return "shards:" + json.dumps(shards, sort_keys=True)
@@ -112,6 +118,11 @@ def _vector(identities: dict[str, str | None], role: str) -> str | None:
     if not (base and model):
         return None
     return hashlib.sha256(json.dumps([VERSION, role, base, model]).encode()).hexdigest()
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _item(item: tuple) -> str:

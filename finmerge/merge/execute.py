@@ -91,6 +91,11 @@ def hub_blob_sha256(path: Path) -> str | None:
     return None
 
 
+def _identities(tri, fps: dict) -> dict[str, str | None]:
+    """Each input model's identity for the decision memory (:func:`decision_memory.model_identity`)."""
+    return {s.role: model_identity(fps.get(s.role), s.weights.files) for s in tri.sides()}
+
+
 def _resolve_fingerprint(fp: dict) -> dict:
     return {
         **fp,
@@ -178,9 +183,7 @@ def merge_models_many(
         fps = {s.role: _fingerprint_jobs(s, pool, hashes) for s in tri.sides()} if hashed else {}
         # ties' and dare's decisions, remembered by the digests of the models a task vector joins: known now
         # for models hashed before (a retrain's base and instruct), learnt beside the pass for the others
-        memory = (
-            DecisionMemory(staging_dir, {r: model_identity(fp) for r, fp in fps.items()}) if hashed else None
-        )
+        memory = DecisionMemory(staging_dir, _identities(tri, fps)) if hashed else None
         with contextlib.ExitStack() as stack:
             outs = [
                 stack.enter_context(
@@ -212,7 +215,7 @@ def merge_models_many(
             pass_s = time.perf_counter() - t_pass
             fingerprints = {r: _resolve_fingerprint(fp) for r, fp in fps.items()}
             if memory is not None:
-                memory.save({r: model_identity(fp) for r, fp in fingerprints.items()})
+                memory.save(_identities(tri, fingerprints))
             seconds = time.perf_counter() - t0
             for out, (out_uri, cfg), plan, report, shard_sha in zip(
                 outs, jobs, plans, reports, shard_shas, strict=True
