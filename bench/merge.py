@@ -468,7 +468,7 @@ def main() -> None:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
-        log("generating three models")
+        log("generating four models (base, instruct, cpt, and cpt2 for the retrain)")
         folders, n_params = make_models(root, args)
         folders, cpt2 = folders[:3], folders[3]
         input_bytes = sum(p.stat().st_size for f in folders for p in f.glob("*.safetensors"))
