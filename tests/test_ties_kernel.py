@@ -205,7 +205,10 @@ def test_l1_sums_are_torch_sums_where_proven_exact_and_left_to_torch_elsewhere()
         assert bad < k.EXP
         assert np.array_equal(absd, np.abs(v)) and np.array_equal(mask, draws < 32768)
         assert np.array_equal(absk, np.where(draws < 32768, np.abs(v), np.float32(0)))
-        assert k.l1_chunk(*args, absd[:0], absk[:0], False)[1:] == (td, tk, exact)  # sums without the arrays
+        # without the arrays (dare's own per-tile loops): the same verdict, and where exact the same sums (else
+        # they may differ in the last bits with the order, and torch's are taken)
+        got = k.l1_chunk(*args, absd[:0], absk[:0], False)
+        assert got[3] == exact and (not exact or got[1:3] == (td, tk))
         seen.add(bool(exact))
         want = (float(torch.from_numpy(absd).sum(dtype=torch.float64)),
                 float(torch.from_numpy(absk).sum(dtype=torch.float64)))  # fmt: skip
