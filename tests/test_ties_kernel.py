@@ -351,3 +351,26 @@ def test_candidates_in_one_pass_share_decisions_and_write_what_separate_merges_w
     for key, cfg in jobs.items():
         _merge(tri, tmp_path / "one" / key, cfg)
         assert _content(tmp_path / "many" / key) == _content(tmp_path / "one" / key), key
+
+
+@pytest.mark.parametrize("n", [1, 63, 2048, 2049, 300_001])
+def test_magnitude_band_collects_the_band_in_index_order_and_counts_above(n):
+    """The band kernel against numpy: every |Δ| in [lo, hi] with its index, in order, the count above hi, a
+    short last tile (no stale flags), and -1 when the band outgrows its buffer."""
+    from finmerge.merge import fused_ties_kernel as k
+
+    rng = np.random.default_rng(n)
+    b = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    x = (b + rng.standard_normal(n) * 0.01).astype(np.float32)
+    d = np.abs(x - b)
+    lo, hi = np.quantile(d, [0.3, 0.5]).astype(np.float32)
+    want = np.flatnonzero((d >= lo) & (d <= hi))
+    values, index = np.empty(n, np.uint32), np.empty(n, np.int64)
+    above, nb, bad = k.magnitude_band(x.view(np.uint32), b.view(np.uint32), lo.view(np.uint32),
+                                      hi.view(np.uint32), values, index)  # fmt: skip
+    assert bad < k.EXP and above == int(np.count_nonzero(d > hi)) and nb == want.size
+    assert np.array_equal(index[:nb], want) and np.array_equal(values[:nb], d[want].view(np.uint32))
+    if want.size > 1:  # a buffer one short: the band did not fit
+        small = values[: want.size - 1], index[: want.size - 1]
+        assert k.magnitude_band(x.view(np.uint32), b.view(np.uint32), lo.view(np.uint32),
+                                hi.view(np.uint32), *small)[1] == -1  # fmt: skip

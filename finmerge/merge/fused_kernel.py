@@ -138,6 +138,14 @@ def umin32(typingctx, a, b):
 
 
 @intrinsic
+def trailing_zeros(typingctx, v):  # the index of the lowest set bit of a nonzero uint64 (one TZCNT)
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
 def lowest_bit_value(typingctx, u):  # the bits of the value of non-negative float32 ``u``'s lowest set bit:
     # u minus u with its lowest significand bit cleared (exact), or u itself when that bit is the implicit one
     def codegen(context, builder, signature, args):

@@ -23,6 +23,7 @@ from finmerge.merge.fused_kernel import (
     low31,
     lowest_bit_value,
     stored,
+    trailing_zeros,
     u32,
     umax32,
     umin32,
@@ -34,6 +35,9 @@ from finmerge.merge.pcg64 import fill as pcg64_fill
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 MAGNITUDE, MASK = 1, 2  # how a task vector is sparsified in combine(); 0: kept whole
+u64 = np.uint64
+U64_0, U64_1, U64_56 = u64(0), u64(1), u64(56)
+PACK = u64(0x0102040810204080)  # a uint64 of eight 0/1 bytes times PACK: byte j's bit at bit 56 + j
 
 
 @numba.njit(nogil=True, cache=True)
@@ -66,12 +70,15 @@ def magnitude_band(x, b, lo, hi, band_v, band_i):
     """One pass over |x − b|: how many exceed ``hi``, and the values in [lo, hi] (bits) with their indices,
     in index order, into ``band_v`` / ``band_i``. Returns (above, in band (-1: more than fit), bad).
 
-    The band holds ~1.7% of the values: a vectorised loop flags them, and the scalar compaction visits only
-    the groups of 8 with a flag (read as one uint64), about one in eight."""
+    The band holds ~2% of the values: a vectorised loop flags them (a byte each), the flags are packed into
+    one bit each (eight bytes of 0/1 times PACK gather their low bits in the top byte), and the compaction
+    visits only the set bits, lowest first (TZCNT): 2.5 → 1.55 ms for 2.9M values, where a branch per group
+    of eight flags mispredicted on the ~17 % with one."""
     n = b.size
     ud = np.empty(TILE, np.uint32)
     flag = np.zeros(TILE, np.uint8)
     groups = flag.view(np.uint64)
+    words = np.empty(TILE // 64, np.uint64)
     above, nb, bad, cap = 0, 0, u32(0), band_v.size
     lo, hi = u32(lo), u32(hi)  # 32-bit compares and counts: 16 lanes, not 4 (see fused_kernel)
     span = hi - lo  # lo ≤ |Δ| ≤ hi as one unsigned compare: |Δ| − lo wraps above span when |Δ| < lo
@@ -86,15 +93,20 @@ def magnitude_band(x, b, lo, hi, band_v, band_i):
         above += c
         for j in range(m, TILE):  # a short last tile: no stale flags
             flag[j] = 0
-        for g in range(TILE // 8):
-            if groups[g] == 0:
-                continue
-            for j in range(8 * g, 8 * g + 8):
-                if flag[j]:
-                    if nb < cap:
-                        band_v[nb] = ud[j]
-                        band_i[nb] = s + j
-                    nb += 1
+        for w in range(TILE // 64):
+            bits = U64_0
+            for i in range(8):
+                bits |= ((groups[8 * w + i] * PACK) >> U64_56) << u64(8 * i)
+            words[w] = bits
+        for w in range(TILE // 64):
+            bits = words[w]
+            while bits != U64_0:
+                j = 64 * w + trailing_zeros(bits)
+                if nb < cap:
+                    band_v[nb] = ud[j]
+                    band_i[nb] = s + j
+                nb += 1
+                bits &= bits - U64_1
     return above, (nb if nb <= cap else -1), bad
 
 
