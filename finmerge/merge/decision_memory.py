@@ -23,6 +23,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from finmerge.merge.method_registry import ROLES
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "merge-decisions.sqlite"
@@ -59,7 +61,7 @@ class DecisionMemory:
     def __init__(self, staging_dir: str | Path, identities: dict[str, str | None]):
         self.db = Path(staging_dir).expanduser().resolve() / FILE_NAME
         self.known: dict[str, dict[str, dict]] = {}  # role -> item -> value, as loaded
-        self.made: dict[str, dict[str, dict]] = {"instruct": {}, "domain": {}}
+        self.made: dict[str, dict[str, dict]] = {role: {} for role in ROLES[1:]}  # the two task vectors
         self.hits = 0
         for role in self.made:
             vector = _vector(identities, role)

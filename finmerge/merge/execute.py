@@ -182,8 +182,13 @@ def merge_models_many(
         hashes = HashCache(staging_dir)
         fps = {s.role: _fingerprint_jobs(s, pool, hashes) for s in tri.sides()} if hashed else {}
         # ties' and dare's decisions, remembered by the digests of the models a task vector joins: known now
-        # for models hashed before (a retrain's base and instruct), learnt beside the pass for the others
-        memory = DecisionMemory(staging_dir, _identities(tri, fps)) if hashed else None
+        # for models hashed before (a retrain's base and instruct), learnt beside the pass for the others.
+        # Only their kernels use it: other merges read and write no memory.
+        memory = (
+            DecisionMemory(staging_dir, _identities(tri, fps))
+            if hashed and _kernels_needed(plans)[1]
+            else None
+        )
         with contextlib.ExitStack() as stack:
             outs = [
                 stack.enter_context(
@@ -237,11 +242,19 @@ def merge_models_many(
     return [out.result() for out in outs]
 
 
-def _load_kernels(plans: list[dict]) -> None:
-    """The numba kernels the pass will use, loaded before it (nothing for models small enough for torch)."""
+def _kernels_needed(plans: list[dict]) -> tuple[bool, bool]:
+    """(the pass takes the numba kernels, ties / dare's among them); neither for models small enough for
+    torch."""
     merged = [p for plan in plans for p in plan.values() if p.kind == "merged"]
-    if merged and kernels_worth_it(plans[0]):
-        fused.load(ties=any(isinstance(p.method, GeneralizedTaskArithmetic) for p in merged))
+    kernels = bool(merged) and kernels_worth_it(plans[0])
+    return kernels, kernels and any(isinstance(p.method, GeneralizedTaskArithmetic) for p in merged)
+
+
+def _load_kernels(plans: list[dict]) -> None:
+    """The numba kernels the pass will use, loaded before it."""
+    kernels, ties = _kernels_needed(plans)
+    if kernels:
+        fused.load(ties=ties)
 
 
 def _check_shared_pass(plans: list[dict]) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from finmerge.merge import fused
 from finmerge.merge.decision_memory import DecisionMemory
-from finmerge.merge.method_registry import CHUNK, tensor_seed
+from finmerge.merge.method_registry import CHUNK, ROLES, tensor_seed
 from finmerge.models import dtypes
 
 BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed from a sample
@@ -37,7 +37,7 @@ BRACKET = 0.0085  # ... so ±3σ misses about once in 400 vectors (then the whol
 # (2¹⁶ and ±0.006 bracket half as many values, but gathering and selecting the sample costs more than that
 # saves: the decisions of a 2.9M-value vector take 3.3 ms instead of 3.7)
 NO_MASK = np.zeros(0, np.uint8)
-VECTORS = ("instruct", "domain")  # the task vectors' models, in the order the kernels take them
+VECTORS = ROLES[1:]  # the task vectors' models (instruct, domain), in the order the kernels take them
 NO_BAND, NO_INDEX = np.zeros(0, np.uint32), np.zeros(0, np.int64)
 
 
@@ -118,11 +118,11 @@ class FusedTies(fused.TwoThreads):
         vecs = [_Vector() for _ in xs]
         # what a vector's decisions depend on besides its two models (the memory's key), when it has any
         # worth remembering: the top-k threshold, the rescale factor (dare's mask is redrawn from its seed)
+        remembered = sparse and (magnitude or params.rescale)
         items = [
-            (name, b.size, str(b.dtype), str(xs[i].dtype), params.sparsification, densities[i],
-             None if magnitude else params.seed, params.rescale)
-            if sparse and densities[i] < 1 and (magnitude or params.rescale) else None
-            for i in range(2)
+            (name, b.size, str(b.dtype), str(x.dtype), params.sparsification, d, None if magnitude else params.seed,
+             params.rescale) if remembered and d < 1 else None
+            for x, d in zip(xs, densities, strict=True)
         ]  # fmt: skip
         known = [
             self.memory.get(VECTORS[i], items[i]) if self.memory and items[i] else None for i in range(2)
@@ -132,8 +132,8 @@ class FusedTies(fused.TwoThreads):
             for i in [i for i in todo if known[i]]:
                 vecs[i] = _Vector(self.k.MAGNITUDE, known[i]["thr"], known[i]["cutoff"])
             todo = [(i,) for i in todo if not known[i]]
-            halves = len(todo) == 1  # one vector to decide: its band pass in halves on both threads
-            found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i, halves), todo)
+            alone = len(todo) == 1  # one vector to decide: its band pass in halves on both threads
+            found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i, alone), todo)
             for (i,), got in zip(todo, found, strict=True):
                 if got is None:
                     return None
