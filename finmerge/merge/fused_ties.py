@@ -192,8 +192,10 @@ class FusedTies(fused.TwoThreads):
             q = 1.0 - want / n
             lo_i = max(1, int((q - BRACKET) * SAMPLE)) - 1
             hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
-            part = np.partition(sample, [lo_i, hi_i])
-            got = self._band(xr, br, part[lo_i], part[hi_i], ws, i, halves)
+            # one order statistic per call: numpy selects a single kth with its SIMD partition (0.02 ms for
+            # this sample), two in one call with introselect (0.4 ms)
+            lo, hi = (np.partition(sample, j)[j] for j in (lo_i, hi_i))
+            got = self._band(xr, br, lo, hi, ws, i, halves)
             if got is None:
                 return None
             above, inside, index = got
