@@ -113,14 +113,16 @@ def merge_models(
     trust_remote_code: bool = False,
     *,
     allow_pickle: bool = False,
-    block_elems: int = 1 << 20,
+    block_elems: int = 1 << 21,
     overwrite: bool = False,
 ) -> dict:
     """Merge ``instruct`` and ``domain`` (CPT) into ``base`` per ``cfg``; write an HF model folder at ``out_uri``.
 
     Extra keyword arguments (not in :class:`MergeConfig`): ``allow_pickle`` (``models.allow_pickle``) converts
     pickle-only inputs to safetensors in staging with ``torch.load(weights_only=True)`` instead of refusing
-    them; ``block_elems`` is the row-block size of the streaming pass (elements per input block); ``overwrite``
+    them; ``block_elems`` is the row-block size of the streaming pass (elements per input block: with 2M
+    rather than 1M, the per-block costs of mapping, dispatching the kernel and writing took a 0.37B
+    task_arithmetic pass from 1.18 to 1.06 s; larger blocks gained nothing more); ``overwrite``
     lets ``out_uri`` replace something that is not a finmerge merge output (never an input: see
     ``storage.check_output``). The inputs may store float tensors in different formats (bf16, fp16, fp32):
     each is upcast exactly, and ``cfg.dtype`` names the output's.
@@ -147,7 +149,7 @@ def merge_models_many(
     trust_remote_code: bool = False,
     *,
     allow_pickle: bool = False,
-    block_elems: int = 1 << 20,
+    block_elems: int = 1 << 21,
     overwrite: bool = False,
 ) -> list[dict]:
     """K merges of the same three models in one read of the inputs: ``jobs`` is ``[(out_uri, cfg), ...]``;
