@@ -374,3 +374,82 @@ def test_magnitude_band_collects_the_band_in_index_order_and_counts_above(n):
         small = values[: want.size - 1], index[: want.size - 1]
         assert k.magnitude_band(x.view(np.uint32), b.view(np.uint32), lo.view(np.uint32),
                                 hi.view(np.uint32), *small)[1] == -1  # fmt: skip
+
+
+# -- the output streamed in blocks (the pass's way: no whole-tensor output buffer) ------------------------------
+def _streamed(kernel, name, params, bits: dict, out_dtype, block: int):
+    """``(the blocks written, in order, as copies (the kernel reuses their buffers); the call's result)``."""
+    blocks = []
+    got = kernel(
+        name, params, bits, dtypes.of(out_dtype), Buffers(), "s", lambda y: blocks.append(y.copy()), block
+    )
+    return blocks, got
+
+
+@pytest.mark.parametrize("case", ["ties", "ties-full", "ties-rescale-lambda", "dare_ties", "dare_linear"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_streamed_blocks_are_the_whole_tensor_output(case, dtype):
+    """Blocks of whole tiles, each split between the two threads, with a short last one: together the bytes
+    and max |Δ| of the whole-tensor call."""
+    method, cfg = CASES[case]
+    x = _inputs((301, 1001), DTYPES[dtype], seed=11)
+    bits = {r: fused.bits(v) for r, v in x.items()}
+    params = METHODS[method].tensor_params(cfg, {})
+    kernel = fused_ties.FusedTies(threads=2)
+    try:
+        y, *whole = kernel("w", params, bits, dtypes.of(DTYPES[dtype]), Buffers(), "f")
+        blocks, got = _streamed(kernel, "w", params, bits, DTYPES[dtype], block=5000)  # 4,096 a block
+    finally:
+        kernel.close()
+    assert got[0] is None and list(got[1:]) == whole and kernel.written == y.size
+    assert [b.size for b in blocks] == [4096] * 73 + [y.size - 73 * 4096]
+    assert np.array_equal(np.concatenate(blocks), y.reshape(-1))
+
+
+@pytest.mark.parametrize("case, written", [("ties", 0), ("ties-full", 2 * 4096)])
+def test_a_value_not_finite_stops_the_stream_at_its_block(case, written):
+    """Decisions that read every value (top-k) find it before anything is written; a merge without them
+    (density 1) in the block that holds it, after the blocks before: the caller knows how many were."""
+    method, cfg = CASES[case]
+    x = _inputs((301, 1001), torch.bfloat16, seed=12)
+    x["domain"].view(-1)[2 * 4096 + 17] = float("inf")
+    kernel = fused_ties.FusedTies(threads=2)
+    try:
+        params = METHODS[method].tensor_params(cfg, {})
+        blocks, got = _streamed(
+            kernel, "w", params, {r: fused.bits(v) for r, v in x.items()}, torch.bfloat16, 4096
+        )
+    finally:
+        kernel.close()
+    assert got is None and kernel.written == written == sum(b.size for b in blocks)
+
+
+@pytest.mark.parametrize("case", ["ties", "dare_ties"])
+def test_merge_streaming_several_blocks_a_tensor_writes_what_the_torch_path_writes(
+    triplets, tmp_path, monkeypatch, case
+):
+    tri, cfg = triplets["bf16"], E2E[case]
+    monkeypatch.setenv("FINMERGE_FUSED", "1")
+    got = _merge(tri, tmp_path / "fused", cfg, block_elems=64)  # one tile a block: 4 blocks an MLP weight
+    monkeypatch.setenv("FINMERGE_FUSED", "0")
+    _merge(tri, tmp_path / "torch", cfg)
+    assert got["metrics"]["merge/fused_share"] == 1.0
+    assert _content(tmp_path / "fused") == _content(tmp_path / "torch")
+
+
+def test_a_value_not_finite_in_a_later_block_is_named_and_nothing_is_committed(
+    triplets, tmp_path, monkeypatch
+):
+    """Blocks before it are already with the writer: the torch path still names it and raises, and the
+    output folder is never committed."""
+    from finmerge.merge.execute import MergeError
+
+    monkeypatch.setenv("FINMERGE_FUSED", "1")
+    src = triplets["bf16"]
+    bad, name = with_bad_value(
+        src["domain"], tmp_path / "domain", "mlp.down_proj.weight", float("nan"), (40, 5)
+    )
+    cfg = MergeConfig(method="ties", density=1.0)  # no decisions: the combination meets it first
+    with pytest.raises(MergeError, match=rf"input domain tensor {name} .*1 NaN"):
+        _merge({**src, "domain": str(bad)}, tmp_path / "out", cfg, block_elems=64)
+    assert not (tmp_path / "out").exists()

@@ -4,7 +4,8 @@ The torch path (:func:`finmerge.merge.methods.generalized_task_arithmetic`, then
 reductions and a finiteness check in :mod:`finmerge.merge.stream`) makes some thirty elementwise passes per
 tensor. Here each task vector's global decision takes one pass over the raw inputs, and the combination
 (deltas, drop, rescale, weights, sign election, divisor, λ, + base, rounding to the output dtype, max |Δ|,
-finiteness) one more, per 2,048-element tile in L1 on two threads (:mod:`finmerge.merge.fused_ties_kernel`).
+finiteness) one more, per 2,048-element tile in L1 on two threads (:mod:`finmerge.merge.fused_ties_kernel`),
+handed to the writer in blocks as they are merged.
 
 Bit-identical to the torch path, and tested so (``tests/test_ties_kernel.py``):
 * magnitude top-k: the threshold is the exact k-th largest |Δ| (a sample brackets it, one pass collects the
@@ -78,17 +79,25 @@ class FusedTies(fused.TwoThreads):
         self.memory = memory  # decisions of earlier merges of the same vectors; this one's kept for later
         self._tensor: tuple = ()  # the tensor of the decisions in _decided
         self._decided: dict = {}  # its decisions, by what they depend on
+        self.written = 0  # elements of the last tensor passed to ``write`` (see __call__)
 
     def _map(self, fn, args: list) -> list:
         if self.pool is None or len(args) == 1:
             return [fn(*a) for a in args]
         return [f.result() for f in [self.pool.submit(fn, *a) for a in args]]
 
-    def __call__(self, name: str, params, x: dict[str, np.ndarray], out_dtype, ws, tag: str):
+    def __call__(
+        self, name: str, params, x: dict[str, np.ndarray], out_dtype, ws, tag: str, write=None, block: int = 0
+    ):
         """``(y, max|y−θ_cpt|, max|y−θ_inst|)`` for one tensor, as the torch path returns them (``y`` as the
         bits of ``out_dtype``, :func:`fused.format_bits`), or None when a value is not finite (the caller then
         takes the torch path). ``x``: the inputs as :func:`fused.formatted` bits; ``ws``: reusable numpy buffers
-        (``get(key, shape, numpy dtype)``)."""
+        (``get(key, shape, numpy dtype)``).
+
+        With ``write``, the output goes to ``write(bits)`` in blocks of ``block`` elements as they are merged,
+        and ``y`` is None: only the decisions need the whole tensor, and an output buffer of a whole tensor
+        is as large as the largest tensor (a 70B model's embedding: 2 GB, twice, as the writer may still be
+        writing the last one). After a None, :attr:`written` says how many elements were written."""
         b, xs = x["base"].reshape(-1), [x["instruct"].reshape(-1), x["domain"].reshape(-1)]
         # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
         # thresholds, dare's masks and rescale) do not depend on: a tensor's decisions are made once each.
@@ -108,7 +117,7 @@ class FusedTies(fused.TwoThreads):
             if vecs is None:
                 return None
             self._decided[key] = vecs
-        return self._combine(b, xs, vecs, params, x, out_dtype, ws, tag)
+        return self._combine(b, xs, vecs, params, x, out_dtype, ws, tag, write, block)
 
     def _decide(self, name: str, params, b, xs, ws, slot: int) -> list[_Vector] | None:
         """Each task vector's decisions (see :class:`_Vector`); None when a value is not finite."""
@@ -308,12 +317,11 @@ class FusedTies(fused.TwoThreads):
         absd_t, absk_t = torch.from_numpy(absd), torch.from_numpy(absk)
         return float(absd_t.sum(dtype=torch.float64)), float(absk_t.sum(dtype=torch.float64))
 
-    def _combine(self, b, xs, vecs, params, x, out_dtype, ws, tag):
+    def _combine(self, b, xs, vecs, params, x, out_dtype, ws, tag, write, block):
         k = self.k
         shape = x["domain"].shape
         n = b.size
-        y = ws.get(f"y{tag}", shape, fused.format_bits(out_dtype))  # rounded and written by the kernel
-        out = y.reshape(-1)
+        bits = fused.format_bits(out_dtype)
         total = params.alpha + params.beta
         lin_div = 1.0 if abs(total) < 1e-8 else total
         w0, w1 = np.float32(params.alpha), np.float32(params.beta)
@@ -327,14 +335,29 @@ class FusedTies(fused.TwoThreads):
              params.lambda_scale != 1.0, recs is not None], np.bool_,
         )  # fmt: skip
         vec = np.array([[v.mode, v.thr, v.cutoff] for v in vecs], np.int64)
-        parts = self._split(n)
-        diags = [np.zeros(3, np.uint32) for _ in parts]
-        common = (b, xs[0], xs[1], vec, vecs[0].mask, vecs[1].mask, f32s, flags, out)
-        self._map(k.combine, [(*common, s, e, g) for (s, e), g in zip(parts, diags, strict=True)])
-        diag = np.maximum.reduce(diags)
-        if diag[2] >= k.EXP:
-            return None
-        dc, di = diag[:2].copy().view(np.float32)
+        common = (b, xs[0], xs[1], vec, vecs[0].mask, vecs[1].mask, f32s, flags)
+        y = None if write else ws.get(f"y{tag}", shape, bits)  # rounded and written by the kernel
+        step = max(fused.TILE, block // fused.TILE * fused.TILE) if write else max(n, 1)
+        found = np.zeros(3, np.uint32)
+        self.written = 0
+        for j, s0 in enumerate(range(0, n, step)):
+            e0 = min(n, s0 + step)
+            # two block buffers in turn: the writer may still be writing the one before
+            out = y.reshape(-1) if y is not None else ws.get(f"y{tag}.{j % 2}", (e0 - s0,), bits)
+            parts = [(s0 + s, s0 + e) for s, e in self._split(e0 - s0)]
+            diags = [np.zeros(3, np.uint32) for _ in parts]
+            args = [
+                (*common, out, 0 if y is not None else s0, s, e, g)
+                for (s, e), g in zip(parts, diags, strict=True)
+            ]
+            self._map(k.combine, args)
+            np.maximum(found, np.maximum.reduce(diags), out=found)
+            if found[2] >= k.EXP:
+                return None
+            if write:
+                write(out)
+                self.written = e0
+        dc, di = found[:2].copy().view(np.float32)
         return y, float(dc), float(di)
 
     def _split(self, n: int) -> list[tuple[int, int]]:

@@ -200,9 +200,10 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
 
 
 @numba.njit(nogil=True, cache=True)
-def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag):
+def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, out_start, start, stop, diag):
     """Merged elements [start, stop) of two task vectors, written to ``out`` in its format (uint16: bf16,
-    int16: fp16, both rounded to nearest even as torch rounds; uint32: float32). ``vec[i]`` = (mode,
+    int16: fp16, both rounded to nearest even as torch rounds; uint32: float32), where ``out[0]`` is element
+    ``out_start`` (0: the whole tensor; else one block of it). ``vec[i]`` = (mode,
     threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor,
     1/w0, 1/w1, 1/(w0 + w1), 1/linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
     use λ, multiply by the reciprocals: every divisor is a power of two, so x/d is x·(1/d) exactly, and a
@@ -262,7 +263,7 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, start, stop, diag)
             bad = umax32(bad, exponent_bits(ua[j]))
             mx1 = umax32(mx1, abs_bits(f1[j] - acc[j]))
             mx0 = umax32(mx0, abs_bits(f0[j] - acc[j]))
-        o = out[s : s + m]
+        o = out[s - out_start : s - out_start + m]
         for j in range(m):
             r = stored(o, acc[j])
             o[j] = r

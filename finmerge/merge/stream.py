@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -205,21 +206,28 @@ def merge_pass_many(
                 all_fused = True
                 for k, (q, w, st) in enumerate(zip(tplans, writers, tstats, strict=True)):
                     tag = f"{k}_{par}"
-                    res = None
+                    written = 0
                     if use_fused and _ties_fusable(q, types, n, whole, compute_dtype):
                         if ties is None:
                             from finmerge.merge.fused_ties import FusedTies
 
                             ties = FusedTies(memory=memory)
                         xb = xb or _kernel_inputs(x, types)
-                        res = ties(name, q.params, xb, q.dtype, bufs, tag)  # None: a value not finite
-                    if res is None:
-                        all_fused = False
-                        if xt is None:
-                            xt = torch_path.inputs(x, types)
-                        res = torch_path.block(q, name, a, b, in_shared, xt, tag, compute_dtype, models)
-                    y, dc, di = res
-                    w.write(name, y)
+                        # written block by block as merged; None: a value not finite
+                        res = ties(
+                            name, q.params, xb, q.dtype, bufs, tag, partial(w.write, name), block_elems
+                        )
+                        if res is not None:
+                            st.add(*res[1:])
+                            continue
+                        written = ties.written
+                    all_fused = False
+                    if xt is None:
+                        xt = torch_path.inputs(x, types)
+                    # the torch path: what the kernels do not take, or a value not finite (which it names, and
+                    # raises; were it to return, its first `written` elements would be the kernels' bytes)
+                    y, dc, di = torch_path.block(q, name, a, b, in_shared, xt, tag, compute_dtype, models)
+                    w.write(name, y.reshape(-1)[written:] if written else y)
                     st.add(dc, di)
                 if in_shared and plan.kind == "merged":
                     counts["fused_elements" if all_fused else "torch_elements"] += n
