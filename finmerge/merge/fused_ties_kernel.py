@@ -66,6 +66,16 @@ def abs_deltas(x, b, out):
 
 
 @numba.njit(nogil=True, cache=True)
+def sample_abs_deltas(x, b, idx, out):
+    """|x − b| (float32 bits) at the sample's positions ``idx`` (:data:`~finmerge.merge.fused_ties.SAMPLE`), in
+    one loop. The positions spread over the whole tensor, so nearly every load misses the caches: numpy's two
+    gathers and three elementwise passes took 0.93 ms for 2¹⁵ values of a tensor not in cache, this 0.66."""
+    for j in range(idx.size):
+        i = idx[j]
+        out[j] = abs_bits(float32_of(widened(x[i])) - float32_of(widened(b[i])))
+
+
+@numba.njit(nogil=True, cache=True)
 def magnitude_band(x, b, lo, hi, band_v, band_i):
     """One pass over |x − b|: how many exceed ``hi``, and the values in [lo, hi] (bits) with their indices,
     in index order, into ``band_v`` / ``band_i``. Returns (above, in band (-1: more than fit), bad).
