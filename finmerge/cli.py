@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
 # Stage commands whose MLflow calls go to a side process that loads MLflow while the command works
 # (finmerge/core/tracking_sidecar.py): about 2 s less per command.
 SIDECAR_COMMANDS = ("merge", "evaluate", "analyze", "corpus", "tokenize")
+# Commands that never multiply matrices with numpy (torch has a BLAS of its own): numpy's OpenBLAS would
+# start a thread per core at import that spins a while before it sleeps, taking CPU from the work.
+ONE_BLAS_THREAD = ("merge",)
 
 
 def _exit_without_teardown(rc: int) -> None:
@@ -293,6 +296,8 @@ def entry() -> None:
     # must still interrupt finmerge.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sidecar = None
+    if len(sys.argv) > 1 and sys.argv[1] in ONE_BLAS_THREAD:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # a 0.37B task_arithmetic merge: 2.17 -> 2.09 s
     if len(sys.argv) > 1 and sys.argv[1] in SIDECAR_COMMANDS:
         from finmerge.core import tracking_sidecar
 

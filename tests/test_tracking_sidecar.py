@@ -107,6 +107,19 @@ def test_errors_in_the_side_process_arrive_with_their_type_and_message():
     assert sidecar.proc.returncode == 0
 
 
+def test_the_side_process_runs_numpys_blas_on_one_thread(monkeypatch):
+    """It only makes tracking calls: a BLAS thread per core, spinning after numpy's import, would take CPU
+    from the command's work on the other cores."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")  # whatever the command's own setting
+    sidecar = tracking_sidecar.start(force=True)
+    try:
+        env = Path(f"/proc/{sidecar.proc.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        tracking.use_sidecar(None)
+        sidecar.close()
+    assert b"OPENBLAS_NUM_THREADS=1" in env and b"OPENBLAS_NUM_THREADS=4" not in env
+
+
 def test_a_refused_command_leaves_no_tracking_store(models, tmp_path):
     """The side process opens the store early, but never creates one: a command refused at its preflight
     leaves the working directory as it was."""

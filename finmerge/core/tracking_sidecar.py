@@ -179,6 +179,8 @@ def start(force: bool = False) -> Sidecar | None:
             stdout=subprocess.PIPE,
             stderr=None,  # its retry warnings are the command's
             cwd=os.getcwd(),
+            # it only makes tracking calls: no thread per core for numpy's BLAS, spinning at its import
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
         )
     except OSError:
         return None
