@@ -430,7 +430,8 @@ def test_merge_streaming_several_blocks_a_tensor_writes_what_the_torch_path_writ
 ):
     tri, cfg = triplets["bf16"], E2E[case]
     monkeypatch.setenv("FINMERGE_FUSED", "1")
-    got = _merge(tri, tmp_path / "fused", cfg, block_elems=64)  # one tile a block: 4 blocks an MLP weight
+    monkeypatch.setattr(fused_ties, "STREAM_BLOCK", 2048)  # one tile a block: 4 blocks an MLP weight
+    got = _merge(tri, tmp_path / "fused", cfg)
     monkeypatch.setenv("FINMERGE_FUSED", "0")
     _merge(tri, tmp_path / "torch", cfg)
     assert got["metrics"]["merge/fused_share"] == 1.0
@@ -450,6 +451,7 @@ def test_a_value_not_finite_in_a_later_block_is_named_and_nothing_is_committed(
         src["domain"], tmp_path / "domain", "mlp.down_proj.weight", float("nan"), (40, 5)
     )
     cfg = MergeConfig(method="ties", density=1.0)  # no decisions: the combination meets it first
+    monkeypatch.setattr(fused_ties, "STREAM_BLOCK", 2048)
     with pytest.raises(MergeError, match=rf"input domain tensor {name} .*1 NaN"):
-        _merge({**src, "domain": str(bad)}, tmp_path / "out", cfg, block_elems=64)
+        _merge({**src, "domain": str(bad)}, tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()

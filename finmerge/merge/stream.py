@@ -214,9 +214,7 @@ def merge_pass_many(
                             ties = FusedTies(memory=memory)
                         xb = xb or _kernel_inputs(x, types)
                         # written block by block as merged; None: a value not finite
-                        res = ties(
-                            name, q.params, xb, q.dtype, bufs, tag, partial(w.write, name), block_elems
-                        )
+                        res = ties(name, q.params, xb, q.dtype, bufs, tag, partial(w.write, name))
                         if res is not None:
                             st.add(*res[1:])
                             continue
