@@ -376,7 +376,7 @@ def test_magnitude_band_collects_the_band_in_index_order_and_counts_above(n):
                                 hi.view(np.uint32), *small)[1] == -1  # fmt: skip
 
 
-# -- the output streamed in blocks (the pass's way: no whole-tensor output buffer) ------------------------------
+# -- the output streamed to the writer in blocks (the pass's way: at most STREAM_BLOCK values a buffer) -----
 def _streamed(kernel, name, params, bits: dict, out_dtype, block: int):
     """``(the blocks written, in order, as copies (the kernel reuses their buffers); the call's result)``."""
     blocks = []

@@ -36,7 +36,7 @@ BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed 
 SAMPLE = 1 << 14  # sample size: its quantile's error is σ ≤ 0.0039 ...
 BRACKET = 0.012  # ... so ±3σ misses about once in 400 vectors (then the whole-vector selection decides)
 # (Gathering a sample from a tensor not in cache costs ~10 ns a value, so a smaller sample and a wider band
-# pay: 2¹⁵ and ±0.0085 took a 0.37B merge's decisions 0.86 s, this 0.79 s.)
+# pay: 2¹⁵ and ±0.0085 took a 0.37B merge's decisions 0.86 s, this 0.78 s.)
 # The combination hands its output to the writer in blocks of this many elements, two buffers in turn:
 # whole tensors but for the largest (a 70B model's 1G-value embedding would take two 2 GB buffers), so that
 # the writer hashing one tensor overlaps the next one's decisions (blocks of 2M values: a 0.95B ties pass
