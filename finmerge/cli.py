@@ -266,9 +266,14 @@ def main(argv: list[str] | None = None) -> int:
 # Stage commands whose MLflow calls go to a side process that loads MLflow while the command works
 # (finmerge/core/tracking_sidecar.py): about 2 s less per command.
 SIDECAR_COMMANDS = ("merge", "evaluate", "analyze", "corpus", "tokenize")
-# Commands that never multiply matrices with numpy (torch has a BLAS of its own): numpy's OpenBLAS would
-# start a thread per core at import that spins a while before it sleeps, taking CPU from the work.
-ONE_BLAS_THREAD = ("merge",)
+# The `merge` command's numpy, set before it is imported (a user's own setting wins):
+# - OpenBLAS on one thread: it would start a thread per core at import that spins a while before it sleeps,
+#   taking CPU from the work (a merge multiplies no matrices with numpy; torch has a BLAS of its own);
+#   0.37B task_arithmetic 2.17 -> 2.09 s;
+# - large arrays on normal pages, not huge ones: on a VM that hands free memory back to its host, a new 2 MB
+#   page costs about four times as much as the same memory in 4 KB pages, and ties' and dare's buffers are
+#   new in each command: 0.37B dare_ties after a pause 3.82 -> 3.46 s, ties 3.86 -> 3.68 s.
+MERGE_NUMPY_ENV = {"OPENBLAS_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
 
 
 def _exit_without_teardown(rc: int) -> None:
@@ -296,8 +301,9 @@ def entry() -> None:
     # must still interrupt finmerge.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sidecar = None
-    if len(sys.argv) > 1 and sys.argv[1] in ONE_BLAS_THREAD:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # a 0.37B task_arithmetic merge: 2.17 -> 2.09 s
+    if len(sys.argv) > 1 and sys.argv[1] == "merge":
+        for key, value in MERGE_NUMPY_ENV.items():
+            os.environ.setdefault(key, value)
     if len(sys.argv) > 1 and sys.argv[1] in SIDECAR_COMMANDS:
         from finmerge.core import tracking_sidecar
 

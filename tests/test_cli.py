@@ -144,3 +144,36 @@ def test_a_stage_command_exits_as_a_normal_exit_would_without_the_teardown():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.split() == ["output", "thread", "done", "atexit", "ran"]
+
+
+def test_merge_runs_numpy_with_one_blas_thread_and_no_huge_pages_unless_the_user_says_otherwise():
+    """Set by the executable before numpy is imported (finmerge.cli.MERGE_NUMPY_ENV); another command's numpy,
+    and a user's own setting, are left as they are."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, finmerge.cli as cli\n"
+        "def main():\n"
+        "    import os, numpy\n"
+        "    print(os.environ.get('OPENBLAS_NUM_THREADS'), numpy._core.multiarray._get_madvise_hugepage())\n"
+        "    return 0\n"
+        "cli.main = main\n"
+        "sys.argv = ['finmerge', sys.argv[1]]\n"
+        "cli.entry()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "NUMPY_MADVISE_HUGEPAGE")}
+    env["FINMERGE_TRACKING_SIDECAR"] = "0"
+
+    def run(command: str, **extra: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", code, command], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    default = subprocess.run([sys.executable, "-c", "import numpy; print(numpy._core.multiarray._get_madvise_hugepage())"],
+                             env=env, capture_output=True, text=True, timeout=120).stdout.strip()  # fmt: skip
+    assert run("merge") == "1 False"
+    assert run("evaluate") == f"None {default}"  # numpy's own default (on where the kernel has huge pages)
+    assert run("merge", NUMPY_MADVISE_HUGEPAGE="1", OPENBLAS_NUM_THREADS="2") == "2 True"
