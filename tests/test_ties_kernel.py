@@ -66,14 +66,15 @@ def _both(method: str, cfg: MergeConfig, x: dict, out_dtype=torch.bfloat16, thre
 
 
 def _fused(kernel, name: str, params, x: dict[str, torch.Tensor], out_dtype):
-    """The kernel on torch tensors, as the pass calls it (their bits in, the output's bits out): ``(y, dc, di)``
-    with ``y`` a torch tensor again, or None."""
-    got = kernel(name, params, {r: fused.bits(v) for r, v in x.items()}, dtypes.of(out_dtype), Buffers(), "f")
+    """The kernel on torch tensors, as the pass calls it (their bits in, the output's bits out, its blocks
+    joined): ``(y, dc, di)`` with ``y`` a torch tensor again, or None."""
+    bits = {r: fused.bits(v) for r, v in x.items()}
+    blocks, got = _streamed(kernel, name, params, bits, out_dtype, block=None)
     if got is None:
         return None
-    y, dc, di = got
     dt = dtypes.of(out_dtype)
-    return dtypes.to_torch(y.view(dt.bits), dt), dc, di
+    y = np.concatenate(blocks).reshape(x["domain"].shape)
+    return (dtypes.to_torch(y.view(dt.bits), dt), *got)
 
 
 def _bits(y: torch.Tensor, dc: float, di: float):
@@ -377,7 +378,7 @@ def test_magnitude_band_collects_the_band_in_index_order_and_counts_above(n):
 
 
 # -- the output streamed to the writer in blocks (the pass's way: at most STREAM_BLOCK values a buffer) -----
-def _streamed(kernel, name, params, bits: dict, out_dtype, block: int):
+def _streamed(kernel, name, params, bits: dict, out_dtype, block: int | None):
     """``(the blocks written, in order, as copies (the kernel reuses their buffers); the call's result)``."""
     blocks = []
     got = kernel(
@@ -397,11 +398,11 @@ def test_streamed_blocks_are_the_whole_tensor_output(case, dtype):
     params = METHODS[method].tensor_params(cfg, {})
     kernel = fused_ties.FusedTies(threads=2)
     try:
-        y, *whole = kernel("w", params, bits, dtypes.of(DTYPES[dtype]), Buffers(), "f")
+        (y,), whole = _streamed(kernel, "w", params, bits, DTYPES[dtype], block=None)  # one block
         blocks, got = _streamed(kernel, "w", params, bits, DTYPES[dtype], block=5000)  # 4,096 a block
     finally:
         kernel.close()
-    assert got[0] is None and list(got[1:]) == whole and kernel.written == y.size
+    assert got == whole and kernel.written == y.size
     assert [b.size for b in blocks] == [4096] * 73 + [y.size - 73 * 4096]
     assert np.array_equal(np.concatenate(blocks), y.reshape(-1))
 

@@ -28,6 +28,7 @@ from finmerge.merge.method_registry import ROLES
 log = logging.getLogger(__name__)
 
 FILE_NAME = "merge-decisions.sqlite"
+VECTORS = ROLES[1:]  # the task vectors' models (instruct, domain), in the order the kernels take them
 VERSION = 1  # bump when what a decision means changes: older rows are then never looked up
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS decisions (
@@ -61,7 +62,7 @@ class DecisionMemory:
     def __init__(self, staging_dir: str | Path, identities: dict[str, str | None]):
         self.db = Path(staging_dir).expanduser().resolve() / FILE_NAME
         self.known: dict[str, dict[str, dict]] = {}  # role -> item -> value, as loaded
-        self.made: dict[str, dict[str, dict]] = {role: {} for role in ROLES[1:]}  # the two task vectors
+        self.made: dict[str, dict[str, dict]] = {role: {} for role in VECTORS}
         self.hits = 0
         for role in self.made:
             vector = _vector(identities, role)

@@ -28,8 +28,8 @@ from functools import lru_cache
 import numpy as np
 
 from finmerge.merge import fused
-from finmerge.merge.decision_memory import DecisionMemory
-from finmerge.merge.method_registry import CHUNK, ROLES, tensor_seed
+from finmerge.merge.decision_memory import VECTORS, DecisionMemory
+from finmerge.merge.method_registry import CHUNK, tensor_seed
 from finmerge.models import dtypes
 
 BAND_MIN = 1 << 18  # above this many elements the top-k threshold is bracketed from a sample
@@ -43,7 +43,6 @@ BRACKET = 0.012  # ... so ±3σ misses about once in 400 vectors (then the whole
 # 4.15 s instead of 3.86 s).
 STREAM_BLOCK = 1 << 25
 NO_MASK = np.zeros(0, np.uint8)
-VECTORS = ROLES[1:]  # the task vectors' models (instruct, domain), in the order the kernels take them
 NO_BAND, NO_INDEX = np.zeros(0, np.uint32), np.zeros(0, np.int64)
 
 
@@ -92,16 +91,14 @@ class FusedTies(fused.TwoThreads):
         return [f.result() for f in [self.pool.submit(fn, *a) for a in args]]
 
     def __call__(
-        self, name: str, params, x: dict[str, np.ndarray], out_dtype, ws, tag: str, write=None, block=None
+        self, name: str, params, x: dict[str, np.ndarray], out_dtype, ws, tag: str, write, block=None
     ):
-        """``(y, max|y−θ_cpt|, max|y−θ_inst|)`` for one tensor, as the torch path returns them (``y`` as the
-        bits of ``out_dtype``, :func:`fused.format_bits`), or None when a value is not finite (the caller then
-        takes the torch path). ``x``: the inputs as :func:`fused.formatted` bits; ``ws``: reusable numpy buffers
-        (``get(key, shape, numpy dtype)``).
-
-        With ``write``, the output goes to ``write(bits)`` in blocks of ``block`` elements (default
-        :data:`STREAM_BLOCK`) as they are merged, and ``y`` is None: only the decisions need the whole tensor.
-        After a None, :attr:`written` says how many elements were written."""
+        """Merge one tensor: its output goes to ``write(bits)`` (flat, as the bits of ``out_dtype``,
+        :func:`fused.format_bits`) in blocks of ``block`` elements (default :data:`STREAM_BLOCK`) as they are
+        merged; only the decisions need the whole tensor. Returns ``(max|y−θ_cpt|, max|y−θ_inst|)``, as the torch
+        path reports them, or None when a value is not finite (the caller then takes the torch path; then
+        :attr:`written` says how many elements were written). ``x``: the inputs as :func:`fused.formatted`
+        bits; ``ws``: reusable numpy buffers (``get(key, shape, numpy dtype)``)."""
         b, xs = x["base"].reshape(-1), [x["instruct"].reshape(-1), x["domain"].reshape(-1)]
         # The sweep's candidates in one pass differ mostly in their weights and λ, which the decisions (top-k
         # thresholds, dare's masks and rescale) do not depend on: a tensor's decisions are made once each.
@@ -324,7 +321,6 @@ class FusedTies(fused.TwoThreads):
 
     def _combine(self, b, xs, vecs, params, x, out_dtype, ws, tag, write, block):
         k = self.k
-        shape = x["domain"].shape
         n = b.size
         bits = fused.format_bits(out_dtype)
         total = params.alpha + params.beta
@@ -341,30 +337,24 @@ class FusedTies(fused.TwoThreads):
         )  # fmt: skip
         vec = np.array([[v.mode, v.thr, v.cutoff] for v in vecs], np.int64)
         common = (b, xs[0], xs[1], vec, vecs[0].mask, vecs[1].mask, f32s, flags)
-        y = None if write else ws.get(f"y{tag}", shape, bits)  # rounded and written by the kernel
-        block = block or STREAM_BLOCK
-        step = max(fused.TILE, block // fused.TILE * fused.TILE) if write else max(n, 1)
+        step = max(fused.TILE, (block or STREAM_BLOCK) // fused.TILE * fused.TILE)
         found = np.zeros(3, np.uint32)
         self.written = 0
         for j, s0 in enumerate(range(0, n, step)):
             e0 = min(n, s0 + step)
             # two block buffers in turn: the writer may still be writing the one before
-            out = y.reshape(-1) if y is not None else ws.get(f"y{tag}.{j % 2}", (e0 - s0,), bits)
+            out = ws.get(f"y{tag}.{j % 2}", (e0 - s0,), bits)  # rounded and written by the kernel
             parts = [(s0 + s, s0 + e) for s, e in self._split(e0 - s0)]
             diags = [np.zeros(3, np.uint32) for _ in parts]
-            args = [
-                (*common, out, 0 if y is not None else s0, s, e, g)
-                for (s, e), g in zip(parts, diags, strict=True)
-            ]
+            args = [(*common, out, s0, s, e, g) for (s, e), g in zip(parts, diags, strict=True)]
             self._map(k.combine, args)
             np.maximum(found, np.maximum.reduce(diags), out=found)
             if found[2] >= k.EXP:
                 return None
-            if write:
-                write(out)
-                self.written = e0
+            write(out)
+            self.written = e0
         dc, di = found[:2].copy().view(np.float32)
-        return y, float(dc), float(di)
+        return float(dc), float(di)
 
     def _split(self, n: int) -> list[tuple[int, int]]:
         if n < 4 * fused.TILE or self.threads == 1:

@@ -213,7 +213,7 @@ def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
 def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, out_start, start, stop, diag):
     """Merged elements [start, stop) of two task vectors, written to ``out`` in its format (uint16: bf16,
     int16: fp16, both rounded to nearest even as torch rounds; uint32: float32), where ``out[0]`` is element
-    ``out_start`` (0: the whole tensor; else one block of it). ``vec[i]`` = (mode,
+    ``out_start`` (the pass writes a tensor in blocks). ``vec[i]`` = (mode,
     threshold bits, tie cutoff index) of vector i; ``f32s`` = (scale0, scale1, w0, w1, λ, linear divisor,
     1/w0, 1/w1, 1/(w0 + w1), 1/linear divisor); ``flags`` = (use scale0, use scale1, consensus, normalize,
     use λ, multiply by the reciprocals: every divisor is a power of two, so x/d is x·(1/d) exactly, and a

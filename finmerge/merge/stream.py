@@ -216,7 +216,7 @@ def merge_pass_many(
                         # written block by block as merged; None: a value not finite
                         res = ties(name, q.params, xb, q.dtype, bufs, tag, partial(w.write, name))
                         if res is not None:
-                            st.add(*res[1:])
+                            st.add(*res)
                             continue
                         written = ties.written
                     all_fused = False
