@@ -20,7 +20,6 @@ from finmerge.merge.fused_kernel import (
     abs_bits,
     exponent_bits,
     float32_of,
-    low31,
     lowest_bit_value,
     stored,
     trailing_zeros,
@@ -38,18 +37,6 @@ MAGNITUDE, MASK = 1, 2  # how a task vector is sparsified in combine(); 0: kept 
 u64 = np.uint64
 U64_0, U64_1, U64_56 = u64(0), u64(1), u64(56)
 PACK = u64(0x0102040810204080)  # a uint64 of eight 0/1 bytes times PACK: byte j's bit at bit 56 + j
-
-
-@numba.njit(nogil=True, cache=True)
-def _load(src, dst):
-    """``src`` (a slice) upcast to float32 bits in ``dst``; returns the largest exponent bits seen."""
-    m = src.size
-    for j in range(m):
-        dst[j] = widened(src[j])
-    bad = u32(0)
-    for j in range(m):
-        bad = umax32(bad, exponent_bits(dst[j]))
-    return bad
 
 
 @numba.njit(nogil=True, cache=True)
@@ -182,31 +169,13 @@ def draw_mask(draws, dthr, mask):
 
 
 @numba.njit(nogil=True, cache=True)
-def _sparse(ux, ub, dd, s, m, mode, thr, cutoff, mask, use_scale, scale, w):
-    """One task vector's term of the tile at ``s`` into ``dd``, as torch's path forms it: d = x − b, dropped
-    entries zeroed (magnitude: +0 as hardshrink writes it; mask: d·0), d·scale, d·w."""
-    fx, fb = ux.view(np.float32), ub.view(np.float32)
-    for j in range(m):
-        dd[j] = fx[j] - fb[j]
-    if mode == MAGNITUDE:  # as integer work on the bits (+0.0 is 0): LLVM vectorises it, not a float select
-        ud = dd.view(np.uint32)
-        t = u32(thr)
-        tied = min(m, max(0, cutoff - s + 1))  # ties at the threshold are kept up to the cutoff (as l1_chunk)
-        for j in range(tied):
-            ud[j] = ud[j] if low31(ud[j]) >= t else u32(0)
-        rest = ud[tied:m]  # indexed from 0: a loop from ``tied`` keeps numba's wraparound check, unvectorised
-        for j in range(rest.size):
-            rest[j] = rest[j] if low31(rest[j]) > t else u32(0)
-    elif mode == MASK:
-        msk = mask[s : s + m]
-        for j in range(m):
-            dd[j] = dd[j] * (F1 if msk[j] else F0)
-    if use_scale:
-        for j in range(m):
-            dd[j] = dd[j] * scale
-    if w != F1:  # d·1 is d, bit for bit
-        for j in range(m):
-            dd[j] = dd[j] * w
+def _elected(a, c):
+    """The sign election of d0 = ``a``, d1 = ``c``: each kept where its sign is their sum's (a sum ≥ 0 counts
+    as +; a NaN sum keeps neither), else +0."""
+    pos, neg = (a + c) >= F0, (a + c) < F0
+    e0 = a if ((a > F0) & pos) | ((a < F0) & neg) else F0
+    e1 = c if ((c > F0) & pos) | ((c < F0) & neg) else F0
+    return e0, e1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -223,59 +192,79 @@ def combine(b, x0, x1, vec, masks0, masks1, f32s, flags, out, out_start, start, 
     (``EXP``: not finite).
 
     Per element, the torch path's operations in its order, each rounded as it rounds them (see
-    :func:`finmerge.merge.methods.generalized_task_arithmetic`): the sign election keeps d where its sign is
-    the sum's (the sum ≥ 0 counts as +), else +0, and the divisor is the sum of the agreeing weights
-    (0 → 1); every product there is by 0 or 1, so torch's fused multiply-adds round the same."""
-    ub, u0, u1 = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
-    d0, d1, acc = np.empty(TILE, np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32)
-    fb, f0, f1 = ub.view(np.float32), u0.view(np.float32), u1.view(np.float32)
-    ua = acc.view(np.uint32)
+    :func:`finmerge.merge.methods.generalized_task_arithmetic`): d = x − b; dropped entries zeroed
+    (magnitude: +0, as hardshrink writes it; mask: d·0); d·scale; d·w; the sign election keeps d where its
+    sign is the sum's (the sum ≥ 0 counts as +), else +0, and the divisor is the sum of the agreeing
+    weights (0 → 1); every product there is by 0 or 1, so torch's fused multiply-adds round the same; ·λ;
+    + b. A product the torch path leaves out (a scale, weight or λ of 1, a kept magnitude entry's mask) is
+    a product by 1 here, which changes no bit: so each step is one select or product per element, and a
+    tile takes three loops that LLVM vectorises (a loop per step, as before, made fifteen passes over the
+    tile: 1.33 → 1.09 ns a value for a 3M-value ties tensor, 1.53 → 1.11 for dare's)."""
+    d0, d1 = np.empty(TILE, np.float32), np.empty(TILE, np.float32)
+    ones = np.ones(TILE, np.uint8)  # the mask of a vector that has none
     scale0, scale1, w0, w1, lam, lin_div = f32s[0], f32s[1], f32s[2], f32s[3], f32s[4], f32s[5]
-    consensus, normalize, use_lam, recip = flags[2], flags[3], flags[4], flags[5]
+    consensus, normalize, recip = flags[2], flags[3], flags[5]
     r0, r1, r01, lin_rec = f32s[6], f32s[7], f32s[8], f32s[9]
+    if not normalize:  # nothing to divide: products by 1
+        r0 = r1 = r01 = lin_rec = F1
+    divide = normalize and not recip
+    # A magnitude vector keeps |d| > thr, and |d| = thr up to its tie cutoff: |d| ≥ floor with floor thr + 1
+    # or thr (|d| bits are below 2³¹, so thr + 1 fits); any other vector keeps all, |d| ≥ 0.
+    mode0, mode1 = vec[0, 0], vec[1, 0]
+    t0 = u32(vec[0, 1]) if mode0 == MAGNITUDE else u32(0)
+    t1 = u32(vec[1, 1]) if mode1 == MAGNITUDE else u32(0)
     mx0 = mx1 = bad = u32(0)
     for s in range(start, stop, TILE):
         m = min(TILE, stop - s)
-        bad = umax32(bad, _load(b[s : s + m], ub))
-        bad = umax32(bad, _load(x0[s : s + m], u0))
-        bad = umax32(bad, _load(x1[s : s + m], u1))
-        _sparse(u0, ub, d0, s, m, vec[0, 0], vec[0, 1], vec[0, 2], masks0, flags[0], scale0, w0)
-        _sparse(u1, ub, d1, s, m, vec[1, 0], vec[1, 1], vec[1, 2], masks1, flags[1], scale1, w1)
-        if consensus:
+        bs, xs0, xs1 = b[s : s + m], x0[s : s + m], x1[s : s + m]
+        k0 = masks0[s : s + m] if mode0 == MASK else ones[:m]
+        k1 = masks1[s : s + m] if mode1 == MASK else ones[:m]
+        tied0 = min(m, max(0, vec[0, 2] - s + 1)) if mode0 == MAGNITUDE else m
+        tied1 = min(m, max(0, vec[1, 2] - s + 1)) if mode1 == MAGNITUDE else m
+        p = 0
+        while p < m:  # pieces on one side of both cutoffs (one piece but in the tile holding a cutoff)
+            q = min(m, tied0 if p < tied0 else m, tied1 if p < tied1 else m)
+            g0 = u32(t0 if p < tied0 else t0 + u32(1))  # u32(): numba widens u32 + u32 to 64 bits, and
+            g1 = u32(t1 if p < tied1 else t1 + u32(1))  # the loop then runs at a quarter of its speed
+            # each piece's slices indexed from 0 (see the module's docstring)
+            bp, xp0, xp1, kp0, kp1, dp0, dp1 = bs[p:q], xs0[p:q], xs1[p:q], k0[p:q], k1[p:q], d0[p:q], d1[p:q]
+            for j in range(q - p):
+                ub, u0, u1 = widened(bp[j]), widened(xp0[j]), widened(xp1[j])
+                bad = umax32(bad, umax32(exponent_bits(ub), umax32(exponent_bits(u0), exponent_bits(u1))))
+                fb = float32_of(ub)
+                a, c = float32_of(u0) - fb, float32_of(u1) - fb
+                a = a if abs_bits(a) >= g0 else F0
+                c = c if abs_bits(c) >= g1 else F0
+                a = a * (F1 if kp0[j] else F0)
+                c = c * (F1 if kp1[j] else F0)
+                dp0[j] = (a * scale0) * w0
+                dp1[j] = (c * scale1) * w1
+            p = q
+        # the sum (with consensus: the elected one), normalised, into d0; a loop per case, for LLVM
+        if consensus and divide:  # a divisor that is not a power of two (rare): divide as torch does
             for j in range(m):
-                a, c = d0[j], d1[j]
-                pos, neg = (a + c) >= F0, (a + c) < F0
-                g0 = a if ((a > F0) & pos) | ((a < F0) & neg) else F0
-                g1 = c if ((c > F0) & pos) | ((c < F0) & neg) else F0
-                acc[j] = g0 + g1
-                if normalize and recip:  # the divisor below is w0, w1, w0 + w1 or 0
-                    n0, n1 = g0 != F0, g1 != F0
-                    acc[j] = acc[j] * (r01 if n0 & n1 else (r0 if n0 else (r1 if n1 else F1)))
-                elif normalize:
-                    dv = (F0 + (F1 if g0 != F0 else F0) * w0) + (F1 if g1 != F0 else F0) * w1
-                    acc[j] = acc[j] / (F1 if dv == F0 else dv)
+                e0, e1 = _elected(d0[j], d1[j])
+                dv = (F0 + (F1 if e0 != F0 else F0) * w0) + (F1 if e1 != F0 else F0) * w1
+                d0[j] = (e0 + e1) / (F1 if dv == F0 else dv)
+        elif consensus:
+            for j in range(m):
+                e0, e1 = _elected(d0[j], d1[j])
+                n0, n1 = e0 != F0, e1 != F0
+                d0[j] = (e0 + e1) * (r01 if n0 & n1 else (r0 if n0 else (r1 if n1 else F1)))
+        elif divide:
+            for j in range(m):
+                d0[j] = (d0[j] + d1[j]) / lin_div
         else:
             for j in range(m):
-                acc[j] = d0[j] + d1[j]
-            if normalize and recip:
-                for j in range(m):
-                    acc[j] = acc[j] * lin_rec
-            elif normalize:
-                for j in range(m):
-                    acc[j] = acc[j] / lin_div
-        if use_lam:
-            for j in range(m):
-                acc[j] = acc[j] * lam
-        for j in range(m):
-            acc[j] = acc[j] + fb[j]
-        # |Δ| against the (unrounded) result, as torch's max_abs_diff(acc, x) reports it
-        for j in range(m):
-            bad = umax32(bad, exponent_bits(ua[j]))
-            mx1 = umax32(mx1, abs_bits(f1[j] - acc[j]))
-            mx0 = umax32(mx0, abs_bits(f0[j] - acc[j]))
+                d0[j] = (d0[j] + d1[j]) * lin_rec
+        # ·λ, + b; |Δ| against the (unrounded) result, as torch's max_abs_diff(acc, x) reports it; rounded
         o = out[s - out_start : s - out_start + m]
         for j in range(m):
-            r = stored(o, acc[j])
+            acc = d0[j] * lam + float32_of(widened(bs[j]))
+            bad = umax32(bad, exponent_bits(abs_bits(acc)))
+            mx1 = umax32(mx1, abs_bits(float32_of(widened(xs1[j])) - acc))
+            mx0 = umax32(mx0, abs_bits(float32_of(widened(xs0[j])) - acc))
+            r = stored(o, acc)
             o[j] = r
             # a finite result beyond the output format's range is rounded to Inf: not finite either
             bad = umax32(bad, exponent_bits(abs_bits(value_of(o, r))))
