@@ -8,7 +8,10 @@ from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
+from finmerge.merge import kernel_cache
 from finmerge.merge.fused import TILE
+
+kernel_cache.install()  # before any kernel here is compiled and saved (see kernel_cache)
 
 
 @intrinsic

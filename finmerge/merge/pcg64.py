@@ -15,6 +15,10 @@ from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
+from finmerge.merge import kernel_cache
+
+kernel_cache.install()  # before any kernel here is compiled and saved (see kernel_cache)
+
 MULTIPLIER = (2549297995355413924 << 64) + 4865540595714422341  # PCG_DEFAULT_MULTIPLIER_128
 _MASK64 = (1 << 64) - 1
 _I64, _I128 = ir.IntType(64), ir.IntType(128)
