@@ -388,6 +388,46 @@ def test_magnitude_band_collects_the_band_in_index_order_and_counts_above(n):
                                 hi.view(np.uint32), *small)[1] == -1  # fmt: skip
 
 
+@pytest.mark.parametrize("n", [63, 2049, 300_001])
+def test_both_vectors_bands_in_one_pass_are_each_vectors_own(n):
+    """magnitude_bands (both task vectors, the base read once) against magnitude_band of each: counts, bands
+    in index order, a band that outgrows its row (-1) while the other fits, and a non-finite input seen."""
+    from finmerge.merge import fused_ties_kernel as k
+
+    rng = np.random.default_rng(n)
+    b = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    xs = [(b + rng.standard_normal(n) * s).astype(np.float32) for s in (0.01, 0.003)]
+    brackets = [
+        np.quantile(np.abs(x - b), q).astype(np.float32)
+        for x, q in zip(xs, ([0.3, 0.5], [0.9, 0.95]), strict=True)
+    ]
+    lo = np.array([q[0] for q in brackets]).view(np.uint32)
+    hi = np.array([q[1] for q in brackets]).view(np.uint32)
+    u = [a.view(np.uint32) for a in (*xs, b)]
+    own = []
+    for i in range(2):
+        values, index = np.empty(n, np.uint32), np.empty(n, np.int64)
+        above, nb, _ = k.magnitude_band(u[i], u[2], lo[i], hi[i], values, index)
+        own.append((above, nb, values[:nb], index[:nb]))
+    for cap in (n, max(1, own[0][1] - 1)):  # all fit; vector 0's band one short
+        values, index, found = (
+            np.empty((2, cap), np.uint32),
+            np.empty((2, cap), np.int64),
+            np.zeros((2, 2), np.int64),
+        )
+        assert k.magnitude_bands(u[0], u[1], u[2], lo, hi, values, index, found) < k.EXP
+        for i in range(2):
+            above, nb, v, ix = own[i]
+            fits = nb <= cap
+            assert tuple(found[i]) == (above, nb if fits else -1), (cap, i)
+            if fits:
+                assert np.array_equal(values[i, :nb], v) and np.array_equal(index[i, :nb], ix)
+    xs[1][n // 2] = np.inf
+    found = np.zeros((2, 2), np.int64)
+    bufs = np.empty((2, n), np.uint32), np.empty((2, n), np.int64)
+    assert k.magnitude_bands(u[0], xs[1].view(np.uint32), u[2], lo, hi, *bufs, found) >= k.EXP
+
+
 # -- the output streamed to the writer in blocks (the pass's way: at most STREAM_BLOCK values a buffer) -----
 def _streamed(kernel, name, params, bits: dict, out_dtype, block: int | None):
     """``(the blocks written, in order, as copies (the kernel reuses their buffers); the call's result)``."""

@@ -142,8 +142,11 @@ class FusedTies(fused.TwoThreads):
             for i in [i for i in todo if known[i]]:
                 vecs[i] = _Vector(self.k.MAGNITUDE, known[i]["thr"], known[i]["cutoff"])
             todo = [(i,) for i in todo if not known[i]]
-            alone = len(todo) == 1  # one vector to decide: its band pass in halves on both threads
-            found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i, alone), todo)
+            if len(todo) == 2 and b.size > BAND_MIN:  # both vectors in one band pass (the base read once)
+                found = self._magnitude_pair(xs, b, densities, ws)
+            else:  # one vector to decide: its band pass in halves on both threads
+                alone = len(todo) == 1
+                found = self._map(lambda i: self._magnitude(xs[i], b, densities[i], ws, i, alone), todo)
             for (i,), got in zip(todo, found, strict=True):
                 if got is None:
                     return None
@@ -193,37 +196,70 @@ class FusedTies(fused.TwoThreads):
     def _magnitude(self, xr, br, density, ws, i, halves=False):
         """(threshold bits, cutoff index) of the top ``max(1, int(density·n))`` |Δ|, or None (not finite);
         ``halves``: the band pass on both threads (the only vector deciding)."""
-        k = self.k
         n = br.size
         want = max(1, int(density * n))
         if n > BAND_MIN:
-            idx = _sample_indices(n, SAMPLE)
             sample = ws.get(f"tsample{i}", (SAMPLE,), np.uint32)
-            k.sample_abs_deltas(xr, br, idx, sample)
-            q = 1.0 - want / n
-            lo_i = max(1, int((q - BRACKET) * SAMPLE)) - 1
-            hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
-            # one order statistic per call: numpy selects a single kth with its SIMD partition (0.02 ms for
-            # this sample), two in one call with introselect (0.4 ms)
-            lo, hi = (np.partition(sample, j)[j] for j in (lo_i, hi_i))
-            got = self._band(xr, br, lo, hi, ws, i, halves)
+            self.k.sample_abs_deltas(xr, xr, br, _sample_indices(n, SAMPLE), sample, sample)
+            got = self._band(xr, br, *_bracket(sample, want, n), ws, i, halves)
             if got is None:
                 return None
-            above, inside, index = got
-            need = want - above
-            if 0 < need <= inside.size:
-                nb = inside.size
-                thr = np.partition(inside, nb - need)[nb - need]
-                quota = want - above - int(np.count_nonzero(inside > thr))
-                return int(thr), int(k.tie_cutoff(inside, index, thr, quota))
-        w = ws.get(
-            f"tfull{i}", (n,), np.uint32
-        )  # small tensor, or the sample missed: select on the whole vector
-        if k.abs_deltas(xr, br, w) >= k.EXP:
+            decided = self._from_band(*got, want)
+            if decided is not None:
+                return decided
+        return self._whole(xr, br, want, ws, i)
+
+    def _magnitude_pair(self, xs, br, densities, ws) -> list:
+        """:meth:`_magnitude` of both vectors, sampled and banded together: one pass over the base and both
+        models (in halves on both threads) instead of one per vector, each reading the base."""
+        n = br.size
+        wants = [max(1, int(d * n)) for d in densities]
+        samples = [ws.get(f"tsample{i}", (SAMPLE,), np.uint32) for i in range(2)]
+        self.k.sample_abs_deltas(xs[0], xs[1], br, _sample_indices(n, SAMPLE), *samples)
+        brackets = np.array([_bracket(s, w, n) for s, w in zip(samples, wants, strict=True)], np.uint32)
+        lo, hi = brackets[:, 0].copy(), brackets[:, 1].copy()
+        parts = self._split(n)
+        cap = n // 16 + 4096
+        bufs = [(ws.get(f"tbands.{h}", (2, cap), np.uint32), ws.get(f"tbandsi.{h}", (2, cap), np.int64))
+                for h in range(len(parts))]  # fmt: skip
+        founds = [np.zeros((2, 2), np.int64) for _ in parts]
+        args = [(xs[0][s:e], xs[1][s:e], br[s:e], lo, hi, v, ix, f)
+                for (s, e), (v, ix), f in zip(parts, bufs, founds, strict=True)]  # fmt: skip
+        if max(self._map(self.k.magnitude_bands, args)) >= self.k.EXP:
+            return [None, None]
+        out = []
+        for i in range(2):
+            above = sum(int(f[i, 0]) for f in founds)
+            decided = None
+            if all(f[i, 1] >= 0 for f in founds):  # no half's band overflowed
+                values = np.concatenate([v[i, : f[i, 1]] for (v, _), f in zip(bufs, founds, strict=True)])
+                index = np.concatenate(  # each half's indices count from its start
+                    [ix[i, : f[i, 1]] + s for (s, _), (_, ix), f in zip(parts, bufs, founds, strict=True)]
+                )
+                decided = self._from_band(above, values, index, wants[i])
+            out.append(decided if decided is not None else self._whole(xs[i], br, wants[i], ws, i))
+        return out
+
+    def _from_band(self, above, inside, index, want):
+        """(threshold bits, cutoff index) from the count above the bracket and the band (values, indices);
+        None when the k-th largest is not in the band (the sample missed, or the band overflowed)."""
+        need = want - above
+        if not 0 < need <= inside.size:
+            return None
+        nb = inside.size
+        thr = np.partition(inside, nb - need)[nb - need]
+        quota = want - above - int(np.count_nonzero(inside > thr))
+        return int(thr), int(self.k.tie_cutoff(inside, index, thr, quota))
+
+    def _whole(self, xr, br, want, ws, i):
+        """The selection on the whole vector (a small tensor, or the sample missed); None: not finite."""
+        n = br.size
+        w = ws.get(f"tfull{i}", (n,), np.uint32)
+        if self.k.abs_deltas(xr, br, w) >= self.k.EXP:
             return None
         thr = np.partition(w, n - want)[n - want]
         quota = want - int(np.count_nonzero(w > thr))
-        return int(thr), int(k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
+        return int(thr), int(self.k.tie_cutoff(w, np.zeros(0, np.int64), thr, quota))
 
     def _band(self, xr, br, lo, hi, ws, i, halves):
         """:func:`~finmerge.merge.fused_ties_kernel.magnitude_band` of the vector (in two halves on two
@@ -378,6 +414,17 @@ def _reciprocals(divisors) -> list[np.float32] | None:
             return None
         out.append(r)
     return out
+
+
+def _bracket(sample: np.ndarray, want: int, n: int) -> tuple[int, int]:
+    """The sample's order statistics ±:data:`BRACKET` around the k-th largest's quantile (|Δ| bits): the band
+    that holds the k-th largest unless the sample missed it."""
+    q = 1.0 - want / n
+    lo_i = max(1, int((q - BRACKET) * SAMPLE)) - 1
+    hi_i = min(SAMPLE, int((q + BRACKET) * SAMPLE) + 1) - 1
+    # one order statistic per call: numpy selects a single kth with its SIMD partition (0.02 ms for this
+    # sample), two in one call with introselect (0.4 ms)
+    return tuple(int(np.partition(sample, j)[j]) for j in (lo_i, hi_i))
 
 
 @lru_cache(maxsize=32)

@@ -53,13 +53,60 @@ def abs_deltas(x, b, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def sample_abs_deltas(x, b, idx, out):
-    """|x − b| (float32 bits) at the sample's positions ``idx`` (:data:`~finmerge.merge.fused_ties.SAMPLE`), in
-    one loop. The positions spread over the whole tensor, so nearly every load misses the caches: numpy's two
-    gathers and three elementwise passes took 0.93 ms for 2¹⁵ values of a tensor not in cache, this 0.66."""
+def sample_abs_deltas(x0, x1, b, idx, out0, out1):
+    """|x0 − b| and |x1 − b| (float32 bits) at the sample's positions ``idx``
+    (:data:`~finmerge.merge.fused_ties.SAMPLE`), in one loop (``x1`` may be ``x0``, for one vector). The
+    positions spread over the whole tensor, so nearly every load misses the caches: numpy's two gathers and
+    three elementwise passes took 0.93 ms for 2¹⁵ values of a tensor not in cache, this 0.66; both vectors
+    at once load the base's value once (three misses a position instead of four)."""
     for j in range(idx.size):
         i = idx[j]
-        out[j] = abs_bits(float32_of(widened(x[i])) - float32_of(widened(b[i])))
+        fb = float32_of(widened(b[i]))
+        out0[j] = abs_bits(float32_of(widened(x0[i])) - fb)
+        out1[j] = abs_bits(float32_of(widened(x1[i])) - fb)
+
+
+@numba.njit(nogil=True, cache=True)
+def abs_deltas_pair(x0, x1, b, out0, out1):
+    """:func:`abs_deltas` of two vectors of one base in one loop: the base loaded and checked once."""
+    bad = u32(0)
+    for j in range(b.size):
+        w0, w1, wb = widened(x0[j]), widened(x1[j]), widened(b[j])
+        bad = umax32(bad, umax32(exponent_bits(wb), umax32(exponent_bits(w0), exponent_bits(w1))))
+        fb = float32_of(wb)
+        out0[j] = abs_bits(float32_of(w0) - fb)
+        out1[j] = abs_bits(float32_of(w1) - fb)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _band_tile(ud, m, s, lo, hi, flag, groups, words, band_v, band_i, nb):
+    """One tile's share of :func:`magnitude_band`: |Δ| bits ``ud[:m]`` of elements from ``s``; returns (how
+    many exceed ``hi``, the band's new length). ``lo``, ``hi`` uint32."""
+    span = hi - lo  # lo ≤ |Δ| ≤ hi as one unsigned compare: |Δ| − lo wraps above span when |Δ| < lo
+    c = u32(0)
+    for j in range(m):
+        c += u32(ud[j] > hi)
+    for j in range(m):
+        flag[j] = u32(ud[j] - lo) <= span
+    for j in range(m, TILE):  # a short last tile: no stale flags
+        flag[j] = 0
+    for w in range(TILE // 64):
+        bits = U64_0
+        for i in range(8):
+            bits |= ((groups[8 * w + i] * PACK) >> U64_56) << u64(8 * i)
+        words[w] = bits
+    cap = band_v.size
+    for w in range(TILE // 64):
+        bits = words[w]
+        while bits != U64_0:
+            j = 64 * w + trailing_zeros(bits)
+            if nb < cap:
+                band_v[nb] = ud[j]
+                band_i[nb] = s + j
+            nb += 1
+            bits &= bits - U64_1
+    return c, nb
 
 
 @numba.njit(nogil=True, cache=True)
@@ -76,35 +123,41 @@ def magnitude_band(x, b, lo, hi, band_v, band_i):
     flag = np.zeros(TILE, np.uint8)
     groups = flag.view(np.uint64)
     words = np.empty(TILE // 64, np.uint64)
-    above, nb, bad, cap = 0, 0, u32(0), band_v.size
+    above, nb, bad = 0, 0, u32(0)
     lo, hi = u32(lo), u32(hi)  # 32-bit compares and counts: 16 lanes, not 4 (see fused_kernel)
-    span = hi - lo  # lo ≤ |Δ| ≤ hi as one unsigned compare: |Δ| − lo wraps above span when |Δ| < lo
     for s in range(0, n, TILE):
         m = min(TILE, n - s)
         bad = max(bad, abs_deltas(x[s : s + m], b[s : s + m], ud[:m]))
-        c = u32(0)
-        for j in range(m):
-            c += u32(ud[j] > hi)
-        for j in range(m):
-            flag[j] = u32(ud[j] - lo) <= span
+        c, nb = _band_tile(ud, m, s, lo, hi, flag, groups, words, band_v, band_i, nb)
         above += c
-        for j in range(m, TILE):  # a short last tile: no stale flags
-            flag[j] = 0
-        for w in range(TILE // 64):
-            bits = U64_0
-            for i in range(8):
-                bits |= ((groups[8 * w + i] * PACK) >> U64_56) << u64(8 * i)
-            words[w] = bits
-        for w in range(TILE // 64):
-            bits = words[w]
-            while bits != U64_0:
-                j = 64 * w + trailing_zeros(bits)
-                if nb < cap:
-                    band_v[nb] = ud[j]
-                    band_i[nb] = s + j
-                nb += 1
-                bits &= bits - U64_1
-    return above, (nb if nb <= cap else -1), bad
+    return above, (nb if nb <= band_v.size else -1), bad
+
+
+@numba.njit(nogil=True, cache=True)
+def magnitude_bands(x0, x1, b, lo, hi, band_v, band_i, found):
+    """:func:`magnitude_band` of both task vectors in one pass (the base read once): vector i's bracket
+    ``lo[i]``, ``hi[i]``, its band into row i of ``band_v`` / ``band_i``, and ``found[i]`` = (above, in band
+    (-1: more than fit)). Returns the largest input exponent bits."""
+    n = b.size
+    ud0, ud1 = np.empty(TILE, np.uint32), np.empty(TILE, np.uint32)
+    flag = np.zeros(TILE, np.uint8)
+    groups = flag.view(np.uint64)
+    words = np.empty(TILE // 64, np.uint64)
+    above0 = above1 = nb0 = nb1 = 0
+    bad = u32(0)
+    lo0, hi0, lo1, hi1 = u32(lo[0]), u32(hi[0]), u32(lo[1]), u32(hi[1])
+    v0, v1, i0, i1 = band_v[0], band_v[1], band_i[0], band_i[1]
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        bad = max(bad, abs_deltas_pair(x0[s : s + m], x1[s : s + m], b[s : s + m], ud0[:m], ud1[:m]))
+        c, nb0 = _band_tile(ud0, m, s, lo0, hi0, flag, groups, words, v0, i0, nb0)
+        above0 += c
+        c, nb1 = _band_tile(ud1, m, s, lo1, hi1, flag, groups, words, v1, i1, nb1)
+        above1 += c
+    cap = v0.size
+    found[0, 0], found[0, 1] = above0, (nb0 if nb0 <= cap else -1)
+    found[1, 0], found[1, 1] = above1, (nb1 if nb1 <= cap else -1)
+    return bad
 
 
 @numba.njit(nogil=True, cache=True)
