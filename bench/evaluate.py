@@ -15,7 +15,7 @@ each prompt version, every task is scored
 
 Timing: finmerge's scoring (render + encode + forward) against lm-eval's `loglikelihood` call (encode +
 forward), both in this process, alternating, best of `--repeats`; `lmeval_total_s` is the whole
-`simple_evaluate`. Whole commands (`--commands`): `finmerge evaluate` on the harness and model folders
+`simple_evaluate` (given a task index without lm-eval's bundled tasks, built once). Whole commands (`--commands`): `finmerge evaluate` on the harness and model folders
 against `lm_eval run --model hf` with generated task YAMLs (`--include_path`) over the same JSON docs,
 each in a fresh process, after one untimed pair. Tokens: what our scorer ran (padding included) against
 the minimum (each context once plus every continuation token), the padding share, and what lm-eval's
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +151,21 @@ def lmeval_task(task, version: str, data_file: Path) -> dict:
     }
 
 
+@lru_cache(maxsize=1)
+def task_index():
+    """lm-eval's task index without its thousands of bundled task YAMLs: the tasks here are config dicts,
+    and building the full index (``simple_evaluate``'s default) parses them all again on every call, ~20 s
+    each on this machine, nine times a run. Built once, outside the timing; the whole ``lm_eval`` commands
+    still build theirs, as a user's do."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=False)
+
+
 def run_lmeval(lm, tasks, version: str, data_files: dict[str, Path]) -> tuple[float, float, dict]:
     from lm_eval import simple_evaluate
+
+    index = task_index()
 
     spent = [0.0]
     inner = lm.loglikelihood
@@ -174,6 +188,7 @@ def run_lmeval(lm, tasks, version: str, data_files: dict[str, Path]) -> tuple[fl
             log_samples=True,
             bootstrap_iters=0,
             verbosity="ERROR",
+            task_manager=index,
         )
     finally:
         lm.loglikelihood = inner
