@@ -508,3 +508,17 @@ def test_url_credentials_and_key_parameters_are_masked_whatever_their_value():
         "GET https://api.example/v2/documents.json?type=2&Subscription-Key=***&x=1 via s3://***@b/k"
     )
     assert redact.mask("no url here: a=b, user@example.com") == "no url here: a=b, user@example.com"
+
+
+def test_a_changed_credential_is_masked_at_once_and_parameter_names_in_any_case(monkeypatch):
+    """The encoded forms are cached by the values themselves: a credential rotated mid-run is masked in the
+    next record (and every URL-encoding of it); a parameter name in another case is still found."""
+    first, second = f"first-{uuid.uuid4().hex}/+", f"second-{uuid.uuid4().hex}/+"
+    monkeypatch.setenv("HF_TOKEN", first)
+    assert redact.mask(f"a {first} b") == "a *** b"
+    monkeypatch.setenv("HF_TOKEN", second)
+    assert redact.mask(f"a {second} {quote(second, safe='')} {quote_plus(second)}") == "a *** *** ***"
+    assert (
+        redact.mask("GET /v2?API_KEY=abc&SUBSCRIPTION-key=def&x=1")
+        == "GET /v2?API_KEY=***&SUBSCRIPTION-key=***&x=1"
+    )
