@@ -34,6 +34,13 @@ def test_bench_evaluate_matches_lm_eval_on_all_versions():
     )
     timed = res["versions"]["1.0-0.2.1"]["command"]
     assert timed["ours_s"] > 0 and timed["lmeval_s"] > 0 and res["command"]["versions"] == 1
+    # lm-eval's own task index, part of each of its commands, timed alone and taken out of the second ratio
+    index_s = res["command"]["lmeval_index_s"]
+    assert 0 < index_s < timed["lmeval_s"]
+    assert timed["speedup_without_lmeval_index"] == pytest.approx(
+        (timed["lmeval_s"] - index_s) / timed["ours_s"], abs=0.02
+    )
+    assert res["command"]["min_version_speedup_without_lmeval_index"] == timed["speedup_without_lmeval_index"]
     assert all("command" not in row for v, row in res["versions"].items() if v != "1.0-0.2.1")
 
 
