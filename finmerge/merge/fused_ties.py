@@ -216,8 +216,8 @@ class FusedTies(fused.TwoThreads):
         wants = [max(1, int(d * n)) for d in densities]
         samples = [ws.get(f"tsample{i}", (SAMPLE,), np.uint32) for i in range(2)]
         self.k.sample_abs_deltas(xs[0], xs[1], br, _sample_indices(n, SAMPLE), *samples)
-        brackets = np.array([_bracket(s, w, n) for s, w in zip(samples, wants, strict=True)], np.uint32)
-        lo, hi = brackets[:, 0].copy(), brackets[:, 1].copy()
+        brackets = [_bracket(s, w, n) for s, w in zip(samples, wants, strict=True)]
+        lo, hi = np.array(brackets, np.uint32).T.copy()  # each vector's low ends, then high ends
         parts = self._split(n)
         cap = n // 16 + 4096
         bufs = [(ws.get(f"tbands.{h}", (2, cap), np.uint32), ws.get(f"tbandsi.{h}", (2, cap), np.int64))
@@ -232,11 +232,8 @@ class FusedTies(fused.TwoThreads):
             above = sum(int(f[i, 0]) for f in founds)
             decided = None
             if all(f[i, 1] >= 0 for f in founds):  # no half's band overflowed
-                values = np.concatenate([v[i, : f[i, 1]] for (v, _), f in zip(bufs, founds, strict=True)])
-                index = np.concatenate(  # each half's indices count from its start
-                    [ix[i, : f[i, 1]] + s for (s, _), (_, ix), f in zip(parts, bufs, founds, strict=True)]
-                )
-                decided = self._from_band(above, values, index, wants[i])
+                rows = [(v[i], ix[i], int(f[i, 1])) for (v, ix), f in zip(bufs, founds, strict=True)]
+                decided = self._from_band(above, *_joined(parts, rows), wants[i])
             out.append(decided if decided is not None else self._whole(xs[i], br, wants[i], ws, i))
         return out
 
@@ -277,14 +274,7 @@ class FusedTies(fused.TwoThreads):
         above = sum(int(a) for a, _, _ in found)
         if any(nb < 0 for _, nb, _ in found):
             return above, NO_BAND, NO_INDEX
-        if len(parts) == 1:
-            nb = found[0][1]
-            return above, bufs[0][0][:nb], bufs[0][1][:nb]
-        values = np.concatenate([v[:nb] for (v, _), (_, nb, _) in zip(bufs, found, strict=True)])
-        index = np.concatenate(
-            [ix[:nb] + s for (s, _), (_, ix), (_, nb, _) in zip(parts, bufs, found, strict=True)]
-        )  # each half's indices count from its start
-        return above, values, index
+        return above, *_joined(parts, [(v, ix, nb) for (v, ix), (_, nb, _) in zip(bufs, found, strict=True)])
 
     def _second_pass(self, xr, br, density, seed, params, vec: _Vector, ws, i, sums_wanted, chunks):
         """dare's keep mask (the torch path's draws; ``vec.mask`` is the caller's) and, with ``rescale`` (and
@@ -397,6 +387,17 @@ class FusedTies(fused.TwoThreads):
             return [(0, n)]
         step = -(-n // self.threads // fused.TILE) * fused.TILE
         return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _joined(parts, bands) -> tuple[np.ndarray, np.ndarray]:
+    """One band (values, indices in the tensor) from each part's ``(values, indices, length)``: the parts'
+    bands in their order, each part's indices counted from its start (one part: views, no copy)."""
+    if len(bands) == 1:
+        v, ix, nb = bands[0]
+        return v[:nb], ix[:nb]
+    values = np.concatenate([v[:nb] for v, _, nb in bands])
+    index = np.concatenate([ix[:nb] + s for (s, _), (_, ix, nb) in zip(parts, bands, strict=True)])
+    return values, index
 
 
 def _reciprocals(divisors) -> list[np.float32] | None:
