@@ -113,9 +113,8 @@ def test_the_side_process_runs_numpys_blas_on_one_thread(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")  # whatever the command's own setting
     sidecar = tracking_sidecar.start(force=True)
     try:
-        with pytest.raises(
-            ValueError
-        ):  # an answer: the process runs (its environ is empty until it has exec'd)
+        # an answer means the process runs (its environ is empty until it has exec'd)
+        with pytest.raises(ValueError):
             sidecar.call("nope")
         env = Path(f"/proc/{sidecar.proc.pid}/environ").read_bytes().split(b"\0")
     finally:
